@@ -1,0 +1,214 @@
+//! The `semflow` command line: `sql`, `shell` and `model random`.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{inference_config, FileConfig, Overrides};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::model::config::Preset;
+use crate::model::random::{write_random_model, ModelKind, RandomModelSpec, WeightDtype};
+use crate::output::{write_results, Format};
+
+/// semflow: a streaming SQL engine for semantic data.
+#[derive(Debug, Parser)]
+#[command(name = "semflow", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run SQL statements and print their results.
+    Sql(SqlArgs),
+    /// Interactive SQL shell with history.
+    Shell(EngineArgs),
+    /// Model utilities.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+/// Engine settings shared by every command that runs SQL.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// TOML file with engine settings (keys as the flags, with underscores).
+    #[arg(long, env = "SEMFLOW_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Embedding model: a Hugging Face id, a local directory, or random:PRESET[:SEED]
+    /// (random weights, for trying semflow without a download). Default Qwen/Qwen3-Embedding-0.6B.
+    #[arg(long, env = "SEMFLOW_EMBED_MODEL")]
+    pub embed_model: Option<String>,
+    /// Reranker model, as --embed-model. Default Qwen/Qwen3-Reranker-0.6B.
+    #[arg(long, env = "SEMFLOW_RERANK_MODEL")]
+    pub rerank_model: Option<String>,
+    /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+    #[arg(long, env = "SEMFLOW_DEVICE")]
+    pub device: Option<String>,
+    /// auto, f32, bf16 or f16. On CPU auto means f32, the only exact choice there.
+    #[arg(long, env = "SEMFLOW_DTYPE")]
+    pub dtype: Option<String>,
+    /// Entries kept in each inference cache; 0 turns caching off (repeats are recomputed).
+    #[arg(long, env = "SEMFLOW_CACHE_SIZE")]
+    pub cache_size: Option<usize>,
+    /// Sequences the model runs together at most; higher uses more memory per forward pass.
+    #[arg(long, env = "SEMFLOW_MAX_BATCH")]
+    pub max_batch: Option<usize>,
+    /// Longest input in tokens (default: the model's maximum); see SET semflow.truncate.
+    #[arg(long, env = "SEMFLOW_MAX_TOKENS")]
+    pub max_tokens: Option<usize>,
+}
+
+impl EngineArgs {
+    pub fn engine(&self) -> Result<Engine> {
+        let file = match &self.config {
+            Some(p) => FileConfig::from_path(p)?,
+            None => FileConfig::default(),
+        };
+        let over = Overrides {
+            embed_model: self.embed_model.clone(),
+            rerank_model: self.rerank_model.clone(),
+            device: self.device.clone(),
+            dtype: self.dtype.clone(),
+            cache_size: self.cache_size,
+            max_batch: self.max_batch,
+            max_tokens: self.max_tokens,
+        };
+        Ok(Engine::new(inference_config(&file, &over)?))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// Statements to run (`;`-separated).
+    pub statements: Option<String>,
+    /// Read statements from a file instead.
+    #[arg(short = 'f', long = "file", conflicts_with = "statements")]
+    pub file: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Write results to this file instead of standard output.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Write a complete Qwen3 model directory with random weights (for tests and benchmarks).
+    Random {
+        #[arg(long, value_enum)]
+        kind: ModelKind,
+        #[arg(long, value_enum, default_value_t = Preset::Tiny)]
+        preset: Preset,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Storage dtype of the weights (real Qwen3 checkpoints are bf16).
+        #[arg(long, value_enum, default_value_t = WeightDtype::Bf16)]
+        dtype: WeightDtype,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Sql(args) => run_sql(args).await,
+        Command::Shell(args) => crate::shell::run(args.engine()?).await,
+        Command::Model(ModelCommand::Random {
+            kind,
+            preset,
+            seed,
+            dtype,
+            out,
+        }) => {
+            let spec = RandomModelSpec {
+                kind,
+                preset,
+                seed,
+                dtype,
+            };
+            let cfg = write_random_model(&spec, &out)?;
+            println!(
+                "wrote random {kind:?} model ({preset:?}: {} layers, hidden {}) to {}",
+                cfg.num_hidden_layers,
+                cfg.hidden_size,
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn run_sql(args: SqlArgs) -> Result<()> {
+    let sql = match (&args.statements, &args.file) {
+        (Some(s), _) => s.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?,
+        (None, None) => {
+            return Err(Error::InvalidArgument(
+                "give SQL statements or -f FILE (or use `semflow shell`)".into(),
+            ))
+        }
+    };
+    let engine = args.engine.engine()?;
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|e| Error::io(p, e))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    for statement in Engine::parse(&sql)? {
+        let progress = Progress::start(&engine);
+        let result = engine.execute(statement).await;
+        progress.finish();
+        let result = result?;
+        write_results(args.format, &result.schema, &result.batches, &mut out)?;
+    }
+    out.flush().map_err(|e| Error::io("<output>", e))?;
+    Ok(())
+}
+
+/// A spinner with inference counts while a statement runs, shown only on a terminal.
+pub struct Progress {
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    pub fn start(engine: &Engine) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Self { task: None };
+        }
+        let inference = engine.inference().clone();
+        let task = tokio::spawn(async move {
+            // Quick statements finish before the spinner would appear.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let bar = indicatif::ProgressBar::new_spinner();
+            let start = (
+                inference.stats.embed_inferred.load(Ordering::Relaxed),
+                inference.stats.rerank_inferred.load(Ordering::Relaxed),
+            );
+            loop {
+                let e = inference.stats.embed_inferred.load(Ordering::Relaxed) - start.0;
+                let r = inference.stats.rerank_inferred.load(Ordering::Relaxed) - start.1;
+                bar.set_message(format!("running: {e} texts embedded, {r} pairs reranked"));
+                bar.tick();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Self { task: Some(task) }
+    }
+
+    pub fn finish(self) {
+        if let Some(t) = self.task {
+            t.abort();
+            eprint!("\r\x1b[2K");
+        }
+    }
+}

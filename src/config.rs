@@ -1,0 +1,117 @@
+//! Engine settings from a config file (`--config semflow.toml`), flags and environment.
+//! Precedence: flag or environment variable, then the config file, then the default.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::inference::InferenceConfig;
+
+/// The `[engine]`-level keys of a semflow TOML config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub embed_model: Option<String>,
+    pub rerank_model: Option<String>,
+    pub device: Option<String>,
+    pub dtype: Option<String>,
+    pub cache_size: Option<usize>,
+    pub max_batch: Option<usize>,
+    pub max_tokens: Option<usize>,
+}
+
+impl FileConfig {
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text)
+            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))
+    }
+}
+
+/// Settings given on the command line (or by environment); `None` when not given.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub embed_model: Option<String>,
+    pub rerank_model: Option<String>,
+    pub device: Option<String>,
+    pub dtype: Option<String>,
+    pub cache_size: Option<usize>,
+    pub max_batch: Option<usize>,
+    pub max_tokens: Option<usize>,
+}
+
+/// Merges overrides over the file over the defaults.
+pub fn inference_config(file: &FileConfig, over: &Overrides) -> Result<InferenceConfig> {
+    let mut cfg = InferenceConfig::default();
+    if let Some(m) = over
+        .embed_model
+        .clone()
+        .or_else(|| file.embed_model.clone())
+    {
+        cfg.embed_model = m;
+    }
+    if let Some(m) = over
+        .rerank_model
+        .clone()
+        .or_else(|| file.rerank_model.clone())
+    {
+        cfg.rerank_model = m;
+    }
+    if let Some(d) = over.device.as_ref().or(file.device.as_ref()) {
+        cfg.load.device = d.parse()?;
+    }
+    if let Some(d) = over.dtype.as_ref().or(file.dtype.as_ref()) {
+        cfg.load.dtype = d.parse()?;
+    }
+    if let Some(c) = over.cache_size.or(file.cache_size) {
+        cfg.cache_capacity = c;
+    }
+    if let Some(b) = over.max_batch.or(file.max_batch) {
+        if b == 0 {
+            return Err(Error::InvalidArgument(
+                "--max-batch must be at least 1".into(),
+            ));
+        }
+        cfg.load.max_batch = b;
+    }
+    if let Some(t) = over.max_tokens.or(file.max_tokens) {
+        if t < 2 {
+            return Err(Error::InvalidArgument(
+                "--max-tokens must be at least 2".into(),
+            ));
+        }
+        cfg.max_tokens = Some(t);
+    }
+    // A dtype that cannot run on the device is a configuration error, found before any query.
+    cfg.load.dtype.resolve(cfg.load.device)?;
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_beat_defaults() {
+        let file: FileConfig =
+            toml::from_str("embed_model = 'file-model'\ncache_size = 5\ndevice = 'cpu'").unwrap();
+        let over = Overrides {
+            embed_model: Some("flag-model".into()),
+            ..Default::default()
+        };
+        let cfg = inference_config(&file, &over).unwrap();
+        assert_eq!(cfg.embed_model, "flag-model");
+        assert_eq!(cfg.cache_capacity, 5);
+        assert_eq!(cfg.rerank_model, "Qwen/Qwen3-Reranker-0.6B");
+        let bad = Overrides {
+            dtype: Some("bf16".into()),
+            ..Default::default()
+        };
+        assert!(inference_config(&file, &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("bf16"));
+        assert!(toml::from_str::<FileConfig>("nope = 1").is_err());
+    }
+}

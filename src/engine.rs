@@ -1,0 +1,88 @@
+//! Builds semflow's DataFusion session: the `semflow.*` settings and every SQL function.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::common::config::ConfigExtension;
+use datafusion::common::extensions_options;
+use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParser, Statement};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+
+use crate::error::Result;
+use crate::inference::{Inference, InferenceConfig};
+
+extensions_options! {
+    /// `semflow.*` session settings; change them with `SET semflow.<name> = <value>`.
+    pub struct SemflowOptions {
+        /// Inputs longer than the model's maximum length: 'end' truncates them (keeping the
+        /// trailing <|endoftext|> or the reranker prompt's suffix), 'error' fails the query.
+        pub truncate: String, default = "end".to_string()
+        /// Serve repeated inputs from the inference content cache.
+        pub cache: bool, default = true
+    }
+}
+
+impl ConfigExtension for SemflowOptions {
+    const PREFIX: &'static str = "semflow";
+}
+
+/// The result of one SQL statement.
+pub struct StatementResult {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+/// A semflow engine: one DataFusion session plus the inference service behind its functions.
+pub struct Engine {
+    ctx: SessionContext,
+    inference: Arc<Inference>,
+}
+
+impl Engine {
+    /// A session with every semflow function registered. Models load on first use.
+    pub fn new(config: InferenceConfig) -> Self {
+        let session_config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_option_extension(SemflowOptions::default());
+        let ctx = SessionContext::new_with_config(session_config);
+        let inference = Inference::new(config);
+        crate::udf::register_all(&ctx, &inference);
+        Self { ctx, inference }
+    }
+
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    pub fn inference(&self) -> &Arc<Inference> {
+        &self.inference
+    }
+
+    /// Splits `sql` into statements (`;`-separated).
+    pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+        Ok(DFParser::parse_sql_with_dialect(sql, &GenericDialect {})?
+            .into_iter()
+            .collect())
+    }
+
+    /// Plans and runs one parsed statement to completion.
+    pub async fn execute(&self, statement: Statement) -> Result<StatementResult> {
+        let state = self.ctx.state();
+        let plan = state.statement_to_plan(statement).await?;
+        let df = self.ctx.execute_logical_plan(plan).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        Ok(StatementResult { schema, batches })
+    }
+
+    /// Runs every statement in `sql`; returns each one's result.
+    pub async fn run_sql(&self, sql: &str) -> Result<Vec<StatementResult>> {
+        let mut out = Vec::new();
+        for statement in Self::parse(sql)? {
+            out.push(self.execute(statement).await?);
+        }
+        Ok(out)
+    }
+}

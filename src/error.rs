@@ -1,0 +1,97 @@
+//! The library's error type. Every failure a user can cause names what they must change.
+
+use std::path::PathBuf;
+
+/// Errors raised by semflow's library code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A model could not be found, read or loaded.
+    #[error("model {model}: {message}")]
+    Model { model: String, message: String },
+
+    /// The Hugging Face hub could not be reached to fetch a model.
+    #[error("could not download {model} from the Hugging Face hub ({message}); download it elsewhere and pass its local directory with {flag} (or set {env})")]
+    HubUnreachable {
+        model: String,
+        message: String,
+        flag: &'static str,
+        env: &'static str,
+    },
+
+    /// The tokenizer failed on an input.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    /// An input is longer than the model accepts and truncation is off.
+    #[error("{function}: input of {tokens} tokens exceeds the model's maximum of {max} (row {row}); shorten it or SET semflow.truncate = 'end'")]
+    TooLong {
+        function: &'static str,
+        tokens: usize,
+        max: usize,
+        row: usize,
+    },
+
+    /// Inference itself failed (backend error, device error).
+    #[error("inference: {0}")]
+    Inference(String),
+
+    /// A user-supplied option or argument is invalid.
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// File I/O with the path involved.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    /// JSON (config files) that could not be parsed.
+    #[error("{path}: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+
+    /// A safetensors file that could not be read or written.
+    #[error("safetensors: {0}")]
+    Safetensors(String),
+
+    /// An error from DataFusion.
+    #[error(transparent)]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+
+    /// An error from Arrow.
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+}
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A model error with a message.
+    pub fn model(model: impl ToString, message: impl ToString) -> Self {
+        Error::Model {
+            model: model.to_string(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Result alias for the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for datafusion::error::DataFusionError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::DataFusion(inner) => inner,
+            other => datafusion::error::DataFusionError::External(Box::new(other)),
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Where and in what precision models run (`--device`, `--dtype`).
+
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// `--device cpu|cuda[:N]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    #[default]
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        match s.as_str() {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "--device must be cpu, cuda or cuda:N, got '{other}'"
+                    ))
+                }),
+        }
+    }
+}
+
+/// `--dtype auto|f32|bf16|f16`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DTypeSpec {
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+    F16,
+}
+
+impl FromStr for DTypeSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(DTypeSpec::Auto),
+            "f32" | "float32" => Ok(DTypeSpec::F32),
+            "bf16" | "bfloat16" => Ok(DTypeSpec::Bf16),
+            "f16" | "float16" => Ok(DTypeSpec::F16),
+            other => Err(Error::InvalidArgument(format!(
+                "--dtype must be auto, f32, bf16 or f16, got '{other}'"
+            ))),
+        }
+    }
+}
+
+impl DTypeSpec {
+    /// The dtype to load with on `device`. On CPU, `auto` means F32: candle's CPU BF16 matmul
+    /// fails and F16 drifts ~8e-4 from the reference, so F32 is the only exact choice there.
+    pub fn resolve(self, device: DeviceSpec) -> Result<mistralrs::ModelDType> {
+        use mistralrs::ModelDType as M;
+        match (device, self) {
+            (DeviceSpec::Cpu, DTypeSpec::Auto | DTypeSpec::F32) => Ok(M::F32),
+            (DeviceSpec::Cpu, DTypeSpec::Bf16) => Err(Error::InvalidArgument(
+                "--dtype bf16 is not supported on CPU (BF16 matmul is unavailable there); use --dtype f32 or auto".into(),
+            )),
+            (DeviceSpec::Cpu, DTypeSpec::F16) => Ok(M::F16),
+            (DeviceSpec::Cuda(_), DTypeSpec::Auto) => Ok(M::Auto),
+            (DeviceSpec::Cuda(_), DTypeSpec::F32) => Ok(M::F32),
+            (DeviceSpec::Cuda(_), DTypeSpec::Bf16) => Ok(M::BF16),
+            (DeviceSpec::Cuda(_), DTypeSpec::F16) => Ok(M::F16),
+        }
+    }
+
+    /// The candle device for `device`; CUDA needs the `cuda` feature.
+    pub fn device(device: DeviceSpec) -> Result<mistralrs::Device> {
+        match device {
+            DeviceSpec::Cpu => Ok(mistralrs::Device::Cpu),
+            DeviceSpec::Cuda(n) => mistralrs::Device::new_cuda(n).map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "--device cuda:{n}: {e} (CUDA needs a build with --features cuda and an NVIDIA driver)"
+                ))
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices_and_dtypes() {
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("cuda:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(1));
+        assert!("tpu"
+            .parse::<DeviceSpec>()
+            .unwrap_err()
+            .to_string()
+            .contains("--device"));
+        assert_eq!("BF16".parse::<DTypeSpec>().unwrap(), DTypeSpec::Bf16);
+        assert!(DTypeSpec::Bf16.resolve(DeviceSpec::Cpu).is_err());
+        assert!(matches!(
+            DTypeSpec::Auto.resolve(DeviceSpec::Cpu).unwrap(),
+            mistralrs::ModelDType::F32
+        ));
+    }
+}

@@ -1,0 +1,461 @@
+//! Inference: turning texts into embeddings and (query, document) pairs into relevance.
+//!
+//! [`Inference`] is what SQL functions call. It owns the models (loaded lazily on first use),
+//! deduplicates a batch's inputs, serves repeats from a content cache, formats and tokenizes
+//! inputs in the Qwen3 formats, and hands token ids to the backend. Model work runs on a
+//! dedicated runtime ([`block_on`]), never on DataFusion's threads.
+
+pub mod cache;
+pub mod device;
+pub mod local;
+pub mod prompts;
+pub mod single_token;
+pub mod tokenize;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::OnceCell;
+
+use self::cache::{cache_key, ContentCache};
+use self::local::{LoadOptions, LocalEmbedder, LocalReranker};
+use self::tokenize::{QwenTokenizer, TooLong, Truncation};
+use crate::error::{Error, Result};
+use crate::model::dir::{ModelDir, Role};
+
+/// Engine-wide inference settings.
+#[derive(Debug, Clone)]
+pub struct InferenceConfig {
+    /// Hugging Face id, local directory, or `random:PRESET[:SEED]`.
+    pub embed_model: String,
+    pub rerank_model: String,
+    pub load: LoadOptions,
+    /// Entries per content cache (embeddings, rerank scores); 0 turns caching off.
+    pub cache_capacity: usize,
+    /// Longest input in tokens; `None` means the model's `max_position_embeddings`.
+    pub max_tokens: Option<usize>,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self {
+            embed_model: "Qwen/Qwen3-Embedding-0.6B".into(),
+            rerank_model: "Qwen/Qwen3-Reranker-0.6B".into(),
+            load: LoadOptions {
+                device: device::DeviceSpec::Cpu,
+                dtype: device::DTypeSpec::Auto,
+                max_batch: 64,
+            },
+            cache_capacity: 100_000,
+            max_tokens: None,
+        }
+    }
+}
+
+/// An embedding input: text plus optional query instruction.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EmbedInput {
+    pub text: String,
+    pub instruction: Option<String>,
+}
+
+/// A reranker input.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RerankInput {
+    pub query: String,
+    pub document: String,
+    pub instruction: Option<String>,
+}
+
+/// Per-call options that come from the SQL session.
+#[derive(Debug, Clone, Copy)]
+pub struct CallOptions {
+    pub truncation: Truncation,
+    pub use_cache: bool,
+}
+
+/// Counters exposed by `semflow_stats()`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub embed_inputs: AtomicU64,
+    pub embed_inferred: AtomicU64,
+    pub embed_tokens: AtomicU64,
+    pub rerank_inputs: AtomicU64,
+    pub rerank_inferred: AtomicU64,
+    pub rerank_tokens: AtomicU64,
+}
+
+struct Loaded<M> {
+    backend: M,
+    tokenizer: QwenTokenizer,
+    max_tokens: usize,
+}
+
+/// The inference service shared by every SQL function of an engine.
+pub struct Inference {
+    config: InferenceConfig,
+    embed_dir: OnceCell<ModelDir>,
+    rerank_dir: OnceCell<ModelDir>,
+    embedder: OnceCell<Arc<Loaded<LocalEmbedder>>>,
+    reranker: OnceCell<Arc<Loaded<LocalReranker>>>,
+    embed_cache: ContentCache<Arc<[f32]>>,
+    rerank_cache: ContentCache<f32>,
+    pub stats: Stats,
+}
+
+impl std::fmt::Debug for Inference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inference")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The runtime model work runs on: loading, request fan-out, waiting on mistral.rs.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("semflow-inference")
+            .enable_all()
+            .build()
+            // Without a runtime nothing can run; failing to create threads at start-up is fatal.
+            .expect("failed to start the semflow-inference runtime")
+    })
+}
+
+/// Runs `fut` on the inference runtime and waits for it. Called from synchronous code such as
+/// a DataFusion scalar function: on a multi-threaded tokio worker the wait uses
+/// `block_in_place`, so the runtime moves its other tasks to another thread meanwhile.
+pub fn block_on<F>(fut: F) -> Result<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handle = runtime().spawn(fut);
+    let wait = move || futures::executor::block_on(handle);
+    let joined = match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    };
+    joined.map_err(|e| Error::Inference(format!("inference task failed: {e}")))
+}
+
+impl Inference {
+    pub fn new(config: InferenceConfig) -> Arc<Self> {
+        Arc::new(Self {
+            embed_cache: ContentCache::new(config.cache_capacity),
+            rerank_cache: ContentCache::new(config.cache_capacity),
+            config,
+            embed_dir: OnceCell::new(),
+            rerank_dir: OnceCell::new(),
+            embedder: OnceCell::new(),
+            reranker: OnceCell::new(),
+            stats: Stats::default(),
+        })
+    }
+
+    pub fn config(&self) -> &InferenceConfig {
+        &self.config
+    }
+
+    /// The embedding model's directory (downloaded if needed, not loaded): enough to plan.
+    pub async fn embed_model_dir(&self) -> Result<&ModelDir> {
+        self.embed_dir
+            .get_or_try_init(|| ModelDir::resolve(&self.config.embed_model, Role::Embedding))
+            .await
+    }
+
+    /// The reranker's directory (downloaded if needed, not loaded).
+    pub async fn rerank_model_dir(&self) -> Result<&ModelDir> {
+        self.rerank_dir
+            .get_or_try_init(|| ModelDir::resolve(&self.config.rerank_model, Role::Reranker))
+            .await
+    }
+
+    fn max_tokens(&self, dir: &ModelDir) -> usize {
+        let model_max = dir.config.max_position_embeddings;
+        self.config
+            .max_tokens
+            .map_or(model_max, |m| m.min(model_max))
+    }
+
+    async fn embedder(&self) -> Result<Arc<Loaded<LocalEmbedder>>> {
+        let loaded = self
+            .embedder
+            .get_or_try_init(|| async {
+                let dir = self.embed_model_dir().await?.clone();
+                let tokenizer = QwenTokenizer::from_file(&dir.path.join("tokenizer.json"))?;
+                let max_tokens = self.max_tokens(&dir);
+                tracing::info!(model = %dir.id, "loading embedding model");
+                let backend = LocalEmbedder::load(dir, self.config.load).await?;
+                Ok::<_, Error>(Arc::new(Loaded {
+                    backend,
+                    tokenizer,
+                    max_tokens,
+                }))
+            })
+            .await?;
+        Ok(loaded.clone())
+    }
+
+    async fn reranker(&self) -> Result<Arc<Loaded<LocalReranker>>> {
+        let loaded = self
+            .reranker
+            .get_or_try_init(|| async {
+                let dir = self.rerank_model_dir().await?.clone();
+                let tokenizer = QwenTokenizer::from_file(&dir.path.join("tokenizer.json"))?;
+                let max_tokens = self.max_tokens(&dir);
+                tracing::info!(model = %dir.id, "loading reranker");
+                let backend = LocalReranker::load(dir, self.config.load).await?;
+                Ok::<_, Error>(Arc::new(Loaded {
+                    backend,
+                    tokenizer,
+                    max_tokens,
+                }))
+            })
+            .await?;
+        Ok(loaded.clone())
+    }
+
+    /// Full-dimension unit embeddings of `inputs`, in order. `rows[i]` is the SQL row of
+    /// input `i`, used in error messages.
+    pub async fn embed(
+        &self,
+        inputs: Vec<EmbedInput>,
+        rows: Vec<usize>,
+        opts: CallOptions,
+    ) -> Result<Vec<Arc<[f32]>>> {
+        self.stats
+            .embed_inputs
+            .fetch_add(inputs.len() as u64, Ordering::Relaxed);
+        let model = self.embedder().await?;
+        let digest = model.backend.dir.weights_digest.clone();
+        let key = |i: &EmbedInput| {
+            cache_key(&[
+                b"embed",
+                digest.as_bytes(),
+                i.instruction.as_deref().unwrap_or("").as_bytes(),
+                i.text.as_bytes(),
+            ])
+        };
+        let (unique, slots) = dedupe(&inputs);
+        let mut results: Vec<Option<Arc<[f32]>>> = unique
+            .iter()
+            .map(|&u| {
+                opts.use_cache
+                    .then(|| self.embed_cache.get(key(&inputs[u])))
+                    .flatten()
+            })
+            .collect();
+        let todo: Vec<usize> = (0..unique.len())
+            .filter(|&k| results[k].is_none())
+            .collect();
+        if !todo.is_empty() {
+            let texts: Vec<String> = todo
+                .iter()
+                .map(|&k| {
+                    let i = &inputs[unique[k]];
+                    prompts::embedding_text(&i.text, i.instruction.as_deref())
+                })
+                .collect();
+            let encoded = model.tokenizer.encode_batch(texts)?;
+            let mut seqs = Vec::with_capacity(encoded.len());
+            for (&k, ids) in todo.iter().zip(encoded) {
+                let ids =
+                    QwenTokenizer::finish_embedding_ids(ids, model.max_tokens, opts.truncation)
+                        .map_err(|TooLong(n)| Error::TooLong {
+                            function: "embed",
+                            tokens: n,
+                            max: model.max_tokens,
+                            row: rows[unique[k]],
+                        })?;
+                seqs.push(ids);
+            }
+            let tokens: usize = seqs.iter().map(Vec::len).sum();
+            self.stats
+                .embed_tokens
+                .fetch_add(tokens as u64, Ordering::Relaxed);
+            self.stats
+                .embed_inferred
+                .fetch_add(seqs.len() as u64, Ordering::Relaxed);
+            let vectors = model.backend.embed_ids(&seqs).await?;
+            for (&k, v) in todo.iter().zip(vectors) {
+                let v: Arc<[f32]> = v.into();
+                if opts.use_cache {
+                    self.embed_cache.put(key(&inputs[unique[k]]), v.clone());
+                }
+                results[k] = Some(v);
+            }
+        }
+        slots
+            .into_iter()
+            .map(|k| {
+                results[k]
+                    .clone()
+                    .ok_or_else(|| Error::Inference("missing embedding".into()))
+            })
+            .collect()
+    }
+
+    /// P(yes) for each (query, document, instruction), in order.
+    pub async fn rerank(
+        &self,
+        inputs: Vec<RerankInput>,
+        rows: Vec<usize>,
+        opts: CallOptions,
+    ) -> Result<Vec<f32>> {
+        self.stats
+            .rerank_inputs
+            .fetch_add(inputs.len() as u64, Ordering::Relaxed);
+        let model = self.reranker().await?;
+        let digest = model.backend.dir.weights_digest.clone();
+        let key = |i: &RerankInput| {
+            cache_key(&[
+                b"rerank",
+                digest.as_bytes(),
+                i.instruction.as_deref().unwrap_or("").as_bytes(),
+                i.query.as_bytes(),
+                i.document.as_bytes(),
+            ])
+        };
+        let (unique, slots) = dedupe(&inputs);
+        let mut results: Vec<Option<f32>> = unique
+            .iter()
+            .map(|&u| {
+                opts.use_cache
+                    .then(|| self.rerank_cache.get(key(&inputs[u])))
+                    .flatten()
+            })
+            .collect();
+        let todo: Vec<usize> = (0..unique.len())
+            .filter(|&k| results[k].is_none())
+            .collect();
+        if !todo.is_empty() {
+            let bodies: Vec<String> = todo
+                .iter()
+                .map(|&k| {
+                    let i = &inputs[unique[k]];
+                    prompts::rerank_body(&i.query, &i.document, i.instruction.as_deref())
+                })
+                .collect();
+            let encoded = model.tokenizer.encode_batch(bodies)?;
+            let mut seqs = Vec::with_capacity(encoded.len());
+            for (&k, body) in todo.iter().zip(encoded) {
+                let ids = model
+                    .tokenizer
+                    .finish_rerank_ids(body, model.max_tokens, opts.truncation)
+                    .map_err(|TooLong(n)| Error::TooLong {
+                        function: "rerank",
+                        tokens: n,
+                        max: model.max_tokens,
+                        row: rows[unique[k]],
+                    })?;
+                seqs.push(ids);
+            }
+            let tokens: usize = seqs.iter().map(Vec::len).sum();
+            self.stats
+                .rerank_tokens
+                .fetch_add(tokens as u64, Ordering::Relaxed);
+            self.stats
+                .rerank_inferred
+                .fetch_add(seqs.len() as u64, Ordering::Relaxed);
+            let scores = model.backend.score_ids(&seqs).await?;
+            for (&k, s) in todo.iter().zip(scores) {
+                if opts.use_cache {
+                    self.rerank_cache.put(key(&inputs[unique[k]]), s);
+                }
+                results[k] = Some(s);
+            }
+        }
+        slots
+            .into_iter()
+            .map(|k| results[k].ok_or_else(|| Error::Inference("missing score".into())))
+            .collect()
+    }
+
+    /// Counter name/value pairs for `semflow_stats()`.
+    pub fn stats_rows(&self) -> Vec<(&'static str, u64)> {
+        let s = &self.stats;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("embed_inputs", l(&s.embed_inputs)),
+            ("embed_inferred", l(&s.embed_inferred)),
+            ("embed_tokens", l(&s.embed_tokens)),
+            ("embed_cache_hits", self.embed_cache.hits()),
+            ("embed_cache_misses", self.embed_cache.misses()),
+            ("embed_cache_entries", self.embed_cache.len() as u64),
+            ("rerank_inputs", l(&s.rerank_inputs)),
+            ("rerank_inferred", l(&s.rerank_inferred)),
+            ("rerank_tokens", l(&s.rerank_tokens)),
+            ("rerank_cache_hits", self.rerank_cache.hits()),
+            ("rerank_cache_misses", self.rerank_cache.misses()),
+            ("rerank_cache_entries", self.rerank_cache.len() as u64),
+        ]
+    }
+}
+
+/// Unique inputs (index of first occurrence) and, for each input, its unique slot.
+fn dedupe<T: Eq + std::hash::Hash>(inputs: &[T]) -> (Vec<usize>, Vec<usize>) {
+    let mut seen: HashMap<&T, usize> = HashMap::with_capacity(inputs.len());
+    let mut unique = Vec::new();
+    let slots = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            *seen.entry(x).or_insert_with(|| {
+                unique.push(i);
+                unique.len() - 1
+            })
+        })
+        .collect();
+    (unique, slots)
+}
+
+/// L2-normalises in place (a zero vector stays zero).
+pub fn normalize(v: &mut [f32]) {
+    let norm = v
+        .iter()
+        .map(|x| (*x as f64) * (*x as f64))
+        .sum::<f64>()
+        .sqrt();
+    if norm > 0.0 {
+        for x in v.iter_mut() {
+            *x = (*x as f64 / norm) as f32;
+        }
+    }
+}
+
+/// Matryoshka: the first `dims` components, re-normalised.
+pub fn truncate_dims(v: &[f32], dims: usize) -> Vec<f32> {
+    let mut out = v[..dims.min(v.len())].to_vec();
+    normalize(&mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedupe_keeps_first_occurrence() {
+        let (u, s) = dedupe(&["a", "b", "a", "c", "b"]);
+        assert_eq!(u, vec![0, 1, 3]);
+        assert_eq!(s, vec![0, 1, 0, 2, 1]);
+    }
+
+    #[test]
+    fn matryoshka_renormalises() {
+        let v = [0.6f32, 0.0, 0.8, 0.0];
+        let t = truncate_dims(&v, 2);
+        assert_eq!(t, vec![1.0, 0.0]);
+        let mut z = vec![0.0f32; 3];
+        normalize(&mut z);
+        assert_eq!(z, vec![0.0; 3]);
+    }
+}

@@ -1,0 +1,84 @@
+//! The exact Qwen3-Embedding and Qwen3-Reranker input formats (arXiv 2506.05176 and the
+//! official model cards). Everything that turns user text into model text lives here, so a
+//! format change is one diff.
+
+/// `<|endoftext|>`: the token whose final hidden state is the embedding.
+pub const EOS_TOKEN_ID: u32 = 151643;
+/// `<|im_start|>`.
+pub const IM_START_TOKEN_ID: u32 = 151644;
+/// `yes` in the Qwen3 vocabulary: the reranker's positive label.
+pub const YES_TOKEN_ID: u32 = 9693;
+/// `no` in the Qwen3 vocabulary: the reranker's negative label.
+pub const NO_TOKEN_ID: u32 = 2152;
+
+/// Instruction used by `rerank()` when none is given (the Qwen3-Reranker model card's).
+pub const DEFAULT_RERANK_INSTRUCTION: &str =
+    "Given a web search query, retrieve relevant passages that answer the query";
+
+/// Everything before the instruction in the reranker prompt.
+pub const RERANK_PREFIX: &str = "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n";
+/// Everything after the document in the reranker prompt.
+pub const RERANK_SUFFIX: &str = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n";
+
+/// Text to embed: queries carry their instruction, documents (no or empty instruction) do not.
+pub fn embedding_text(text: &str, instruction: Option<&str>) -> String {
+    match instruction {
+        Some(instr) if !instr.is_empty() => format!("Instruct: {instr}\nQuery:{text}"),
+        _ => text.to_string(),
+    }
+}
+
+/// The variable middle of the reranker prompt (between [`RERANK_PREFIX`] and
+/// [`RERANK_SUFFIX`]); this is the part truncated when a pair is too long.
+pub fn rerank_body(query: &str, document: &str, instruction: Option<&str>) -> String {
+    let instr = match instruction {
+        Some(i) if !i.is_empty() => i,
+        _ => DEFAULT_RERANK_INSTRUCTION,
+    };
+    format!("<Instruct>: {instr}\n<Query>: {query}\n<Document>: {document}")
+}
+
+/// P(yes) from the last-position logits of "yes" and "no": a two-way softmax.
+pub fn p_yes(yes_logit: f32, no_logit: f32) -> f32 {
+    // Numerically stable form of e^y / (e^y + e^n).
+    let d = (no_logit - yes_logit) as f64;
+    (1.0 / (1.0 + d.exp())) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_format_matches_paper() {
+        assert_eq!(
+            embedding_text("what is graphene", Some("Find it")),
+            "Instruct: Find it\nQuery:what is graphene"
+        );
+        assert_eq!(embedding_text("doc", None), "doc");
+        assert_eq!(embedding_text("doc", Some("")), "doc");
+    }
+
+    #[test]
+    fn rerank_prompt_is_exact() {
+        let full = format!(
+            "{RERANK_PREFIX}{}{RERANK_SUFFIX}",
+            rerank_body("q", "d", None)
+        );
+        assert_eq!(
+            full,
+            "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n<Instruct>: Given a web search query, retrieve relevant passages that answer the query\n<Query>: q\n<Document>: d<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        );
+    }
+
+    #[test]
+    fn p_yes_is_two_way_softmax() {
+        assert!((p_yes(0.0, 0.0) - 0.5).abs() < 1e-7);
+        let (y, n) = (2.0f32, -1.0f32);
+        let expect = y.exp() / (y.exp() + n.exp());
+        assert!((p_yes(y, n) - expect).abs() < 1e-6);
+        // Extreme logits saturate instead of overflowing to NaN.
+        assert_eq!(p_yes(1000.0, -1000.0), 1.0);
+        assert_eq!(p_yes(-1000.0, 1000.0), 0.0);
+    }
+}

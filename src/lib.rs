@@ -1,0 +1,36 @@
+//! # semflow
+//!
+//! A streaming SQL engine for semantic data: Apache DataFusion with `embed()` and `rerank()`
+//! backed by in-process Qwen3-Embedding / Qwen3-Reranker inference on mistral.rs.
+//!
+//! ```text
+//!  SQL ──> engine (DataFusion session + semflow.* settings)
+//!            └─ udf: embed / rerank / cosine_similarity … ──> inference
+//!                                                               ├─ dedupe, content cache
+//!                                                               ├─ prompts + tokenize (Qwen3 formats)
+//!                                                               └─ local backend (mistral.rs) ── model dir
+//! ```
+//!
+//! # Layout
+//! - [`cli`], [`shell`]: the `semflow` command line and interactive shell.
+//! - [`config`]: engine settings from flags, environment and TOML files.
+//! - [`engine`]: builds the DataFusion session and runs SQL.
+//! - [`udf`]: the SQL functions.
+//! - [`inference`]: batching, caching, Qwen3 formats, tokenization and the mistral.rs backend.
+//! - [`model`]: model directories: config, presets, random weights, hub download, fingerprints.
+//! - [`output`]: result formats (table, CSV, JSON, NDJSON, Parquet).
+//! - [`error`]: the library's error type.
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod inference;
+pub mod model;
+pub mod output;
+pub mod shell;
+pub mod udf;
+
+pub use engine::Engine;
+pub use error::{Error, Result};
+pub use inference::InferenceConfig;

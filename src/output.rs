@@ -1,0 +1,141 @@
+//! Writing query results: an aligned table for people, CSV/JSON/NDJSON/Parquet for programs.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+use crate::error::{Error, Result};
+
+/// `--format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    #[default]
+    Table,
+    Csv,
+    Json,
+    Ndjson,
+    Parquet,
+}
+
+/// CSV has no nested types: vectors become their `[x, y, …]` text.
+fn flatten_for_csv(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let nested = |t: &DataType| t.is_nested();
+    if !schema.fields().iter().any(|f| nested(f.data_type())) {
+        return Ok((schema.clone(), batches.to_vec()));
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if nested(f.data_type()) {
+                Field::new(f.name(), DataType::Utf8, true)
+            } else {
+                f.as_ref().clone()
+            }
+        })
+        .collect();
+    let new_schema = Arc::new(Schema::new(fields));
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        let cols: Vec<ArrayRef> = b
+            .columns()
+            .iter()
+            .map(|c| {
+                if nested(c.data_type()) {
+                    Ok(
+                        Arc::new(arrow::array::StringArray::from_iter((0..c.len()).map(
+                            |i| {
+                                (!c.is_null(i)).then(|| {
+                                    arrow::util::display::array_value_to_string(c, i)
+                                        .unwrap_or_default()
+                                })
+                            },
+                        ))) as ArrayRef,
+                    )
+                } else {
+                    Ok(c.clone())
+                }
+            })
+            .collect::<Result<_>>()?;
+        out.push(RecordBatch::try_new(new_schema.clone(), cols)?);
+    }
+    Ok((new_schema, out))
+}
+
+/// Writes `batches` in `format` to `out`.
+pub fn write_results(
+    format: Format,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    out: &mut dyn Write,
+) -> Result<()> {
+    let io = |e: std::io::Error| Error::io("<output>", e);
+    match format {
+        Format::Table => {
+            if schema.fields().is_empty() {
+                return Ok(());
+            }
+            let shown: Vec<RecordBatch> = batches
+                .iter()
+                .filter(|b| b.num_rows() > 0)
+                .cloned()
+                .collect();
+            let table = if shown.is_empty() {
+                // Still show the header for an empty result.
+                arrow::util::pretty::pretty_format_batches(&[RecordBatch::new_empty(
+                    schema.clone(),
+                )])?
+            } else {
+                arrow::util::pretty::pretty_format_batches(&shown)?
+            };
+            writeln!(out, "{table}").map_err(io)?;
+        }
+        Format::Csv => {
+            let (_, batches) = flatten_for_csv(schema, batches)?;
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(out);
+            for b in &batches {
+                w.write(b)?;
+            }
+        }
+        Format::Json => {
+            let mut w = arrow::json::ArrayWriter::new(out);
+            for b in batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+        }
+        Format::Ndjson => {
+            let mut w = arrow::json::LineDelimitedWriter::new(out);
+            for b in batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+        }
+        Format::Parquet => {
+            let mut buf = Vec::new();
+            {
+                let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(
+                    &mut buf,
+                    schema.clone(),
+                    None,
+                )
+                .map_err(|e| Error::InvalidArgument(format!("parquet: {e}")))?;
+                for b in batches {
+                    w.write(b)
+                        .map_err(|e| Error::InvalidArgument(format!("parquet: {e}")))?;
+                }
+                w.close()
+                    .map_err(|e| Error::InvalidArgument(format!("parquet: {e}")))?;
+            }
+            out.write_all(&buf).map_err(io)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! `embed(text [, instruction [, dims]])` → `FixedSizeList<Float32, dims>`, L2-normalised.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, FixedSizeListArray, Float32Array};
+use arrow::buffer::NullBuffer;
+use arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
+use datafusion::logical_expr::{
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+};
+
+use super::args::{call_options, expect_string, StringArg};
+use crate::inference::{block_on, truncate_dims, EmbedInput, Inference};
+
+/// The `embed` SQL function.
+#[derive(Debug)]
+pub struct EmbedUdf {
+    inference: Arc<Inference>,
+    signature: Signature,
+}
+
+impl EmbedUdf {
+    pub fn new(inference: Arc<Inference>) -> Self {
+        Self {
+            inference,
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+impl PartialEq for EmbedUdf {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inference, &other.inference)
+    }
+}
+impl Eq for EmbedUdf {}
+impl Hash for EmbedUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.inference) as usize).hash(state);
+    }
+}
+
+/// The element field of semflow's vectors.
+pub fn vector_item_field() -> FieldRef {
+    Arc::new(Field::new_list_field(DataType::Float32, true))
+}
+
+/// The type `embed` returns for `dims` components.
+pub fn vector_type(dims: usize) -> DataType {
+    DataType::FixedSizeList(vector_item_field(), dims as i32)
+}
+
+struct ModelInfo {
+    id: String,
+    digest: String,
+    hidden: usize,
+}
+
+impl EmbedUdf {
+    fn model_info(&self) -> Result<ModelInfo> {
+        let inference = self.inference.clone();
+        let info = block_on(async move {
+            inference.embed_model_dir().await.map(|d| ModelInfo {
+                id: d.id.clone(),
+                digest: d.weights_digest.clone(),
+                hidden: d.config.hidden_size,
+            })
+        })??;
+        Ok(info)
+    }
+}
+
+impl ScalarUDFImpl for EmbedUdf {
+    fn name(&self) -> &str {
+        "embed"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        if arg_types.is_empty() || arg_types.len() > 3 {
+            return plan_err!(
+                "embed() takes 1 to 3 arguments (text [, instruction [, dims]]), got {}",
+                arg_types.len()
+            );
+        }
+        let mut out = vec![expect_string("embed", 1, "text", &arg_types[0])?];
+        if let Some(t) = arg_types.get(1) {
+            out.push(expect_string("embed", 2, "instruction", t)?);
+        }
+        if let Some(t) = arg_types.get(2) {
+            if !t.is_integer() {
+                return plan_err!("embed(): argument 3 (dims) must be an integer, got {t}");
+            }
+            out.push(DataType::Int64);
+        }
+        Ok(out)
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        // Only reachable through return_field_from_args, which knows `dims`.
+        plan_err!("embed(): return type depends on arguments")
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        let info = self.model_info()?;
+        let dims = match args.scalar_arguments.get(2) {
+            None => info.hidden,
+            Some(Some(v)) => match v {
+                ScalarValue::Int8(Some(_))
+                | ScalarValue::Int16(Some(_))
+                | ScalarValue::Int32(Some(_))
+                | ScalarValue::Int64(Some(_))
+                | ScalarValue::UInt8(Some(_))
+                | ScalarValue::UInt16(Some(_))
+                | ScalarValue::UInt32(Some(_))
+                | ScalarValue::UInt64(Some(_)) => {
+                    let d = v.cast_to(&DataType::Int64)?;
+                    let ScalarValue::Int64(Some(d)) = d else {
+                        return plan_err!("embed(): argument 3 (dims) must be an integer");
+                    };
+                    if d < 1 || d as usize > info.hidden {
+                        return plan_err!(
+                            "embed(): argument 3 (dims) must be between 1 and {} (the model's dimension), got {d}",
+                            info.hidden
+                        );
+                    }
+                    d as usize
+                }
+                other => {
+                    return plan_err!(
+                    "embed(): argument 3 (dims) must be a non-NULL integer constant, got {other}"
+                )
+                }
+            },
+            Some(None) => {
+                return plan_err!("embed(): argument 3 (dims) must be a constant, not a column")
+            }
+        };
+        let instruction = match args.scalar_arguments.get(1) {
+            None => Some(String::new()),
+            Some(Some(v)) => Some(
+                match v {
+                    ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s) => {
+                        s.clone()
+                    }
+                    _ => None,
+                }
+                .unwrap_or_default(),
+            ),
+            Some(None) => None, // varies per row
+        };
+        let mut metadata = HashMap::from([
+            ("semflow.model".to_string(), info.id.clone()),
+            ("semflow.weights".to_string(), info.digest.clone()),
+            ("semflow.dims".to_string(), dims.to_string()),
+        ]);
+        let instr_meta = instruction.clone().unwrap_or_else(|| "<per row>".into());
+        metadata.insert("semflow.instruction".into(), instr_meta.clone());
+        let fp = crate::inference::cache::cache_key(&[
+            info.id.as_bytes(),
+            info.digest.as_bytes(),
+            dims.to_string().as_bytes(),
+            instr_meta.as_bytes(),
+        ]);
+        metadata.insert("semflow.fingerprint".into(), format!("{fp:032x}"));
+        Ok(Arc::new(
+            Field::new(self.name(), vector_type(dims), true).with_metadata(metadata),
+        ))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let DataType::FixedSizeList(_, dims) = args.return_field.data_type() else {
+            return exec_err!(
+                "embed(): unexpected return type {}",
+                args.return_field.data_type()
+            );
+        };
+        let dims = *dims as usize;
+        let opts = call_options(&args.config_options)?;
+        let all_scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let text = StringArg::new(&args.args[0])?;
+        let instruction = match args.args.get(1) {
+            Some(v) => StringArg::new(v)?,
+            None => StringArg::Scalar(None),
+        };
+        let rows = if all_scalar { 1 } else { args.number_rows };
+        let mut inputs = Vec::new();
+        let mut row_ids = Vec::new();
+        for row in 0..rows {
+            if let Some(t) = text.get(row) {
+                inputs.push(EmbedInput {
+                    text: t.to_string(),
+                    instruction: instruction
+                        .get(row)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from),
+                });
+                row_ids.push(row);
+            }
+        }
+        let vectors = if inputs.is_empty() {
+            Vec::new()
+        } else {
+            let inference = self.inference.clone();
+            let rows_for_errors = row_ids.clone();
+            block_on(async move { inference.embed(inputs, rows_for_errors, opts).await })??
+        };
+        let mut values = vec![0.0f32; rows * dims];
+        let mut valid = vec![false; rows];
+        for (row, v) in row_ids.into_iter().zip(vectors) {
+            if v.len() < dims {
+                return exec_err!(
+                    "embed(): model returned {} components, need {dims}",
+                    v.len()
+                );
+            }
+            let v = if dims == v.len() {
+                v.to_vec()
+            } else {
+                truncate_dims(&v, dims)
+            };
+            values[row * dims..(row + 1) * dims].copy_from_slice(&v);
+            valid[row] = true;
+        }
+        let nulls = valid.iter().any(|v| !v).then(|| NullBuffer::from(valid));
+        let array = FixedSizeListArray::try_new(
+            vector_item_field(),
+            dims as i32,
+            Arc::new(Float32Array::from(values)) as ArrayRef,
+            nulls,
+        )?;
+        if all_scalar {
+            Ok(ColumnarValue::Scalar(ScalarValue::FixedSizeList(Arc::new(
+                array,
+            ))))
+        } else {
+            debug_assert_eq!(array.len(), args.number_rows);
+            Ok(ColumnarValue::Array(Arc::new(array)))
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! SQL functions: `embed`, `rerank` (inference) and the vector functions.
+
+mod args;
+pub mod embed;
+pub mod rerank;
+pub mod stats;
+pub mod vector;
+
+use std::sync::Arc;
+
+use datafusion::execution::context::SessionContext;
+use datafusion::logical_expr::ScalarUDF;
+
+use crate::inference::Inference;
+
+/// Registers every semflow function on `ctx`.
+pub fn register_all(ctx: &SessionContext, inference: &Arc<Inference>) {
+    ctx.register_udf(ScalarUDF::from(embed::EmbedUdf::new(inference.clone())));
+    ctx.register_udf(ScalarUDF::from(rerank::RerankUdf::new(inference.clone())));
+    for kind in vector::VectorFn::ALL {
+        ctx.register_udf(ScalarUDF::from(vector::VectorUdf::new(kind)));
+    }
+    ctx.register_udtf(
+        "semflow_stats",
+        Arc::new(stats::StatsFunction::new(inference.clone())),
+    );
+}

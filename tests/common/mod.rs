@@ -1,0 +1,51 @@
+//! Shared test helpers: random tiny models written once per build, and engines over them.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use semflow::model::config::Preset;
+use semflow::model::random::{write_random_model, ModelKind, RandomModelSpec, WeightDtype};
+use semflow::{Engine, InferenceConfig};
+
+/// Seeds of the parity fixture's models (scripts/parity_reference.py).
+pub const EMBED_SEED: u64 = 42;
+pub const RERANK_SEED: u64 = 43;
+
+/// A random tiny model directory, written once under Cargo's test temp dir.
+pub fn tiny_model(kind: ModelKind, seed: u64) -> PathBuf {
+    static LOCK: OnceLock<std::sync::Mutex<()>> = OnceLock::new();
+    let _guard = LOCK.get_or_init(Default::default).lock().unwrap();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("models")
+        .join(format!("{kind:?}-tiny-f32-{seed}"));
+    if !dir.join("model.safetensors").is_file() {
+        let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+        let spec = RandomModelSpec {
+            kind,
+            preset: Preset::Tiny,
+            seed,
+            dtype: WeightDtype::F32,
+        };
+        write_random_model(&spec, &tmp).unwrap();
+        std::fs::rename(&tmp, &dir).unwrap();
+    }
+    dir
+}
+
+/// Engine settings over the parity models.
+pub fn tiny_config() -> InferenceConfig {
+    InferenceConfig {
+        embed_model: tiny_model(ModelKind::Embedding, EMBED_SEED)
+            .to_string_lossy()
+            .into_owned(),
+        rerank_model: tiny_model(ModelKind::Reranker, RERANK_SEED)
+            .to_string_lossy()
+            .into_owned(),
+        ..InferenceConfig::default()
+    }
+}
+
+pub fn tiny_engine() -> Engine {
+    Engine::new(tiny_config())
+}
