@@ -75,12 +75,34 @@ impl Error {
         }
     }
 
+    /// The message to show a user: DataFusion's "External error: " wrapping of semflow's own
+    /// errors is removed, so the text starts with what went wrong.
+    pub fn user_message(&self) -> String {
+        match self {
+            Error::DataFusion(e) => datafusion_message(e),
+            other => other.to_string(),
+        }
+    }
+
     /// A model error with a message.
     pub fn model(model: impl ToString, message: impl ToString) -> Self {
         Error::Model {
             model: model.to_string(),
             message: message.to_string(),
         }
+    }
+}
+
+fn datafusion_message(e: &datafusion::error::DataFusionError) -> String {
+    use datafusion::error::DataFusionError as D;
+    match e {
+        D::External(inner) => match inner.downcast_ref::<Error>() {
+            Some(own) => own.user_message(),
+            None => inner.to_string(),
+        },
+        D::Context(ctx, inner) => format!("{ctx}: {}", datafusion_message(inner)),
+        D::Shared(inner) => datafusion_message(inner),
+        other => other.to_string(),
     }
 }
 

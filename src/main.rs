@@ -14,6 +14,9 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(semflow::cli::run(cli))?;
+    if let Err(e) = runtime.block_on(semflow::cli::run(cli)) {
+        eprintln!("error: {}", e.user_message());
+        std::process::exit(1);
+    }
     Ok(())
 }

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::error::{Error, Result};
@@ -19,10 +19,41 @@ pub enum Format {
     Parquet,
 }
 
-/// CSV has no nested types: vectors become their `[x, y, …]` text.
-fn flatten_for_csv(
+/// How a nested value is shown as text.
+#[derive(Clone, Copy)]
+enum NestedText {
+    /// Every element (CSV has no nested types; nothing may be lost).
+    Full,
+    /// The first few elements and the length (tables for people: a 1024-dim vector would fill
+    /// the screen).
+    Short,
+}
+
+fn nested_to_string(c: &ArrayRef, i: usize, mode: NestedText) -> String {
+    const SHOWN: usize = 4;
+    let text = |a: &ArrayRef, j: usize| {
+        arrow::util::display::array_value_to_string(a, j).unwrap_or_default()
+    };
+    let list = match (mode, c.data_type()) {
+        (NestedText::Short, DataType::FixedSizeList(..)) => Some(c.as_fixed_size_list().value(i)),
+        (NestedText::Short, DataType::List(_)) => Some(c.as_list::<i32>().value(i)),
+        (NestedText::Short, DataType::LargeList(_)) => Some(c.as_list::<i64>().value(i)),
+        _ => None,
+    };
+    match list {
+        Some(values) if values.len() > SHOWN => {
+            let head: Vec<String> = (0..SHOWN).map(|j| text(&values, j)).collect();
+            format!("[{}, … ({} values)]", head.join(", "), values.len())
+        }
+        _ => text(c, i),
+    }
+}
+
+/// Replaces nested columns (vectors, structs) by their text.
+fn stringify_nested(
     schema: &SchemaRef,
     batches: &[RecordBatch],
+    mode: NestedText,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let nested = |t: &DataType| t.is_nested();
     if !schema.fields().iter().any(|f| nested(f.data_type())) {
@@ -47,16 +78,9 @@ fn flatten_for_csv(
             .iter()
             .map(|c| {
                 if nested(c.data_type()) {
-                    Ok(
-                        Arc::new(arrow::array::StringArray::from_iter((0..c.len()).map(
-                            |i| {
-                                (!c.is_null(i)).then(|| {
-                                    arrow::util::display::array_value_to_string(c, i)
-                                        .unwrap_or_default()
-                                })
-                            },
-                        ))) as ArrayRef,
-                    )
+                    Ok(Arc::new(arrow::array::StringArray::from_iter(
+                        (0..c.len()).map(|i| (!c.is_null(i)).then(|| nested_to_string(c, i, mode))),
+                    )) as ArrayRef)
                 } else {
                     Ok(c.clone())
                 }
@@ -80,23 +104,19 @@ pub fn write_results(
             if schema.fields().is_empty() {
                 return Ok(());
             }
-            let shown: Vec<RecordBatch> = batches
-                .iter()
-                .filter(|b| b.num_rows() > 0)
-                .cloned()
-                .collect();
+            let (schema, batches) = stringify_nested(schema, batches, NestedText::Short)?;
+            let shown: Vec<RecordBatch> =
+                batches.into_iter().filter(|b| b.num_rows() > 0).collect();
             let table = if shown.is_empty() {
                 // Still show the header for an empty result.
-                arrow::util::pretty::pretty_format_batches(&[RecordBatch::new_empty(
-                    schema.clone(),
-                )])?
+                arrow::util::pretty::pretty_format_batches(&[RecordBatch::new_empty(schema)])?
             } else {
                 arrow::util::pretty::pretty_format_batches(&shown)?
             };
             writeln!(out, "{table}").map_err(io)?;
         }
         Format::Csv => {
-            let (_, batches) = flatten_for_csv(schema, batches)?;
+            let (_, batches) = stringify_nested(schema, batches, NestedText::Full)?;
             let mut w = arrow::csv::WriterBuilder::new()
                 .with_header(true)
                 .build(out);

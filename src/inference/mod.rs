@@ -240,6 +240,7 @@ impl Inference {
             cache_key(&[
                 b"embed",
                 digest.as_bytes(),
+                truncation_tag(opts.truncation),
                 i.instruction.as_deref().unwrap_or("").as_bytes(),
                 i.text.as_bytes(),
             ])
@@ -319,6 +320,7 @@ impl Inference {
             cache_key(&[
                 b"rerank",
                 digest.as_bytes(),
+                truncation_tag(opts.truncation),
                 i.instruction.as_deref().unwrap_or("").as_bytes(),
                 i.query.as_bytes(),
                 i.document.as_bytes(),
@@ -397,6 +399,15 @@ impl Inference {
             ("rerank_cache_misses", self.rerank_cache.misses()),
             ("rerank_cache_entries", self.rerank_cache.len() as u64),
         ]
+    }
+}
+
+/// Part of the cache key: a result computed from a truncated input must not answer a query
+/// that asked for over-long inputs to fail.
+fn truncation_tag(t: Truncation) -> &'static [u8] {
+    match t {
+        Truncation::End => b"end",
+        Truncation::Error => b"error",
     }
 }
 

@@ -1,0 +1,181 @@
+//! The `semflow` binary as users run it: the README's demo, output formats, model generation,
+//! lazy loading and the errors users see.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use semflow::model::random::ModelKind;
+
+fn semflow(args: &[&str]) -> Output {
+    let embed = common::tiny_model(ModelKind::Embedding, common::EMBED_SEED);
+    let rerank = common::tiny_model(ModelKind::Reranker, common::RERANK_SEED);
+    Command::new(env!("CARGO_BIN_EXE_semflow"))
+        .args(args)
+        .env("SEMFLOW_EMBED_MODEL", embed)
+        .env("SEMFLOW_RERANK_MODEL", rerank)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "semflow failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    assert!(!o.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&o.stdout));
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+#[test]
+fn readme_demo_searches_and_reranks() {
+    let out = stdout(&semflow(&["sql", "-f", "examples/search.sql"]));
+    assert!(out.contains("relevance"), "{out}");
+    // Header, separator lines and exactly three hits.
+    let rows = out.lines().filter(|l| l.starts_with("| ") && !l.contains("relevance")).count();
+    assert_eq!(rows, 3, "{out}");
+}
+
+#[test]
+fn readme_demo_with_random_model_spec() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_semflow"))
+        .args(["sql", "-f", "examples/search.sql", "--embed-model", "random:tiny", "--rerank-model", "random:tiny"])
+        .env("SEMFLOW_CACHE_DIR", cache.path())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("relevance"));
+    assert!(cache.path().join("random/embedding-tiny-0/model.safetensors").is_file());
+    assert!(cache.path().join("random/reranker-tiny-0/model.safetensors").is_file());
+}
+
+#[test]
+fn output_formats() {
+    let sql = "SELECT 1 AS id, embed('hello', 'q', 4) AS v, rerank('a', 'b') > 0 AS ok";
+    let csv = stdout(&semflow(&["sql", sql, "--format", "csv"]));
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("id,v,ok"));
+    let row = lines.next().unwrap();
+    assert!(row.starts_with("1,\"[") && row.ends_with("]\",true"), "{row}");
+
+    let ndjson = stdout(&semflow(&["sql", sql, "--format", "ndjson"]));
+    let value: serde_json::Value = serde_json::from_str(ndjson.lines().next().unwrap()).unwrap();
+    let v = value["v"].as_array().unwrap();
+    assert_eq!(v.len(), 4);
+    let norm: f64 = v.iter().map(|x| x.as_f64().unwrap().powi(2)).sum();
+    assert!((norm - 1.0).abs() < 1e-5);
+
+    let json = stdout(&semflow(&["sql", sql, "--format", "json"]));
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(rows[0]["id"], 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("out.parquet");
+    stdout(&semflow(&["sql", sql, "--format", "parquet", "--output", file.to_str().unwrap()]));
+    let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&file).unwrap(),
+    )
+    .unwrap();
+    let schema = reader.schema().clone();
+    // The model fingerprint travels with the column into the file.
+    let meta = schema.field_with_name("v").unwrap().metadata();
+    assert_eq!(meta.get("semflow.dims").map(String::as_str), Some("4"));
+    assert_eq!(meta.get("semflow.instruction").map(String::as_str), Some("q"));
+    assert!(meta.contains_key("semflow.weights") && meta.contains_key("semflow.fingerprint"));
+    let batches: Vec<_> = reader.build().unwrap().collect::<Result<_, _>>().unwrap();
+    assert_eq!(batches[0].num_rows(), 1);
+}
+
+#[test]
+fn model_random_writes_a_loadable_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m");
+    let o = Command::new(env!("CARGO_BIN_EXE_semflow"))
+        .args(["model", "random", "--kind", "embedding", "--preset", "tiny", "--seed", "5"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(stdout(&o).contains("2 layers, hidden 64"));
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "modules.json", "1_Pooling/config.json"] {
+        assert!(Path::new(&out).join(f).exists(), "{f}");
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_semflow"))
+        .args(["sql", "SELECT arrow_typeof(embed('x')) AS t", "--format", "csv", "--embed-model"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(stdout(&o).contains("FixedSizeList(64 x Float32)"));
+}
+
+#[test]
+fn models_load_lazily() {
+    // No model is needed (or even present) for SQL that uses neither function.
+    let o = Command::new(env!("CARGO_BIN_EXE_semflow"))
+        .args(["sql", "SELECT 1 + 1 AS two", "--format", "csv"])
+        .args(["--embed-model", "/nonexistent/model", "--rerank-model", "/nonexistent/model"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "two\n2\n");
+}
+
+#[test]
+fn errors_name_what_to_fix() {
+    let e = stderr(&semflow(&["sql", "SELECT embed('x', 'q', 0)"]));
+    assert!(e.contains("embed(): argument 3 (dims) must be between 1 and 64"), "{e}");
+
+    let e = stderr(&semflow(&["sql", "SELECT 1", "--dtype", "bf16"]));
+    assert!(e.contains("--dtype bf16 is not supported on CPU"), "{e}");
+
+    let e = stderr(&semflow(&["sql", "SELECT 1", "--device", "tpu"]));
+    assert!(e.contains("--device must be cpu, cuda or cuda:N"), "{e}");
+
+    let e = stderr(&semflow(&["sql", "SELECT embed('x')", "--embed-model", "./no/such/dir"]));
+    assert!(e.contains("no such directory") && e.contains("--embed-model"), "{e}");
+
+    let e = stderr(&semflow(&["sql", "SELECT * FROM missing_table"]));
+    assert!(e.contains("missing_table"), "{e}");
+}
+
+#[test]
+fn unreachable_hub_names_the_flag() {
+    let home = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_semflow"))
+        .args(["sql", "SELECT rerank('q', 'd')", "--rerank-model", "Qwen/Qwen3-Reranker-0.6B"])
+        .env("HF_HOME", home.path())
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert!(e.contains("could not download Qwen/Qwen3-Reranker-0.6B"), "{e}");
+    assert!(e.contains("--rerank-model"), "{e}");
+}
+
+#[test]
+fn config_file_sets_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("semflow.toml");
+    let embed = common::tiny_model(ModelKind::Embedding, common::EMBED_SEED);
+    std::fs::write(&cfg, format!("embed_model = {:?}\ncache_size = 0\n", embed.to_str().unwrap())).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_semflow"))
+        .args(["sql", "SELECT arrow_typeof(embed('x', '', 16)) AS t", "--format", "csv", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(stdout(&o).contains("FixedSizeList(16 x Float32)"));
+    std::fs::write(&cfg, "embed_modle = 'typo'\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_semflow"))
+        .args(["sql", "SELECT 1", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(stderr(&o).contains("embed_modle"));
+}
