@@ -30,7 +30,11 @@ fn stdout(o: &Output) -> String {
 }
 
 fn stderr(o: &Output) -> String {
-    assert!(!o.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        !o.status.success(),
+        "expected failure, got: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     String::from_utf8(o.stderr.clone()).unwrap()
 }
 
@@ -39,7 +43,10 @@ fn readme_demo_searches_and_reranks() {
     let out = stdout(&semflow(&["sql", "-f", "examples/search.sql"]));
     assert!(out.contains("relevance"), "{out}");
     // Header, separator lines and exactly three hits.
-    let rows = out.lines().filter(|l| l.starts_with("| ") && !l.contains("relevance")).count();
+    let rows = out
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.contains("relevance"))
+        .count();
     assert_eq!(rows, 3, "{out}");
 }
 
@@ -47,14 +54,28 @@ fn readme_demo_searches_and_reranks() {
 fn readme_demo_with_random_model_spec() {
     let cache = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_semflow"))
-        .args(["sql", "-f", "examples/search.sql", "--embed-model", "random:tiny", "--rerank-model", "random:tiny"])
+        .args([
+            "sql",
+            "-f",
+            "examples/search.sql",
+            "--embed-model",
+            "random:tiny",
+            "--rerank-model",
+            "random:tiny",
+        ])
         .env("SEMFLOW_CACHE_DIR", cache.path())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
     assert!(stdout(&out).contains("relevance"));
-    assert!(cache.path().join("random/embedding-tiny-0/model.safetensors").is_file());
-    assert!(cache.path().join("random/reranker-tiny-0/model.safetensors").is_file());
+    assert!(cache
+        .path()
+        .join("random/embedding-tiny-0/model.safetensors")
+        .is_file());
+    assert!(cache
+        .path()
+        .join("random/reranker-tiny-0/model.safetensors")
+        .is_file());
 }
 
 #[test]
@@ -64,7 +85,10 @@ fn output_formats() {
     let mut lines = csv.lines();
     assert_eq!(lines.next(), Some("id,v,ok"));
     let row = lines.next().unwrap();
-    assert!(row.starts_with("1,\"[") && row.ends_with("]\",true"), "{row}");
+    assert!(
+        row.starts_with("1,\"[") && row.ends_with("]\",true"),
+        "{row}"
+    );
 
     let ndjson = stdout(&semflow(&["sql", sql, "--format", "ndjson"]));
     let value: serde_json::Value = serde_json::from_str(ndjson.lines().next().unwrap()).unwrap();
@@ -79,16 +103,27 @@ fn output_formats() {
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("out.parquet");
-    stdout(&semflow(&["sql", sql, "--format", "parquet", "--output", file.to_str().unwrap()]));
-    let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-        std::fs::File::open(&file).unwrap(),
-    )
-    .unwrap();
+    stdout(&semflow(&[
+        "sql",
+        sql,
+        "--format",
+        "parquet",
+        "--output",
+        file.to_str().unwrap(),
+    ]));
+    let reader =
+        datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&file).unwrap(),
+        )
+        .unwrap();
     let schema = reader.schema().clone();
     // The model fingerprint travels with the column into the file.
     let meta = schema.field_with_name("v").unwrap().metadata();
     assert_eq!(meta.get("semflow.dims").map(String::as_str), Some("4"));
-    assert_eq!(meta.get("semflow.instruction").map(String::as_str), Some("q"));
+    assert_eq!(
+        meta.get("semflow.instruction").map(String::as_str),
+        Some("q")
+    );
     assert!(meta.contains_key("semflow.weights") && meta.contains_key("semflow.fingerprint"));
     let batches: Vec<_> = reader.build().unwrap().collect::<Result<_, _>>().unwrap();
     assert_eq!(batches[0].num_rows(), 1);
@@ -99,17 +134,38 @@ fn model_random_writes_a_loadable_directory() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m");
     let o = Command::new(env!("CARGO_BIN_EXE_semflow"))
-        .args(["model", "random", "--kind", "embedding", "--preset", "tiny", "--seed", "5"])
+        .args([
+            "model",
+            "random",
+            "--kind",
+            "embedding",
+            "--preset",
+            "tiny",
+            "--seed",
+            "5",
+        ])
         .arg("--out")
         .arg(&out)
         .output()
         .unwrap();
     assert!(stdout(&o).contains("2 layers, hidden 64"));
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "modules.json", "1_Pooling/config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "modules.json",
+        "1_Pooling/config.json",
+    ] {
         assert!(Path::new(&out).join(f).exists(), "{f}");
     }
     let o = Command::new(env!("CARGO_BIN_EXE_semflow"))
-        .args(["sql", "SELECT arrow_typeof(embed('x')) AS t", "--format", "csv", "--embed-model"])
+        .args([
+            "sql",
+            "SELECT arrow_typeof(embed('x')) AS t",
+            "--format",
+            "csv",
+            "--embed-model",
+        ])
         .arg(&out)
         .output()
         .unwrap();
@@ -121,7 +177,12 @@ fn models_load_lazily() {
     // No model is needed (or even present) for SQL that uses neither function.
     let o = Command::new(env!("CARGO_BIN_EXE_semflow"))
         .args(["sql", "SELECT 1 + 1 AS two", "--format", "csv"])
-        .args(["--embed-model", "/nonexistent/model", "--rerank-model", "/nonexistent/model"])
+        .args([
+            "--embed-model",
+            "/nonexistent/model",
+            "--rerank-model",
+            "/nonexistent/model",
+        ])
         .output()
         .unwrap();
     assert_eq!(stdout(&o), "two\n2\n");
@@ -130,7 +191,10 @@ fn models_load_lazily() {
 #[test]
 fn errors_name_what_to_fix() {
     let e = stderr(&semflow(&["sql", "SELECT embed('x', 'q', 0)"]));
-    assert!(e.contains("embed(): argument 3 (dims) must be between 1 and 64"), "{e}");
+    assert!(
+        e.contains("embed(): argument 3 (dims) must be between 1 and 64"),
+        "{e}"
+    );
 
     let e = stderr(&semflow(&["sql", "SELECT 1", "--dtype", "bf16"]));
     assert!(e.contains("--dtype bf16 is not supported on CPU"), "{e}");
@@ -138,8 +202,16 @@ fn errors_name_what_to_fix() {
     let e = stderr(&semflow(&["sql", "SELECT 1", "--device", "tpu"]));
     assert!(e.contains("--device must be cpu, cuda or cuda:N"), "{e}");
 
-    let e = stderr(&semflow(&["sql", "SELECT embed('x')", "--embed-model", "./no/such/dir"]));
-    assert!(e.contains("no such directory") && e.contains("--embed-model"), "{e}");
+    let e = stderr(&semflow(&[
+        "sql",
+        "SELECT embed('x')",
+        "--embed-model",
+        "./no/such/dir",
+    ]));
+    assert!(
+        e.contains("no such directory") && e.contains("--embed-model"),
+        "{e}"
+    );
 
     let e = stderr(&semflow(&["sql", "SELECT * FROM missing_table"]));
     assert!(e.contains("missing_table"), "{e}");
@@ -149,13 +221,21 @@ fn errors_name_what_to_fix() {
 fn unreachable_hub_names_the_flag() {
     let home = tempfile::tempdir().unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_semflow"))
-        .args(["sql", "SELECT rerank('q', 'd')", "--rerank-model", "Qwen/Qwen3-Reranker-0.6B"])
+        .args([
+            "sql",
+            "SELECT rerank('q', 'd')",
+            "--rerank-model",
+            "Qwen/Qwen3-Reranker-0.6B",
+        ])
         .env("HF_HOME", home.path())
         .env("HF_ENDPOINT", "http://127.0.0.1:9")
         .output()
         .unwrap();
     let e = stderr(&o);
-    assert!(e.contains("could not download Qwen/Qwen3-Reranker-0.6B"), "{e}");
+    assert!(
+        e.contains("could not download Qwen/Qwen3-Reranker-0.6B"),
+        "{e}"
+    );
     assert!(e.contains("--rerank-model"), "{e}");
 }
 
@@ -164,9 +244,22 @@ fn config_file_sets_models() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("semflow.toml");
     let embed = common::tiny_model(ModelKind::Embedding, common::EMBED_SEED);
-    std::fs::write(&cfg, format!("embed_model = {:?}\ncache_size = 0\n", embed.to_str().unwrap())).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "embed_model = {:?}\ncache_size = 0\n",
+            embed.to_str().unwrap()
+        ),
+    )
+    .unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_semflow"))
-        .args(["sql", "SELECT arrow_typeof(embed('x', '', 16)) AS t", "--format", "csv", "--config"])
+        .args([
+            "sql",
+            "SELECT arrow_typeof(embed('x', '', 16)) AS t",
+            "--format",
+            "csv",
+            "--config",
+        ])
         .arg(&cfg)
         .output()
         .unwrap();

@@ -14,7 +14,10 @@ fn fixture(name: &str) -> QwenTokenizer {
 fn known_ids() {
     for name in ["qwen3-tokenizer.json", "qwen3-embedding-tokenizer.json"] {
         let tok = fixture(name);
-        assert_eq!(tok.encode("Hello world<|endoftext|>").unwrap(), vec![9707, 1879, 151643]);
+        assert_eq!(
+            tok.encode("Hello world<|endoftext|>").unwrap(),
+            vec![9707, 1879, 151643]
+        );
         assert_eq!(tok.encode("<|im_start|>").unwrap(), vec![IM_START_TOKEN_ID]);
         assert_eq!(tok.encode("yes").unwrap(), vec![YES_TOKEN_ID]);
         assert_eq!(tok.encode("no").unwrap(), vec![NO_TOKEN_ID]);
