@@ -46,6 +46,11 @@ pub struct EngineArgs {
     /// Reranker model, as --embed-model. Default Qwen/Qwen3-Reranker-0.6B.
     #[arg(long, env = "SEMFLOW_RERANK_MODEL")]
     pub rerank_model: Option<String>,
+    /// Inference implementation: packed (default; semflow's padding-free Qwen3 forward pass,
+    /// which batches mixed lengths together) or mistralrs (mistral.rs pipelines, which batch
+    /// only inputs of equal token length).
+    #[arg(long, env = "SEMFLOW_BACKEND")]
+    pub backend: Option<String>,
     /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
     #[arg(long, env = "SEMFLOW_DEVICE")]
     pub device: Option<String>,
@@ -72,6 +77,7 @@ impl EngineArgs {
         let over = Overrides {
             embed_model: self.embed_model.clone(),
             rerank_model: self.rerank_model.clone(),
+            backend: self.backend.clone(),
             device: self.device.clone(),
             dtype: self.dtype.clone(),
             cache_size: self.cache_size,

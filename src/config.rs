@@ -14,6 +14,7 @@ use crate::inference::InferenceConfig;
 pub struct FileConfig {
     pub embed_model: Option<String>,
     pub rerank_model: Option<String>,
+    pub backend: Option<String>,
     pub device: Option<String>,
     pub dtype: Option<String>,
     pub cache_size: Option<usize>,
@@ -34,6 +35,7 @@ impl FileConfig {
 pub struct Overrides {
     pub embed_model: Option<String>,
     pub rerank_model: Option<String>,
+    pub backend: Option<String>,
     pub device: Option<String>,
     pub dtype: Option<String>,
     pub cache_size: Option<usize>,
@@ -57,6 +59,9 @@ pub fn inference_config(file: &FileConfig, over: &Overrides) -> Result<Inference
         .or_else(|| file.rerank_model.clone())
     {
         cfg.rerank_model = m;
+    }
+    if let Some(b) = over.backend.as_ref().or(file.backend.as_ref()) {
+        cfg.backend = b.parse()?;
     }
     if let Some(d) = over.device.as_ref().or(file.device.as_ref()) {
         cfg.load.device = d.parse()?;

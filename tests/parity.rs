@@ -12,6 +12,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use semflow::inference::prompts;
 use semflow::inference::tokenize::{QwenTokenizer, Truncation};
+use semflow::inference::BackendKind;
 use semflow::model::random::ModelKind;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -118,10 +119,29 @@ fn cosine(a: &[f32], b: &[f64]) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embeddings_match_the_reference() {
+async fn embeddings_match_the_reference_packed() {
+    check_embeddings(BackendKind::Packed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_match_the_reference_mistralrs() {
+    check_embeddings(BackendKind::MistralRs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerank_matches_the_reference_packed() {
+    check_rerank(BackendKind::Packed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerank_matches_the_reference_mistralrs() {
+    check_rerank(BackendKind::MistralRs).await;
+}
+
+async fn check_embeddings(backend: BackendKind) {
     let f = fixture();
     let cases = f["embeddings"].as_array().unwrap();
-    let engine = common::tiny_engine();
+    let engine = semflow::Engine::new(common::tiny_config_with(backend));
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("text", DataType::Utf8, false),
@@ -169,7 +189,7 @@ async fn embeddings_match_the_reference() {
             worst = (worst.0.max(err), worst.1.min(cos));
             assert!(
                 err <= EMBED_TOL && cos >= 0.99999,
-                "{key} of case {i} ({:?}): max abs {err:e}, cos {cos}",
+                "{backend:?}: {key} of case {i} ({:?}): max abs {err:e}, cos {cos}",
                 case["text"]
                     .as_str()
                     .unwrap()
@@ -180,16 +200,15 @@ async fn embeddings_match_the_reference() {
         }
     }
     println!(
-        "embedding parity: max abs error {:e}, min cosine {}",
+        "embedding parity ({backend:?}): max abs error {:e}, min cosine {}",
         worst.0, worst.1
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rerank_matches_the_reference() {
+async fn check_rerank(backend: BackendKind) {
     let f = fixture();
     let cases = f["rerank"].as_array().unwrap();
-    let engine = common::tiny_engine();
+    let engine = semflow::Engine::new(common::tiny_config_with(backend));
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("query", DataType::Utf8, false),
@@ -239,5 +258,5 @@ async fn rerank_matches_the_reference() {
             case["p_yes"]
         );
     }
-    println!("rerank parity: max abs error in P(yes) {worst:e}");
+    println!("rerank parity ({backend:?}): max abs error in P(yes) {worst:e}");
 }

@@ -75,6 +75,17 @@ impl DTypeSpec {
         }
     }
 
+    /// The candle dtype for semflow's packed backend (same rules as [`Self::resolve`]; `auto`
+    /// on CUDA is BF16, what Qwen3 checkpoints are trained and stored in).
+    pub fn candle(self, device: DeviceSpec) -> Result<candle_core::DType> {
+        use candle_core::DType as D;
+        Ok(match self.resolve(device)? {
+            mistralrs::ModelDType::F32 => D::F32,
+            mistralrs::ModelDType::F16 => D::F16,
+            mistralrs::ModelDType::BF16 | mistralrs::ModelDType::Auto => D::BF16,
+        })
+    }
+
     /// The candle device for `device`; CUDA needs the `cuda` feature.
     pub fn device(device: DeviceSpec) -> Result<mistralrs::Device> {
         match device {

@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod device;
 pub mod local;
+pub mod packed;
 pub mod prompts;
 pub mod single_token;
 pub mod tokenize;
@@ -21,9 +22,115 @@ use tokio::sync::OnceCell;
 
 use self::cache::{cache_key, ContentCache};
 use self::local::{LoadOptions, LocalEmbedder, LocalReranker};
+use self::packed::PackedWorker;
 use self::tokenize::{QwenTokenizer, TooLong, Truncation};
 use crate::error::{Error, Result};
 use crate::model::dir::{ModelDir, Role};
+
+/// Which implementation runs the models (`--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    /// semflow's packed, padding-free Qwen3 forward pass on candle: mixed lengths batch
+    /// together. The default.
+    #[default]
+    Packed,
+    /// mistral.rs's pipelines (batches only equal-length inputs together).
+    MistralRs,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "packed" => Ok(BackendKind::Packed),
+            "mistralrs" | "mistral.rs" => Ok(BackendKind::MistralRs),
+            other => Err(Error::InvalidArgument(format!(
+                "--backend must be packed or mistralrs, got '{other}'"
+            ))),
+        }
+    }
+}
+
+/// A loaded embedding model behind either backend.
+enum Embedder {
+    Packed(PackedWorker, ModelDir),
+    MistralRs(LocalEmbedder),
+}
+
+impl Embedder {
+    async fn load(dir: ModelDir, cfg: &InferenceConfig) -> Result<Self> {
+        Ok(match cfg.backend {
+            BackendKind::Packed => {
+                let device = device::DTypeSpec::device(cfg.load.device)?;
+                let dtype = cfg.load.dtype.candle(cfg.load.device)?;
+                Embedder::Packed(
+                    PackedWorker::start(dir.clone(), device, dtype, false).await?,
+                    dir,
+                )
+            }
+            BackendKind::MistralRs => {
+                Embedder::MistralRs(LocalEmbedder::load(dir, cfg.load).await?)
+            }
+        })
+    }
+
+    fn dir(&self) -> &ModelDir {
+        match self {
+            Embedder::Packed(_, dir) => dir,
+            Embedder::MistralRs(m) => &m.dir,
+        }
+    }
+
+    async fn embed_ids(&self, seqs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
+        match self {
+            Embedder::Packed(worker, _) => worker.run(seqs).await,
+            Embedder::MistralRs(m) => m.embed_ids(&seqs).await,
+        }
+    }
+}
+
+/// A loaded reranker behind either backend.
+enum Reranker {
+    Packed(PackedWorker, ModelDir),
+    MistralRs(LocalReranker),
+}
+
+impl Reranker {
+    async fn load(dir: ModelDir, cfg: &InferenceConfig) -> Result<Self> {
+        Ok(match cfg.backend {
+            BackendKind::Packed => {
+                let device = device::DTypeSpec::device(cfg.load.device)?;
+                let dtype = cfg.load.dtype.candle(cfg.load.device)?;
+                Reranker::Packed(
+                    PackedWorker::start(dir.clone(), device, dtype, true).await?,
+                    dir,
+                )
+            }
+            BackendKind::MistralRs => {
+                Reranker::MistralRs(LocalReranker::load(dir, cfg.load).await?)
+            }
+        })
+    }
+
+    fn dir(&self) -> &ModelDir {
+        match self {
+            Reranker::Packed(_, dir) => dir,
+            Reranker::MistralRs(m) => &m.dir,
+        }
+    }
+
+    async fn score_ids(&self, seqs: Vec<Vec<u32>>) -> Result<Vec<f32>> {
+        match self {
+            Reranker::Packed(worker, _) => Ok(worker
+                .run(seqs)
+                .await?
+                .into_iter()
+                .map(|yn| prompts::p_yes(yn[0], yn[1]))
+                .collect()),
+            Reranker::MistralRs(m) => m.score_ids(&seqs).await,
+        }
+    }
+}
 
 /// Engine-wide inference settings.
 #[derive(Debug, Clone)]
@@ -31,6 +138,7 @@ pub struct InferenceConfig {
     /// Hugging Face id, local directory, or `random:PRESET[:SEED]`.
     pub embed_model: String,
     pub rerank_model: String,
+    pub backend: BackendKind,
     pub load: LoadOptions,
     /// Entries per content cache (embeddings, rerank scores); 0 turns caching off.
     pub cache_capacity: usize,
@@ -43,6 +151,7 @@ impl Default for InferenceConfig {
         Self {
             embed_model: "Qwen/Qwen3-Embedding-0.6B".into(),
             rerank_model: "Qwen/Qwen3-Reranker-0.6B".into(),
+            backend: BackendKind::Packed,
             load: LoadOptions {
                 device: device::DeviceSpec::Cpu,
                 dtype: device::DTypeSpec::Auto,
@@ -98,8 +207,8 @@ pub struct Inference {
     config: InferenceConfig,
     embed_dir: OnceCell<ModelDir>,
     rerank_dir: OnceCell<ModelDir>,
-    embedder: OnceCell<Arc<Loaded<LocalEmbedder>>>,
-    reranker: OnceCell<Arc<Loaded<LocalReranker>>>,
+    embedder: OnceCell<Arc<Loaded<Embedder>>>,
+    reranker: OnceCell<Arc<Loaded<Reranker>>>,
     embed_cache: ContentCache<Arc<[f32]>>,
     rerank_cache: ContentCache<f32>,
     pub stats: Stats,
@@ -185,7 +294,7 @@ impl Inference {
             .map_or(model_max, |m| m.min(model_max))
     }
 
-    async fn embedder(&self) -> Result<Arc<Loaded<LocalEmbedder>>> {
+    async fn embedder(&self) -> Result<Arc<Loaded<Embedder>>> {
         let loaded = self
             .embedder
             .get_or_try_init(|| async {
@@ -193,7 +302,7 @@ impl Inference {
                 let tokenizer = QwenTokenizer::from_file(&dir.path.join("tokenizer.json"))?;
                 let max_tokens = self.max_tokens(&dir);
                 tracing::info!(model = %dir.id, "loading embedding model");
-                let backend = LocalEmbedder::load(dir, self.config.load).await?;
+                let backend = Embedder::load(dir, &self.config).await?;
                 Ok::<_, Error>(Arc::new(Loaded {
                     backend,
                     tokenizer,
@@ -204,7 +313,7 @@ impl Inference {
         Ok(loaded.clone())
     }
 
-    async fn reranker(&self) -> Result<Arc<Loaded<LocalReranker>>> {
+    async fn reranker(&self) -> Result<Arc<Loaded<Reranker>>> {
         let loaded = self
             .reranker
             .get_or_try_init(|| async {
@@ -212,7 +321,7 @@ impl Inference {
                 let tokenizer = QwenTokenizer::from_file(&dir.path.join("tokenizer.json"))?;
                 let max_tokens = self.max_tokens(&dir);
                 tracing::info!(model = %dir.id, "loading reranker");
-                let backend = LocalReranker::load(dir, self.config.load).await?;
+                let backend = Reranker::load(dir, &self.config).await?;
                 Ok::<_, Error>(Arc::new(Loaded {
                     backend,
                     tokenizer,
@@ -235,7 +344,7 @@ impl Inference {
             .embed_inputs
             .fetch_add(inputs.len() as u64, Ordering::Relaxed);
         let model = self.embedder().await?;
-        let digest = model.backend.dir.weights_digest.clone();
+        let digest = model.backend.dir().weights_digest.clone();
         let key = |i: &EmbedInput| {
             cache_key(&[
                 b"embed",
@@ -285,7 +394,7 @@ impl Inference {
             self.stats
                 .embed_inferred
                 .fetch_add(seqs.len() as u64, Ordering::Relaxed);
-            let vectors = model.backend.embed_ids(&seqs).await?;
+            let vectors = model.backend.embed_ids(seqs).await?;
             for (&k, v) in todo.iter().zip(vectors) {
                 let v: Arc<[f32]> = v.into();
                 if opts.use_cache {
@@ -315,7 +424,7 @@ impl Inference {
             .rerank_inputs
             .fetch_add(inputs.len() as u64, Ordering::Relaxed);
         let model = self.reranker().await?;
-        let digest = model.backend.dir.weights_digest.clone();
+        let digest = model.backend.dir().weights_digest.clone();
         let key = |i: &RerankInput| {
             cache_key(&[
                 b"rerank",
@@ -367,7 +476,7 @@ impl Inference {
             self.stats
                 .rerank_inferred
                 .fetch_add(seqs.len() as u64, Ordering::Relaxed);
-            let scores = model.backend.score_ids(&seqs).await?;
+            let scores = model.backend.score_ids(seqs).await?;
             for (&k, s) in todo.iter().zip(scores) {
                 if opts.use_cache {
                     self.rerank_cache.put(key(&inputs[unique[k]]), s);

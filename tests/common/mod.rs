@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use semflow::inference::BackendKind;
 use semflow::model::config::Preset;
 use semflow::model::random::{write_random_model, ModelKind, RandomModelSpec, WeightDtype};
 use semflow::{Engine, InferenceConfig};
@@ -35,7 +36,13 @@ pub fn tiny_model(kind: ModelKind, seed: u64) -> PathBuf {
 
 /// Engine settings over the parity models.
 pub fn tiny_config() -> InferenceConfig {
+    tiny_config_with(BackendKind::Packed)
+}
+
+/// Engine settings over the parity models with a chosen backend.
+pub fn tiny_config_with(backend: BackendKind) -> InferenceConfig {
     InferenceConfig {
+        backend,
         embed_model: tiny_model(ModelKind::Embedding, EMBED_SEED)
             .to_string_lossy()
             .into_owned(),

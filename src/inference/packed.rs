@@ -1,0 +1,438 @@
+//! The packed (padding-free) Qwen3 forward pass on candle — semflow's default backend.
+//!
+//! mistral.rs 0.8.1 runs only sequences of equal length together and has no padding mask, so
+//! a batch of mixed-length documents collapses into many small forward passes. Here every
+//! sequence of a batch is concatenated into one `[tokens, hidden]` matrix: all projections
+//! and MLPs are single large matmuls over real tokens only (no padding), and attention runs
+//! per sequence (block-diagonal causal attention), chunked over queries so long inputs keep
+//! memory bounded. Only the last token of each sequence goes through the last layer's
+//! output projection and MLP: that is all last-token pooling and the reranker read.
+//!
+//! A dedicated thread owns the model and takes jobs from a queue, packing the jobs of
+//! concurrent queries into token-budgeted forward passes (the TEI design).
+
+use std::sync::mpsc;
+
+use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor, D};
+use candle_nn::ops::{rms_norm, silu, softmax_last_dim};
+use candle_nn::rotary_emb::rope;
+
+use super::prompts::{NO_TOKEN_ID, YES_TOKEN_ID};
+use crate::error::{Error, Result};
+use crate::model::config::QwenConfig;
+use crate::model::dir::ModelDir;
+
+/// Tokens per forward pass the worker aims for; one longer sequence runs alone.
+const TOKEN_BUDGET: usize = 8192;
+/// Queries per attention block: bounds the score matrix to heads x 256 x length.
+const QUERY_CHUNK: usize = 256;
+
+fn candle_err(e: candle_core::Error) -> Error {
+    Error::Inference(format!("packed forward: {e}"))
+}
+
+struct Layer {
+    input_norm: Tensor,
+    post_norm: Tensor,
+    /// q, k and v projections stacked: one matmul.
+    qkv: Tensor,
+    o: Tensor,
+    q_norm: Tensor,
+    k_norm: Tensor,
+    /// gate and up projections stacked: one matmul.
+    gate_up: Tensor,
+    down: Tensor,
+}
+
+/// What the model computes for each sequence.
+pub enum Head {
+    /// The L2-normalised final hidden state of the last token.
+    Embedding,
+    /// The last position's logits of "yes" and "no" (rows of the LM head, `[2, hidden]`).
+    YesNo(Tensor),
+}
+
+/// A Qwen3 model laid out for packed forward passes.
+pub struct PackedQwen3 {
+    cfg: QwenConfig,
+    device: Device,
+    dtype: DType,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    head: Head,
+    inv_freq: Tensor,
+}
+
+impl PackedQwen3 {
+    /// Loads the weights of `dir` onto `device` in `dtype`.
+    pub fn load(dir: &ModelDir, device: &Device, dtype: DType, reranker: bool) -> Result<Self> {
+        let files = dir.weight_files()?;
+        // Safety: the files are only read; semflow does not modify model files while running.
+        let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(candle_err)?;
+        let prefix = if st.get("embed_tokens.weight").is_ok() {
+            ""
+        } else {
+            "model."
+        };
+        let load = |name: &str| -> Result<Tensor> {
+            st.load(&format!("{prefix}{name}"), device)
+                .and_then(|t| t.to_dtype(dtype))
+                .map_err(|e| Error::model(&dir.id, format!("weight {prefix}{name}: {e}")))
+        };
+        let cfg = dir.config.clone();
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let w = |n: &str| load(&format!("layers.{l}.{n}"));
+            let qkv = Tensor::cat(
+                &[
+                    w("self_attn.q_proj.weight")?,
+                    w("self_attn.k_proj.weight")?,
+                    w("self_attn.v_proj.weight")?,
+                ],
+                0,
+            )
+            .map_err(candle_err)?;
+            let gate_up = Tensor::cat(&[w("mlp.gate_proj.weight")?, w("mlp.up_proj.weight")?], 0)
+                .map_err(candle_err)?;
+            layers.push(Layer {
+                input_norm: w("input_layernorm.weight")?,
+                post_norm: w("post_attention_layernorm.weight")?,
+                qkv,
+                o: w("self_attn.o_proj.weight")?,
+                q_norm: w("self_attn.q_norm.weight")?,
+                k_norm: w("self_attn.k_norm.weight")?,
+                gate_up,
+                down: w("mlp.down_proj.weight")?,
+            });
+        }
+        let embed = load("embed_tokens.weight")?;
+        let head = if reranker {
+            // Tied checkpoints reuse the input embeddings as the LM head.
+            let lm = if cfg.tie_word_embeddings {
+                embed.clone()
+            } else {
+                st.load("lm_head.weight", device)
+                    .and_then(|t| t.to_dtype(dtype))
+                    .map_err(|e| Error::model(&dir.id, format!("weight lm_head.weight: {e}")))?
+            };
+            let rows = Tensor::new(&[YES_TOKEN_ID, NO_TOKEN_ID], device).map_err(candle_err)?;
+            Head::YesNo(lm.index_select(&rows, 0).map_err(candle_err)?)
+        } else {
+            Head::Embedding
+        };
+        let hd = cfg.head_dim();
+        let inv: Vec<f32> = (0..hd / 2)
+            .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64) as f32)
+            .collect();
+        let inv_freq = Tensor::new(inv, device).map_err(candle_err)?;
+        Ok(Self {
+            norm: load("norm.weight")?,
+            embed,
+            layers,
+            head,
+            inv_freq,
+            device: device.clone(),
+            dtype,
+            cfg,
+        })
+    }
+
+    fn eps(&self) -> f32 {
+        self.cfg.rms_norm_eps as f32
+    }
+
+    /// Rotary tables for each packed token's position within its sequence.
+    fn rope_tables(&self, lens: &[usize]) -> candle_core::Result<(Tensor, Tensor)> {
+        let positions: Vec<f32> = lens
+            .iter()
+            .flat_map(|&l| (0..l).map(|p| p as f32))
+            .collect();
+        let n = positions.len();
+        let pos = Tensor::from_vec(positions, (n, 1), &self.device)?;
+        let freqs = pos.broadcast_mul(&self.inv_freq.unsqueeze(0)?)?;
+        Ok((
+            freqs.cos()?.to_dtype(self.dtype)?,
+            freqs.sin()?.to_dtype(self.dtype)?,
+        ))
+    }
+
+    /// Causal attention of one sequence: q `[heads, L, hd]`, k/v `[kv_heads, L, hd]`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+        let (heads, len, hd) = q.dims3()?;
+        let kv_heads = k.dim(0)?;
+        let groups = heads / kv_heads;
+        // Grouped-query attention: query head h reads kv head h / groups.
+        let expand = |t: &Tensor| -> candle_core::Result<Tensor> {
+            if groups == 1 {
+                return Ok(t.clone());
+            }
+            t.unsqueeze(1)?
+                .expand((kv_heads, groups, len, hd))?
+                .reshape((heads, len, hd))
+        };
+        let (k, v) = (expand(k)?, expand(v)?);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut outs = Vec::with_capacity(len.div_ceil(QUERY_CHUNK));
+        let mut start = 0;
+        while start < len {
+            let end = (start + QUERY_CHUNK).min(len);
+            let rows = end - start;
+            let qc = q.narrow(1, start, rows)?;
+            // Keys up to the chunk's last query are all a causal chunk can see.
+            let kc = k.narrow(1, 0, end)?;
+            let vc = v.narrow(1, 0, end)?;
+            let mut scores = (qc.matmul(&kc.t()?)? * scale)?;
+            if rows > 1 {
+                let mask: Vec<f32> = (0..rows)
+                    .flat_map(|i| {
+                        (0..end).map(move |j| {
+                            if j > start + i {
+                                f32::NEG_INFINITY
+                            } else {
+                                0.0
+                            }
+                        })
+                    })
+                    .collect();
+                let mask = Tensor::from_vec(mask, (1, rows, end), &self.device)?
+                    .to_dtype(scores.dtype())?;
+                scores = scores.broadcast_add(&mask)?;
+            }
+            let probs = softmax_last_dim(&scores)?;
+            outs.push(probs.matmul(&vc)?);
+            start = end;
+        }
+        let out = if outs.len() == 1 {
+            outs.remove(0)
+        } else {
+            Tensor::cat(&outs, 1)?
+        };
+        // [heads, L, hd] -> [L, heads * hd]
+        out.transpose(0, 1)?.reshape((len, heads * hd))
+    }
+
+    /// Final-normed hidden states of each sequence's last token, `[n_seqs, hidden]`.
+    fn forward_last(&self, seqs: &[&[u32]]) -> candle_core::Result<Tensor> {
+        let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        let ids: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
+        let total = ids.len();
+        let mut offsets = Vec::with_capacity(lens.len());
+        let mut acc = 0;
+        for &l in &lens {
+            offsets.push(acc);
+            acc += l;
+        }
+        let last_rows: Vec<u32> = offsets
+            .iter()
+            .zip(&lens)
+            .map(|(o, l)| (o + l - 1) as u32)
+            .collect();
+        let last_rows = Tensor::new(last_rows, &self.device)?;
+        let (cos, sin) = self.rope_tables(&lens)?;
+        let cfg = &self.cfg;
+        let (heads, kv_heads, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim(),
+        );
+        let eps = self.eps();
+
+        let ids = Tensor::new(ids, &self.device)?;
+        let mut x = self.embed.index_select(&ids, 0)?; // [T, H]
+        let n_layers = self.layers.len();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &layer.input_norm, eps)?;
+            let qkv = h.matmul(&layer.qkv.t()?)?;
+            let q = qkv.narrow(1, 0, heads * hd)?.reshape((total, heads, hd))?;
+            let k = qkv
+                .narrow(1, heads * hd, kv_heads * hd)?
+                .reshape((total, kv_heads, hd))?;
+            let v = qkv
+                .narrow(1, (heads + kv_heads) * hd, kv_heads * hd)?
+                .reshape((total, kv_heads, hd))?;
+            // Qwen3 normalises each head's q and k before the rotary embedding.
+            let q = rms_norm(&q.contiguous()?, &layer.q_norm, eps)?;
+            let k = rms_norm(&k.contiguous()?, &layer.k_norm, eps)?;
+            // rope wants [batch, heads, tokens, hd]; positions restart per sequence via cos/sin.
+            let q =
+                rope(&q.transpose(0, 1)?.unsqueeze(0)?.contiguous()?, &cos, &sin)?.squeeze(0)?;
+            let k =
+                rope(&k.transpose(0, 1)?.unsqueeze(0)?.contiguous()?, &cos, &sin)?.squeeze(0)?;
+            let v = v.transpose(0, 1)?.contiguous()?; // [kv_heads, T, hd]
+            let mut attn = Vec::with_capacity(lens.len());
+            for (&off, &len) in offsets.iter().zip(&lens) {
+                attn.push(self.attend(
+                    &q.narrow(1, off, len)?,
+                    &k.narrow(1, off, len)?,
+                    &v.narrow(1, off, len)?,
+                )?);
+            }
+            let mut attn = Tensor::cat(&attn, 0)?; // [T, heads * hd]
+            if l + 1 == n_layers {
+                // Pooling and the reranker read only each sequence's last position.
+                attn = attn.index_select(&last_rows, 0)?;
+                x = x.index_select(&last_rows, 0)?;
+            }
+            x = (x + attn.matmul(&layer.o.t()?)?)?;
+            let h = rms_norm(&x, &layer.post_norm, eps)?;
+            let gate_up = h.matmul(&layer.gate_up.t()?)?;
+            let inter = cfg.intermediate_size;
+            let act = (silu(&gate_up.narrow(1, 0, inter)?)? * gate_up.narrow(1, inter, inter)?)?;
+            x = (x + act.matmul(&layer.down.t()?)?)?;
+        }
+        rms_norm(&x, &self.norm, eps)
+    }
+
+    /// Runs `seqs` (all non-empty); one output vector per sequence (see [`Head`]).
+    pub fn run(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        if let Some(i) = seqs.iter().position(|s| s.is_empty()) {
+            return Err(Error::Inference(format!("empty token sequence at {i}")));
+        }
+        let vocab = self.cfg.vocab_size as u32;
+        if let Some(t) = seqs.iter().flat_map(|s| s.iter()).find(|&&t| t >= vocab) {
+            return Err(Error::Inference(format!(
+                "token id {t} outside the vocabulary ({vocab})"
+            )));
+        }
+        let hidden = self.forward_last(seqs).map_err(candle_err)?;
+        let out = match &self.head {
+            Head::Embedding => {
+                let norm = hidden
+                    .to_dtype(DType::F32)
+                    .and_then(|h| h.sqr()?.sum_keepdim(D::Minus1)?.sqrt())
+                    .map_err(candle_err)?;
+                hidden
+                    .to_dtype(DType::F32)
+                    .and_then(|h| h.broadcast_div(&norm))
+            }
+            Head::YesNo(rows) => hidden
+                .matmul(&rows.t().map_err(candle_err)?)
+                .and_then(|t| t.to_dtype(DType::F32)),
+        };
+        out.and_then(|t| t.to_vec2()).map_err(candle_err)
+    }
+}
+
+struct Job {
+    seqs: Vec<Vec<u32>>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<Vec<f32>>>>,
+}
+
+/// A model on its own thread, fed by a queue; concurrent callers share forward passes.
+pub struct PackedWorker {
+    tx: mpsc::Sender<Job>,
+}
+
+impl PackedWorker {
+    /// Loads the model on a new thread; returns once it is ready (or failed to load).
+    pub async fn start(
+        dir: ModelDir,
+        device: Device,
+        dtype: DType,
+        reranker: bool,
+    ) -> Result<Self> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let name = if reranker {
+            "semflow-rerank"
+        } else {
+            "semflow-embed"
+        };
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(
+                move || match PackedQwen3::load(&dir, &device, dtype, reranker) {
+                    Ok(model) => {
+                        let _ = ready_tx.send(Ok(()));
+                        serve(model, rx);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                },
+            )
+            .map_err(|e| Error::Inference(format!("cannot start the model thread: {e}")))?;
+        ready_rx
+            .await
+            .map_err(|_| Error::Inference("the model thread stopped while loading".into()))??;
+        Ok(Self { tx })
+    }
+
+    /// Runs `seqs` through the model (see [`PackedQwen3::run`]).
+    pub async fn run(&self, seqs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Job { seqs, reply })
+            .map_err(|_| Error::Inference("the model thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| Error::Inference("the model thread stopped during the request".into()))?
+    }
+}
+
+/// The model thread: take a job, add whatever else is queued up to the token budget, run the
+/// lot in budget-sized forward passes, answer each job.
+fn serve(model: PackedQwen3, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut tokens: usize = first.seqs.iter().map(Vec::len).sum();
+        let mut jobs = vec![first];
+        while tokens < TOKEN_BUDGET {
+            match rx.try_recv() {
+                Ok(job) => {
+                    tokens += job.seqs.iter().map(Vec::len).sum::<usize>();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let all: Vec<&[u32]> = jobs
+            .iter()
+            .flat_map(|j| j.seqs.iter().map(Vec::as_slice))
+            .collect();
+        let result = run_budgeted(&model, &all);
+        let mut outputs = match result {
+            Ok(v) => v.into_iter(),
+            Err(e) => {
+                let msg = e.to_string();
+                for job in jobs {
+                    let _ = job.reply.send(Err(Error::Inference(msg.clone())));
+                }
+                continue;
+            }
+        };
+        for job in jobs {
+            let n = job.seqs.len();
+            let _ = job.reply.send(Ok(outputs.by_ref().take(n).collect()));
+        }
+    }
+}
+
+/// Splits `seqs` into forward passes of about [`TOKEN_BUDGET`] tokens, in length order so each
+/// pass holds similar lengths (its attention blocks are then of similar cost). A panic inside
+/// candle becomes an error for this batch instead of killing the model thread.
+fn run_budgeted(model: &PackedQwen3, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    order.sort_by_key(|&i| seqs[i].len());
+    let mut out: Vec<Vec<f32>> = vec![Vec::new(); seqs.len()];
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start;
+        let mut tokens = 0;
+        while end < order.len() && (end == start || tokens + seqs[order[end]].len() <= TOKEN_BUDGET)
+        {
+            tokens += seqs[order[end]].len();
+            end += 1;
+        }
+        let group: Vec<&[u32]> = order[start..end].iter().map(|&i| seqs[i]).collect();
+        let vectors = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run(&group)))
+            .map_err(|_| Error::Inference("the packed forward pass panicked".into()))??;
+        for (&i, v) in order[start..end].iter().zip(vectors) {
+            out[i] = v;
+        }
+        start = end;
+    }
+    Ok(out)
+}
