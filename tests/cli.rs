@@ -272,3 +272,46 @@ fn config_file_sets_models() {
         .unwrap();
     assert!(stderr(&o).contains("embed_modle"));
 }
+
+#[test]
+fn backends_are_selectable() {
+    let out = stdout(&semflow(&[
+        "sql",
+        "-f",
+        "examples/search.sql",
+        "--backend",
+        "mistralrs",
+    ]));
+    assert!(out.contains("relevance"), "{out}");
+    let e = stderr(&semflow(&["sql", "SELECT 1", "--backend", "onnx"]));
+    assert!(e.contains("--backend must be packed or mistralrs"), "{e}");
+}
+
+#[test]
+fn shell_reads_statements_from_stdin() {
+    use std::io::Write;
+    let embed = common::tiny_model(ModelKind::Embedding, common::EMBED_SEED);
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_semflow"))
+        .args(["shell", "--embed-model"])
+        .arg(&embed)
+        .env("HOME", home.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"SELECT arrow_typeof(embed('x'))\n  AS t;\nSELECT nope;\n\\q\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("FixedSizeList(64 x Float32)"), "{text}");
+    assert!(text.contains("1 row(s)"), "{text}");
+    // A failing statement reports and the shell goes on.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+}
