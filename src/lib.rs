@@ -1,14 +1,15 @@
 //! # semflow
 //!
 //! A streaming SQL engine for semantic data: Apache DataFusion with `embed()` and `rerank()`
-//! backed by in-process Qwen3-Embedding / Qwen3-Reranker inference on mistral.rs.
+//! backed by in-process Qwen3-Embedding / Qwen3-Reranker inference (semflow's packed
+//! forward pass on candle by default, or mistral.rs's pipelines).
 //!
 //! ```text
 //!  SQL ──> engine (DataFusion session + semflow.* settings)
 //!            └─ udf: embed / rerank / cosine_similarity … ──> inference
 //!                                                               ├─ dedupe, content cache
 //!                                                               ├─ prompts + tokenize (Qwen3 formats)
-//!                                                               └─ local backend (mistral.rs) ── model dir
+//!                                                               └─ backend: packed (candle) | mistral.rs ── model dir
 //! ```
 //!
 //! # Layout
@@ -16,7 +17,8 @@
 //! - [`config`]: engine settings from flags, environment and TOML files.
 //! - [`engine`]: builds the DataFusion session and runs SQL.
 //! - [`udf`]: the SQL functions.
-//! - [`inference`]: batching, caching, Qwen3 formats, tokenization and the mistral.rs backend.
+//! - [`inference`]: dedupe, caching, Qwen3 formats, tokenization, and the two backends
+//!   (`packed`: padding-free forward pass on its own thread; `local`: mistral.rs).
 //! - [`model`]: model directories: config, presets, random weights, hub download, fingerprints.
 //! - [`output`]: result formats (table, CSV, JSON, NDJSON, Parquet).
 //! - [`error`]: the library's error type.

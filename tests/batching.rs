@@ -146,3 +146,16 @@ async fn dedupe_and_cache_counters() {
         (2, 2)
     );
 }
+
+/// SQL with inference works from a current-thread runtime too (no `block_in_place` there):
+/// the model work runs on semflow's own runtime and threads.
+#[tokio::test(flavor = "current_thread")]
+async fn works_on_a_current_thread_runtime() {
+    let engine = common::tiny_engine();
+    let r = engine
+        .run_sql("SELECT round(inner_product(embed(t), embed(t)), 4) AS n, rerank('q', t) >= 0 AS ok FROM (VALUES ('a'), ('bb cc')) AS v(t)")
+        .await
+        .unwrap();
+    let rows: usize = r[0].batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 2);
+}
