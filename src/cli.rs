@@ -31,6 +31,37 @@ pub enum Command {
     /// Model utilities.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Benchmark embedding and reranking workloads, optionally side by side with a peer.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Workloads: w1 (queries, batch 1/8/32), w2 (fixed 128/256/512/2048 tokens),
+    /// w3 (log-normal document lengths), w5 (rerank 1 query x 100 documents).
+    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w5")]
+    pub workloads: Vec<String>,
+    /// Timed rounds per workload (the report gives medians).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Seed of the generated token ids.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// W3 document count.
+    #[arg(long, default_value_t = 256)]
+    pub docs: usize,
+    /// W1 requests per batch size.
+    #[arg(long, default_value_t = 10)]
+    pub queries: usize,
+    /// Peer command run alternately with semflow (A B A B), e.g.
+    /// ".venv/bin/python scripts/peer_bench.py"; semflow appends the model directories.
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 /// Engine settings shared by every command that runs SQL.
@@ -128,6 +159,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Sql(args) => run_sql(args).await,
         Command::Shell(args) => crate::shell::run(args.engine()?).await,
+        Command::Bench(args) => run_bench(args).await,
         Command::Model(ModelCommand::Random {
             kind,
             preset,
@@ -151,6 +183,27 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn run_bench(args: BenchArgs) -> Result<()> {
+    let engine = args.engine.engine()?;
+    let opts = crate::bench::BenchOptions {
+        workloads: args.workloads,
+        rounds: args.rounds.max(1),
+        seed: args.seed,
+        docs: args.docs.max(1),
+        queries: args.queries.max(1),
+        peer: args.peer,
+    };
+    let report = crate::bench::run(engine.inference().clone(), &opts).await?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::InvalidArgument(format!("report: {e}")))?;
+        println!("{text}");
+    } else {
+        println!("{}", crate::bench::render(&report));
+    }
+    Ok(())
 }
 
 async fn run_sql(args: SqlArgs) -> Result<()> {

@@ -14,6 +14,7 @@
 //!
 //! # Layout
 //! - [`cli`], [`shell`]: the `semflow` command line and interactive shell.
+//! - [`bench`]: `semflow bench` workloads, the peer process, reports.
 //! - [`config`]: engine settings from flags, environment and TOML files.
 //! - [`engine`]: builds the DataFusion session and runs SQL.
 //! - [`udf`]: the SQL functions.
@@ -23,6 +24,7 @@
 //! - [`output`]: result formats (table, CSV, JSON, NDJSON, Parquet).
 //! - [`error`]: the library's error type.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod engine;

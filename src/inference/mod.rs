@@ -490,6 +490,32 @@ impl Inference {
             .collect()
     }
 
+    /// Embeds pre-tokenized sequences (each already ending in `<|endoftext|>`), bypassing
+    /// formatting, dedupe and cache: what benchmarks time.
+    pub async fn embed_token_ids(&self, seqs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
+        let model = self.embedder().await?;
+        model.backend.embed_ids(seqs).await
+    }
+
+    /// P(yes) for pre-built reranker prompts (token ids), bypassing dedupe and cache.
+    pub async fn rerank_token_ids(&self, seqs: Vec<Vec<u32>>) -> Result<Vec<f32>> {
+        let model = self.reranker().await?;
+        model.backend.score_ids(seqs).await
+    }
+
+    /// The reranker prompt's fixed token ids before and after the body (loads the model).
+    pub async fn rerank_affixes(&self) -> Result<(Vec<u32>, Vec<u32>)> {
+        let model = self.reranker().await?;
+        let (pre, post) = model.tokenizer.rerank_affixes();
+        Ok((pre.to_vec(), post.to_vec()))
+    }
+
+    /// Token ids of `text` with the embedding model's tokenizer (nothing appended).
+    pub async fn embed_tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        let model = self.embedder().await?;
+        model.tokenizer.encode(text)
+    }
+
     /// Counter name/value pairs for `semflow_stats()`.
     pub fn stats_rows(&self) -> Vec<(&'static str, u64)> {
         let s = &self.stats;

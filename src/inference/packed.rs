@@ -62,6 +62,8 @@ pub struct PackedQwen3 {
     norm: Tensor,
     head: Head,
     inv_freq: Tensor,
+    /// `[QUERY_CHUNK, QUERY_CHUNK]`: -inf above the diagonal, 0 elsewhere.
+    causal: Tensor,
 }
 
 impl PackedQwen3 {
@@ -126,7 +128,15 @@ impl PackedQwen3 {
             .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64) as f32)
             .collect();
         let inv_freq = Tensor::new(inv, device).map_err(candle_err)?;
+        let tri: Vec<f32> = (0..QUERY_CHUNK)
+            .flat_map(|i| {
+                (0..QUERY_CHUNK).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })
+            })
+            .collect();
+        let causal =
+            Tensor::from_vec(tri, (QUERY_CHUNK, QUERY_CHUNK), device).map_err(candle_err)?;
         Ok(Self {
+            causal,
             norm: load("norm.weight")?,
             embed,
             layers,
@@ -158,58 +168,59 @@ impl PackedQwen3 {
     }
 
     /// Causal attention of one sequence: q `[heads, L, hd]`, k/v `[kv_heads, L, hd]`.
+    ///
+    /// Grouped-query attention without copying k/v per query head: the `groups` query heads
+    /// that share a kv head are stacked as rows of one matmul against that head's keys.
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
         let (heads, len, hd) = q.dims3()?;
         let kv_heads = k.dim(0)?;
         let groups = heads / kv_heads;
-        // Grouped-query attention: query head h reads kv head h / groups.
-        let expand = |t: &Tensor| -> candle_core::Result<Tensor> {
-            if groups == 1 {
-                return Ok(t.clone());
-            }
-            t.unsqueeze(1)?
-                .expand((kv_heads, groups, len, hd))?
-                .reshape((heads, len, hd))
-        };
-        let (k, v) = (expand(k)?, expand(v)?);
+        let q = q.reshape((kv_heads, groups, len, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
         let mut outs = Vec::with_capacity(len.div_ceil(QUERY_CHUNK));
         let mut start = 0;
         while start < len {
             let end = (start + QUERY_CHUNK).min(len);
             let rows = end - start;
-            let qc = q.narrow(1, start, rows)?;
+            let qc = q
+                .narrow(2, start, rows)?
+                .reshape((kv_heads, groups * rows, hd))?;
             // Keys up to the chunk's last query are all a causal chunk can see.
             let kc = k.narrow(1, 0, end)?;
             let vc = v.narrow(1, 0, end)?;
-            let mut scores = (qc.matmul(&kc.t()?)? * scale)?;
+            let mut scores = (qc.matmul(&kc.t()?)? * scale)?; // [kv, groups * rows, end]
             if rows > 1 {
-                let mask: Vec<f32> = (0..rows)
-                    .flat_map(|i| {
-                        (0..end).map(move |j| {
-                            if j > start + i {
-                                f32::NEG_INFINITY
-                            } else {
-                                0.0
-                            }
-                        })
-                    })
-                    .collect();
-                let mask = Tensor::from_vec(mask, (1, rows, end), &self.device)?
-                    .to_dtype(scores.dtype())?;
-                scores = scores.broadcast_add(&mask)?;
+                // Keys before the chunk are all visible; within it, the causal triangle.
+                let tri = self.causal.narrow(0, 0, rows)?.narrow(1, 0, rows)?;
+                let mask = if start == 0 {
+                    tri
+                } else {
+                    Tensor::cat(
+                        &[
+                            Tensor::zeros((rows, start), self.causal.dtype(), &self.device)?,
+                            tri,
+                        ],
+                        1,
+                    )?
+                };
+                scores = scores
+                    .reshape((kv_heads, groups, rows, end))?
+                    .broadcast_add(&mask.to_dtype(scores.dtype())?)?
+                    .reshape((kv_heads, groups * rows, end))?;
             }
             let probs = softmax_last_dim(&scores)?;
-            outs.push(probs.matmul(&vc)?);
+            outs.push(probs.matmul(&vc)?.reshape((kv_heads, groups, rows, hd))?);
             start = end;
         }
         let out = if outs.len() == 1 {
             outs.remove(0)
         } else {
-            Tensor::cat(&outs, 1)?
+            Tensor::cat(&outs, 2)?
         };
-        // [heads, L, hd] -> [L, heads * hd]
-        out.transpose(0, 1)?.reshape((len, heads * hd))
+        // [kv, groups, L, hd] -> [L, heads * hd]
+        out.reshape((heads, len, hd))?
+            .transpose(0, 1)?
+            .reshape((len, heads * hd))
     }
 
     /// Final-normed hidden states of each sequence's last token, `[n_seqs, hidden]`.

@@ -90,6 +90,11 @@ impl QwenTokenizer {
             .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
+    /// The reranker prompt's fixed token ids before and after the body.
+    pub fn rerank_affixes(&self) -> (&[u32], &[u32]) {
+        (&self.rerank_prefix, &self.rerank_suffix)
+    }
+
     /// Finishes an embedding input: `<|endoftext|>` appended exactly once (an input whose text
     /// already ends with it is not given a second), then fitted to `max_len`.
     pub fn finish_embedding_ids(

@@ -1,0 +1,354 @@
+//! `semflow bench`: embedding and reranking workloads (W1 queries, W2 fixed length, W3
+//! realistic documents, W5 rerank), optionally alternated round by round with a peer process
+//! (Hugging Face transformers) on the same model directories and the same token ids.
+
+pub mod machine;
+pub mod peer;
+pub mod workload;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use self::machine::Machine;
+use self::peer::Peer;
+use self::workload::{Kind, Metric, Workload};
+use crate::error::{Error, Result};
+use crate::inference::Inference;
+
+/// One timed pass over a workload.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Measurement {
+    /// Sum of request latencies (requests run one after another).
+    pub seconds: f64,
+    /// Real tokens processed.
+    pub tokens: usize,
+    /// Tokens including padding (equal to `tokens` when nothing is padded).
+    pub padded_tokens: usize,
+    pub sequences: usize,
+    pub latencies_ms: Vec<f64>,
+}
+
+impl Measurement {
+    pub fn tokens_per_s(&self) -> f64 {
+        self.tokens as f64 / self.seconds.max(1e-9)
+    }
+    pub fn sequences_per_s(&self) -> f64 {
+        self.sequences as f64 / self.seconds.max(1e-9)
+    }
+    pub fn padding_fraction(&self) -> f64 {
+        1.0 - self.tokens as f64 / (self.padded_tokens.max(self.tokens).max(1)) as f64
+    }
+    /// Latency percentile (nearest rank).
+    pub fn percentile_ms(&self, q: f64) -> f64 {
+        let mut v = self.latencies_ms.clone();
+        v.sort_by(|a, b| a.total_cmp(b));
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+        v[rank - 1]
+    }
+}
+
+/// The headline numbers of one workload (medians over rounds).
+#[derive(Debug, Clone, Serialize)]
+pub struct Side {
+    /// tokens/s for throughput workloads, p50 ms for latency workloads.
+    pub value: f64,
+    pub p99_ms: f64,
+    pub sequences_per_s: f64,
+    pub padding_fraction: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadResult {
+    pub name: String,
+    pub metric: Metric,
+    pub unit: &'static str,
+    pub tokens: usize,
+    pub sequences: usize,
+    pub semflow: Side,
+    pub peer: Option<Side>,
+    /// > 1 means semflow is faster (throughput ratio, or latency ratio peer / semflow).
+    pub speedup: Option<f64>,
+    pub semflow_rounds: Vec<Measurement>,
+    pub peer_rounds: Vec<Measurement>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub backend: String,
+    pub device: String,
+    pub dtype: String,
+    pub embed_model: String,
+    pub rerank_model: String,
+    pub rounds: usize,
+    pub results: Vec<WorkloadResult>,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub workloads: Vec<String>,
+    pub rounds: usize,
+    pub seed: u64,
+    /// W3 document count.
+    pub docs: usize,
+    /// W1 requests per batch size.
+    pub queries: usize,
+    /// Peer command; semflow appends `--model DIR --reranker DIR --device D --dtype T`.
+    pub peer: Option<String>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn side(metric: Metric, rounds: &[Measurement]) -> Side {
+    let value = match metric {
+        Metric::Throughput => median(rounds.iter().map(Measurement::tokens_per_s).collect()),
+        Metric::Latency => median(rounds.iter().map(|m| m.percentile_ms(0.5)).collect()),
+    };
+    Side {
+        value,
+        p99_ms: median(rounds.iter().map(|m| m.percentile_ms(0.99)).collect()),
+        sequences_per_s: median(rounds.iter().map(Measurement::sequences_per_s).collect()),
+        padding_fraction: median(rounds.iter().map(Measurement::padding_fraction).collect()),
+    }
+}
+
+async fn run_semflow(inference: &Inference, w: &Workload) -> Result<Measurement> {
+    let mut m = Measurement::default();
+    for request in &w.requests {
+        let start = Instant::now();
+        match w.kind {
+            Kind::Embed => drop(inference.embed_token_ids(request.clone()).await?),
+            Kind::Rerank => drop(inference.rerank_token_ids(request.clone()).await?),
+        }
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        m.latencies_ms.push(ms);
+        m.seconds += ms / 1000.0;
+        let tokens: usize = request.iter().map(Vec::len).sum();
+        m.tokens += tokens;
+        m.padded_tokens += tokens; // packed: no padding
+        m.sequences += request.len();
+    }
+    Ok(m)
+}
+
+/// Builds the selected workloads.
+async fn workloads(inference: &Inference, opts: &BenchOptions) -> Result<Vec<Workload>> {
+    let mut out = Vec::new();
+    for name in &opts.workloads {
+        match name.to_ascii_lowercase().as_str() {
+            "w1" => {
+                let prefix = inference
+                    .embed_tokenize(
+                        "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:",
+                    )
+                    .await?;
+                for batch in [1, 8, 32] {
+                    out.push(workload::w1(opts.seed, &prefix, batch, opts.queries));
+                }
+            }
+            "w2" => {
+                for len in [128, 256, 512, 2048] {
+                    out.push(workload::w2(opts.seed, len, 4096, 4));
+                }
+            }
+            "w3" => out.push(workload::w3(opts.seed, opts.docs)),
+            "w5" => {
+                let (pre, post) = inference.rerank_affixes().await?;
+                out.push(workload::w5(opts.seed, 100, |body| {
+                    let mut ids = pre.clone();
+                    ids.extend(body);
+                    ids.extend_from_slice(&post);
+                    ids
+                }));
+            }
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "--workloads: unknown workload '{other}' (use w1, w2, w3, w5)"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the benchmark: for each workload, a warm-up, then `rounds` rounds alternating
+/// semflow and the peer (A B A B …).
+pub async fn run(inference: Arc<Inference>, opts: &BenchOptions) -> Result<Report> {
+    let cfg = inference.config().clone();
+    let needs_rerank = opts.workloads.iter().any(|w| w.eq_ignore_ascii_case("w5"));
+    let needs_embed = opts.workloads.iter().any(|w| !w.eq_ignore_ascii_case("w5"));
+    let embed_dir = if needs_embed {
+        Some(inference.embed_model_dir().await?.clone())
+    } else {
+        None
+    };
+    let rerank_dir = if needs_rerank {
+        Some(inference.rerank_model_dir().await?.clone())
+    } else {
+        None
+    };
+    let describe = |d: &Option<crate::model::dir::ModelDir>| {
+        d.as_ref().map_or("-".to_string(), |d| {
+            format!(
+                "{} (hidden {}, {} layers)",
+                d.id, d.config.hidden_size, d.config.num_hidden_layers
+            )
+        })
+    };
+    let dtype = cfg.load.dtype.candle(cfg.load.device)?;
+    let device = match cfg.load.device {
+        crate::inference::device::DeviceSpec::Cpu => "cpu".to_string(),
+        crate::inference::device::DeviceSpec::Cuda(n) => format!("cuda:{n}"),
+    };
+    let mut peer = match &opts.peer {
+        Some(cmd) => {
+            let mut args = Vec::new();
+            if let Some(d) = &embed_dir {
+                args.extend(["--model".to_string(), d.path.to_string_lossy().into_owned()]);
+            }
+            if let Some(d) = &rerank_dir {
+                args.extend([
+                    "--reranker".to_string(),
+                    d.path.to_string_lossy().into_owned(),
+                ]);
+            }
+            args.extend([
+                "--device".into(),
+                device.clone(),
+                "--dtype".into(),
+                format!("{dtype:?}").to_lowercase(),
+            ]);
+            Some(Peer::start(cmd, &args)?)
+        }
+        None => None,
+    };
+    let mut results = Vec::new();
+    for w in workloads(&inference, opts).await? {
+        let warm = Workload {
+            requests: w.requests[..1].to_vec(),
+            ..w.clone()
+        };
+        run_semflow(&inference, &warm).await?;
+        if let Some(p) = peer.as_mut() {
+            p.run(&warm)?;
+        }
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for round in 0..opts.rounds {
+            let m = run_semflow(&inference, &w).await?;
+            eprintln!(
+                "{} round {}: semflow {:.1} tok/s",
+                w.name,
+                round + 1,
+                m.tokens_per_s()
+            );
+            ours.push(m);
+            if let Some(p) = peer.as_mut() {
+                let m = p.run(&w)?;
+                eprintln!(
+                    "{} round {}: peer    {:.1} tok/s",
+                    w.name,
+                    round + 1,
+                    m.tokens_per_s()
+                );
+                theirs.push(m);
+            }
+        }
+        let semflow = side(w.metric, &ours);
+        let peer_side = (!theirs.is_empty()).then(|| side(w.metric, &theirs));
+        let speedup = peer_side.as_ref().map(|p| match w.metric {
+            Metric::Throughput => semflow.value / p.value,
+            Metric::Latency => p.value / semflow.value,
+        });
+        results.push(WorkloadResult {
+            unit: match w.metric {
+                Metric::Throughput => "tokens/s",
+                Metric::Latency => "ms p50",
+            },
+            name: w.name.clone(),
+            metric: w.metric,
+            tokens: w.tokens(),
+            sequences: w.requests.iter().map(Vec::len).sum(),
+            semflow,
+            peer: peer_side,
+            speedup,
+            semflow_rounds: ours,
+            peer_rounds: theirs,
+        });
+    }
+    Ok(Report {
+        machine: Machine::detect(),
+        backend: format!("{:?}", cfg.backend).to_lowercase(),
+        device,
+        dtype: format!("{dtype:?}").to_lowercase(),
+        embed_model: describe(&embed_dir),
+        rerank_model: describe(&rerank_dir),
+        rounds: opts.rounds,
+        results,
+    })
+}
+
+/// The report as a Markdown table (the form BENCHMARKS.md keeps).
+pub fn render(report: &Report) -> String {
+    let m = &report.machine;
+    let mut s = format!(
+        "machine: {} ({} cores{}), commit {}\nbackend {}, device {}, dtype {}\nembedding model: {}\nreranker: {}\nrounds: {} (median)\n\n",
+        m.cpu,
+        m.cores,
+        m.gpu.as_ref().map(|g| format!(", GPU {g}")).unwrap_or_default(),
+        m.commit,
+        report.backend,
+        report.device,
+        report.dtype,
+        report.embed_model,
+        report.rerank_model,
+        report.rounds,
+    );
+    s.push_str("| workload | tokens | semflow | peer | speedup | semflow seq/s | padding semflow / peer |\n");
+    s.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    let fmt = |r: &WorkloadResult, x: &Side| match r.metric {
+        Metric::Throughput => format!("{:.0} tok/s", x.value),
+        Metric::Latency => format!("p50 {:.1} ms, p99 {:.1} ms", x.value, x.p99_ms),
+    };
+    for r in &report.results {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {:.1} | {:.1}% / {} |\n",
+            r.name,
+            r.tokens,
+            fmt(r, &r.semflow),
+            r.peer
+                .as_ref()
+                .map(|p| fmt(r, p))
+                .unwrap_or_else(|| "-".into()),
+            r.speedup
+                .map(|x| format!("{x:.2}x"))
+                .unwrap_or_else(|| "-".into()),
+            r.semflow.sequences_per_s,
+            r.semflow.padding_fraction * 100.0,
+            r.peer
+                .as_ref()
+                .map(|p| format!("{:.1}%", p.padding_fraction * 100.0))
+                .unwrap_or_else(|| "-".into()),
+        ));
+    }
+    let find = |prefix: &str| report.results.iter().find(|r| r.name.starts_with(prefix));
+    if let (Some(w3), Some(w2)) = (find("W3"), find("W2 fixed L=256")) {
+        s.push_str(&format!(
+            "\nW3 / W2@256 tokens/s (semflow): {:.2}\n",
+            w3.semflow.value / w2.semflow.value
+        ));
+    }
+    s
+}
