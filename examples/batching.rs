@@ -8,6 +8,9 @@
 
 use std::time::Instant;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use semflow::inference::device::{DTypeSpec, DeviceSpec};
 use semflow::inference::local::LoadOptions;
 use semflow::inference::tokenize::Truncation;

@@ -1,6 +1,9 @@
 //! `semflow` binary: parse the command line, set up logging, run.
 
 use clap::Parser;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
