@@ -315,3 +315,45 @@ fn shell_reads_statements_from_stdin() {
     // A failing statement reports and the shell goes on.
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
 }
+
+#[test]
+fn bench_reports_json_and_alternates_with_a_peer() {
+    // A stand-in peer speaking the protocol (the real one, scripts/peer_bench.py, needs torch):
+    // one JSON measurement per workload line.
+    let peer = r#"sh -c 'while read -r line; do echo "{\"seconds\":0.5,\"tokens\":1000,\"padded_tokens\":1250,\"sequences\":10,\"latencies_ms\":[500.0]}"; done' --"#;
+    let out = stdout(&semflow(&[
+        "bench",
+        "--workloads",
+        "w1,w2,w3,w5",
+        "--rounds",
+        "2",
+        "--docs",
+        "6",
+        "--queries",
+        "2",
+        "--json",
+        "--peer",
+        peer,
+    ]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let results = report["results"].as_array().unwrap();
+    let names: Vec<&str> = results
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 3 + 4 + 1 + 1, "{names:?}");
+    assert!(names.contains(&"W3 realistic docs=6") && names.contains(&"W5 rerank 1x100"));
+    for r in results {
+        assert_eq!(r["semflow_rounds"].as_array().unwrap().len(), 2);
+        assert_eq!(r["peer_rounds"].as_array().unwrap().len(), 2);
+        assert!(r["semflow"]["value"].as_f64().unwrap() > 0.0);
+        assert_eq!(r["semflow"]["padding_fraction"].as_f64().unwrap(), 0.0);
+        assert!((r["peer"]["padding_fraction"].as_f64().unwrap() - 0.2).abs() < 1e-9);
+        assert!(r["speedup"].as_f64().unwrap() > 0.0);
+    }
+    assert!(report["machine"]["cores"].as_u64().unwrap() >= 1);
+    assert_eq!(report["dtype"], "f32");
+
+    let e = stderr(&semflow(&["bench", "--workloads", "w9"]));
+    assert!(e.contains("unknown workload 'w9'"), "{e}");
+}
