@@ -21,6 +21,13 @@ pub const RERANK_PREFIX: &str = "<|im_start|>system\nJudge whether the Document 
 pub const RERANK_SUFFIX: &str = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n";
 
 /// Text to embed: queries carry their instruction, documents (no or empty instruction) do not.
+///
+/// ```
+/// use semflow::inference::prompts::embedding_text;
+/// assert_eq!(embedding_text("what is graphene", Some("Find passages")),
+///            "Instruct: Find passages\nQuery:what is graphene");
+/// assert_eq!(embedding_text("Graphene is carbon.", None), "Graphene is carbon.");
+/// ```
 pub fn embedding_text(text: &str, instruction: Option<&str>) -> String {
     match instruction {
         Some(instr) if !instr.is_empty() => format!("Instruct: {instr}\nQuery:{text}"),
