@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{inference_config, FileConfig, Overrides};
+use crate::config::{inference_config, Settings};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::config::Preset;
@@ -102,10 +102,10 @@ pub struct EngineArgs {
 impl EngineArgs {
     pub fn engine(&self) -> Result<Engine> {
         let file = match &self.config {
-            Some(p) => FileConfig::from_path(p)?,
-            None => FileConfig::default(),
+            Some(p) => Settings::from_path(p)?,
+            None => Settings::default(),
         };
-        let over = Overrides {
+        let over = Settings {
             embed_model: self.embed_model.clone(),
             rerank_model: self.rerank_model.clone(),
             backend: self.backend.clone(),

@@ -8,10 +8,11 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::inference::InferenceConfig;
 
-/// The `[engine]`-level keys of a semflow TOML config file.
+/// Engine settings, each `None` where not given: read from a TOML config file (keys as the
+/// flags, with underscores) or collected from flags and environment variables.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
+pub struct Settings {
     pub embed_model: Option<String>,
     pub rerank_model: Option<String>,
     pub backend: Option<String>,
@@ -22,7 +23,7 @@ pub struct FileConfig {
     pub max_tokens: Option<usize>,
 }
 
-impl FileConfig {
+impl Settings {
     pub fn from_path(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         toml::from_str(&text)
@@ -30,21 +31,8 @@ impl FileConfig {
     }
 }
 
-/// Settings given on the command line (or by environment); `None` when not given.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    pub embed_model: Option<String>,
-    pub rerank_model: Option<String>,
-    pub backend: Option<String>,
-    pub device: Option<String>,
-    pub dtype: Option<String>,
-    pub cache_size: Option<usize>,
-    pub max_batch: Option<usize>,
-    pub max_tokens: Option<usize>,
-}
-
-/// Merges overrides over the file over the defaults.
-pub fn inference_config(file: &FileConfig, over: &Overrides) -> Result<InferenceConfig> {
+/// Merges flag/env settings over file settings over the defaults.
+pub fn inference_config(file: &Settings, over: &Settings) -> Result<InferenceConfig> {
     let mut cfg = InferenceConfig::default();
     if let Some(m) = over
         .embed_model
@@ -99,9 +87,9 @@ mod tests {
 
     #[test]
     fn flags_beat_file_beat_defaults() {
-        let file: FileConfig =
+        let file: Settings =
             toml::from_str("embed_model = 'file-model'\ncache_size = 5\ndevice = 'cpu'").unwrap();
-        let over = Overrides {
+        let over = Settings {
             embed_model: Some("flag-model".into()),
             ..Default::default()
         };
@@ -109,7 +97,7 @@ mod tests {
         assert_eq!(cfg.embed_model, "flag-model");
         assert_eq!(cfg.cache_capacity, 5);
         assert_eq!(cfg.rerank_model, "Qwen/Qwen3-Reranker-0.6B");
-        let bad = Overrides {
+        let bad = Settings {
             dtype: Some("bf16".into()),
             ..Default::default()
         };
@@ -117,6 +105,6 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("bf16"));
-        assert!(toml::from_str::<FileConfig>("nope = 1").is_err());
+        assert!(toml::from_str::<Settings>("nope = 1").is_err());
     }
 }

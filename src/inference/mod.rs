@@ -53,7 +53,7 @@ impl std::str::FromStr for BackendKind {
 
 /// A loaded embedding model behind either backend.
 enum Embedder {
-    Packed(PackedWorker, ModelDir),
+    Packed(PackedWorker),
     MistralRs(LocalEmbedder),
 }
 
@@ -61,12 +61,7 @@ impl Embedder {
     async fn load(dir: ModelDir, cfg: &InferenceConfig) -> Result<Self> {
         Ok(match cfg.backend {
             BackendKind::Packed => {
-                let device = device::DTypeSpec::device(cfg.load.device)?;
-                let dtype = cfg.load.dtype.candle(cfg.load.device)?;
-                Embedder::Packed(
-                    PackedWorker::start(dir.clone(), device, dtype, false).await?,
-                    dir,
-                )
+                Embedder::Packed(PackedWorker::start(dir, cfg.load, false).await?)
             }
             BackendKind::MistralRs => {
                 Embedder::MistralRs(LocalEmbedder::load(dir, cfg.load).await?)
@@ -76,14 +71,14 @@ impl Embedder {
 
     fn dir(&self) -> &ModelDir {
         match self {
-            Embedder::Packed(_, dir) => dir,
+            Embedder::Packed(worker) => &worker.dir,
             Embedder::MistralRs(m) => &m.dir,
         }
     }
 
     async fn embed_ids(&self, seqs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
         match self {
-            Embedder::Packed(worker, _) => worker.run(seqs).await,
+            Embedder::Packed(worker) => worker.run(seqs).await,
             Embedder::MistralRs(m) => m.embed_ids(&seqs).await,
         }
     }
@@ -91,7 +86,7 @@ impl Embedder {
 
 /// A loaded reranker behind either backend.
 enum Reranker {
-    Packed(PackedWorker, ModelDir),
+    Packed(PackedWorker),
     MistralRs(LocalReranker),
 }
 
@@ -99,12 +94,7 @@ impl Reranker {
     async fn load(dir: ModelDir, cfg: &InferenceConfig) -> Result<Self> {
         Ok(match cfg.backend {
             BackendKind::Packed => {
-                let device = device::DTypeSpec::device(cfg.load.device)?;
-                let dtype = cfg.load.dtype.candle(cfg.load.device)?;
-                Reranker::Packed(
-                    PackedWorker::start(dir.clone(), device, dtype, true).await?,
-                    dir,
-                )
+                Reranker::Packed(PackedWorker::start(dir, cfg.load, true).await?)
             }
             BackendKind::MistralRs => {
                 Reranker::MistralRs(LocalReranker::load(dir, cfg.load).await?)
@@ -114,14 +104,14 @@ impl Reranker {
 
     fn dir(&self) -> &ModelDir {
         match self {
-            Reranker::Packed(_, dir) => dir,
+            Reranker::Packed(worker) => &worker.dir,
             Reranker::MistralRs(m) => &m.dir,
         }
     }
 
     async fn score_ids(&self, seqs: Vec<Vec<u32>>) -> Result<Vec<f32>> {
         match self {
-            Reranker::Packed(worker, _) => Ok(worker
+            Reranker::Packed(worker) => Ok(worker
                 .run(seqs)
                 .await?
                 .into_iter()

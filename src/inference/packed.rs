@@ -17,6 +17,8 @@ use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor, D};
 use candle_nn::ops::{rms_norm, silu, softmax_last_dim};
 use candle_nn::rotary_emb::rope;
 
+use super::device::DTypeSpec;
+use super::local::LoadOptions;
 use super::prompts::{NO_TOKEN_ID, YES_TOKEN_ID};
 use crate::error::{Error, Result};
 use crate::model::config::QwenConfig;
@@ -332,18 +334,17 @@ struct Job {
 
 /// A model on its own thread, fed by a queue; concurrent callers share forward passes.
 pub struct PackedWorker {
+    pub dir: ModelDir,
     tx: mpsc::Sender<Job>,
 }
 
 impl PackedWorker {
     /// Loads the model on a new thread; returns once it is ready (or failed to load).
-    pub async fn start(
-        dir: ModelDir,
-        device: Device,
-        dtype: DType,
-        reranker: bool,
-    ) -> Result<Self> {
+    pub async fn start(dir: ModelDir, opts: LoadOptions, reranker: bool) -> Result<Self> {
+        let device = DTypeSpec::device(opts.device)?;
+        let dtype = opts.dtype.candle(opts.device)?;
         let (tx, rx) = mpsc::channel::<Job>();
+        let thread_dir = dir.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let name = if reranker {
             "semflow-rerank"
@@ -353,7 +354,7 @@ impl PackedWorker {
         std::thread::Builder::new()
             .name(name.into())
             .spawn(
-                move || match PackedQwen3::load(&dir, &device, dtype, reranker) {
+                move || match PackedQwen3::load(&thread_dir, &device, dtype, reranker) {
                     Ok(model) => {
                         let _ = ready_tx.send(Ok(()));
                         serve(model, rx);
@@ -367,7 +368,7 @@ impl PackedWorker {
         ready_rx
             .await
             .map_err(|_| Error::Inference("the model thread stopped while loading".into()))??;
-        Ok(Self { tx })
+        Ok(Self { dir, tx })
     }
 
     /// Runs `seqs` through the model (see [`PackedQwen3::run`]).

@@ -9,6 +9,23 @@ use datafusion::logical_expr::ColumnarValue;
 use crate::engine::SemflowOptions;
 use crate::inference::CallOptions;
 
+/// The inference service as a UDF field: UDFs must be `Eq + Hash`, and two functions are the
+/// same exactly when they call the same service.
+#[derive(Debug, Clone)]
+pub struct InferenceRef(pub std::sync::Arc<crate::inference::Inference>);
+
+impl PartialEq for InferenceRef {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for InferenceRef {}
+impl std::hash::Hash for InferenceRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (std::sync::Arc::as_ptr(&self.0) as usize).hash(state);
+    }
+}
+
 /// Is `t` acceptable where a string is expected (NULL literals included)?
 pub fn is_string(t: &DataType) -> bool {
     matches!(

@@ -1,7 +1,6 @@
 //! `embed(text [, instruction [, dims]])` → `FixedSizeList<Float32, dims>`, L2-normalised.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, FixedSizeListArray, Float32Array};
@@ -12,34 +11,22 @@ use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use super::args::{call_options, expect_string, StringArg};
+use super::args::{call_options, expect_string, InferenceRef, StringArg};
 use crate::inference::{block_on, truncate_dims, EmbedInput, Inference};
 
 /// The `embed` SQL function.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub struct EmbedUdf {
-    inference: Arc<Inference>,
+    inference: InferenceRef,
     signature: Signature,
 }
 
 impl EmbedUdf {
     pub fn new(inference: Arc<Inference>) -> Self {
         Self {
-            inference,
+            inference: InferenceRef(inference),
             signature: Signature::user_defined(Volatility::Immutable),
         }
-    }
-}
-
-impl PartialEq for EmbedUdf {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.inference, &other.inference)
-    }
-}
-impl Eq for EmbedUdf {}
-impl Hash for EmbedUdf {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (Arc::as_ptr(&self.inference) as usize).hash(state);
     }
 }
 
@@ -61,7 +48,7 @@ struct ModelInfo {
 
 impl EmbedUdf {
     fn model_info(&self) -> Result<ModelInfo> {
-        let inference = self.inference.clone();
+        let inference = self.inference.0.clone();
         let info = block_on(async move {
             inference.embed_model_dir().await.map(|d| ModelInfo {
                 id: d.id.clone(),
@@ -210,7 +197,7 @@ impl ScalarUDFImpl for EmbedUdf {
         let vectors = if inputs.is_empty() {
             Vec::new()
         } else {
-            let inference = self.inference.clone();
+            let inference = self.inference.0.clone();
             let rows_for_errors = row_ids.clone();
             block_on(async move { inference.embed(inputs, rows_for_errors, opts).await })??
         };

@@ -1,6 +1,5 @@
 //! `rerank(query, document [, instruction])` → `Float32` P(yes) from Qwen3-Reranker.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use arrow::array::Float32Array;
@@ -10,34 +9,22 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use super::args::{call_options, expect_string, StringArg};
+use super::args::{call_options, expect_string, InferenceRef, StringArg};
 use crate::inference::{block_on, Inference, RerankInput};
 
 /// The `rerank` SQL function.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub struct RerankUdf {
-    inference: Arc<Inference>,
+    inference: InferenceRef,
     signature: Signature,
 }
 
 impl RerankUdf {
     pub fn new(inference: Arc<Inference>) -> Self {
         Self {
-            inference,
+            inference: InferenceRef(inference),
             signature: Signature::user_defined(Volatility::Immutable),
         }
-    }
-}
-
-impl PartialEq for RerankUdf {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.inference, &other.inference)
-    }
-}
-impl Eq for RerankUdf {}
-impl Hash for RerankUdf {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (Arc::as_ptr(&self.inference) as usize).hash(state);
     }
 }
 
@@ -100,7 +87,7 @@ impl ScalarUDFImpl for RerankUdf {
         let scores = if inputs.is_empty() {
             Vec::new()
         } else {
-            let inference = self.inference.clone();
+            let inference = self.inference.0.clone();
             let rows_for_errors = row_ids.clone();
             block_on(async move { inference.rerank(inputs, rows_for_errors, opts).await })??
         };
