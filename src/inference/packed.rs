@@ -332,7 +332,8 @@ impl PackedQwen3 {
 fn silu_mul(gate_up: &Tensor, inter: usize) -> candle_core::Result<Tensor> {
     use candle_core::{CpuStorage, Storage};
     use rayon::prelude::*;
-    let fused = gate_up.dtype() == DType::F32 && gate_up.device().is_cpu() && gate_up.is_contiguous();
+    let fused =
+        gate_up.dtype() == DType::F32 && gate_up.device().is_cpu() && gate_up.is_contiguous();
     if fused {
         let rows = gate_up.dim(0)?;
         let (storage, layout) = gate_up.storage_and_layout();
