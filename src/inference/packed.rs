@@ -135,8 +135,10 @@ impl PackedQwen3 {
                 (0..QUERY_CHUNK).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })
             })
             .collect();
-        let causal =
-            Tensor::from_vec(tri, (QUERY_CHUNK, QUERY_CHUNK), device).map_err(candle_err)?;
+        // Stored in the model dtype: attention scores have that dtype, so no per-chunk cast.
+        let causal = Tensor::from_vec(tri, (QUERY_CHUNK, QUERY_CHUNK), device)
+            .and_then(|t| t.to_dtype(dtype))
+            .map_err(candle_err)?;
         Ok(Self {
             causal,
             norm: load("norm.weight")?,
@@ -207,7 +209,7 @@ impl PackedQwen3 {
                 };
                 scores = scores
                     .reshape((kv_heads, groups, rows, end))?
-                    .broadcast_add(&mask.to_dtype(scores.dtype())?)?
+                    .broadcast_add(&mask)?
                     .reshape((kv_heads, groups * rows, end))?;
             }
             let probs = softmax_last_dim(&scores)?;
@@ -309,15 +311,10 @@ impl PackedQwen3 {
         }
         let hidden = self.forward_last(seqs).map_err(candle_err)?;
         let out = match &self.head {
-            Head::Embedding => {
-                let norm = hidden
-                    .to_dtype(DType::F32)
-                    .and_then(|h| h.sqr()?.sum_keepdim(D::Minus1)?.sqrt())
-                    .map_err(candle_err)?;
-                hidden
-                    .to_dtype(DType::F32)
-                    .and_then(|h| h.broadcast_div(&norm))
-            }
+            Head::Embedding => hidden.to_dtype(DType::F32).and_then(|h| {
+                let norm = h.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+                h.broadcast_div(&norm)
+            }),
             Head::YesNo(rows) => hidden
                 .matmul(&rows.t().map_err(candle_err)?)
                 .and_then(|t| t.to_dtype(DType::F32)),
