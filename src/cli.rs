@@ -1,4 +1,4 @@
-//! The `semflow` command line: `sql`, `shell` and `model random`.
+//! The `semflow` command line: `sql`, `shell`, `run`, `bench` and `model random`.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -33,6 +33,20 @@ pub enum Command {
     Model(ModelCommand),
     /// Benchmark embedding and reranking workloads, optionally side by side with a peer.
     Bench(BenchArgs),
+    /// Run a continuous pipeline (SQL or TOML file) until Ctrl-C or SIGTERM.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pipeline: a .sql file ending in INSERT INTO … SELECT … FROM <kafka table>, or a
+    /// .toml file naming source, sink, query and settings.
+    pub file: PathBuf,
+    /// Where to serve Prometheus metrics (GET /metrics); "off" disables them.
+    #[arg(long, env = "SEMFLOW_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: String,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 #[derive(Debug, Args)]
@@ -123,7 +137,8 @@ impl EngineArgs {
 pub struct SqlArgs {
     /// Statements to run (`;`-separated).
     pub statements: Option<String>,
-    /// Read statements from a file instead.
+    /// Read statements from a file instead (`${VAR}` / `${VAR:-default}` are replaced from
+    /// the environment).
     #[arg(short = 'f', long = "file", conflicts_with = "statements")]
     pub file: Option<PathBuf>,
     /// Output format.
@@ -160,6 +175,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Sql(args) => run_sql(args).await,
         Command::Shell(args) => crate::shell::run(args.engine()?).await,
         Command::Bench(args) => run_bench(args).await,
+        Command::Run(args) => run_pipeline(args).await,
         Command::Model(ModelCommand::Random {
             kind,
             preset,
@@ -182,6 +198,67 @@ pub async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+async fn run_pipeline(args: RunArgs) -> Result<()> {
+    let sql = crate::pipeline::spec::load(&args.file)?;
+    let engine = args.engine.engine()?;
+    if args.metrics_addr != "off" {
+        let addr = args.metrics_addr.parse().map_err(|_| {
+            Error::InvalidArgument(format!(
+                "--metrics-addr {}: expected HOST:PORT or off",
+                args.metrics_addr
+            ))
+        })?;
+        let bound = crate::pipeline::metrics::serve(addr, engine.inference().clone()).await?;
+        eprintln!("metrics on http://{bound}/metrics");
+    }
+    let started = std::time::Instant::now();
+    let terminal = std::io::stderr().is_terminal();
+    let status = |s: &crate::pipeline::RunStats| {
+        let rate = s.records as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        let line = format!(
+            "{} records ({rate:.0}/s), {} rows written, {} deleted, {} dead-lettered, {} skipped",
+            s.records, s.rows_written, s.deletes, s.dead_lettered, s.skipped
+        );
+        if terminal {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            tracing::info!("{line}");
+        }
+    };
+    let stats = crate::pipeline::run(&engine, &sql, shutdown_signal(), status).await?;
+    if terminal {
+        eprintln!();
+    }
+    eprintln!(
+        "stopped: {} batches, {} records, {} rows written, {} deleted, {} dead-lettered, {} skipped",
+        stats.batches, stats.records, stats.rows_written, stats.deletes, stats.dead_lettered, stats.skipped
+    );
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
@@ -209,7 +286,11 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
 async fn run_sql(args: SqlArgs) -> Result<()> {
     let sql = match (&args.statements, &args.file) {
         (Some(s), _) => s.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?,
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+            crate::pipeline::spec::substitute_env(&text)
+                .map_err(|e| Error::InvalidArgument(format!("{}: {e}", f.display())))?
+        }
         (None, None) => {
             return Err(Error::InvalidArgument(
                 "give SQL statements or -f FILE (or use `semflow shell`)".into(),

@@ -49,6 +49,13 @@ impl Engine {
         let ctx = SessionContext::new_with_config(session_config);
         let inference = Inference::new(config);
         crate::udf::register_all(&ctx, &inference);
+        {
+            let state = ctx.state_ref();
+            let mut state = state.write();
+            let factories = state.table_factories_mut();
+            factories.insert("LANCE".into(), Arc::new(crate::index::LanceTableFactory));
+            factories.insert("KAFKA".into(), Arc::new(crate::kafka::KafkaTableFactory));
+        }
         Self { ctx, inference }
     }
 

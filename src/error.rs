@@ -57,6 +57,18 @@ pub enum Error {
     #[error("safetensors: {0}")]
     Safetensors(String),
 
+    /// The Lance index could not be read or written.
+    #[error("index: {0}")]
+    Index(String),
+
+    /// Kafka: client configuration, broker or delivery errors.
+    #[error("kafka: {0}")]
+    Kafka(String),
+
+    /// A continuous pipeline could not be set up or run.
+    #[error("pipeline: {0}")]
+    Pipeline(String),
+
     /// An error from DataFusion.
     #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),

@@ -10,6 +10,9 @@
 //!                                                               ├─ dedupe, content cache
 //!                                                               ├─ prompts + tokenize (Qwen3 formats)
 //!                                                               └─ backend: packed (candle) | mistral.rs ── model dir
+//!
+//!  Kafka topic ──> kafka (consumer thread, micro-batches) ──> pipeline (decode, SQL, DLQ)
+//!                                                               └─> index (Lance commit: rows + offsets)
 //! ```
 //!
 //! # Layout
@@ -18,6 +21,9 @@
 //! - [`config`]: engine settings from flags, environment and TOML files.
 //! - [`engine`]: builds the DataFusion session and runs SQL.
 //! - [`udf`]: the SQL functions.
+//! - [`kafka`]: topics as tables (stream/snapshot scans, JSON sink) and the pipeline consumer.
+//! - [`index`]: Lance datasets as tables; upserts, deletes and Kafka offsets in one commit.
+//! - [`pipeline`]: `semflow run`: the continuous INSERT loop, dead letters, metrics.
 //! - [`inference`]: dedupe, caching, Qwen3 formats, tokenization, and the two backends
 //!   (`packed`: padding-free forward pass on its own thread; `local`: mistral.rs).
 //! - [`model`]: model directories: config, presets, random weights, hub download, fingerprints.
@@ -29,9 +35,12 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod index;
 pub mod inference;
+pub mod kafka;
 pub mod model;
 pub mod output;
+pub mod pipeline;
 pub mod shell;
 pub mod udf;
 

@@ -1,7 +1,8 @@
-//! SQL functions: `embed`, `rerank` (inference) and the vector functions.
+//! SQL functions: `embed`, `rerank`, `embed_model` (inference) and the vector functions.
 
 mod args;
 pub mod embed;
+pub mod model;
 pub mod rerank;
 pub mod stats;
 pub mod vector;
@@ -17,6 +18,9 @@ use crate::inference::Inference;
 pub fn register_all(ctx: &SessionContext, inference: &Arc<Inference>) {
     ctx.register_udf(ScalarUDF::from(embed::EmbedUdf::new(inference.clone())));
     ctx.register_udf(ScalarUDF::from(rerank::RerankUdf::new(inference.clone())));
+    ctx.register_udf(ScalarUDF::from(model::EmbedModelUdf::new(
+        inference.clone(),
+    )));
     for kind in vector::VectorFn::ALL {
         ctx.register_udf(ScalarUDF::from(vector::VectorUdf::new(kind)));
     }

@@ -1,6 +1,8 @@
 //! Shared test helpers: random tiny models written once per build, and engines over them.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 

@@ -1,0 +1,13 @@
+//! The vector index: Lance datasets as SQL tables.
+//!
+//! - [`table`]: `STORED AS LANCE` tables — scans of the newest version, upserting INSERTs.
+//! - [`write`]: one atomic change (upserts, deletes, stream offsets) as one Lance commit.
+//! - [`offsets`]: the Kafka offsets stored in commits, and reading them back.
+
+pub mod offsets;
+pub mod table;
+pub mod write;
+
+pub use offsets::SourceOffsets;
+pub use table::{LanceTable, LanceTableFactory};
+pub use write::{Change, CommitStats};

@@ -1,0 +1,467 @@
+//! A Lance dataset as a DataFusion table: `CREATE EXTERNAL TABLE idx (…) STORED AS LANCE
+//! LOCATION 'path/'`. Scans read the newest version; INSERTs upsert by primary key.
+
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
+use datafusion::common::{exec_err, DataFusionError};
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::datasource::TableType;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{CreateExternalTable, Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, SendableRecordBatchStream,
+};
+use futures::StreamExt;
+use lance::datafusion::LanceTableProvider;
+use lance::dataset::{WriteMode, WriteParams};
+use lance::Dataset;
+use tokio::sync::Mutex;
+
+use super::offsets::{read_offsets, SourceOffsets};
+use super::write::{commit, conform, dedupe_last, storage_schema, Change, CommitStats};
+use crate::error::{Error, Result};
+
+/// Marks the primary-key column in the Lance schema, so LanceDB/pylance see it too.
+const LANCE_PRIMARY_KEY: &str = "lance-schema:unenforced-primary-key";
+
+/// Rows per commit when a plain `INSERT … SELECT` streams a large result into the index.
+const INSERT_CHUNK_ROWS: usize = 8192;
+
+/// A Lance dataset (possibly not created yet) behind a SQL table. Clones share state.
+#[derive(Clone)]
+pub struct LanceTable {
+    uri: String,
+    primary_key: Option<String>,
+    /// The declared schema until the dataset exists, then the dataset's.
+    schema: Arc<RwLock<SchemaRef>>,
+    declared: SchemaRef,
+    dataset: Arc<Mutex<Option<Arc<Dataset>>>>,
+}
+
+impl fmt::Debug for LanceTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LanceTable")
+            .field("uri", &self.uri)
+            .field("primary_key", &self.primary_key)
+            .finish()
+    }
+}
+
+impl LanceTable {
+    /// Opens the dataset at `uri` if it exists; otherwise the table starts empty with the
+    /// `declared` schema and the dataset is created by the first write.
+    pub async fn open(
+        uri: &str,
+        declared: Option<SchemaRef>,
+        primary_key: Option<String>,
+    ) -> Result<Self> {
+        let existing = match Dataset::open(uri).await {
+            Ok(ds) => Some(Arc::new(ds)),
+            Err(lance::Error::DatasetNotFound { .. }) => None,
+            Err(e) => return Err(Error::Index(format!("{uri}: {e}"))),
+        };
+        let (schema, declared) = match (&existing, declared) {
+            (Some(ds), declared) => {
+                let schema: SchemaRef = Arc::new(Schema::from(ds.schema()));
+                if let Some(d) = &declared {
+                    check_declared(uri, d, &schema)?;
+                }
+                (schema.clone(), declared.unwrap_or(schema))
+            }
+            (None, Some(d)) if !d.fields().is_empty() => (d.clone(), d),
+            (None, _) => {
+                return Err(Error::Index(format!(
+                    "{uri} is not a Lance dataset yet: declare its columns, e.g. CREATE EXTERNAL TABLE idx (id TEXT NOT NULL, embedding FLOAT[]) STORED AS LANCE LOCATION '{uri}'"
+                )))
+            }
+        };
+        let primary_key = match primary_key {
+            Some(pk) => Some(pk),
+            None => schema
+                .fields()
+                .iter()
+                .find(|f| f.metadata().get(LANCE_PRIMARY_KEY).map(String::as_str) == Some("true"))
+                .map(|f| f.name().clone()),
+        };
+        if let Some(pk) = &primary_key {
+            if schema.field_with_name(pk).is_err() {
+                return Err(Error::Index(format!(
+                    "{uri}: primary key {pk} is not one of its columns"
+                )));
+            }
+        }
+        Ok(Self {
+            uri: uri.to_string(),
+            primary_key,
+            schema: Arc::new(RwLock::new(schema)),
+            declared,
+            dataset: Arc::new(Mutex::new(existing)),
+        })
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    pub fn primary_key(&self) -> Option<&str> {
+        self.primary_key.as_deref()
+    }
+
+    fn current_schema(&self) -> SchemaRef {
+        match self.schema.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The newest version of the dataset, or `None` before the first write.
+    pub async fn latest(&self) -> Result<Option<Arc<Dataset>>> {
+        let mut guard = self.dataset.lock().await;
+        self.refresh(&mut guard).await?;
+        Ok(guard.clone())
+    }
+
+    async fn refresh(&self, slot: &mut Option<Arc<Dataset>>) -> Result<()> {
+        let fresh = match slot.as_ref() {
+            Some(ds) => {
+                let mut ds = (**ds).clone();
+                ds.checkout_latest()
+                    .await
+                    .map_err(|e| Error::Index(format!("{}: {e}", self.uri)))?;
+                Some(ds)
+            }
+            None => match Dataset::open(&self.uri).await {
+                Ok(ds) => Some(ds),
+                Err(lance::Error::DatasetNotFound { .. }) => None,
+                Err(e) => return Err(Error::Index(format!("{}: {e}", self.uri))),
+            },
+        };
+        if let Some(ds) = fresh {
+            self.set_schema(&ds);
+            *slot = Some(Arc::new(ds));
+        }
+        Ok(())
+    }
+
+    fn set_schema(&self, ds: &Dataset) {
+        let schema = Arc::new(Schema::from(ds.schema()));
+        match self.schema.write() {
+            Ok(mut s) => *s = schema,
+            Err(poisoned) => *poisoned.into_inner() = schema,
+        }
+    }
+
+    /// The stream offsets recorded in the index for `wanted` partitions.
+    pub async fn offsets(&self, wanted: &[(String, i32)]) -> Result<SourceOffsets> {
+        match self.latest().await? {
+            Some(ds) => read_offsets(&ds, wanted).await,
+            None => Ok(SourceOffsets::default()),
+        }
+    }
+
+    /// Applies `change` as one commit (retrying on concurrent-writer conflicts).
+    pub async fn apply(&self, change: Change) -> Result<CommitStats> {
+        let Change {
+            rows,
+            deletes,
+            offsets,
+        } = change;
+        let rows: Vec<RecordBatch> = rows.into_iter().filter(|b| b.num_rows() > 0).collect();
+        let rows = match &self.primary_key {
+            Some(pk) if !rows.is_empty() => dedupe_last(rows, pk)?,
+            _ => rows,
+        };
+        let mut guard = self.dataset.lock().await;
+        self.refresh(&mut guard).await?;
+        if guard.is_none() {
+            if rows.is_empty() {
+                // Nothing was ever written: there is nothing to delete, and replaying these
+                // offsets later writes nothing either.
+                return Ok(CommitStats::default());
+            }
+            *guard = Some(self.create(&rows).await?);
+        }
+        let mut attempt = 0;
+        loop {
+            let Some(ds) = guard.clone() else {
+                return Err(Error::Index(format!("{}: dataset vanished", self.uri)));
+            };
+            let target = Arc::new(Schema::from(ds.schema()));
+            let conformed = rows
+                .iter()
+                .map(|b| conform(b, &target))
+                .collect::<Result<Vec<_>>>()?;
+            match commit(
+                ds,
+                self.primary_key.as_deref(),
+                conformed,
+                &deletes,
+                offsets.as_ref(),
+            )
+            .await
+            {
+                Ok((new, stats)) => {
+                    self.set_schema(&new);
+                    *guard = Some(Arc::new(new));
+                    return Ok(stats);
+                }
+                // Another writer committed first (a second worker): rebuild on its version.
+                Err(Error::Index(msg)) if attempt < 20 && is_conflict(&msg) => {
+                    attempt += 1;
+                    tracing::debug!(attempt, "index commit conflict, retrying: {msg}");
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+                    self.refresh(&mut guard).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn create(&self, sample: &[RecordBatch]) -> Result<Arc<Dataset>> {
+        let mut schema = (*storage_schema(&self.declared, sample)?).clone();
+        if let Some(pk) = &self.primary_key {
+            schema = mark_primary_key(schema, pk);
+        }
+        let schema = Arc::new(schema);
+        let empty = arrow::record_batch::RecordBatchIterator::new(vec![], schema);
+        let params = WriteParams {
+            mode: WriteMode::Create,
+            ..Default::default()
+        };
+        match Dataset::write(empty, self.uri.as_str(), Some(params)).await {
+            Ok(ds) => {
+                self.set_schema(&ds);
+                Ok(Arc::new(ds))
+            }
+            // Another worker created it a moment ago.
+            Err(lance::Error::DatasetAlreadyExists { .. }) => {
+                let ds = Dataset::open(&self.uri)
+                    .await
+                    .map_err(|e| Error::Index(format!("{}: {e}", self.uri)))?;
+                self.set_schema(&ds);
+                Ok(Arc::new(ds))
+            }
+            Err(e) => Err(Error::Index(format!("creating {}: {e}", self.uri))),
+        }
+    }
+}
+
+fn is_conflict(msg: &str) -> bool {
+    let m = msg.to_ascii_lowercase();
+    m.contains("conflict") || m.contains("incompatible transaction")
+}
+
+fn mark_primary_key(schema: Schema, pk: &str) -> Schema {
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if f.name() == pk {
+                let mut md = f.metadata().clone();
+                md.insert(LANCE_PRIMARY_KEY.into(), "true".into());
+                Arc::new(f.as_ref().clone().with_nullable(false).with_metadata(md))
+            } else {
+                f.clone()
+            }
+        })
+        .collect();
+    Schema::new_with_metadata(fields, schema.metadata().clone())
+}
+
+/// A declared schema must name the dataset's columns (types may differ in list flavour).
+fn check_declared(uri: &str, declared: &SchemaRef, actual: &SchemaRef) -> Result<()> {
+    if declared.fields().is_empty() {
+        return Ok(());
+    }
+    let names = |s: &SchemaRef| {
+        s.fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect::<Vec<_>>()
+    };
+    if names(declared) != names(actual) {
+        return Err(Error::Index(format!(
+            "{uri} already exists with columns ({}), not the declared ({})",
+            names(actual).join(", "),
+            names(declared).join(", ")
+        )));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl TableProvider for LanceTable {
+    fn schema(&self) -> SchemaRef {
+        self.current_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        let ds = self
+            .latest()
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        match ds {
+            Some(ds) => {
+                LanceTableProvider::new(ds, false, false)
+                    .scan(state, projection, filters, limit)
+                    .await
+            }
+            None => {
+                let schema = self.current_schema();
+                let schema = match projection {
+                    Some(p) => Arc::new(schema.project(p)?),
+                    None => schema,
+                };
+                Ok(Arc::new(EmptyExec::new(schema)))
+            }
+        }
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::common::Result<Vec<TableProviderFilterPushDown>> {
+        // Lance evaluates every filter it is given exactly; before the dataset exists the
+        // scan is empty, which satisfies any filter.
+        Ok(vec![TableProviderFilterPushDown::Exact; filters.len()])
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return exec_err!(
+                "{}: only INSERT INTO (upsert by primary key) is supported, not {insert_op}",
+                self.uri
+            );
+        }
+        let sink = LanceSink {
+            table: self.clone(),
+            schema: self.current_schema(),
+        };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}
+
+/// The INSERT path: commits the input in chunks of [`INSERT_CHUNK_ROWS`].
+#[derive(Debug)]
+struct LanceSink {
+    table: LanceTable,
+    schema: SchemaRef,
+}
+
+impl DisplayAs for LanceSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LanceSink: {}", self.table.uri)
+    }
+}
+
+#[async_trait]
+impl DataSink for LanceSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> datafusion::common::Result<u64> {
+        let mut pending = Vec::new();
+        let mut pending_rows = 0;
+        let mut written = 0u64;
+        let external = |e: Error| DataFusionError::External(Box::new(e));
+        while let Some(batch) = data.next().await {
+            let batch = batch?;
+            pending_rows += batch.num_rows();
+            pending.push(batch);
+            if pending_rows >= INSERT_CHUNK_ROWS {
+                let rows = std::mem::take(&mut pending);
+                pending_rows = 0;
+                written += self
+                    .table
+                    .apply(Change {
+                        rows,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(external)?
+                    .rows;
+            }
+        }
+        if pending_rows > 0 {
+            written += self
+                .table
+                .apply(Change {
+                    rows: pending,
+                    ..Default::default()
+                })
+                .await
+                .map_err(external)?
+                .rows;
+        }
+        Ok(written)
+    }
+}
+
+/// `STORED AS LANCE`: options `primary_key` (or a PRIMARY KEY constraint).
+#[derive(Debug, Default)]
+pub struct LanceTableFactory;
+
+#[async_trait]
+impl TableProviderFactory for LanceTableFactory {
+    async fn create(
+        &self,
+        _state: &dyn Session,
+        cmd: &CreateExternalTable,
+    ) -> datafusion::common::Result<Arc<dyn TableProvider>> {
+        let external = |e: Error| DataFusionError::External(Box::new(e));
+        let declared: SchemaRef = Arc::new(cmd.schema.as_arrow().clone());
+        let mut primary_key = None;
+        for (key, value) in &cmd.options {
+            match key.strip_prefix("format.").unwrap_or(key) {
+                "primary_key" => primary_key = Some(value.clone()),
+                other => {
+                    return Err(external(Error::InvalidArgument(format!(
+                        "STORED AS LANCE: unknown option '{other}' (known: primary_key)"
+                    ))))
+                }
+            }
+        }
+        for constraint in cmd.constraints.iter() {
+            if let datafusion::common::Constraint::PrimaryKey(cols) = constraint {
+                if cols.len() != 1 {
+                    return Err(external(Error::InvalidArgument(
+                        "STORED AS LANCE: the primary key must be one column".into(),
+                    )));
+                }
+                let name = declared.field(cols[0]).name().clone();
+                primary_key = Some(name);
+            }
+        }
+        let table = LanceTable::open(&cmd.location, Some(declared), primary_key)
+            .await
+            .map_err(external)?;
+        Ok(Arc::new(table))
+    }
+}

@@ -1,0 +1,352 @@
+//! One atomic change to an index: upserted rows, deleted keys and (for streams) the source
+//! offsets they came from, committed as a single Lance transaction.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use arrow::compute::{cast_with_options, take_record_batch, CastOptions};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use lance::dataset::transaction::{Operation, Transaction, TransactionBuilder};
+use lance::dataset::{
+    CommitBuilder, DeleteBuilder, InsertBuilder, MergeInsertBuilder, WhenMatched, WhenNotMatched,
+    WhenNotMatchedBySource, WriteMode, WriteParams,
+};
+use lance::Dataset;
+
+use super::offsets::{SourceOffsets, OFFSETS_PROPERTY};
+use crate::error::{Error, Result};
+
+/// Rows to upsert (or append, without a primary key), keys to delete, and the stream
+/// position this change brings the index to.
+#[derive(Debug, Default)]
+pub struct Change {
+    pub rows: Vec<RecordBatch>,
+    /// Primary-key values, as text, of rows to delete. Disjoint from the keys in `rows`.
+    pub deletes: Vec<String>,
+    pub offsets: Option<SourceOffsets>,
+}
+
+impl Change {
+    pub fn row_count(&self) -> usize {
+        self.rows.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommitStats {
+    pub version: u64,
+    pub rows: u64,
+    pub deleted: u64,
+}
+
+/// Commits `change` on top of `dataset` (already at the newest version) as one transaction.
+pub async fn commit(
+    dataset: Arc<Dataset>,
+    primary_key: Option<&str>,
+    rows: Vec<RecordBatch>,
+    deletes: &[String],
+    offsets: Option<&SourceOffsets>,
+) -> Result<(Dataset, CommitStats)> {
+    let lance_err = |e: lance::Error| Error::Index(e.to_string());
+    let row_count: usize = rows.iter().map(|b| b.num_rows()).sum();
+    let read_version = dataset.version().version;
+    let (mut txn, affected, deleted) = match (primary_key, row_count > 0, deletes.is_empty()) {
+        (Some(pk), true, _) => {
+            let mut builder = MergeInsertBuilder::try_new(dataset.clone(), vec![pk.to_string()])
+                .map_err(lance_err)?;
+            builder
+                .when_matched(WhenMatched::UpdateAll)
+                .when_not_matched(WhenNotMatched::InsertAll);
+            if !deletes.is_empty() {
+                // Keys to delete are never in this change's rows, so "not matched by source
+                // and in the delete list" removes exactly them, in the same commit.
+                let predicate = key_predicate(dataset.schema().into(), pk, deletes)?;
+                builder.when_not_matched_by_source(
+                    WhenNotMatchedBySource::delete_if(&dataset, &predicate).map_err(lance_err)?,
+                );
+            }
+            let job = builder.try_build().map_err(lance_err)?;
+            let out = job
+                .execute_uncommitted_batches(rows)
+                .await
+                .map_err(lance_err)?;
+            let deleted = out.stats.num_deleted_rows;
+            (out.transaction, out.affected_rows, deleted)
+        }
+        (None, true, true) => {
+            let params = WriteParams {
+                mode: WriteMode::Append,
+                ..Default::default()
+            };
+            let txn = InsertBuilder::new(dataset.clone())
+                .with_params(&params)
+                .execute_uncommitted(rows)
+                .await
+                .map_err(lance_err)?;
+            (txn, None, 0)
+        }
+        (None, true, false) => {
+            return Err(Error::Index(
+                "deletes need a primary key: declare PRIMARY KEY (col) or OPTIONS ('primary_key' 'col')"
+                    .into(),
+            ))
+        }
+        (Some(pk), false, false) => {
+            let predicate = key_predicate(dataset.schema().into(), pk, deletes)?;
+            let out = DeleteBuilder::new(dataset.clone(), predicate)
+                .execute_uncommitted()
+                .await
+                .map_err(lance_err)?;
+            (out.transaction, out.affected_rows, out.num_deleted_rows)
+        }
+        (None, false, false) => {
+            return Err(Error::Index(
+                "deletes need a primary key: declare PRIMARY KEY (col) or OPTIONS ('primary_key' 'col')"
+                    .into(),
+            ))
+        }
+        (_, false, true) => {
+            // Nothing to write (every record was filtered out or dead-lettered): an empty
+            // append still moves the stored offsets forward.
+            let txn = TransactionBuilder::new(read_version, Operation::Append { fragments: vec![] })
+                .build();
+            (txn, None, 0)
+        }
+    };
+    if let Some(offsets) = offsets {
+        set_offsets(&mut txn, offsets);
+    }
+    let mut commit = CommitBuilder::new(dataset.clone());
+    if let Some(rows) = affected {
+        commit = commit.with_affected_rows(rows);
+    }
+    let new = commit.execute(txn).await.map_err(lance_err)?;
+    let stats = CommitStats {
+        version: new.version().version,
+        rows: row_count as u64,
+        deleted,
+    };
+    Ok((new, stats))
+}
+
+fn set_offsets(txn: &mut Transaction, offsets: &SourceOffsets) {
+    let mut props: HashMap<String, String> = txn
+        .transaction_properties
+        .as_deref()
+        .cloned()
+        .unwrap_or_default();
+    props.insert(OFFSETS_PROPERTY.to_string(), offsets.to_property());
+    txn.transaction_properties = Some(Arc::new(props));
+}
+
+/// `pk IN (…)` for Lance's SQL filter, with literals typed like the key column.
+fn key_predicate(schema: Schema, pk: &str, keys: &[String]) -> Result<String> {
+    let field = schema
+        .field_with_name(pk)
+        .map_err(|_| Error::Index(format!("primary key column {pk} is not in the table")))?;
+    let literals = keys
+        .iter()
+        .map(|k| match field.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                Ok(format!("'{}'", k.replace('\'', "''")))
+            }
+            t if t.is_integer() => k.parse::<i64>().map(|v| v.to_string()).map_err(|_| {
+                Error::Index(format!(
+                    "cannot delete key {k:?}: primary key {pk} is an integer column"
+                ))
+            }),
+            t => Err(Error::Index(format!(
+                "deletes by key need a string or integer primary key; {pk} is {t}"
+            ))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(format!("`{pk}` IN ({})", literals.join(", ")))
+}
+
+/// The primary-key values of `batch` as text (nulls as `None`).
+pub fn key_strings(batch: &RecordBatch, pk: &str) -> Result<Vec<Option<String>>> {
+    let column = batch
+        .column_by_name(pk)
+        .ok_or_else(|| Error::Index(format!("rows have no primary key column {pk}")))?;
+    let formatter = ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())?;
+    Ok((0..column.len())
+        .map(|i| (!column.is_null(i)).then(|| formatter.value(i).to_string()))
+        .collect())
+}
+
+/// Keeps the last row for each primary key across `batches` (later rows are newer), and
+/// refuses rows whose key is null.
+pub fn dedupe_last(batches: Vec<RecordBatch>, pk: &str) -> Result<Vec<RecordBatch>> {
+    let mut last: HashMap<String, (usize, usize)> = HashMap::new();
+    for (b, batch) in batches.iter().enumerate() {
+        for (r, key) in key_strings(batch, pk)?.into_iter().enumerate() {
+            let key =
+                key.ok_or_else(|| Error::Index(format!("row {r}: primary key {pk} is null")))?;
+            last.insert(key, (b, r));
+        }
+    }
+    let mut keep: Vec<Vec<u32>> = vec![Vec::new(); batches.len()];
+    for (b, r) in last.into_values() {
+        keep[b].push(r as u32);
+    }
+    let mut out = Vec::new();
+    for (batch, mut rows) in batches.into_iter().zip(keep) {
+        if rows.len() == batch.num_rows() {
+            out.push(batch);
+        } else if !rows.is_empty() {
+            rows.sort_unstable();
+            out.push(take_record_batch(&batch, &UInt32Array::from(rows))?);
+        }
+    }
+    Ok(out)
+}
+
+/// Casts `batch` to `target` column by column (by name): numeric widening, text kinds, and
+/// variable-length lists of equal length into the fixed-size lists vector search needs.
+pub fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
+    let options = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(target.fields().len());
+    for field in target.fields() {
+        let column = match batch.column_by_name(field.name()) {
+            Some(c) => c.clone(),
+            None if field.is_nullable() => {
+                arrow::array::new_null_array(field.data_type(), batch.num_rows())
+            }
+            None => {
+                return Err(Error::Index(format!(
+                    "rows have no column {} (NOT NULL in the table)",
+                    field.name()
+                )))
+            }
+        };
+        let column = if column.data_type() == field.data_type() {
+            column
+        } else {
+            cast_with_options(&column, field.data_type(), &options).map_err(|e| {
+                Error::Index(format!(
+                    "column {}: cannot store {} as {}: {e}",
+                    field.name(),
+                    column.data_type(),
+                    field.data_type()
+                ))
+            })?
+        };
+        if !field.is_nullable() && column.null_count() > 0 {
+            return Err(Error::Index(format!(
+                "column {} is NOT NULL but {} rows have no value",
+                field.name(),
+                column.null_count()
+            )));
+        }
+        columns.push(column);
+    }
+    Ok(RecordBatch::try_new(target.clone(), columns)?)
+}
+
+/// The schema a new dataset gets from a declared one: variable-length float lists become
+/// fixed-size lists sized by the first non-null value in `sample` (vector search needs them).
+pub fn storage_schema(declared: &SchemaRef, sample: &[RecordBatch]) -> Result<SchemaRef> {
+    let fields = declared
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::List(item) | DataType::LargeList(item) if item.data_type().is_floating() => {
+                let len = first_list_len(sample, f.name()).ok_or_else(|| {
+                    Error::Index(format!(
+                        "column {}: cannot size the vector column before a non-null value arrives",
+                        f.name()
+                    ))
+                })?;
+                Ok(Arc::new(
+                    Field::new(
+                        f.name(),
+                        DataType::FixedSizeList(item.clone(), len),
+                        f.is_nullable(),
+                    )
+                    .with_metadata(f.metadata().clone()),
+                ))
+            }
+            _ => Ok(f.clone()),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(Schema::new_with_metadata(
+        fields,
+        declared.metadata().clone(),
+    )))
+}
+
+fn first_list_len(sample: &[RecordBatch], name: &str) -> Option<i32> {
+    for batch in sample {
+        let column = batch.column_by_name(name)?;
+        match column.data_type() {
+            DataType::FixedSizeList(_, n) => return Some(*n),
+            DataType::List(_) => {
+                let list = column.as_any().downcast_ref::<arrow::array::ListArray>()?;
+                if let Some(i) = (0..list.len()).find(|i| !list.is_null(*i)) {
+                    return Some(list.value_length(i));
+                }
+            }
+            DataType::LargeList(_) => {
+                let list = column
+                    .as_any()
+                    .downcast_ref::<arrow::array::LargeListArray>()?;
+                if let Some(i) = (0..list.len()).find(|i| !list.is_null(*i)) {
+                    return i32::try_from(list.value_length(i)).ok();
+                }
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+
+    fn batch(ids: &[&str], vals: &[i64]) -> RecordBatch {
+        RecordBatch::try_from_iter(vec![
+            ("id", Arc::new(StringArray::from(ids.to_vec())) as ArrayRef),
+            ("v", Arc::new(Int64Array::from(vals.to_vec())) as ArrayRef),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn dedupe_keeps_the_last_row_per_key() {
+        let out =
+            dedupe_last(vec![batch(&["a", "b"], &[1, 2]), batch(&["a"], &[3])], "id").unwrap();
+        let mut rows: Vec<(String, i64)> = Vec::new();
+        for b in &out {
+            let ids = key_strings(b, "id").unwrap();
+            let v = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+            for (i, id) in ids.into_iter().enumerate() {
+                rows.push((id.unwrap(), v.value(i)));
+            }
+        }
+        rows.sort();
+        assert_eq!(rows, vec![("a".into(), 3), ("b".into(), 2)]);
+    }
+
+    #[test]
+    fn key_predicate_quotes_strings_and_checks_integers() {
+        let s = Schema::new(vec![Field::new("id", DataType::Utf8, false)]);
+        assert_eq!(
+            key_predicate(s, "id", &["a'b".into()]).unwrap(),
+            "`id` IN ('a''b')"
+        );
+        let i = Schema::new(vec![Field::new("id", DataType::Int64, false)]);
+        assert!(key_predicate(i.clone(), "id", &["x".into()]).is_err());
+        assert_eq!(
+            key_predicate(i, "id", &["7".into()]).unwrap(),
+            "`id` IN (7)"
+        );
+    }
+}

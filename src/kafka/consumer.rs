@@ -1,0 +1,619 @@
+//! The consumer thread: polls Kafka, cuts micro-batches by rows and latency, and hands them
+//! over a channel that holds one batch. When the channel is full it pauses its partitions
+//! (memory stays bounded when inference is slower than Kafka) but keeps polling, so
+//! rebalances are still served.
+//!
+//! In a pipeline, positions come from the index, not from Kafka: on every assignment the
+//! consumer asks a [`PositionStore`] where each partition stands and seeks there; on a
+//! revocation it waits until every batch it handed over is committed (or abandoned), so a
+//! partition changes hands only at a committed position.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use super::options::{End, KafkaOptions, Start};
+use super::record::Record;
+use crate::error::{Error, Result};
+use crate::index::SourceOffsets;
+
+/// Records handed to the pipeline in one piece.
+#[derive(Debug)]
+pub struct MicroBatch {
+    /// Increasing per consumer; acknowledge with [`Consumer::ack`].
+    pub seq: u64,
+    pub records: Vec<Record>,
+    /// Where every partition assigned to this consumer stands once this batch is applied:
+    /// the offsets to store with it.
+    pub positions: SourceOffsets,
+}
+
+/// Where a pipeline resumes each partition (the offsets stored in the index).
+pub trait PositionStore: Send + Sync {
+    /// Blocking; called from the consumer thread on each assignment.
+    fn positions(&self, partitions: &[(String, i32)]) -> Result<SourceOffsets>;
+}
+
+/// How the consumer finds and tracks its partitions.
+pub enum Mode {
+    /// Join the group; resume from the store (or, without one, from the group's committed
+    /// offsets); report progress to the group after acks.
+    Pipeline(Option<Arc<dyn PositionStore>>),
+    /// Join the group; start per the table's `start` option; commit nothing.
+    Stream,
+    /// Read every partition up to its high watermark at start, then end.
+    Snapshot,
+}
+
+#[derive(Default)]
+struct AckState {
+    /// Highest sequence number committed or abandoned by the pipeline.
+    acked: u64,
+    /// Positions to report to the consumer group.
+    to_commit: Option<SourceOffsets>,
+    /// Set when the pipeline stops: nothing more will be acknowledged.
+    closed: bool,
+}
+
+struct Shared {
+    stop: AtomicBool,
+    acks: Mutex<AckState>,
+    acked: Condvar,
+    /// Sequence number of the last batch handed over.
+    sent: Mutex<u64>,
+    /// Rebalance events for the polling loop, in order.
+    events: Mutex<Vec<Event>>,
+    /// How long a revocation waits for in-flight batches.
+    revoke_wait: Duration,
+}
+
+enum Event {
+    Assigned(SourceOffsets, Vec<(String, i32)>),
+    Revoked,
+    Failed(Error),
+}
+
+impl Shared {
+    fn push(&self, e: Event) {
+        if let Ok(mut events) = self.events.lock() {
+            events.push(e);
+        }
+    }
+
+    /// Blocks until every handed-over batch is acknowledged, the pipeline closes, or the
+    /// timeout passes.
+    fn wait_for_acks(&self) {
+        let sent = self.sent.lock().map(|s| *s).unwrap_or(0);
+        let deadline = Instant::now() + self.revoke_wait;
+        let Ok(mut state) = self.acks.lock() else {
+            return;
+        };
+        while state.acked < sent && !state.closed {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    sent,
+                    acked = state.acked,
+                    "revoking partitions with batches still in flight"
+                );
+                return;
+            }
+            state = match self.acked.wait_timeout(state, left) {
+                Ok((s, _)) => s,
+                Err(_) => return,
+            };
+        }
+    }
+}
+
+struct Context {
+    shared: Arc<Shared>,
+    /// Batches are acknowledged: revocations wait for the ones in flight.
+    pipeline: bool,
+    store: Option<Arc<dyn PositionStore>>,
+    start: Start,
+}
+
+impl ClientContext for Context {}
+
+impl ConsumerContext for Context {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let parts: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                let mut resolved = SourceOffsets::default();
+                if let Some(store) = &self.store {
+                    match store.positions(&parts) {
+                        Ok(p) => resolved = p,
+                        Err(e) => {
+                            self.shared.push(Event::Failed(e));
+                            let _ = consumer.assign(&TopicPartitionList::new());
+                            return;
+                        }
+                    }
+                }
+                for (topic, partition) in &parts {
+                    let offset = match resolved.get(topic, *partition) {
+                        Some(o) => Offset::Offset(o),
+                        None => match self.start {
+                            Start::Committed => Offset::Stored,
+                            Start::Earliest => Offset::Beginning,
+                            Start::Latest => Offset::End,
+                        },
+                    };
+                    let _ = tpl.set_partition_offset(topic, *partition, offset);
+                }
+                tracing::info!(?parts, "partitions assigned");
+                if let Err(e) = consumer.assign(tpl) {
+                    self.shared.push(Event::Failed(Error::Kafka(format!(
+                        "assigning partitions: {e}"
+                    ))));
+                    return;
+                }
+                self.shared.push(Event::Assigned(resolved, parts));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if self.pipeline {
+                    self.shared.wait_for_acks();
+                }
+                self.shared.push(Event::Revoked);
+                tracing::info!("partitions revoked");
+                let _ = consumer.unassign();
+            }
+            other => {
+                tracing::warn!(?other, "rebalance error");
+                self.shared.push(Event::Revoked);
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// A running consumer thread and the receiving end of its batches.
+pub struct Consumer {
+    rx: mpsc::Receiver<Result<MicroBatch>>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Consumer {
+    /// Connects and starts the consumer thread.
+    pub fn start(options: &KafkaOptions, mode: Mode) -> Result<Self> {
+        let mut config = ClientConfig::new();
+        for (k, v) in &options.client {
+            config.set(k, v);
+        }
+        let snapshot = matches!(mode, Mode::Snapshot) || options.end == End::LatestAtStart;
+        if !options.client.contains_key("group.id") {
+            if snapshot {
+                config.set(
+                    "group.id",
+                    format!("semflow-snapshot-{}", std::process::id()),
+                );
+            } else {
+                return Err(Error::InvalidArgument(format!(
+                    "STORED AS KAFKA {}: an unbounded read needs option 'group.id' (or 'end' 'latest-at-start' for a snapshot)",
+                    options.topic
+                )));
+            }
+        }
+        config.set("enable.auto.commit", "false");
+        config.set("enable.auto.offset.store", "false");
+        config.set("enable.partition.eof", "false");
+        set_default(&mut config, options, "queued.max.messages.kbytes", "16384");
+        set_default(
+            &mut config,
+            options,
+            "auto.offset.reset",
+            match options.start {
+                Start::Latest => "latest",
+                _ => "earliest",
+            },
+        );
+        let revoke_wait = options
+            .client
+            .get("max.poll.interval.ms")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(Duration::from_secs(300));
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            acks: Mutex::new(AckState::default()),
+            acked: Condvar::new(),
+            sent: Mutex::new(0),
+            events: Mutex::new(Vec::new()),
+            revoke_wait,
+        });
+        let store = match &mode {
+            Mode::Pipeline(store) => store.clone(),
+            _ => None,
+        };
+        let context = Context {
+            shared: shared.clone(),
+            pipeline: matches!(mode, Mode::Pipeline(_)),
+            store,
+            start: options.start,
+        };
+        let consumer: BaseConsumer<Context> = config.create_with_context(context).map_err(|e| {
+            Error::Kafka(format!("creating the consumer for {}: {e}", options.topic))
+        })?;
+        let end = if snapshot {
+            Some(assign_snapshot(&consumer, options)?)
+        } else {
+            consumer
+                .subscribe(&[options.topic.as_str()])
+                .map_err(|e| Error::Kafka(format!("subscribing to {}: {e}", options.topic)))?;
+            None
+        };
+        let (tx, rx) = mpsc::channel(1);
+        let loop_state = Loop {
+            consumer,
+            options: options.clone(),
+            shared: shared.clone(),
+            tx,
+            end,
+            report_progress: matches!(mode, Mode::Pipeline(_)),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("kafka-{}", options.topic))
+            .spawn(move || loop_state.run())
+            .map_err(|e| Error::Kafka(format!("starting the consumer thread: {e}")))?;
+        Ok(Self {
+            rx,
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The next micro-batch; `None` when a bounded read is done or the consumer stopped.
+    pub async fn next(&mut self) -> Option<Result<MicroBatch>> {
+        self.rx.recv().await
+    }
+
+    /// The batch `seq` (and every earlier one) is durable, or abandoned; `positions` are
+    /// reported to the consumer group as progress.
+    pub fn ack(&self, seq: u64, positions: Option<SourceOffsets>) {
+        if let Ok(mut state) = self.shared.acks.lock() {
+            state.acked = state.acked.max(seq);
+            if positions.is_some() {
+                state.to_commit = positions;
+            }
+        }
+        self.shared.acked.notify_all();
+    }
+
+    /// Stops the thread. Batches not yet acknowledged are abandoned: whoever reads the
+    /// partitions next starts from the positions stored in the index.
+    pub fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Ok(mut state) = self.shared.acks.lock() {
+            state.closed = true;
+        }
+        self.shared.acked.notify_all();
+        self.rx.close();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn set_default(config: &mut ClientConfig, options: &KafkaOptions, key: &str, value: &str) {
+    if !options.client.contains_key(key) {
+        config.set(key, value);
+    }
+}
+
+/// Assigns every partition of the topic from its start position; returns the high
+/// watermarks to stop at.
+fn assign_snapshot(
+    consumer: &BaseConsumer<Context>,
+    options: &KafkaOptions,
+) -> Result<BTreeMap<i32, i64>> {
+    let timeout = Duration::from_secs(10);
+    let topic = options.topic.as_str();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| Error::Kafka(format!("reading metadata of {topic}: {e}")))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(Error::Kafka(format!(
+            "topic {topic} does not exist or has no partitions"
+        )));
+    }
+    let mut tpl = TopicPartitionList::new();
+    let mut end = BTreeMap::new();
+    for p in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, *p, timeout)
+            .map_err(|e| Error::Kafka(format!("reading offsets of {topic}/{p}: {e}")))?;
+        let offset = match options.start {
+            Start::Earliest => Offset::Offset(low),
+            Start::Latest => Offset::Offset(high),
+            Start::Committed => Offset::Stored,
+        };
+        tpl.add_partition_offset(topic, *p, offset)
+            .map_err(|e| Error::Kafka(e.to_string()))?;
+        end.insert(*p, high);
+    }
+    if options.start == Start::Committed {
+        // Resolve "stored" ourselves: partitions without a committed offset start at the
+        // earliest, and partitions already at their end are done before reading.
+        let committed = consumer
+            .committed_offsets(tpl.clone(), timeout)
+            .map_err(|e| Error::Kafka(format!("reading committed offsets of {topic}: {e}")))?;
+        tpl = TopicPartitionList::new();
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            tpl.add_partition_offset(topic, e.partition(), offset)
+                .map_err(|e| Error::Kafka(e.to_string()))?;
+            if let Offset::Offset(o) = e.offset() {
+                if end.get(&e.partition()).is_some_and(|h| o >= *h) {
+                    end.insert(e.partition(), o);
+                }
+            }
+        }
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| Error::Kafka(format!("assigning {topic}: {e}")))?;
+    Ok(end)
+}
+
+struct Loop {
+    consumer: BaseConsumer<Context>,
+    options: KafkaOptions,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Result<MicroBatch>>,
+    /// Snapshot reads: the offset each partition ends at.
+    end: Option<BTreeMap<i32, i64>>,
+    report_progress: bool,
+}
+
+impl Loop {
+    fn run(self) {
+        let mut seq = 0u64;
+        let mut pending: Vec<Record> = Vec::new();
+        let mut first_at: Option<Instant> = None;
+        let mut ready: Option<MicroBatch> = None;
+        let mut positions = SourceOffsets::default();
+        let mut assigned: HashSet<(String, i32)> = HashSet::new();
+        let mut paused = false;
+        let mut done: HashSet<i32> = HashSet::new();
+        if let Some(end) = &self.end {
+            for (p, high) in end {
+                assigned.insert((self.options.topic.clone(), *p));
+                if let Ok(Some(pos)) = self.start_position(*p) {
+                    if pos >= *high {
+                        done.insert(*p);
+                    }
+                }
+            }
+        }
+        loop {
+            if self.shared.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            if let Some(batch) = ready.take() {
+                let batch_seq = batch.seq;
+                match self.tx.try_send(Ok(batch)) {
+                    Ok(()) => {
+                        if let Ok(mut sent) = self.shared.sent.lock() {
+                            *sent = batch_seq;
+                        }
+                        if paused {
+                            self.set_paused(false);
+                            paused = false;
+                        }
+                    }
+                    Err(mpsc::error::TrySendError::Full(Ok(batch))) => {
+                        ready = Some(batch);
+                        // Re-pause every time: a rebalance may have added partitions.
+                        self.set_paused(true);
+                        paused = true;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if self.report_progress {
+                self.commit_progress();
+            }
+            let timeout = match (&ready, first_at) {
+                (Some(_), _) => Duration::from_millis(50),
+                (None, Some(t)) => self
+                    .options
+                    .batch_latency
+                    .saturating_sub(t.elapsed())
+                    .max(Duration::from_millis(1)),
+                (None, None) => Duration::from_millis(100),
+            };
+            let polled = self
+                .consumer
+                .poll(timeout)
+                .map(|r| r.map(|m| Record::from_message(&m)));
+            // Rebalance callbacks ran inside poll: apply them before the polled record.
+            let events = self
+                .shared
+                .events
+                .lock()
+                .map(|mut e| std::mem::take(&mut *e))
+                .unwrap_or_default();
+            for event in events {
+                match event {
+                    Event::Assigned(resolved, parts) => {
+                        positions.fill_from(&resolved);
+                        assigned.extend(parts);
+                        paused = false;
+                    }
+                    Event::Revoked => {
+                        // Eager rebalancing revokes everything; uncommitted records are
+                        // re-read by whoever gets the partitions.
+                        pending.clear();
+                        first_at = None;
+                        ready = None;
+                        positions = SourceOffsets::default();
+                        assigned.clear();
+                        paused = false;
+                    }
+                    Event::Failed(e) => {
+                        let _ = self.tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+            match polled {
+                Some(Ok(record)) => {
+                    let p = record.partition;
+                    let skip = match &self.end {
+                        Some(end) => {
+                            let high = end.get(&p).copied().unwrap_or(0);
+                            if record.offset + 1 >= high {
+                                done.insert(p);
+                            }
+                            record.offset >= high
+                        }
+                        None => false,
+                    };
+                    if !skip {
+                        positions.set(&record.topic, p, record.offset + 1);
+                        first_at.get_or_insert_with(Instant::now);
+                        pending.push(record);
+                    }
+                }
+                Some(Err(e)) => {
+                    if fatal(&e) {
+                        let _ = self.tx.blocking_send(Err(Error::Kafka(format!(
+                            "consuming {}: {e}",
+                            self.options.topic
+                        ))));
+                        return;
+                    }
+                    tracing::warn!("kafka: {e}");
+                }
+                None => {}
+            }
+            let finished = self
+                .end
+                .as_ref()
+                .is_some_and(|end| end.keys().all(|p| done.contains(p)));
+            let full = pending.len() >= self.options.batch_rows;
+            let due = first_at.is_some_and(|t| t.elapsed() >= self.options.batch_latency);
+            if ready.is_none() && !pending.is_empty() && (full || due || finished) {
+                seq += 1;
+                let mut current = positions.clone();
+                current.retain(|t, p| assigned.contains(&(t.to_string(), p)));
+                ready = Some(MicroBatch {
+                    seq,
+                    records: std::mem::take(&mut pending),
+                    positions: current,
+                });
+                first_at = None;
+            }
+            if finished && ready.is_none() && pending.is_empty() {
+                break;
+            }
+        }
+        if let Some(batch) = ready.take() {
+            if self.end.is_some() {
+                let _ = self.tx.blocking_send(Ok(batch));
+            }
+        }
+    }
+
+    fn start_position(&self, partition: i32) -> Result<Option<i64>> {
+        let assignment = self
+            .consumer
+            .assignment()
+            .map_err(|e| Error::Kafka(e.to_string()))?;
+        Ok(assignment
+            .find_partition(&self.options.topic, partition)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            }))
+    }
+
+    fn set_paused(&self, pause: bool) {
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let result = if pause {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        if let Err(e) = result {
+            tracing::debug!("kafka pause/resume: {e}");
+        }
+    }
+
+    /// Reports acknowledged positions to the consumer group (for lag tools; the index
+    /// holds the authoritative positions).
+    fn commit_progress(&self) {
+        let to_commit = self
+            .shared
+            .acks
+            .lock()
+            .ok()
+            .and_then(|mut s| s.to_commit.take());
+        let Some(offsets) = to_commit else {
+            return;
+        };
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, next) in offsets.iter() {
+            let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::debug!("kafka progress commit: {e}");
+            }
+        }
+    }
+}
+
+fn fatal(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::Fatal
+                | C::SaslAuthenticationFailed
+                | C::Authentication
+                | C::TopicAuthorizationFailed
+                | C::GroupAuthorizationFailed
+                | C::UnknownTopicOrPartition
+                | C::InvalidConfig
+        )
+    )
+}

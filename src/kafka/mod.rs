@@ -1,0 +1,21 @@
+//! Kafka topics as SQL tables, and the consumer that feeds pipelines.
+//!
+//! - [`options`]: `STORED AS KAFKA` options (semflow's own, plus librdkafka pass-through).
+//! - [`record`]: records copied out of the client.
+//! - [`decode`]: records → Arrow rows (JSON fields or raw bytes, metadata columns).
+//! - [`consumer`]: the polling thread: micro-batches, pause on backpressure, positions from
+//!   the index on every assignment.
+//! - [`producer`]: produce-and-wait, for dead letters and sinks.
+//! - [`table`]: the table provider (stream or snapshot scans, JSON sink).
+
+pub mod consumer;
+pub mod decode;
+pub mod options;
+pub mod producer;
+pub mod record;
+pub mod table;
+
+pub use consumer::{Consumer, MicroBatch, Mode, PositionStore};
+pub use options::KafkaOptions;
+pub use record::Record;
+pub use table::{KafkaTable, KafkaTableFactory};

@@ -1,0 +1,227 @@
+//! Options of a `STORED AS KAFKA` table. semflow's own options have no dot (DataFusion files
+//! them as `format.<name>`); every dotted option is a librdkafka property, with or without a
+//! `kafka.` prefix, so SASL/SSL and tuning settings pass straight through.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// How message values map to columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A JSON object per message; fields fill columns by name.
+    Json,
+    /// The value (and key) as text or bytes in columns `value` (and `key`).
+    Raw,
+}
+
+/// Where reading starts when no stored position exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The consumer group's committed offsets, else the earliest.
+    Committed,
+    Earliest,
+    Latest,
+}
+
+/// Where a read stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Never: an unbounded stream.
+    Never,
+    /// The high watermarks when the read starts: a snapshot.
+    LatestAtStart,
+}
+
+/// What happens to a record that cannot be decoded or indexed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Send it to the dead-letter topic with the reason in its headers.
+    Dlq,
+    /// Count it, log it, go on.
+    Skip,
+    /// Stop with an error naming the record.
+    Fail,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaOptions {
+    pub topic: String,
+    /// librdkafka properties (`bootstrap.servers`, `group.id`, `security.protocol`, …).
+    pub client: BTreeMap<String, String>,
+    pub format: Format,
+    pub start: Start,
+    pub end: End,
+    /// A micro-batch closes at this many records…
+    pub batch_rows: usize,
+    /// …or this long after its first record.
+    pub batch_latency: Duration,
+    pub on_error: OnError,
+    pub dlq_topic: String,
+    /// Larger values are rejected (dead-lettered) instead of decoded.
+    pub max_value_bytes: usize,
+    /// The column whose value keys messages written to a KAFKA sink table.
+    pub key_column: Option<String>,
+}
+
+const KNOWN: &str =
+    "format, start, end, batch_rows, batch_ms, on_error, dlq_topic, max_value_bytes, key";
+
+impl KafkaOptions {
+    /// Parses table options; `topic` is the table's LOCATION.
+    pub fn parse(topic: &str, options: &HashMap<String, String>) -> Result<Self> {
+        if topic.is_empty() {
+            return Err(invalid("LOCATION must name the topic"));
+        }
+        let mut o = KafkaOptions {
+            topic: topic.to_string(),
+            client: BTreeMap::new(),
+            format: Format::Json,
+            start: Start::Committed,
+            end: End::Never,
+            batch_rows: 1000,
+            batch_latency: Duration::from_millis(200),
+            on_error: OnError::Dlq,
+            dlq_topic: format!("{topic}.dlq"),
+            max_value_bytes: 1 << 20,
+            key_column: None,
+        };
+        for (key, value) in options {
+            let own = key.strip_prefix("format.");
+            match own {
+                Some("format") => {
+                    o.format = match value.as_str() {
+                        "json" => Format::Json,
+                        "raw" => Format::Raw,
+                        v => return Err(bad_value("format", v, "json, raw")),
+                    }
+                }
+                Some("start") => {
+                    o.start = match value.as_str() {
+                        "committed" => Start::Committed,
+                        "earliest" => Start::Earliest,
+                        "latest" => Start::Latest,
+                        v => return Err(bad_value("start", v, "committed, earliest, latest")),
+                    }
+                }
+                Some("end") => {
+                    o.end = match value.as_str() {
+                        "never" => End::Never,
+                        "latest-at-start" => End::LatestAtStart,
+                        v => return Err(bad_value("end", v, "never, latest-at-start")),
+                    }
+                }
+                Some("batch_rows") => o.batch_rows = positive("batch_rows", value)?,
+                Some("batch_ms") => {
+                    o.batch_latency = Duration::from_millis(positive("batch_ms", value)? as u64)
+                }
+                Some("on_error") => {
+                    o.on_error = match value.as_str() {
+                        "dlq" => OnError::Dlq,
+                        "skip" => OnError::Skip,
+                        "fail" => OnError::Fail,
+                        v => return Err(bad_value("on_error", v, "dlq, skip, fail")),
+                    }
+                }
+                Some("dlq_topic") => o.dlq_topic = value.clone(),
+                Some("max_value_bytes") => o.max_value_bytes = positive("max_value_bytes", value)?,
+                Some("key") => o.key_column = Some(value.clone()),
+                Some(other) => {
+                    return Err(invalid(&format!(
+                        "unknown option '{other}' (semflow options: {KNOWN}; librdkafka properties have dots, e.g. 'bootstrap.servers' or 'kafka.security.protocol')"
+                    )))
+                }
+                None => {
+                    let property = key.strip_prefix("kafka.").unwrap_or(key);
+                    o.client.insert(property.to_string(), value.clone());
+                }
+            }
+        }
+        if !o.client.contains_key("bootstrap.servers") {
+            return Err(invalid("option 'bootstrap.servers' is required"));
+        }
+        if let Some(strategy) = o.client.get("partition.assignment.strategy") {
+            if strategy.contains("cooperative") {
+                return Err(invalid(
+                    "'partition.assignment.strategy' cooperative-sticky is not supported: exactly-once hand-over relies on eager rebalancing (range, roundrobin)",
+                ));
+            }
+        }
+        Ok(o)
+    }
+
+    pub fn group_id(&self) -> Option<&str> {
+        self.client.get("group.id").map(String::as_str)
+    }
+}
+
+fn invalid(message: &str) -> Error {
+    Error::InvalidArgument(format!("STORED AS KAFKA: {message}"))
+}
+
+fn bad_value(option: &str, value: &str, allowed: &str) -> Error {
+    invalid(&format!(
+        "option '{option}' = '{value}' is not one of: {allowed}"
+    ))
+}
+
+fn positive(option: &str, value: &str) -> Result<usize> {
+    match value.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(invalid(&format!(
+            "option '{option}' must be a positive integer, not '{value}'"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn parses_own_and_client_options() {
+        let o = KafkaOptions::parse(
+            "docs",
+            &opts(&[
+                ("bootstrap.servers", "b:9092"),
+                ("group.id", "g"),
+                ("kafka.security.protocol", "SASL_SSL"),
+                ("format.format", "raw"),
+                ("format.end", "latest-at-start"),
+                ("format.batch_ms", "50"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(o.format, Format::Raw);
+        assert_eq!(o.end, End::LatestAtStart);
+        assert_eq!(o.batch_latency, Duration::from_millis(50));
+        assert_eq!(o.client["security.protocol"], "SASL_SSL");
+        assert_eq!(o.group_id(), Some("g"));
+        assert_eq!(o.dlq_topic, "docs.dlq");
+    }
+
+    #[test]
+    fn names_the_bad_option() {
+        let base = [("bootstrap.servers", "b:9092")];
+        let err = |extra: (&str, &str)| {
+            let mut p = base.to_vec();
+            p.push(extra);
+            KafkaOptions::parse("t", &opts(&p)).unwrap_err().to_string()
+        };
+        assert!(err(("format.format", "xml")).contains("'format' = 'xml'"));
+        assert!(err(("format.batch_rows", "0")).contains("batch_rows"));
+        assert!(err(("format.colour", "red")).contains("unknown option 'colour'"));
+        assert!(KafkaOptions::parse("t", &HashMap::new())
+            .unwrap_err()
+            .to_string()
+            .contains("bootstrap.servers"));
+    }
+}

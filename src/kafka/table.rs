@@ -1,0 +1,289 @@
+//! `STORED AS KAFKA` tables: a topic read as an unbounded stream (or a snapshot up to the
+//! high watermarks at start), and written as JSON rows by INSERT.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
+use datafusion::common::{exec_err, DataFusionError};
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::datasource::TableType;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{CreateExternalTable, Expr};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, SendableRecordBatchStream,
+};
+use futures::StreamExt;
+
+use super::consumer::{Consumer, Mode};
+use super::decode::Decoder;
+use super::options::{End, Format, KafkaOptions, OnError};
+use super::producer::{Outgoing, Producer};
+use crate::error::{Error, Result};
+
+/// A Kafka topic as a table.
+#[derive(Debug, Clone)]
+pub struct KafkaTable {
+    options: KafkaOptions,
+    decoder: Decoder,
+}
+
+impl KafkaTable {
+    pub fn new(options: KafkaOptions, schema: SchemaRef) -> Result<Self> {
+        if schema.fields().is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "STORED AS KAFKA {}: declare the columns, e.g. (id TEXT NOT NULL, body TEXT)",
+                options.topic
+            )));
+        }
+        let decoder = Decoder::new(schema, options.format)?;
+        Ok(Self { options, decoder })
+    }
+
+    pub fn options(&self) -> &KafkaOptions {
+        &self.options
+    }
+
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+}
+
+#[async_trait]
+impl TableProvider for KafkaTable {
+    fn schema(&self) -> SchemaRef {
+        self.decoder.schema().clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        let partition: Arc<dyn PartitionStream> = Arc::new(TopicStream {
+            table: self.clone(),
+        });
+        Ok(Arc::new(StreamingTableExec::try_new(
+            self.schema(),
+            vec![partition],
+            projection,
+            vec![],
+            self.options.end == End::Never,
+            limit,
+        )?))
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return exec_err!(
+                "{}: a Kafka topic only supports INSERT INTO",
+                self.options.topic
+            );
+        }
+        let sink = KafkaSink {
+            options: self.options.clone(),
+            schema: self.schema(),
+        };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}
+
+/// The one partition stream of a topic table (the consumer spreads over partitions itself).
+#[derive(Debug)]
+struct TopicStream {
+    table: KafkaTable,
+}
+
+impl PartitionStream for TopicStream {
+    fn schema(&self) -> &SchemaRef {
+        self.table.decoder.schema()
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let table = self.table.clone();
+        let schema = self.schema().clone();
+        let stream =
+            futures::stream::unfold((None::<Consumer>, table), |(consumer, table)| async move {
+                let mut consumer = match consumer {
+                    Some(c) => c,
+                    None => {
+                        let options = table.options.clone();
+                        let mode = match options.end {
+                            End::LatestAtStart => Mode::Snapshot,
+                            End::Never => Mode::Stream,
+                        };
+                        let started =
+                            tokio::task::spawn_blocking(move || Consumer::start(&options, mode))
+                                .await;
+                        match started {
+                            Ok(Ok(c)) => c,
+                            Ok(Err(e)) => return Some((Err(e.into()), (None, table))),
+                            Err(e) => {
+                                return Some((
+                                    Err(DataFusionError::External(Box::new(e))),
+                                    (None, table),
+                                ))
+                            }
+                        }
+                    }
+                };
+                loop {
+                    let batch = match consumer.next().await? {
+                        Ok(b) => b,
+                        Err(e) => return Some((Err(e.into()), (Some(consumer), table))),
+                    };
+                    consumer.ack(batch.seq, None);
+                    // Tombstones are deletions, not rows, for JSON documents.
+                    let records: Vec<_> = batch
+                        .records
+                        .into_iter()
+                        .filter(|r| r.value.is_some() || table.options.format == Format::Raw)
+                        .collect();
+                    let decoded = match table.decoder.decode(&records) {
+                        Ok(d) => d,
+                        Err(e) => return Some((Err(e.into()), (Some(consumer), table))),
+                    };
+                    if let Some(bad) = decoded.rejected.first() {
+                        let record = &records[bad.index];
+                        if table.options.on_error == OnError::Fail {
+                            let e = Error::Kafka(format!(
+                                "record {} (key {:?}): {}",
+                                record.position(),
+                                record.key_text(),
+                                bad.reason
+                            ));
+                            return Some((Err(e.into()), (Some(consumer), table)));
+                        }
+                        tracing::warn!(
+                            skipped = decoded.rejected.len(),
+                            "{}: skipping undecodable records, first {}: {}",
+                            table.options.topic,
+                            record.position(),
+                            bad.reason
+                        );
+                    }
+                    if decoded.batch.num_rows() > 0 {
+                        return Some((Ok(decoded.batch), (Some(consumer), table)));
+                    }
+                }
+            });
+        Box::pin(RecordBatchStreamAdapter::new(schema, stream))
+    }
+}
+
+/// INSERT INTO a Kafka table: one JSON object per row (vectors as arrays), keyed by the
+/// `key` option's column. At-least-once: a failed statement may have produced some rows;
+/// consumers that upsert by key make retries harmless.
+#[derive(Debug)]
+struct KafkaSink {
+    options: KafkaOptions,
+    schema: SchemaRef,
+}
+
+impl DisplayAs for KafkaSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KafkaSink: {}", self.options.topic)
+    }
+}
+
+#[async_trait]
+impl DataSink for KafkaSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> datafusion::common::Result<u64> {
+        let producer = Producer::new(&self.options)?;
+        let mut written = 0u64;
+        while let Some(batch) = data.next().await {
+            let batch = batch?;
+            let records = json_records(&batch, self.options.key_column.as_deref())?;
+            written += records.len() as u64;
+            producer.send_all(&self.options.topic, records).await?;
+        }
+        Ok(written)
+    }
+}
+
+/// Rows of `batch` as JSON objects, keyed by `key_column`'s text.
+pub fn json_records(batch: &RecordBatch, key_column: Option<&str>) -> Result<Vec<Outgoing>> {
+    let mut buf = Vec::new();
+    {
+        let mut writer = arrow::json::LineDelimitedWriter::new(&mut buf);
+        writer.write(batch)?;
+        writer.finish()?;
+    }
+    let lines: Vec<&[u8]> = buf
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let keys = match key_column {
+        Some(name) => {
+            let column = batch.column_by_name(name).ok_or_else(|| {
+                Error::InvalidArgument(format!("KAFKA sink: key column {name} is not in the rows"))
+            })?;
+            let f = ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())?;
+            (0..batch.num_rows())
+                .map(|i| (!column.is_null(i)).then(|| f.value(i).to_string().into_bytes()))
+                .collect()
+        }
+        None => vec![None; batch.num_rows()],
+    };
+    if lines.len() != batch.num_rows() {
+        return Err(Error::Kafka(format!(
+            "encoding rows as JSON gave {} lines for {} rows",
+            lines.len(),
+            batch.num_rows()
+        )));
+    }
+    Ok(lines
+        .into_iter()
+        .zip(keys)
+        .map(|(line, key)| Outgoing {
+            key,
+            value: Some(line.to_vec()),
+            headers: vec![],
+        })
+        .collect())
+}
+
+use arrow::array::Array;
+
+/// `STORED AS KAFKA`.
+#[derive(Debug, Default)]
+pub struct KafkaTableFactory;
+
+#[async_trait]
+impl TableProviderFactory for KafkaTableFactory {
+    async fn create(
+        &self,
+        _state: &dyn Session,
+        cmd: &CreateExternalTable,
+    ) -> datafusion::common::Result<Arc<dyn TableProvider>> {
+        let options = KafkaOptions::parse(&cmd.location, &cmd.options)?;
+        let schema: SchemaRef = Arc::new(cmd.schema.as_arrow().clone());
+        Ok(Arc::new(KafkaTable::new(options, schema)?))
+    }
+}

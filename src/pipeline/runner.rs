@@ -1,0 +1,337 @@
+//! The continuous loop: micro-batch → decode → SQL → one index commit with the batch's
+//! offsets → acknowledge. Bad records go to the dead-letter topic (or are skipped, or stop
+//! the run, per `on_error`) before the commit that moves past them, so none is lost.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::record_batch::RecordBatch;
+use datafusion::execution::context::SessionContext;
+use datafusion::logical_expr::LogicalPlan;
+use metrics::{counter, gauge, histogram};
+
+use super::plan::{bind, Continuous, Target};
+use crate::error::{Error, Result};
+use crate::index::{Change, LanceTable, SourceOffsets};
+use crate::kafka::options::OnError;
+use crate::kafka::producer::{Outgoing, Producer};
+use crate::kafka::{Consumer, MicroBatch, Mode, PositionStore, Record};
+
+/// Totals of one run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RunStats {
+    pub batches: u64,
+    pub records: u64,
+    pub rows_written: u64,
+    pub deletes: u64,
+    pub dead_lettered: u64,
+    pub skipped: u64,
+}
+
+/// The index's stored offsets, read from the consumer thread on each assignment.
+struct IndexPositions {
+    table: LanceTable,
+    runtime: tokio::runtime::Handle,
+}
+
+impl PositionStore for IndexPositions {
+    fn positions(&self, partitions: &[(String, i32)]) -> Result<SourceOffsets> {
+        self.runtime.block_on(self.table.offsets(partitions))
+    }
+}
+
+/// A record that could not be indexed, and why.
+struct Failure {
+    record: Record,
+    reason: String,
+}
+
+/// Runs `job` until `shutdown` resolves; the batch in flight at that moment is finished and
+/// committed first.
+pub async fn run_continuous(
+    ctx: &SessionContext,
+    job: Continuous,
+    shutdown: impl Future<Output = ()>,
+    mut on_batch: impl FnMut(&RunStats),
+) -> Result<RunStats> {
+    let options = job.source.options().clone();
+    let store: Option<Arc<dyn PositionStore>> = match &job.target {
+        Target::Index(table) => Some(Arc::new(IndexPositions {
+            table: table.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        })),
+        Target::Other => None,
+    };
+    let mut consumer = {
+        let options = options.clone();
+        tokio::task::spawn_blocking(move || Consumer::start(&options, Mode::Pipeline(store)))
+            .await
+            .map_err(|e| Error::Pipeline(e.to_string()))??
+    };
+    let producer = match options.on_error {
+        OnError::Dlq => Some(Producer::new(&options)?),
+        _ => None,
+    };
+    let mut stats = RunStats::default();
+    tokio::pin!(shutdown);
+    let result = loop {
+        let batch = tokio::select! {
+            biased;
+            _ = &mut shutdown => break Ok(()),
+            b = consumer.next() => b,
+        };
+        let batch = match batch {
+            Some(Ok(b)) => b,
+            Some(Err(e)) => break Err(e),
+            None => break Ok(()),
+        };
+        let seq = batch.seq;
+        let positions = batch.positions.clone();
+        match process(ctx, &job, &options, producer.as_ref(), batch, &mut stats).await {
+            Ok(()) => {
+                consumer.ack(seq, Some(positions));
+                on_batch(&stats);
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    consumer.stop();
+    result.map(|()| stats)
+}
+
+async fn process(
+    ctx: &SessionContext,
+    job: &Continuous,
+    options: &crate::kafka::KafkaOptions,
+    producer: Option<&Producer>,
+    batch: MicroBatch,
+    stats: &mut RunStats,
+) -> Result<()> {
+    let started = Instant::now();
+    let MicroBatch {
+        records, positions, ..
+    } = batch;
+    stats.batches += 1;
+    stats.records += records.len() as u64;
+    counter!("semflow_pipeline_records_total").increment(records.len() as u64);
+
+    // Within a batch only the newest record per key matters (an update or a delete).
+    let mut newest: HashMap<&[u8], usize> = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        if let Some(k) = &r.key {
+            newest.insert(k.as_slice(), i);
+        }
+    }
+    let mut failures = Vec::new();
+    let mut deletes = Vec::new();
+    let mut values = Vec::new();
+    for (i, record) in records.iter().enumerate() {
+        if record
+            .key
+            .as_deref()
+            .is_some_and(|k| newest.get(k) != Some(&i))
+        {
+            continue;
+        }
+        match (&record.value, &record.key) {
+            (None, None) => failures.push(Failure {
+                record: record.clone(),
+                reason: "tombstone (null value) without a key: nothing to delete".into(),
+            }),
+            (None, Some(key)) => match std::str::from_utf8(key) {
+                Ok(k) => deletes.push(k.to_string()),
+                Err(_) => failures.push(Failure {
+                    record: record.clone(),
+                    reason: "tombstone key is not UTF-8 text".into(),
+                }),
+            },
+            (Some(v), _) if v.len() > options.max_value_bytes => failures.push(Failure {
+                record: record.clone(),
+                reason: format!(
+                    "value of {} bytes exceeds max_value_bytes ({})",
+                    v.len(),
+                    options.max_value_bytes
+                ),
+            }),
+            (Some(_), _) => values.push(record.clone()),
+        }
+    }
+    let decoded = job.source.decoder().decode(&values)?;
+    for r in &decoded.rejected {
+        failures.push(Failure {
+            record: values[r.index].clone(),
+            reason: r.reason.clone(),
+        });
+    }
+    let rows_from: Vec<&Record> = decoded.rows_from.iter().map(|i| &values[*i]).collect();
+
+    let inference_started = Instant::now();
+    let output = match &job.target {
+        Target::Index(_) => {
+            run_rows(
+                ctx,
+                &job.input,
+                decoded.batch,
+                &rows_from,
+                options,
+                &mut failures,
+            )
+            .await?
+        }
+        Target::Other => {
+            run_rows(
+                ctx,
+                &job.dml,
+                decoded.batch,
+                &rows_from,
+                options,
+                &mut failures,
+            )
+            .await?;
+            Vec::new()
+        }
+    };
+    histogram!("semflow_pipeline_query_seconds").record(inference_started.elapsed().as_secs_f64());
+
+    dispose(options, producer, failures, stats).await?;
+
+    if let Target::Index(table) = &job.target {
+        let commit_started = Instant::now();
+        let change = Change {
+            rows: output,
+            deletes,
+            offsets: Some(positions.clone()),
+        };
+        let committed = table.apply(change).await?;
+        histogram!("semflow_pipeline_commit_seconds")
+            .record(commit_started.elapsed().as_secs_f64());
+        stats.rows_written += committed.rows;
+        stats.deletes += committed.deleted;
+        counter!("semflow_pipeline_rows_written_total").increment(committed.rows);
+        counter!("semflow_pipeline_deletes_total").increment(committed.deleted);
+    }
+    for (topic, partition, next) in positions.iter() {
+        gauge!("semflow_pipeline_position", "topic" => topic.to_string(), "partition" => partition.to_string())
+            .set(next as f64);
+    }
+    histogram!("semflow_pipeline_batch_seconds").record(started.elapsed().as_secs_f64());
+    counter!("semflow_pipeline_batches_total").increment(1);
+    Ok(())
+}
+
+/// Runs `plan` over `batch`. When the whole batch fails (say, one row's inference), each row
+/// runs alone so only the failing rows are set aside.
+async fn run_rows(
+    ctx: &SessionContext,
+    plan: &LogicalPlan,
+    batch: RecordBatch,
+    rows_from: &[&Record],
+    options: &crate::kafka::KafkaOptions,
+    failures: &mut Vec<Failure>,
+) -> Result<Vec<RecordBatch>> {
+    if batch.num_rows() == 0 {
+        return Ok(Vec::new());
+    }
+    match execute(ctx, plan, batch.clone()).await {
+        Ok(out) => Ok(out),
+        Err(e) if options.on_error == OnError::Fail || batch.num_rows() == 1 => {
+            if options.on_error == OnError::Fail {
+                return Err(e);
+            }
+            failures.push(Failure {
+                record: rows_from[0].clone(),
+                reason: e.user_message(),
+            });
+            Ok(Vec::new())
+        }
+        Err(_) => {
+            let mut out = Vec::new();
+            for (i, record) in rows_from.iter().enumerate() {
+                match execute(ctx, plan, batch.slice(i, 1)).await {
+                    Ok(rows) => out.extend(rows),
+                    Err(e) => failures.push(Failure {
+                        record: (*record).clone(),
+                        reason: e.user_message(),
+                    }),
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+async fn execute(
+    ctx: &SessionContext,
+    plan: &LogicalPlan,
+    batch: RecordBatch,
+) -> Result<Vec<RecordBatch>> {
+    let bound = bind(plan, batch)?;
+    let df = ctx.execute_logical_plan(bound).await?;
+    Ok(df.collect().await?)
+}
+
+/// Dead-letters, skips or fails on `failures`, per `on_error`.
+async fn dispose(
+    options: &crate::kafka::KafkaOptions,
+    producer: Option<&Producer>,
+    failures: Vec<Failure>,
+    stats: &mut RunStats,
+) -> Result<()> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    match (options.on_error, producer) {
+        (OnError::Fail, _) | (OnError::Dlq, None) => {
+            let f = &failures[0];
+            Err(Error::Pipeline(format!(
+                "record {} (key {:?}): {}",
+                f.record.position(),
+                f.record.key_text(),
+                f.reason
+            )))
+        }
+        (OnError::Skip, _) => {
+            for f in &failures {
+                tracing::warn!("skipping record {}: {}", f.record.position(), f.reason);
+            }
+            stats.skipped += failures.len() as u64;
+            counter!("semflow_pipeline_skipped_total").increment(failures.len() as u64);
+            Ok(())
+        }
+        (OnError::Dlq, Some(producer)) => {
+            let n = failures.len() as u64;
+            let outgoing = failures
+                .into_iter()
+                .map(|f| {
+                    let mut headers: Vec<(String, Vec<u8>)> = f
+                        .record
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone().unwrap_or_default()))
+                        .collect();
+                    headers.push(("semflow.error".into(), f.reason.into_bytes()));
+                    headers.push(("semflow.topic".into(), f.record.topic.clone().into_bytes()));
+                    headers.push((
+                        "semflow.partition".into(),
+                        f.record.partition.to_string().into_bytes(),
+                    ));
+                    headers.push((
+                        "semflow.offset".into(),
+                        f.record.offset.to_string().into_bytes(),
+                    ));
+                    Outgoing {
+                        key: f.record.key,
+                        value: f.record.value,
+                        headers,
+                    }
+                })
+                .collect();
+            producer.send_all(&options.dlq_topic, outgoing).await?;
+            stats.dead_lettered += n;
+            counter!("semflow_pipeline_dead_letters_total").increment(n);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! Kafka tables, Lance tables and the continuous pipeline against a real broker
+//! (SEMFLOW_TEST_KAFKA; `scripts/with-kafka.sh` starts one).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Int64Type;
+use common::kafka::{bootstrap, create_topic, produce, produce_each, producer, read_all, unique};
+
+fn doc(id: &str, body: &str) -> (Option<String>, Option<String>) {
+    (
+        Some(id.to_string()),
+        Some(serde_json::json!({"id": id, "title": format!("t-{id}"), "body": body}).to_string()),
+    )
+}
+
+/// (id, body, model) rows of a Lance table, plus the embedding length of each.
+async fn index_rows(location: &str) -> BTreeMap<String, (String, String, usize)> {
+    let engine = common::tiny_engine();
+    let sql = format!(
+        "CREATE EXTERNAL TABLE idx STORED AS LANCE LOCATION '{location}';
+         SELECT id, body, model, embedding FROM idx"
+    );
+    let results = engine.run_sql(&sql).await.unwrap();
+    let mut rows = BTreeMap::new();
+    for batch in &results.last().unwrap().batches {
+        let ids = batch.column(0).as_string::<i32>();
+        let bodies = batch.column(1).as_string::<i32>();
+        let models = batch.column(2).as_string::<i32>();
+        let vectors = batch.column(3).as_fixed_size_list();
+        for i in 0..batch.num_rows() {
+            let previous = rows.insert(
+                ids.value(i).to_string(),
+                (
+                    bodies.value(i).to_string(),
+                    models.value(i).to_string(),
+                    vectors.value(i).len(),
+                ),
+            );
+            assert!(previous.is_none(), "duplicate id {}", ids.value(i));
+        }
+    }
+    rows
+}
+
+fn pipeline_sql(topic: &str, group: &str, location: &str, extra: &str) -> String {
+    format!(
+        "CREATE EXTERNAL TABLE docs (id TEXT NOT NULL, title TEXT, body TEXT) STORED AS KAFKA LOCATION '{topic}'
+           OPTIONS ('bootstrap.servers' '{}', 'group.id' '{group}', 'format' 'json', 'start' 'earliest',
+                    'batch_ms' '50', 'session.timeout.ms' '6000', 'heartbeat.interval.ms' '500' {extra});
+         CREATE EXTERNAL TABLE idx (id TEXT NOT NULL, title TEXT, body TEXT, embedding FLOAT[], model TEXT, PRIMARY KEY (id))
+           STORED AS LANCE LOCATION '{location}';
+         INSERT INTO idx SELECT id, title, body, embed(body) AS embedding, embed_model() AS model FROM docs",
+        bootstrap()
+    )
+}
+
+/// Runs the pipeline in-process until it has consumed `records` records.
+async fn run_until(sql: &str, records: u64) -> semflow::pipeline::RunStats {
+    let engine = common::tiny_engine();
+    let seen = Arc::new(AtomicU64::new(0));
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let shutdown = {
+        let seen = seen.clone();
+        let notify = notify.clone();
+        async move {
+            while seen.load(Ordering::SeqCst) < records {
+                notify.notified().await;
+            }
+        }
+    };
+    let run = semflow::pipeline::run(&engine, sql, shutdown, |s| {
+        seen.store(s.records, Ordering::SeqCst);
+        notify.notify_one();
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .expect("the pipeline did not consume every record within 120 s")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_query_metadata_columns_and_json_sink() {
+    let topic = unique("snap");
+    let out = unique("out");
+    create_topic(&topic, 2).await;
+    create_topic(&out, 1).await;
+    let p = producer();
+    produce_each(
+        &p,
+        &topic,
+        &[
+            doc("a", "alpha"),
+            doc("b", "beta"),
+            (Some("bad".into()), Some("{oops".into())),
+            (Some("a".into()), None),
+            doc("c", "gamma"),
+        ],
+    )
+    .await;
+    let engine = common::tiny_engine();
+    let sql = format!(
+        "CREATE EXTERNAL TABLE docs (id TEXT NOT NULL, body TEXT, _key TEXT, _partition INT, _offset BIGINT, _timestamp TIMESTAMP, _headers TEXT)
+           STORED AS KAFKA LOCATION '{topic}'
+           OPTIONS ('bootstrap.servers' '{b}', 'end' 'latest-at-start', 'start' 'earliest', 'on_error' 'skip');
+         CREATE EXTERNAL TABLE out (id TEXT, embedding FLOAT[]) STORED AS KAFKA LOCATION '{out}'
+           OPTIONS ('bootstrap.servers' '{b}', 'key' 'id');
+         INSERT INTO out SELECT id, embed(body) FROM docs;
+         SELECT id, _key, _partition >= 0, _offset >= 0, _timestamp IS NOT NULL, _headers FROM docs ORDER BY id",
+        b = bootstrap()
+    );
+    let results = engine.run_sql(&sql).await.unwrap();
+    let inserted = results[2].batches[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::UInt64Type>()
+        .value(0);
+    assert_eq!(
+        inserted, 3,
+        "the undecodable record is skipped, the tombstone is not a row"
+    );
+    let batch = arrow::compute::concat_batches(&results[3].schema, &results[3].batches).unwrap();
+    let text = |c: usize| -> Vec<String> {
+        let col = arrow::compute::cast(batch.column(c), &arrow::datatypes::DataType::Utf8).unwrap();
+        col.as_string::<i32>()
+            .iter()
+            .map(|v| v.unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(text(0), ["a", "b", "c"]);
+    assert_eq!(text(1), ["a", "b", "c"]);
+    for c in 2..5 {
+        assert!(batch.column(c).as_boolean().iter().all(|v| v == Some(true)));
+    }
+    assert_eq!(text(5)[0], r#"{"origin":"test"}"#);
+
+    let written = read_all(&out, 1);
+    assert_eq!(written.len(), 3);
+    for (key, value, _) in written {
+        let v: serde_json::Value = serde_json::from_str(&value.unwrap()).unwrap();
+        assert_eq!(v["id"].as_str(), key.as_deref());
+        assert_eq!(v["embedding"].as_array().unwrap().len(), 64);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lance_table_upserts_by_primary_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("idx").to_string_lossy().into_owned();
+    let engine = common::tiny_engine();
+    let sql = format!(
+        "CREATE EXTERNAL TABLE idx (id TEXT NOT NULL, body TEXT, embedding FLOAT[], model TEXT, PRIMARY KEY (id)) STORED AS LANCE LOCATION '{location}';
+         SELECT count(*) FROM idx;
+         INSERT INTO idx SELECT id, body, embed(body), embed_model() FROM (SELECT 'a' AS id, 'one' AS body UNION ALL SELECT 'b', 'two');
+         INSERT INTO idx SELECT id, body, embed(body), embed_model() FROM (SELECT 'b' AS id, 'two v2' AS body UNION ALL SELECT 'c', 'three');"
+    );
+    let results = engine.run_sql(&sql).await.unwrap();
+    assert_eq!(
+        results[1].batches[0]
+            .column(0)
+            .as_primitive::<Int64Type>()
+            .value(0),
+        0
+    );
+    let rows = index_rows(&location).await;
+    let bodies: Vec<_> = rows
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.0.as_str()))
+        .collect();
+    assert_eq!(bodies, [("a", "one"), ("b", "two v2"), ("c", "three")]);
+    for (_, model, dims) in rows.values() {
+        assert!(model.contains('@'), "model fingerprint recorded: {model}");
+        assert_eq!(*dims, 64);
+    }
+    // Vector search over the index ranks the exact document first.
+    let search = format!(
+        "CREATE EXTERNAL TABLE idx2 STORED AS LANCE LOCATION '{location}';
+         SELECT id FROM idx2 ORDER BY cosine_similarity(embedding, embed('two v2')) DESC LIMIT 1"
+    );
+    let results = engine.run_sql(&search).await.unwrap();
+    assert_eq!(
+        results[1].batches[0].column(0).as_string::<i32>().value(0),
+        "b"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_applies_updates_deletes_and_dead_letters_bad_records() {
+    let topic = unique("docs");
+    let group = unique("indexer");
+    create_topic(&topic, 2).await;
+    create_topic(&format!("{topic}.dlq"), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("idx").to_string_lossy().into_owned();
+    let p = producer();
+    let mut records = vec![
+        doc("d1", "first"),
+        doc("d2", "second"),
+        doc("d3", "third"),
+        doc("d4", "fourth"),
+        (Some("b1".into()), Some("{not json".into())),
+        (Some("b2".into()), Some(r#"{"title": "no id"}"#.into())),
+        (
+            Some("b3".into()),
+            Some(r#"{"id": "b3", "body": {"nested": true}, "title": [1]}"#.into()),
+        ),
+        (
+            Some("b4".into()),
+            Some(format!(r#"{{"id": "b4", "body": "{}"}}"#, "x".repeat(2000))),
+        ),
+        doc("d2", "second, updated"),
+        (Some("d3".into()), None),
+    ];
+    produce(&p, &topic, &records).await;
+    let sql = pipeline_sql(&topic, &group, &location, ", 'max_value_bytes' '1024'");
+    let stats = run_until(&sql, records.len() as u64).await;
+    assert_eq!(stats.records, records.len() as u64);
+
+    let rows = index_rows(&location).await;
+    let bodies: Vec<_> = rows
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.0.as_str()))
+        .collect();
+    // b3's nested body is kept as JSON text (TEXT columns take any JSON value)…
+    assert_eq!(
+        bodies,
+        [
+            ("b3", r#"{"nested":true}"#),
+            ("d1", "first"),
+            ("d2", "second, updated"),
+            ("d4", "fourth")
+        ]
+    );
+    // …while the others are dead-lettered with the reason and where they came from.
+    let dlq = read_all(&format!("{topic}.dlq"), 1);
+    let mut reasons: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for (key, value, headers) in dlq {
+        assert!(value.is_some());
+        reasons.insert(key.unwrap(), headers.into_iter().collect());
+    }
+    assert_eq!(reasons.keys().collect::<Vec<_>>(), ["b1", "b2", "b4"]);
+    assert!(reasons["b1"]["semflow.error"].contains("not valid JSON"));
+    assert!(reasons["b2"]["semflow.error"].contains("field id is missing"));
+    assert!(reasons["b4"]["semflow.error"].contains("exceeds max_value_bytes"));
+    for h in reasons.values() {
+        assert_eq!(h["semflow.topic"], topic);
+        assert!(h["semflow.offset"].parse::<i64>().is_ok());
+        assert!(h["semflow.partition"].parse::<i32>().is_ok());
+        assert_eq!(h["origin"], "test", "original headers are kept");
+    }
+    assert_eq!(stats.dead_lettered, 3);
+
+    // A restart resumes from the offsets stored in the index: only the new record is read.
+    records = vec![doc("d5", "fifth")];
+    produce(&p, &topic, &records).await;
+    let stats = run_until(&sql, 1).await;
+    assert_eq!(stats.records, 1);
+    let rows = index_rows(&location).await;
+    assert_eq!(rows.len(), 5);
+    assert_eq!(rows["d5"].0, "fifth");
+}
