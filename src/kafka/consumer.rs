@@ -9,7 +9,7 @@
 //! partition changes hands only at a committed position.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -74,6 +74,10 @@ struct Shared {
     events: Mutex<Vec<Event>>,
     /// How long a revocation waits for in-flight batches.
     revoke_wait: Duration,
+    /// Whether the partitions are paused because the pipeline is behind.
+    paused: AtomicBool,
+    /// Records fetched but not yet handed to the pipeline (pending + the ready batch).
+    held: AtomicUsize,
 }
 
 enum Event {
@@ -123,7 +127,26 @@ struct Context {
     start: Start,
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    /// librdkafka's periodic statistics (`statistics.interval.ms`): consumer lag per
+    /// partition, as a Prometheus gauge.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // -1 is the internal "unassigned" partition and lags of unowned partitions.
+                if *partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                metrics::gauge!(
+                    "semflow_kafka_consumer_lag",
+                    "topic" => topic.clone(),
+                    "partition" => partition.to_string()
+                )
+                .set(p.consumer_lag as f64);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Context {
     fn rebalance(
@@ -218,7 +241,9 @@ impl Consumer {
         config.set("enable.auto.commit", "false");
         config.set("enable.auto.offset.store", "false");
         config.set("enable.partition.eof", "false");
-        set_default(&mut config, options, "queued.max.messages.kbytes", "16384");
+        // Bounded prefetch: what librdkafka buffers ahead of the pipeline.
+        set_default(&mut config, options, "queued.max.messages.kbytes", "8192");
+        set_default(&mut config, options, "statistics.interval.ms", "5000");
         set_default(
             &mut config,
             options,
@@ -241,6 +266,8 @@ impl Consumer {
             sent: Mutex::new(0),
             events: Mutex::new(Vec::new()),
             revoke_wait,
+            paused: AtomicBool::new(false),
+            held: AtomicUsize::new(0),
         });
         let store = match &mode {
             Mode::Pipeline(store) => store.clone(),
@@ -298,6 +325,17 @@ impl Consumer {
             }
         }
         self.shared.acked.notify_all();
+    }
+
+    /// Whether the consumer has paused its partitions because the pipeline is behind.
+    pub fn is_paused(&self) -> bool {
+        self.shared.paused.load(Ordering::SeqCst)
+    }
+
+    /// Records fetched from Kafka and held by semflow, not yet handed over (the channel's
+    /// one batch is not counted).
+    pub fn held_records(&self) -> usize {
+        self.shared.held.load(Ordering::SeqCst)
     }
 
     /// Stops the thread. Batches not yet acknowledged are abandoned: whoever reads the
@@ -540,6 +578,8 @@ impl Loop {
                 });
                 first_at = None;
             }
+            let held = pending.len() + ready.as_ref().map_or(0, |b| b.records.len());
+            self.shared.held.store(held, Ordering::SeqCst);
             if finished && ready.is_none() && pending.is_empty() {
                 break;
             }
@@ -565,6 +605,8 @@ impl Loop {
     }
 
     fn set_paused(&self, pause: bool) {
+        self.shared.paused.store(pause, Ordering::SeqCst);
+        metrics::gauge!("semflow_kafka_paused").set(if pause { 1.0 } else { 0.0 });
         let Ok(assignment) = self.consumer.assignment() else {
             return;
         };
