@@ -29,6 +29,7 @@ impl ConfigExtension for SemflowOptions {
 }
 
 /// The result of one SQL statement.
+#[derive(Debug)]
 pub struct StatementResult {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
@@ -56,6 +57,7 @@ impl Engine {
             factories.insert("LANCE".into(), Arc::new(crate::index::LanceTableFactory));
             factories.insert("KAFKA".into(), Arc::new(crate::kafka::KafkaTableFactory));
         }
+        ctx.add_optimizer_rule(Arc::new(crate::index::knn::LanceKnnRule));
         Self { ctx, inference }
     }
 
@@ -76,6 +78,17 @@ impl Engine {
 
     /// Plans and runs one parsed statement to completion.
     pub async fn execute(&self, statement: Statement) -> Result<StatementResult> {
+        if let Statement::Statement(inner) = &statement {
+            if let datafusion::sql::sqlparser::ast::Statement::CreateIndex(create) = inner.as_ref()
+            {
+                crate::index::create::create_index(&self.ctx, create).await?;
+                let schema: SchemaRef = Arc::new(arrow::datatypes::Schema::empty());
+                return Ok(StatementResult {
+                    schema,
+                    batches: vec![],
+                });
+            }
+        }
         let state = self.ctx.state();
         let plan = state.statement_to_plan(statement).await?;
         let df = self.ctx.execute_logical_plan(plan).await?;

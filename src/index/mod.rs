@@ -3,7 +3,11 @@
 //! - [`table`]: `STORED AS LANCE` tables — scans of the newest version, upserting INSERTs.
 //! - [`write`]: one atomic change (upserts, deletes, stream offsets) as one Lance commit.
 //! - [`offsets`]: the Kafka offsets stored in commits, and reading them back.
+//! - [`knn`]: top-k vector queries served by Lance's (ANN or flat) search.
+//! - [`create`]: `CREATE INDEX … USING ivf_pq|ivf_flat`.
 
+pub mod create;
+pub mod knn;
 pub mod offsets;
 pub mod table;
 pub mod write;

@@ -158,6 +158,59 @@ impl LanceTable {
         }
     }
 
+    /// Rows in the table and the length of the fixed-size vectors in `column`.
+    pub async fn vector_shape(&self, column: &str) -> Result<(usize, usize)> {
+        let ds = self.latest().await?.ok_or_else(|| {
+            Error::Index(format!(
+                "{}: the table is empty; index it after the first rows",
+                self.uri
+            ))
+        })?;
+        let schema = Schema::from(ds.schema());
+        let field = schema
+            .field_with_name(column)
+            .map_err(|_| Error::Index(format!("{}: no column {column}", self.uri)))?;
+        let arrow::datatypes::DataType::FixedSizeList(_, dims) = field.data_type() else {
+            return Err(Error::Index(format!(
+                "{}: column {column} is {}, not a vector (fixed-size list)",
+                self.uri,
+                field.data_type()
+            )));
+        };
+        let rows = ds
+            .count_rows(None)
+            .await
+            .map_err(|e| Error::Index(format!("{}: {e}", self.uri)))?;
+        Ok((rows, *dims as usize))
+    }
+
+    /// Builds (or replaces) a vector index on `column` and commits it.
+    pub async fn create_vector_index(
+        &self,
+        column: &str,
+        name: Option<String>,
+        params: &lance::index::vector::VectorIndexParams,
+    ) -> Result<()> {
+        use lance::index::DatasetIndexExt;
+        let mut guard = self.dataset.lock().await;
+        self.refresh(&mut guard).await?;
+        let Some(ds) = guard.as_ref() else {
+            return Err(Error::Index(format!("{}: the table is empty", self.uri)));
+        };
+        let mut ds = (**ds).clone();
+        ds.create_index(
+            &[column],
+            lance_index::IndexType::Vector,
+            name,
+            params,
+            true,
+        )
+        .await
+        .map_err(|e| Error::Index(format!("{}: building the index on {column}: {e}", self.uri)))?;
+        *guard = Some(Arc::new(ds));
+        Ok(())
+    }
+
     /// The stream offsets recorded in the index for `wanted` partitions.
     pub async fn offsets(&self, wanted: &[(String, i32)]) -> Result<SourceOffsets> {
         match self.latest().await? {

@@ -68,6 +68,10 @@ impl VectorUdf {
             signature: Signature::user_defined(Volatility::Immutable),
         }
     }
+
+    pub fn kind(&self) -> VectorFn {
+        self.kind
+    }
 }
 
 fn check_vector_type(function: &str, position: usize, t: &DataType) -> Result<DataType> {

@@ -1,0 +1,96 @@
+//! Lance tables: top-k vector queries are served by Lance's search (flat without an index,
+//! IVF after CREATE INDEX) and agree with DataFusion's exact evaluation.
+
+mod common;
+
+use arrow::array::AsArray;
+use arrow::util::pretty::pretty_format_batches;
+use semflow::Engine;
+
+async fn ids(engine: &Engine, sql: &str) -> Vec<String> {
+    let results = engine.run_sql(sql).await.unwrap();
+    let mut out = Vec::new();
+    for batch in &results.last().unwrap().batches {
+        let col = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+        out.extend(
+            col.as_string::<i32>()
+                .iter()
+                .map(|v| v.unwrap_or_default().to_string()),
+        );
+    }
+    out
+}
+
+async fn explain(engine: &Engine, sql: &str) -> String {
+    let results = engine.run_sql(&format!("EXPLAIN {sql}")).await.unwrap();
+    pretty_format_batches(&results[0].batches)
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_k_vector_queries_use_lance_search_and_match_exact_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("idx").to_string_lossy().into_owned();
+    let engine = common::tiny_engine();
+    engine
+        .run_sql(&format!(
+            "CREATE EXTERNAL TABLE idx (id TEXT NOT NULL, body TEXT, embedding FLOAT[], PRIMARY KEY (id))
+               STORED AS LANCE LOCATION '{location}';
+             INSERT INTO idx SELECT 'doc ' || v, 'document number ' || v || ' about subject ' || (v % 17), embed('document number ' || v || ' about subject ' || (v % 17))
+               FROM generate_series(1, 400) AS t(v);"
+        ))
+        .await
+        .unwrap();
+    let query = "embed('document number 17 about subject 0')";
+    let knn = format!(
+        "SELECT id, cosine_similarity(embedding, {query}) AS score FROM idx WHERE id <> 'doc 3' ORDER BY score DESC LIMIT 5"
+    );
+    // `+ 0` hides the function from the rewrite: DataFusion scores every row itself.
+    let exact = format!(
+        "SELECT id, cosine_similarity(embedding, {query}) + 0 AS score FROM idx WHERE id <> 'doc 3' ORDER BY score DESC LIMIT 5"
+    );
+    let plan = explain(&engine, &knn).await;
+    assert!(
+        plan.contains("KNN"),
+        "Lance's flat search serves the query:\n{plan}"
+    );
+    assert!(!explain(&engine, &exact).await.contains("KNN"));
+    let expected = ids(&engine, &exact).await;
+    assert_eq!(expected[0], "doc 17");
+    assert_eq!(ids(&engine, &knn).await, expected, "flat search is exact");
+
+    // Other functions and directions: inner_product DESC is rewritten, ASC is not.
+    let l2 = format!("SELECT id FROM idx ORDER BY l2_distance(embedding, {query}) LIMIT 3");
+    let plan = explain(&engine, &l2).await;
+    assert!(plan.contains("KNN"), "{plan}");
+    assert_eq!(ids(&engine, &l2).await[0], "doc 17");
+    let wrong_way =
+        format!("SELECT id FROM idx ORDER BY cosine_similarity(embedding, {query}) ASC LIMIT 3");
+    assert!(!explain(&engine, &wrong_way).await.contains("KNN"));
+
+    // With an IVF-PQ index the search is approximate but finds the exact match.
+    engine
+        .run_sql(
+            "CREATE INDEX idx_embedding ON idx USING ivf_pq (embedding) WITH (num_partitions = 4)",
+        )
+        .await
+        .unwrap();
+    let plan = explain(&engine, &knn).await;
+    assert!(plan.contains("ANN"), "the index serves the query:\n{plan}");
+    assert_eq!(ids(&engine, &knn).await[0], "doc 17");
+
+    // Bad CREATE INDEX statements name what is wrong.
+    let err = engine
+        .run_sql("CREATE INDEX ON idx USING hnsw_sq (embedding)")
+        .await
+        .unwrap_err()
+        .user_message();
+    assert!(err.contains("ivf_pq and ivf_flat"), "{err}");
+    let err = engine
+        .run_sql("CREATE INDEX ON idx USING ivf_pq (body)")
+        .await
+        .unwrap_err()
+        .user_message();
+    assert!(err.contains("not a vector"), "{err}");
+}
