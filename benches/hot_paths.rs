@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks of semflow's hot CPU paths: tokenization in the Qwen3 formats,
 //! the vector functions over a 10k x 1024 table, and a packed forward pass over mixed vs
-//! equal lengths (tiny random model: measures batching overhead, not model FLOPs).
+//! equal lengths (tiny random model: measures batching overhead, not model FLOPs), and Kafka
+//! record decoding (JSON documents → Arrow rows).
 //!
 //!     cargo bench --bench hot_paths
 
@@ -145,5 +146,47 @@ fn batching(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, tokenization, vector_functions, batching);
+fn kafka_decode(c: &mut Criterion) {
+    use semflow::kafka::decode::Decoder;
+    use semflow::kafka::options::Format;
+    use semflow::kafka::Record;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8View, false),
+        Field::new("title", DataType::Utf8View, true),
+        Field::new("body", DataType::Utf8View, true),
+        Field::new("_offset", DataType::Int64, false),
+    ]));
+    let decoder = Decoder::new(schema, Format::Json).expect("decoder");
+    let records: Vec<Record> = docs(1000)
+        .into_iter()
+        .enumerate()
+        .map(|(i, body)| Record {
+            topic: "docs".into(),
+            partition: 0,
+            offset: i as i64,
+            timestamp: Some(0),
+            key: Some(format!("doc-{i}").into_bytes()),
+            value: Some(
+                serde_json::json!({"id": format!("doc-{i}"), "title": format!("Title {i}"), "body": body})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            headers: vec![],
+        })
+        .collect();
+    let mut group = c.benchmark_group("kafka_decode");
+    group.throughput(Throughput::Elements(records.len() as u64));
+    group.bench_function("json_1000_docs", |b| {
+        b.iter(|| decoder.decode(&records).expect("decode").batch.num_rows())
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    tokenization,
+    vector_functions,
+    batching,
+    kafka_decode
+);
 criterion_main!(benches);
