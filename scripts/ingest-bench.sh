@@ -33,5 +33,6 @@ while [[ "$rows" -lt "$docs" ]]; do
     rows=${rows:-0}
 done
 end=$(date +%s.%N)
+curl -s "http://127.0.0.1:$port/metrics" | awk '/^semflow_pipeline_(query|commit|batch)_seconds_(sum|count) /{printf "%s %.2f\n", $1, $2}'
 kill -TERM "$pid"; wait "$pid"
 python3 -c "d=$docs; t=$end-$start; print(f'{d} docs in {t:.1f} s: {d/t:.0f} docs/s (from process start, model load included)')"
