@@ -102,6 +102,25 @@ fn run_pipeline(file: &str, env: &[(&str, String)], expect_rows: f64) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Consumer lag comes from librdkafka's statistics (every 5 s): once everything is
+    // committed (and reported to the group) every partition's lag reads 0.
+    loop {
+        let text = http_get(&addr, "/metrics");
+        let lags: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with("semflow_kafka_consumer_lag{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        if !lags.is_empty() && lags.iter().all(|l| *l == 0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consumer lag not reported as 0; metrics:\n{text}\nlog: {:?}",
+            lines.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
