@@ -1,4 +1,4 @@
-//! The `semflow` command line: `sql`, `shell`, `run`, `bench` and `model random`.
+//! The `semflow` command line: `sql`, `shell`, `run`, `serve`, `bench` and `model random`.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -35,6 +35,29 @@ pub enum Command {
     Bench(BenchArgs),
     /// Run a continuous pipeline (SQL or TOML file) until Ctrl-C or SIGTERM.
     Run(RunArgs),
+    /// Serve the HTTP API (OpenAI-compatible embeddings, rerank, health, metrics).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// HTTP listen address. Anything but loopback needs --api-token or --insecure-no-auth.
+    #[arg(long, env = "SEMFLOW_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
+    /// Bearer token required on every request but /health (prefer the environment variable).
+    #[arg(long, env = "SEMFLOW_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Allow a non-loopback address without a token.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// Most inputs or documents per request (more: 413).
+    #[arg(long, default_value_t = 2048)]
+    pub max_items: usize,
+    /// Largest request body in bytes (more: 413).
+    #[arg(long, default_value_t = 8 << 20)]
+    pub max_body_bytes: usize,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 #[derive(Debug, Args)]
@@ -176,6 +199,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Shell(args) => crate::shell::run(args.engine()?).await,
         Command::Bench(args) => run_bench(args).await,
         Command::Run(args) => run_pipeline(args).await,
+        Command::Serve(args) => run_serve(args).await,
         Command::Model(ModelCommand::Random {
             kind,
             preset,
@@ -237,6 +261,30 @@ async fn run_pipeline(args: RunArgs) -> Result<()> {
         stats.batches, stats.records, stats.rows_written, stats.deletes, stats.dead_lettered, stats.skipped
     );
     Ok(())
+}
+
+async fn run_serve(args: ServeArgs) -> Result<()> {
+    let engine = args.engine.engine()?;
+    let addr = args.http_addr.parse().map_err(|_| {
+        Error::InvalidArgument(format!(
+            "--http-addr {}: expected HOST:PORT",
+            args.http_addr
+        ))
+    })?;
+    let options = crate::serve::http::HttpOptions {
+        addr,
+        token: args.api_token.filter(|t| !t.is_empty()),
+        insecure_no_auth: args.insecure_no_auth,
+        max_items: args.max_items.max(1),
+        max_body_bytes: args.max_body_bytes.max(1),
+    };
+    crate::serve::http::serve(
+        engine.inference().clone(),
+        options,
+        shutdown_signal(),
+        |a| eprintln!("serving http://{a}"),
+    )
+    .await
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -24,6 +24,7 @@
 //! - [`kafka`]: topics as tables (stream/snapshot scans, JSON sink) and the pipeline consumer.
 //! - [`index`]: Lance datasets as tables; upserts, deletes and Kafka offsets in one commit.
 //! - [`pipeline`]: `semflow run`: the continuous INSERT loop, dead letters, metrics.
+//! - [`serve`]: `semflow serve`: the HTTP API (embeddings, rerank, health, metrics).
 //! - [`inference`]: dedupe, caching, Qwen3 formats, tokenization, and the two backends
 //!   (`packed`: padding-free forward pass on its own thread; `local`: mistral.rs).
 //! - [`model`]: model directories: config, presets, random weights, hub download, fingerprints.
@@ -41,6 +42,7 @@ pub mod kafka;
 pub mod model;
 pub mod output;
 pub mod pipeline;
+pub mod serve;
 pub mod shell;
 pub mod udf;
 

@@ -42,7 +42,8 @@ pub async fn serve(addr: SocketAddr, inference: Arc<Inference>) -> Result<Socket
     Ok(bound)
 }
 
-fn recorder() -> Result<PrometheusHandle> {
+/// The process-wide Prometheus recorder (installed on first use).
+pub fn recorder() -> Result<PrometheusHandle> {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());

@@ -1,0 +1,127 @@
+//! Request and response bodies of the HTTP API: OpenAI's embeddings shape and the
+//! Cohere/Jina rerank shape, field for field.
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/embeddings`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingsRequest {
+    pub input: EmbeddingInput,
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Matryoshka: keep the first `dimensions` components, re-normalised.
+    #[serde(default)]
+    pub dimensions: Option<usize>,
+    #[serde(default)]
+    pub encoding_format: Option<String>,
+    /// semflow's extension: embed the inputs as queries with this instruction.
+    #[serde(default)]
+    pub instruction: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingInput {
+    One(String),
+    Many(Vec<String>),
+    Tokens(Vec<u32>),
+    ManyTokens(Vec<Vec<u32>>),
+}
+
+#[derive(Debug, Serialize)]
+pub struct EmbeddingsResponse {
+    pub object: &'static str,
+    pub data: Vec<EmbeddingData>,
+    pub model: String,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EmbeddingData {
+    pub object: &'static str,
+    pub index: usize,
+    pub embedding: EmbeddingValue,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum EmbeddingValue {
+    Float(Vec<f32>),
+    /// Little-endian f32 bytes, base64 (what OpenAI clients decode).
+    Base64(String),
+}
+
+#[derive(Debug, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+}
+
+/// `POST /v1/rerank`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RerankRequest {
+    pub query: String,
+    pub documents: Vec<RerankDocument>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub top_n: Option<usize>,
+    #[serde(default)]
+    pub return_documents: Option<bool>,
+    #[serde(default)]
+    pub instruction: Option<String>,
+}
+
+/// A document as a string, or Cohere's `{"text": …}` object.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RerankDocument {
+    Text(String),
+    Object { text: String },
+}
+
+impl RerankDocument {
+    pub fn text(&self) -> &str {
+        match self {
+            RerankDocument::Text(t) | RerankDocument::Object { text: t } => t,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct RerankResponse {
+    pub model: String,
+    pub results: Vec<RerankResult>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RerankResult {
+    pub index: usize,
+    pub relevance_score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document: Option<RerankResultDocument>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RerankResultDocument {
+    pub text: String,
+}
+
+/// OpenAI's error body.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorDetail {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub param: Option<&'static str>,
+    pub code: Option<&'static str>,
+}

@@ -1,0 +1,380 @@
+//! The HTTP front end (axum): `POST /v1/embeddings`, `POST /v1/rerank`, `GET /health`,
+//! `GET /metrics`. Binds 127.0.0.1 by default; any other address needs a bearer token (or
+//! an explicit `--insecure-no-auth`). Tokens are compared in constant time and never logged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+
+use super::api::*;
+use crate::error::{Error, Result};
+use crate::inference::tokenize::Truncation;
+use crate::inference::{prompts, truncate_dims, CallOptions, EmbedInput, Inference, RerankInput};
+
+/// Settings of the HTTP server.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    pub addr: SocketAddr,
+    /// Bearer token every request except /health must carry.
+    pub token: Option<String>,
+    /// Allow a non-loopback address without a token.
+    pub insecure_no_auth: bool,
+    /// Most inputs (embeddings) or documents (rerank) per request.
+    pub max_items: usize,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token: None,
+            insecure_no_auth: false,
+            max_items: 2048,
+            max_body_bytes: 8 << 20,
+        }
+    }
+}
+
+/// Refuses to expose an unauthenticated server beyond this machine.
+pub fn check_exposure(options: &HttpOptions) -> Result<()> {
+    if !options.addr.ip().is_loopback() && options.token.is_none() && !options.insecure_no_auth {
+        return Err(Error::InvalidArgument(format!(
+            "serve: binding {} exposes the API beyond this machine; set an API token (--api-token or SEMFLOW_API_TOKEN) or pass --insecure-no-auth",
+            options.addr
+        )));
+    }
+    Ok(())
+}
+
+struct AppState {
+    inference: Arc<Inference>,
+    options: HttpOptions,
+}
+
+/// The router, for tests and embedding in other servers.
+pub fn router(inference: Arc<Inference>, options: HttpOptions) -> Router {
+    let state = Arc::new(AppState { inference, options });
+    let api = Router::new()
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/rerank", post(rerank))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .merge(api)
+        .layer(DefaultBodyLimit::max(state.options.max_body_bytes))
+        .layer(middleware::from_fn(record))
+        .with_state(state)
+}
+
+/// Binds and serves until `shutdown` resolves (in-flight requests are drained).
+pub async fn serve(
+    inference: Arc<Inference>,
+    options: HttpOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(SocketAddr),
+) -> Result<()> {
+    check_exposure(&options)?;
+    let listener = tokio::net::TcpListener::bind(options.addr)
+        .await
+        .map_err(|e| Error::InvalidArgument(format!("serve: binding {}: {e}", options.addr)))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::InvalidArgument(format!("serve: {e}")))?;
+    on_bound(bound);
+    axum::serve(listener, router(inference, options))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Error::InvalidArgument(format!("serve: {e}")))
+}
+
+/// An API error in OpenAI's shape.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    param: Option<&'static str>,
+}
+
+impl ApiError {
+    fn bad(param: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            param: Some(param),
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::TooLong { .. } | Error::InvalidArgument(_) | Error::Tokenizer(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self {
+            status,
+            message: e.user_message(),
+            param: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let kind = match self.status {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            s if s.is_client_error() => "invalid_request_error",
+            _ => "server_error",
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                message: self.message,
+                kind,
+                param: self.param,
+                code: None,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.options.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            return ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                message: "missing or wrong bearer token".into(),
+                param: None,
+            }
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Equal-length inputs take the same time whatever their contents.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn record(request: Request, next: Next) -> Response {
+    let route = request.uri().path().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("semflow_http_requests_total", "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("semflow_http_request_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> std::result::Result<String, ApiError> {
+    let handle = crate::pipeline::metrics::recorder()?;
+    for (name, value) in state.inference.stats_rows() {
+        metrics::gauge!(format!("semflow_inference_{name}")).set(value as f64);
+    }
+    Ok(handle.render())
+}
+
+const OPTIONS: CallOptions = CallOptions {
+    truncation: Truncation::End,
+    use_cache: true,
+};
+
+async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    body: std::result::Result<Json<EmbeddingsRequest>, axum::extract::rejection::JsonRejection>,
+) -> std::result::Result<Json<EmbeddingsResponse>, ApiError> {
+    let Json(req) = body.map_err(rejection)?;
+    let texts = match req.input {
+        EmbeddingInput::One(t) => vec![t],
+        EmbeddingInput::Many(t) => t,
+        EmbeddingInput::Tokens(_) | EmbeddingInput::ManyTokens(_) => {
+            return Err(ApiError::bad(
+                "input",
+                "token-id input is not supported yet; send text",
+            ))
+        }
+    };
+    if texts.is_empty() {
+        return Err(ApiError::bad("input", "input must not be empty"));
+    }
+    too_many(texts.len(), state.options.max_items, "input")?;
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::bad(
+                "encoding_format",
+                format!("encoding_format must be float or base64, not {other}"),
+            ))
+        }
+    };
+    let dir = state.inference.embed_model_dir().await?;
+    let hidden = dir.config.hidden_size;
+    let model = req.model.clone().unwrap_or_else(|| dir.id.clone());
+    let dims = match req.dimensions {
+        None => hidden,
+        Some(d) if (1..=hidden).contains(&d) => d,
+        Some(d) => {
+            return Err(ApiError::bad(
+                "dimensions",
+                format!("dimensions must be between 1 and {hidden}, not {d}"),
+            ))
+        }
+    };
+    let instruction = req.instruction.filter(|i| !i.is_empty());
+    let mut prompt_tokens = 0;
+    for t in &texts {
+        let formatted = prompts::embedding_text(t, instruction.as_deref());
+        // + the <|endoftext|> the model appends; counted before any truncation.
+        prompt_tokens += state.inference.embed_tokenize(&formatted).await?.len() + 1;
+    }
+    let inputs: Vec<EmbedInput> = texts
+        .into_iter()
+        .map(|text| EmbedInput {
+            text,
+            instruction: instruction.clone(),
+        })
+        .collect();
+    let rows = (0..inputs.len()).collect();
+    let vectors = state.inference.embed(inputs, rows, OPTIONS).await?;
+    let data = vectors
+        .iter()
+        .enumerate()
+        .map(|(index, v)| {
+            let v = truncate_dims(v, dims);
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                EmbeddingValue::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                EmbeddingValue::Float(v)
+            };
+            EmbeddingData {
+                object: "embedding",
+                index,
+                embedding,
+            }
+        })
+        .collect();
+    Ok(Json(EmbeddingsResponse {
+        object: "list",
+        data,
+        model,
+        usage: Usage {
+            prompt_tokens,
+            total_tokens: prompt_tokens,
+        },
+    }))
+}
+
+async fn rerank(
+    State(state): State<Arc<AppState>>,
+    body: std::result::Result<Json<RerankRequest>, axum::extract::rejection::JsonRejection>,
+) -> std::result::Result<Json<RerankResponse>, ApiError> {
+    let Json(req) = body.map_err(rejection)?;
+    if req.documents.is_empty() {
+        return Err(ApiError::bad("documents", "documents must not be empty"));
+    }
+    too_many(req.documents.len(), state.options.max_items, "documents")?;
+    let model = match req.model.clone() {
+        Some(m) => m,
+        None => state.inference.rerank_model_dir().await?.id.clone(),
+    };
+    let instruction = req.instruction.clone().filter(|i| !i.is_empty());
+    let inputs: Vec<RerankInput> = req
+        .documents
+        .iter()
+        .map(|d| RerankInput {
+            query: req.query.clone(),
+            document: d.text().to_string(),
+            instruction: instruction.clone(),
+        })
+        .collect();
+    let rows = (0..inputs.len()).collect();
+    let scores = state.inference.rerank(inputs, rows, OPTIONS).await?;
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b)));
+    order.truncate(req.top_n.unwrap_or(order.len()));
+    let with_documents = req.return_documents.unwrap_or(false);
+    let results = order
+        .into_iter()
+        .map(|index| RerankResult {
+            index,
+            relevance_score: scores[index],
+            document: with_documents.then(|| RerankResultDocument {
+                text: req.documents[index].text().to_string(),
+            }),
+        })
+        .collect();
+    Ok(Json(RerankResponse { model, results }))
+}
+
+fn too_many(n: usize, max: usize, param: &'static str) -> std::result::Result<(), ApiError> {
+    if n > max {
+        return Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("{n} {param} in one request; the limit is {max}"),
+            param: Some(param),
+        });
+    }
+    Ok(())
+}
+
+fn rejection(r: axum::extract::rejection::JsonRejection) -> ApiError {
+    ApiError {
+        status: r.status(),
+        message: r.body_text(),
+        param: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposure_needs_a_token_or_an_explicit_opt_out() {
+        let mut o = HttpOptions::default();
+        assert!(check_exposure(&o).is_ok());
+        o.addr = "0.0.0.0:8080".parse().unwrap();
+        assert!(check_exposure(&o)
+            .unwrap_err()
+            .to_string()
+            .contains("--insecure-no-auth"));
+        o.token = Some("t".into());
+        assert!(check_exposure(&o).is_ok());
+        o.token = None;
+        o.insecure_no_auth = true;
+        assert!(check_exposure(&o).is_ok());
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

@@ -1,0 +1,197 @@
+//! `semflow serve`'s HTTP API with a real client against a server on 127.0.0.1:0: OpenAI
+//! embeddings and Cohere/Jina rerank shapes, base64, limits, bearer-token auth.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use base64::Engine as _;
+use semflow::serve::http::{serve, HttpOptions};
+use serde_json::{json, Value};
+
+async fn start(
+    token: Option<&str>,
+    max_items: usize,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let engine = common::tiny_engine();
+    let options = HttpOptions {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        token: token.map(String::from),
+        max_items,
+        max_body_bytes: 64 << 10,
+        ..HttpOptions::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel::<SocketAddr>();
+    tokio::spawn(async move {
+        serve(
+            engine.inference().clone(),
+            options,
+            async move {
+                let _ = stopped.await;
+            },
+            move |a| {
+                let _ = bound_tx.send(a);
+            },
+        )
+        .await
+        .unwrap();
+    });
+    (format!("http://{}", bound_rx.await.unwrap()), stop)
+}
+
+/// POST JSON on a blocking thread (ureq), returning (status, body).
+async fn post(url: String, body: Value, token: Option<&'static str>) -> (u16, Value) {
+    tokio::task::spawn_blocking(move || {
+        let mut req = ureq::post(&url);
+        if let Some(t) = token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        match req.send_json(body) {
+            Ok(r) => (r.status(), r.into_json().unwrap()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
+            Err(e) => panic!("{e}"),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_and_rerank_in_the_openai_and_cohere_shapes() {
+    let (base, stop) = start(None, 4).await;
+    let (status, v) = post(
+        format!("{base}/v1/embeddings"),
+        json!({"input": ["graphene is carbon", "pasta"], "dimensions": 32}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    assert_eq!(v["data"][1]["object"], "embedding");
+    assert_eq!(v["data"][1]["index"], 1);
+    let first: Vec<f32> = serde_json::from_value(v["data"][0]["embedding"].clone()).unwrap();
+    assert_eq!(first.len(), 32);
+    let norm: f32 = first.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5);
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 2);
+    assert_eq!(v["usage"]["total_tokens"], v["usage"]["prompt_tokens"]);
+
+    // The same vector as SQL computes, and base64 decodes to the same floats.
+    let engine = common::tiny_engine();
+    let sql = engine
+        .run_sql("SELECT embed('graphene is carbon', '', 32)")
+        .await
+        .unwrap();
+    let col = sql[0].batches[0].column(0);
+    let list = col
+        .as_any()
+        .downcast_ref::<arrow::array::FixedSizeListArray>()
+        .unwrap();
+    let values = list.value(0);
+    let expected = values
+        .as_any()
+        .downcast_ref::<arrow::array::Float32Array>()
+        .unwrap();
+    for (a, b) in first.iter().zip(expected.values()) {
+        assert!((a - b).abs() < 1e-6);
+    }
+    let (_, b64) = post(
+        format!("{base}/v1/embeddings"),
+        json!({"input": "graphene is carbon", "dimensions": 32, "encoding_format": "base64"}),
+        None,
+    )
+    .await;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let decoded: Vec<f32> = bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(decoded, first);
+
+    // Rerank: sorted by P(yes), top_n, documents on request, indices into the request.
+    let (status, r) = post(
+        format!("{base}/v1/rerank"),
+        json!({"query": "what is graphene", "documents": ["pasta", {"text": "graphene is carbon"}, "kafka"], "top_n": 2, "return_documents": true}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let results = r["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    let s0 = results[0]["relevance_score"].as_f64().unwrap();
+    let s1 = results[1]["relevance_score"].as_f64().unwrap();
+    assert!(s0 >= s1 && (0.0..=1.0).contains(&s0));
+    let docs = ["pasta", "graphene is carbon", "kafka"];
+    for hit in results {
+        let i = hit["index"].as_u64().unwrap() as usize;
+        assert_eq!(hit["document"]["text"], docs[i]);
+    }
+
+    // Errors: OpenAI's error shape, 400 for bad values, 413 for too many items or bytes.
+    let (status, e) = post(
+        format!("{base}/v1/embeddings"),
+        json!({"input": "x", "dimensions": 0}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(e["error"]["param"], "dimensions");
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    let (status, _) = post(
+        format!("{base}/v1/embeddings"),
+        json!({"input": ["a", "b", "c", "d", "e"]}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 413);
+    let (status, _) = post(
+        format!("{base}/v1/embeddings"),
+        json!({"input": "x".repeat(100_000)}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 413);
+    let (status, _) = post(
+        format!("{base}/v1/embeddings"),
+        json!({"input": [1, 2, 3]}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    stop.send(()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_required_when_configured() {
+    let (base, stop) = start(Some("s3cret"), 16).await;
+    let body = json!({"input": "hello"});
+    let (status, e) = post(format!("{base}/v1/embeddings"), body.clone(), None).await;
+    assert_eq!(status, 401);
+    assert_eq!(e["error"]["type"], "authentication_error");
+    assert_eq!(
+        post(format!("{base}/v1/embeddings"), body.clone(), Some("wrong"))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        post(format!("{base}/v1/embeddings"), body, Some("s3cret"))
+            .await
+            .0,
+        200
+    );
+    let health = tokio::task::spawn_blocking(move || {
+        ureq::get(&format!("{base}/health"))
+            .call()
+            .unwrap()
+            .status()
+    })
+    .await
+    .unwrap();
+    assert_eq!(health, 200, "/health needs no token");
+    stop.send(()).unwrap();
+}
