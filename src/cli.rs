@@ -56,6 +56,12 @@ pub struct ServeArgs {
     /// Largest request body in bytes (more: 413).
     #[arg(long, default_value_t = 8 << 20)]
     pub max_body_bytes: usize,
+    /// Requests running inference at once.
+    #[arg(long, default_value_t = 4)]
+    pub max_concurrency: usize,
+    /// Requests waiting for a slot; beyond this, 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -277,6 +283,8 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         insecure_no_auth: args.insecure_no_auth,
         max_items: args.max_items.max(1),
         max_body_bytes: args.max_body_bytes.max(1),
+        max_concurrency: args.max_concurrency.max(1),
+        max_queue: args.max_queue,
     };
     crate::serve::http::serve(
         engine.inference().clone(),

@@ -31,6 +31,10 @@ pub struct HttpOptions {
     pub max_items: usize,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Requests running inference at once; more wait in a queue…
+    pub max_concurrency: usize,
+    /// …of at most this many; beyond it requests get 429 with `Retry-After`.
+    pub max_queue: usize,
 }
 
 impl Default for HttpOptions {
@@ -41,6 +45,8 @@ impl Default for HttpOptions {
             insecure_no_auth: false,
             max_items: 2048,
             max_body_bytes: 8 << 20,
+            max_concurrency: 4,
+            max_queue: 64,
         }
     }
 }
@@ -59,14 +65,30 @@ pub fn check_exposure(options: &HttpOptions) -> Result<()> {
 struct AppState {
     inference: Arc<Inference>,
     options: HttpOptions,
+    /// Running + queued requests.
+    admitted: Arc<tokio::sync::Semaphore>,
+    /// Running requests.
+    running: Arc<tokio::sync::Semaphore>,
 }
 
 /// The router, for tests and embedding in other servers.
 pub fn router(inference: Arc<Inference>, options: HttpOptions) -> Router {
-    let state = Arc::new(AppState { inference, options });
-    let api = Router::new()
+    let admitted = Arc::new(tokio::sync::Semaphore::new(
+        options.max_concurrency.max(1) + options.max_queue,
+    ));
+    let running = Arc::new(tokio::sync::Semaphore::new(options.max_concurrency.max(1)));
+    let state = Arc::new(AppState {
+        inference,
+        options,
+        admitted,
+        running,
+    });
+    let inference_routes = Router::new()
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/rerank", post(rerank))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admit));
+    let api = Router::new()
+        .merge(inference_routes)
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
@@ -167,6 +189,36 @@ async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: N
             .into_response();
         }
     }
+    next.run(request).await
+}
+
+/// Bounded concurrency: up to `max_concurrency` requests run, up to `max_queue` more wait;
+/// the rest are refused at once with 429 and `Retry-After` instead of waiting unboundedly.
+async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let Ok(_admitted) = state.admitted.clone().try_acquire_owned() else {
+        metrics::counter!("semflow_http_rejected_total").increment(1);
+        let mut response = ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: "the server is at capacity; retry later".into(),
+            param: None,
+        }
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return response;
+    };
+    let queued = state.options.max_concurrency.max(1) + state.options.max_queue
+        - state.admitted.available_permits();
+    metrics::gauge!("semflow_http_in_flight").set(queued as f64);
+    let Ok(_running) = state.running.clone().acquire_owned().await else {
+        return ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "the server is shutting down".into(),
+            param: None,
+        }
+        .into_response();
+    };
     next.run(request).await
 }
 
