@@ -241,7 +241,7 @@ async fn run_pipeline(args: RunArgs) -> Result<()> {
                 args.metrics_addr
             ))
         })?;
-        let bound = crate::pipeline::metrics::serve(addr, engine.inference().clone()).await?;
+        let bound = crate::telemetry::serve(addr, engine.inference().clone()).await?;
         eprintln!("metrics on http://{bound}/metrics");
     }
     let started = std::time::Instant::now();

@@ -25,6 +25,7 @@
 //! - [`index`]: Lance datasets as tables; upserts, deletes and Kafka offsets in one commit.
 //! - [`pipeline`]: `semflow run`: the continuous INSERT loop, dead letters, metrics.
 //! - [`serve`]: `semflow serve`: the HTTP API (embeddings, rerank, health, metrics).
+//! - [`telemetry`]: Prometheus metrics shared by `run` and `serve`.
 //! - [`inference`]: dedupe, caching, Qwen3 formats, tokenization, and the two backends
 //!   (`packed`: padding-free forward pass on its own thread; `local`: mistral.rs).
 //! - [`model`]: model directories: config, presets, random weights, hub download, fingerprints.
@@ -44,6 +45,7 @@ pub mod output;
 pub mod pipeline;
 pub mod serve;
 pub mod shell;
+pub mod telemetry;
 pub mod udf;
 
 pub use engine::Engine;

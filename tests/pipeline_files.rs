@@ -87,40 +87,37 @@ fn run_pipeline(file: &str, env: &[(&str, String)], expect_rows: f64) {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    loop {
-        let text = http_get(&addr, "/metrics");
-        if metric(&text, "semflow_pipeline_rows_written_total") == Some(expect_rows) {
-            assert!(text.contains("semflow_pipeline_commit_seconds"), "{text}");
-            assert!(text.contains("semflow_pipeline_position{"), "{text}");
-            assert!(text.contains("semflow_inference_"), "{text}");
-            break;
+    // Poll /metrics until `ready` holds for its text (or the deadline passes).
+    let wait_for = |what: &str, ready: &dyn Fn(&str) -> bool| -> String {
+        loop {
+            let text = http_get(&addr, "/metrics");
+            if ready(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}; metrics:\n{text}\nlog: {:?}",
+                lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(
-            Instant::now() < deadline,
-            "rows not written; metrics:\n{text}\nlog: {:?}",
-            lines.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    };
+    let text = wait_for("rows not written", &|text| {
+        metric(text, "semflow_pipeline_rows_written_total") == Some(expect_rows)
+    });
+    assert!(text.contains("semflow_pipeline_commit_seconds"), "{text}");
+    assert!(text.contains("semflow_pipeline_position{"), "{text}");
+    assert!(text.contains("semflow_inference_"), "{text}");
     // Consumer lag comes from librdkafka's statistics (every 5 s): once everything is
     // committed (and reported to the group) every partition's lag reads 0.
-    loop {
-        let text = http_get(&addr, "/metrics");
+    wait_for("consumer lag not reported as 0", &|text| {
         let lags: Vec<f64> = text
             .lines()
             .filter(|l| l.starts_with("semflow_kafka_consumer_lag{"))
             .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
             .collect();
-        if !lags.is_empty() && lags.iter().all(|l| *l == 0.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "consumer lag not reported as 0; metrics:\n{text}\nlog: {:?}",
-            lines.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        !lags.is_empty() && lags.iter().all(|l| *l == 0.0)
+    });
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

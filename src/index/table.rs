@@ -423,6 +423,17 @@ struct LanceSink {
     schema: SchemaRef,
 }
 
+impl LanceSink {
+    /// Commits one chunk of the INSERT's rows; returns how many were written.
+    async fn commit(&self, rows: Vec<RecordBatch>) -> datafusion::common::Result<u64> {
+        let change = Change {
+            rows,
+            ..Default::default()
+        };
+        Ok(self.table.apply(change).await?.rows)
+    }
+}
+
 impl DisplayAs for LanceSink {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "LanceSink: {}", self.table.uri)
@@ -443,35 +454,17 @@ impl DataSink for LanceSink {
         let mut pending = Vec::new();
         let mut pending_rows = 0;
         let mut written = 0u64;
-        let external = |e: Error| DataFusionError::External(Box::new(e));
         while let Some(batch) = data.next().await {
             let batch = batch?;
             pending_rows += batch.num_rows();
             pending.push(batch);
             if pending_rows >= INSERT_CHUNK_ROWS {
-                let rows = std::mem::take(&mut pending);
+                written += self.commit(std::mem::take(&mut pending)).await?;
                 pending_rows = 0;
-                written += self
-                    .table
-                    .apply(Change {
-                        rows,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(external)?
-                    .rows;
             }
         }
         if pending_rows > 0 {
-            written += self
-                .table
-                .apply(Change {
-                    rows: pending,
-                    ..Default::default()
-                })
-                .await
-                .map_err(external)?
-                .rows;
+            written += self.commit(pending).await?;
         }
         Ok(written)
     }

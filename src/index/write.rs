@@ -28,12 +28,6 @@ pub struct Change {
     pub offsets: Option<SourceOffsets>,
 }
 
-impl Change {
-    pub fn row_count(&self) -> usize {
-        self.rows.iter().map(|b| b.num_rows()).sum()
-    }
-}
-
 /// What a commit did.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CommitStats {
@@ -88,12 +82,6 @@ pub async fn commit(
                 .map_err(lance_err)?;
             (txn, None, 0)
         }
-        (None, true, false) => {
-            return Err(Error::Index(
-                "deletes need a primary key: declare PRIMARY KEY (col) or OPTIONS ('primary_key' 'col')"
-                    .into(),
-            ))
-        }
         (Some(pk), false, false) => {
             let predicate = key_predicate(dataset.schema().into(), pk, deletes)?;
             let out = DeleteBuilder::new(dataset.clone(), predicate)
@@ -102,7 +90,7 @@ pub async fn commit(
                 .map_err(lance_err)?;
             (out.transaction, out.affected_rows, out.num_deleted_rows)
         }
-        (None, false, false) => {
+        (None, _, false) => {
             return Err(Error::Index(
                 "deletes need a primary key: declare PRIMARY KEY (col) or OPTIONS ('primary_key' 'col')"
                     .into(),

@@ -9,7 +9,7 @@
 //! partition changes hands only at a committed position.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -69,7 +69,7 @@ struct Shared {
     acks: Mutex<AckState>,
     acked: Condvar,
     /// Sequence number of the last batch handed over.
-    sent: Mutex<u64>,
+    sent: AtomicU64,
     /// Rebalance events for the polling loop, in order.
     events: Mutex<Vec<Event>>,
     /// How long a revocation waits for in-flight batches.
@@ -96,7 +96,7 @@ impl Shared {
     /// Blocks until every handed-over batch is acknowledged, the pipeline closes, or the
     /// timeout passes.
     fn wait_for_acks(&self) {
-        let sent = self.sent.lock().map(|s| *s).unwrap_or(0);
+        let sent = self.sent.load(Ordering::SeqCst);
         let deadline = Instant::now() + self.revoke_wait;
         let Ok(mut state) = self.acks.lock() else {
             return;
@@ -263,7 +263,7 @@ impl Consumer {
             stop: AtomicBool::new(false),
             acks: Mutex::new(AckState::default()),
             acked: Condvar::new(),
-            sent: Mutex::new(0),
+            sent: AtomicU64::new(0),
             events: Mutex::new(Vec::new()),
             revoke_wait,
             paused: AtomicBool::new(false),
@@ -467,9 +467,7 @@ impl Loop {
                 let batch_seq = batch.seq;
                 match self.tx.try_send(Ok(batch)) {
                     Ok(()) => {
-                        if let Ok(mut sent) = self.shared.sent.lock() {
-                            *sent = batch_seq;
-                        }
+                        self.shared.sent.store(batch_seq, Ordering::SeqCst);
                         if paused {
                             self.set_paused(false);
                             paused = false;

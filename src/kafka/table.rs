@@ -4,6 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use arrow::array::Array;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -268,8 +269,6 @@ pub fn json_records(batch: &RecordBatch, key_column: Option<&str>) -> Result<Vec
         })
         .collect())
 }
-
-use arrow::array::Array;
 
 /// `STORED AS KAFKA`.
 #[derive(Debug, Default)]

@@ -5,9 +5,7 @@
 //!   to one micro-batch.
 //! - [`runner`]: the loop — decode, SQL, dead letters, one index commit per batch with its
 //!   offsets, acknowledge.
-//! - [`metrics`]: the Prometheus endpoint.
 
-pub mod metrics;
 pub mod plan;
 pub mod runner;
 pub mod spec;

@@ -243,11 +243,7 @@ async fn record(request: Request, next: Next) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> std::result::Result<String, ApiError> {
-    let handle = crate::pipeline::metrics::recorder()?;
-    for (name, value) in state.inference.stats_rows() {
-        metrics::gauge!(format!("semflow_inference_{name}")).set(value as f64);
-    }
-    Ok(handle.render())
+    Ok(crate::telemetry::render(&state.inference)?)
 }
 
 const OPTIONS: CallOptions = CallOptions {

@@ -102,22 +102,6 @@ pub fn end_offsets(delivered: &[(i32, i64)], partitions: i32) -> Vec<i64> {
     end
 }
 
-/// High watermark per partition.
-pub fn high_watermarks(topic: &str, partitions: i32) -> Vec<i64> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("group.id", unique("wm"))
-        .create()
-        .unwrap();
-    (0..partitions)
-        .map(|p| {
-            c.fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap()
-                .1
-        })
-        .collect()
-}
-
 /// A consumed record: key, value, headers as (name, text).
 pub type Consumed = (Option<String>, Option<String>, Vec<(String, String)>);
 

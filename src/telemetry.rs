@@ -1,5 +1,6 @@
-//! `GET /metrics` (Prometheus text) for a running pipeline: the pipeline's counters and
-//! histograms plus the inference counters.
+//! Prometheus metrics: the process-wide recorder, the text both `semflow run` and
+//! `semflow serve` answer `GET /metrics` with (everything recorded plus the inference
+//! counters), and the standalone endpoint `semflow run` starts.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,10 +12,10 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use crate::error::{Error, Result};
 use crate::inference::Inference;
 
-/// Installs the process-wide recorder (once) and serves it on `addr`; returns the bound
-/// address (port 0 picks one).
+/// Installs the process-wide recorder (once) and serves [`render`] at `/metrics` on `addr`;
+/// returns the bound address (port 0 picks one).
 pub async fn serve(addr: SocketAddr, inference: Arc<Inference>) -> Result<SocketAddr> {
-    let handle = recorder()?;
+    recorder()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Pipeline(format!("--metrics-addr {addr}: {e}")))?;
@@ -24,13 +25,10 @@ pub async fn serve(addr: SocketAddr, inference: Arc<Inference>) -> Result<Socket
     let app = Router::new().route(
         "/metrics",
         get(move || {
-            let handle = handle.clone();
             let inference = inference.clone();
             async move {
-                for (name, value) in inference.stats_rows() {
-                    metrics::gauge!(format!("semflow_inference_{name}")).set(value as f64);
-                }
-                handle.render()
+                render(&inference)
+                    .map_err(|e| (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
             }
         }),
     );
@@ -40,6 +38,15 @@ pub async fn serve(addr: SocketAddr, inference: Arc<Inference>) -> Result<Socket
         }
     });
     Ok(bound)
+}
+
+/// Everything recorded, as Prometheus text, with the inference counters refreshed first.
+pub fn render(inference: &Inference) -> Result<String> {
+    let handle = recorder()?;
+    for (name, value) in inference.stats_rows() {
+        metrics::gauge!(format!("semflow_inference_{name}")).set(value as f64);
+    }
+    Ok(handle.render())
 }
 
 /// The process-wide Prometheus recorder (installed on first use).
