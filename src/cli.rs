@@ -37,6 +37,70 @@ pub enum Command {
     Run(RunArgs),
     /// Serve the HTTP API (OpenAI-compatible embeddings, rerank, health, metrics).
     Serve(ServeArgs),
+    /// Synthesize training pairs: an LLM writes a query per document, pairs with
+    /// cosine(query, document) above the threshold are kept, hard negatives are mined.
+    Synth(SynthArgs),
+    /// Merge safetensors checkpoints by spherical linear interpolation (slerp).
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Documents: a .parquet/.jsonl/.csv file, a .lance dataset, a table created by --init,
+    /// or a SELECT statement.
+    #[arg(long)]
+    pub docs: String,
+    /// Output: a .parquet or .jsonl file, a .lance dataset (upserted by pair_id), or
+    /// kafka://HOST:PORT/TOPIC.
+    #[arg(long)]
+    pub out: String,
+    /// SQL run first (e.g. CREATE EXTERNAL TABLE for --docs).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Directory for resumable progress (default: <out>.parts for files).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.
+    #[arg(long, env = "SEMFLOW_GENERATOR_URL")]
+    pub generator_url: Option<String>,
+    /// Model name sent to the generator.
+    #[arg(long, env = "SEMFLOW_GENERATOR_MODEL")]
+    pub generator_model: Option<String>,
+    /// Keep pairs with cosine strictly above this (default 0.7).
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Hard negatives per pair (default 3; 0 turns mining off).
+    #[arg(long)]
+    pub negatives: Option<usize>,
+    #[arg(long)]
+    pub id_column: Option<String>,
+    #[arg(long)]
+    pub text_column: Option<String>,
+    /// Process at most this many documents not done yet.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Also write the final report as JSON to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Model directories (safetensors), merged pairwise in order.
+    #[arg(required = true, num_args = 2..)]
+    pub models: Vec<PathBuf>,
+    /// Interpolation factor for two models: 0 gives the first, 1 the second.
+    #[arg(long, conflicts_with = "weights")]
+    pub t: Option<f64>,
+    /// Relative weights for two or more models (default equal); model k is merged into the
+    /// running result with t = w_k / (w_1 + … + w_k).
+    #[arg(long, value_delimiter = ',')]
+    pub weights: Option<Vec<f64>>,
+    /// Output directory (config and tokenizer files are copied from the first model).
+    #[arg(short, long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +212,11 @@ impl EngineArgs {
             Some(p) => Settings::from_path(p)?,
             None => Settings::default(),
         };
+        self.engine_with(&file)
+    }
+
+    /// An engine from these flags over `file` settings (read elsewhere).
+    pub fn engine_with(&self, file: &Settings) -> Result<Engine> {
         let over = Settings {
             embed_model: self.embed_model.clone(),
             rerank_model: self.rerank_model.clone(),
@@ -158,7 +227,7 @@ impl EngineArgs {
             max_batch: self.max_batch,
             max_tokens: self.max_tokens,
         };
-        Ok(Engine::new(inference_config(&file, &over)?))
+        Ok(Engine::new(inference_config(file, &over)?))
     }
 }
 
@@ -206,6 +275,19 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => run_bench(args).await,
         Command::Run(args) => run_pipeline(args).await,
         Command::Serve(args) => run_serve(args).await,
+        Command::Synth(args) => run_synth(args).await,
+        Command::Merge(args) => {
+            let weights = crate::model::merge::weights(args.models.len(), args.t, args.weights)?;
+            let stats = crate::model::merge::merge(&args.models, &weights, &args.out)?;
+            println!(
+                "merged {} models into {}: {} tensors ({} interpolated linearly as nearly parallel)",
+                args.models.len(),
+                args.out.display(),
+                stats.tensors,
+                stats.linear
+            );
+            Ok(())
+        }
         Command::Model(ModelCommand::Random {
             kind,
             preset,
@@ -266,6 +348,101 @@ async fn run_pipeline(args: RunArgs) -> Result<()> {
         "stopped: {} batches, {} records, {} rows written, {} deleted, {} dead-lettered, {} skipped",
         stats.batches, stats.records, stats.rows_written, stats.deletes, stats.dead_lettered, stats.skipped
     );
+    Ok(())
+}
+
+async fn run_synth(args: SynthArgs) -> Result<()> {
+    // For synth, --config names the synthesis settings (pipelines/synth.toml); engine
+    // settings go in its [engine] table.
+    let mut config = match &args.engine.config {
+        Some(p) => crate::synth::config::SynthConfig::from_path(p)?,
+        None => crate::synth::config::SynthConfig::default(),
+    };
+    if let Some(u) = args.generator_url {
+        config.generator.base_url = u;
+    }
+    if let Some(m) = args.generator_model {
+        config.generator.model = m;
+    }
+    if let Some(t) = args.threshold {
+        config.filter.threshold = t;
+    }
+    if let Some(n) = args.negatives {
+        config.negatives.count = n;
+    }
+    if let Some(c) = args.id_column {
+        config.docs.id_column = c;
+    }
+    if let Some(c) = args.text_column {
+        config.docs.text_column = c;
+    }
+    config.validate()?;
+    let engine = args.engine.engine_with(&config.engine)?;
+    if let Some(init) = &args.init {
+        let sql = crate::pipeline::spec::load(init)?;
+        engine.run_sql(&sql).await?;
+    }
+    let job = crate::synth::SynthJob {
+        docs: args.docs,
+        out: args.out.clone(),
+        state_dir: args.state_dir,
+        limit: args.limit,
+        config,
+    };
+    let terminal = std::io::stderr().is_terminal();
+    let bar = terminal.then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} docs  {per_sec}  ETA {eta}  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let started = std::time::Instant::now();
+    let last_log = std::sync::Mutex::new(std::time::Instant::now());
+    let progress = |p: &crate::synth::Progress| {
+        let msg = format!("kept {}, failed {}", p.kept, p.failed);
+        if let Some(bar) = &bar {
+            bar.set_length(p.total as u64);
+            bar.set_position(p.done as u64);
+            bar.set_message(msg);
+            return;
+        }
+        // Without a terminal: the same figures in the log, at most every 5 s.
+        let Ok(mut last) = last_log.lock() else {
+            return;
+        };
+        if p.done < p.total && last.elapsed() < Duration::from_secs(5) && p.done > 0 {
+            return;
+        }
+        *last = std::time::Instant::now();
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        let rate = p.done as f64 / secs;
+        let eta = if rate > 0.0 {
+            format!("{:.0}s", (p.total - p.done) as f64 / rate)
+        } else {
+            "?".into()
+        };
+        tracing::info!(
+            "synth: {}/{} docs ({rate:.1}/s, ETA {eta}), {msg}",
+            p.done,
+            p.total
+        );
+    };
+    let report = crate::synth::run(&engine, job, progress).await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let report = report?;
+    eprintln!("{}", report.render());
+    if let Some(path) = &args.report {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::InvalidArgument(format!("report: {e}")))?;
+        std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
+    }
+    eprintln!("wrote {}", args.out);
     Ok(())
 }
 

@@ -21,6 +21,12 @@ extensions_options! {
         pub truncate: String, default = "end".to_string()
         /// Serve repeated inputs from the inference content cache.
         pub cache: bool, default = true
+        /// generate_query(): synthesis settings file (pipelines/synth.toml); '' for defaults.
+        pub synth_config: String, default = std::env::var("SEMFLOW_SYNTH_CONFIG").unwrap_or_default()
+        /// generate_query(): OpenAI-compatible base URL (overrides the settings file).
+        pub generator_url: String, default = std::env::var("SEMFLOW_GENERATOR_URL").unwrap_or_default()
+        /// generate_query(): model name (overrides the settings file).
+        pub generator_model: String, default = std::env::var("SEMFLOW_GENERATOR_MODEL").unwrap_or_default()
     }
 }
 

@@ -25,6 +25,8 @@
 //! - [`index`]: Lance datasets as tables; upserts, deletes and Kafka offsets in one commit.
 //! - [`pipeline`]: `semflow run`: the continuous INSERT loop, dead letters, metrics.
 //! - [`serve`]: `semflow serve`: the HTTP API (embeddings, rerank, health, metrics).
+//! - [`synth`]: `semflow synth`: LLM-written queries, the cosine filter, hard negatives,
+//!   training rows (resumable).
 //! - [`telemetry`]: Prometheus metrics shared by `run` and `serve`.
 //! - [`inference`]: dedupe, caching, Qwen3 formats, tokenization, and the two backends
 //!   (`packed`: padding-free forward pass on its own thread; `local`: mistral.rs).
@@ -45,6 +47,7 @@ pub mod output;
 pub mod pipeline;
 pub mod serve;
 pub mod shell;
+pub mod synth;
 pub mod telemetry;
 pub mod udf;
 

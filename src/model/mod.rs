@@ -3,4 +3,5 @@
 
 pub mod config;
 pub mod dir;
+pub mod merge;
 pub mod random;

@@ -1,7 +1,9 @@
-//! SQL functions: `embed`, `rerank`, `embed_model` (inference) and the vector functions.
+//! SQL functions: `embed`, `rerank`, `embed_model` (inference), `generate_query` (synthesis)
+//! and the vector functions.
 
 mod args;
 pub mod embed;
+pub mod generate;
 pub mod model;
 pub mod rerank;
 pub mod stats;
@@ -18,6 +20,7 @@ use crate::inference::Inference;
 pub fn register_all(ctx: &SessionContext, inference: &Arc<Inference>) {
     ctx.register_udf(ScalarUDF::from(embed::EmbedUdf::new(inference.clone())));
     ctx.register_udf(ScalarUDF::from(rerank::RerankUdf::new(inference.clone())));
+    ctx.register_udf(ScalarUDF::from(generate::GenerateQueryUdf::default()));
     ctx.register_udf(ScalarUDF::from(model::EmbedModelUdf::new(
         inference.clone(),
     )));

@@ -54,6 +54,12 @@ impl VectorFn {
     }
 }
 
+/// `cosine_similarity(a, b)` exactly as the SQL function computes it (f64 accumulation), for
+/// Rust callers that must agree with SQL to the last bit (the synthesis filter).
+pub fn cosine_similarity(a: &[f32], b: &[f32]) -> f64 {
+    VectorFn::Cosine.compute(VecRef::F32(a), VecRef::F32(b))
+}
+
 /// A vector function as a DataFusion UDF.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct VectorUdf {

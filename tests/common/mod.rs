@@ -1,6 +1,7 @@
 //! Shared test helpers: random tiny models written once per build, and engines over them.
 #![allow(dead_code)]
 
+pub mod fake_llm;
 pub mod kafka;
 
 use std::path::PathBuf;
