@@ -784,3 +784,50 @@ async fn kafka_pipeline_turns_new_documents_into_pairs() {
     // One generation per document: configure + query for the five, two asks for "bad".
     assert_eq!(llm.seen().len(), 5 * 2 + 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lance_and_kafka_outputs() {
+    use common::kafka::{bootstrap, create_topic, read_all, unique};
+    let llm = FakeLlm::start(Mode::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &llm.base_url(),
+        "[recipe]\nchoose = \"sample\"\n[filter]\nthreshold = -1.0\n[negatives]\ncount = 1\n",
+    );
+    let docs: Vec<(String, String)> = clean_docs().into_iter().take(4).collect();
+    let docs_ref: Vec<(&str, String)> = docs.iter().map(|(a, b)| (a.as_str(), b.clone())).collect();
+    let docs_path = write_docs(dir.path(), &docs_ref);
+
+    // Lance: upserts by pair_id, so even a run that lost its state writes no duplicate.
+    let lance = dir.path().join("pairs.lance");
+    ok(&run(command(&config, &docs_path, &lance, &[])).await);
+    std::fs::remove_dir_all(dir.path().join("pairs.lance.synth-state")).unwrap();
+    ok(&run(command(&config, &docs_path, &lance, &[])).await);
+    let engine = common::tiny_engine();
+    let res = engine
+        .run_sql(&format!(
+            "CREATE EXTERNAL TABLE p STORED AS LANCE LOCATION '{}';
+             SELECT doc_id, negative_1 FROM p ORDER BY doc_id",
+            lance.display()
+        ))
+        .await
+        .unwrap();
+    let b = &res.last().unwrap().batches;
+    let ids: Vec<_> = strings(b, "doc_id").into_iter().flatten().collect();
+    assert_eq!(ids, vec!["doc0", "doc1", "doc2", "doc3"]);
+    assert!(strings(b, "negative_1").iter().all(Option::is_some));
+
+    // Kafka: JSON rows keyed by pair_id.
+    let topic = unique("pairs");
+    create_topic(&topic, 1).await;
+    let out = format!("kafka://{}/{topic}", bootstrap());
+    ok(&run(command(&config, &docs_path, Path::new(&out), &[])).await);
+    let got = read_all(&topic, 1);
+    assert_eq!(got.len(), 4);
+    for r in &got {
+        let v: Value = serde_json::from_str(r.1.as_deref().unwrap()).unwrap();
+        assert_eq!(r.0.as_deref(), v["pair_id"].as_str());
+        assert!(v["anchor"].as_str().unwrap().starts_with("about "));
+    }
+}
