@@ -66,8 +66,8 @@ pub struct SynthArgs {
     /// Model name sent to the generator.
     #[arg(long, env = "SEMFLOW_GENERATOR_MODEL")]
     pub generator_model: Option<String>,
-    /// Keep pairs with cosine strictly above this (default 0.7).
-    #[arg(long)]
+    /// Keep pairs with cosine strictly above this (default 0.7; may be negative).
+    #[arg(long, allow_hyphen_values = true)]
     pub threshold: Option<f64>,
     /// Hard negatives per pair (default 3; 0 turns mining off).
     #[arg(long)]

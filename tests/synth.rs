@@ -793,17 +793,19 @@ async fn lance_and_kafka_outputs() {
     let config = write_config(
         dir.path(),
         &llm.base_url(),
-        "[recipe]\nchoose = \"sample\"\n[filter]\nthreshold = -1.0\n[negatives]\ncount = 1\n",
+        "[recipe]\nchoose = \"sample\"\n[filter]\nthreshold = 0.99\n[negatives]\ncount = 1\n",
     );
     let docs: Vec<(String, String)> = clean_docs().into_iter().take(4).collect();
     let docs_ref: Vec<(&str, String)> = docs.iter().map(|(a, b)| (a.as_str(), b.clone())).collect();
     let docs_path = write_docs(dir.path(), &docs_ref);
+    // The flag overrides the file's 0.99 (and takes a negative number).
+    let keep_all = ["--threshold", "-1"];
 
     // Lance: upserts by pair_id, so even a run that lost its state writes no duplicate.
     let lance = dir.path().join("pairs.lance");
-    ok(&run(command(&config, &docs_path, &lance, &[])).await);
+    ok(&run(command(&config, &docs_path, &lance, &keep_all)).await);
     std::fs::remove_dir_all(dir.path().join("pairs.lance.synth-state")).unwrap();
-    ok(&run(command(&config, &docs_path, &lance, &[])).await);
+    ok(&run(command(&config, &docs_path, &lance, &keep_all)).await);
     let engine = common::tiny_engine();
     let res = engine
         .run_sql(&format!(
@@ -822,7 +824,7 @@ async fn lance_and_kafka_outputs() {
     let topic = unique("pairs");
     create_topic(&topic, 1).await;
     let out = format!("kafka://{}/{topic}", bootstrap());
-    ok(&run(command(&config, &docs_path, Path::new(&out), &[])).await);
+    ok(&run(command(&config, &docs_path, Path::new(&out), &keep_all)).await);
     let got = read_all(&topic, 1);
     assert_eq!(got.len(), 4);
     for r in &got {
