@@ -126,6 +126,23 @@ pub struct ServeArgs {
     /// Requests waiting for a slot; beyond this, 429 with Retry-After.
     #[arg(long, default_value_t = 64)]
     pub max_queue: usize,
+    /// Longest input item in tokens; longer items get 413 instead of being truncated.
+    #[arg(long)]
+    pub max_item_tokens: Option<usize>,
+    /// Most tokens in one request (413 beyond).
+    #[arg(long)]
+    pub max_request_tokens: Option<usize>,
+    /// Postgres wire protocol address ("off" disables). Anything but loopback needs
+    /// --pg-password or --insecure-no-auth.
+    #[arg(long, env = "SEMFLOW_PG_ADDR", default_value = "127.0.0.1:5433")]
+    pub pg_addr: String,
+    /// Password every Postgres client must give (any user name; prefer the variable).
+    #[arg(long, env = "SEMFLOW_PG_PASSWORD", hide_env_values = true)]
+    pub pg_password: Option<String>,
+    /// SQL run at start-up, e.g. CREATE EXTERNAL TABLE for the Lance index
+    /// (`${VAR:-default}` from the environment).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -447,13 +464,35 @@ async fn run_synth(args: SynthArgs) -> Result<()> {
 }
 
 async fn run_serve(args: ServeArgs) -> Result<()> {
+    use futures::FutureExt;
     let engine = args.engine.engine()?;
+    if let Some(init) = &args.init {
+        let sql = crate::pipeline::spec::load(init)?;
+        engine.run_sql(&sql).await?;
+    }
     let addr = args.http_addr.parse().map_err(|_| {
         Error::InvalidArgument(format!(
             "--http-addr {}: expected HOST:PORT",
             args.http_addr
         ))
     })?;
+    let pg = if args.pg_addr == "off" {
+        None
+    } else {
+        let addr = args.pg_addr.parse().map_err(|_| {
+            Error::InvalidArgument(format!(
+                "--pg-addr {}: expected HOST:PORT or off",
+                args.pg_addr
+            ))
+        })?;
+        let options = crate::serve::pg::PgOptions {
+            addr,
+            password: args.pg_password.clone().filter(|p| !p.is_empty()),
+            insecure_no_auth: args.insecure_no_auth,
+        };
+        crate::serve::pg::check_exposure(&options)?;
+        Some(options)
+    };
     let options = crate::serve::http::HttpOptions {
         addr,
         token: args.api_token.filter(|t| !t.is_empty()),
@@ -462,14 +501,30 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         max_body_bytes: args.max_body_bytes.max(1),
         max_concurrency: args.max_concurrency.max(1),
         max_queue: args.max_queue,
+        max_item_tokens: args.max_item_tokens,
+        max_request_tokens: args.max_request_tokens,
     };
-    crate::serve::http::serve(
-        engine.inference().clone(),
-        options,
-        shutdown_signal(),
-        |a| eprintln!("serving http://{a}"),
-    )
-    .await
+    crate::serve::http::check_exposure(&options)?;
+    let shutdown = shutdown_signal().shared();
+    let http = crate::serve::http::serve(&engine, options, shutdown.clone(), |a| {
+        eprintln!("serving http://{a}")
+    });
+    let pg = async {
+        match pg {
+            Some(o) => {
+                crate::serve::pg::serve(engine.context().clone(), o, shutdown.clone(), |a| {
+                    eprintln!(
+                        "serving postgres://{a} (psql -h {} -p {} -U semflow)",
+                        a.ip(),
+                        a.port()
+                    )
+                })
+                .await
+            }
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(http, pg).map(|_| ())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

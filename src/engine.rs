@@ -42,6 +42,8 @@ pub struct StatementResult {
 }
 
 /// A semflow engine: one DataFusion session plus the inference service behind its functions.
+/// Clones share both.
+#[derive(Clone)]
 pub struct Engine {
     ctx: SessionContext,
     inference: Arc<Inference>,

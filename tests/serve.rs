@@ -29,7 +29,7 @@ async fn start_with(options: HttpOptions) -> (String, tokio::sync::oneshot::Send
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel::<SocketAddr>();
     tokio::spawn(async move {
         serve(
-            engine.inference().clone(),
+            &engine,
             options,
             async move {
                 let _ = stopped.await;
@@ -164,11 +164,11 @@ async fn embeddings_and_rerank_in_the_openai_and_cohere_shapes() {
     assert!(status == 413 || status == 0, "oversized body got {status}");
     let (status, _) = post(
         format!("{base}/v1/embeddings"),
-        json!({"input": [1, 2, 3]}),
+        json!({"input": [[1], [2], [3], [4], [5]]}),
         None,
     )
     .await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 413, "token-id items count against --max-items too");
     stop.send(()).unwrap();
 }
 
@@ -255,4 +255,145 @@ async fn over_capacity_requests_get_429_with_retry_after() {
         200
     );
     stop.send(()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_id_inputs_embed_like_text() {
+    let (base, _stop) = start(None, 8).await;
+    let engine = common::tiny_engine();
+    let ids = engine
+        .inference()
+        .embed_tokenize("graphene is carbon")
+        .await
+        .unwrap();
+    let text = post(
+        format!("{base}/v1/embeddings"),
+        json!({"input": "graphene is carbon"}),
+        None,
+    )
+    .await;
+    let one = post(format!("{base}/v1/embeddings"), json!({"input": ids}), None).await;
+    let many = post(
+        format!("{base}/v1/embeddings"),
+        json!({"input": [ids.clone(), vec![ids[0]]]}),
+        None,
+    )
+    .await;
+    assert_eq!((text.0, one.0, many.0), (200, 200, 200), "{}", one.1);
+    let vec_of = |v: &Value, i: usize| -> Vec<f32> {
+        serde_json::from_value(v["data"][i]["embedding"].clone()).unwrap()
+    };
+    for (a, b) in vec_of(&text.1, 0).iter().zip(vec_of(&one.1, 0)) {
+        assert!((a - b).abs() < 1e-5);
+    }
+    assert_eq!(one.1["usage"]["prompt_tokens"], ids.len() + 1);
+    assert_eq!(many.1["data"].as_array().unwrap().len(), 2);
+    // Ids outside the vocabulary and an instruction with ids are refused, naming the input.
+    let (status, v) = post(
+        format!("{base}/v1/embeddings"),
+        json!({"input": [[1, 2], [3, 999999999]]}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("input 1"),
+        "{v}"
+    );
+    let (status, _) = post(
+        format!("{base}/v1/embeddings"),
+        json!({"input": [1, 2], "instruction": "q"}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_limits_per_item_and_per_request_answer_413() {
+    let (base, _stop) = start_with(HttpOptions {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        max_item_tokens: Some(8),
+        max_request_tokens: Some(12),
+        ..HttpOptions::default()
+    })
+    .await;
+    let url = format!("{base}/v1/embeddings");
+    let (status, _) = post(url.clone(), json!({"input": ["short one"]}), None).await;
+    assert_eq!(status, 200);
+    let long = "many words ".repeat(10);
+    let (status, v) = post(url.clone(), json!({"input": ["ok", long]}), None).await;
+    assert_eq!(status, 413);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("input[1]"),
+        "{v}"
+    );
+    let (status, v) = post(
+        url,
+        json!({"input": ["a b c", "d e f", "g h i", "j k l"]}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 413, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("per request"),
+        "{v}"
+    );
+    let (status, v) = post(
+        format!("{base}/v1/rerank"),
+        json!({"query": "q", "documents": ["fine", long]}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 413, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_endpoint_answers_json_and_arrow() {
+    let (base, _stop) = start(None, 8).await;
+    let (status, v) = post(
+        format!("{base}/v1/sql"),
+        json!({"sql": "CREATE TABLE t AS SELECT 'a' AS id, 'graphene is carbon' AS body; SELECT id, embed(body, '', 4) AS v, cosine_similarity(embed(body), embed(body)) AS s FROM t"}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["row_count"], 1);
+    assert_eq!(v["columns"][0]["name"], "id");
+    assert_eq!(v["rows"][0]["id"], "a");
+    assert_eq!(v["rows"][0]["v"].as_array().unwrap().len(), 4);
+    assert!((v["rows"][0]["s"].as_f64().unwrap() - 1.0).abs() < 1e-6);
+
+    let (status, v) = post(
+        format!("{base}/v1/sql"),
+        json!({"sql": "SELECT * FROM nope"}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("42P01"),
+        "{v}"
+    );
+
+    // Arrow IPC stream.
+    let url = format!("{base}/v1/sql");
+    let bytes = tokio::task::spawn_blocking(move || {
+        let r = ureq::post(&url)
+            .send_json(json!({"sql": "SELECT id FROM t", "format": "arrow"}))
+            .unwrap();
+        assert_eq!(r.content_type(), "application/vnd.apache.arrow.stream");
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut r.into_reader(), &mut buf).unwrap();
+        buf
+    })
+    .await
+    .unwrap();
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+    let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
+    assert_eq!(batches[0].num_rows(), 1);
 }

@@ -487,6 +487,47 @@ impl Inference {
         model.backend.embed_ids(seqs).await
     }
 
+    /// Embeds caller-tokenized inputs (the HTTP API's token-id input): ids are checked
+    /// against the vocabulary, `<|endoftext|>` is appended unless already last, and long
+    /// inputs are truncated or refused as `truncation` says. `item` names the input in errors.
+    pub async fn embed_ids(
+        &self,
+        seqs: Vec<Vec<u32>>,
+        truncation: Truncation,
+    ) -> Result<Vec<Vec<f32>>> {
+        let model = self.embedder().await?;
+        let vocab = model.backend.dir().config.vocab_size;
+        let mut finished = Vec::with_capacity(seqs.len());
+        for (item, ids) in seqs.into_iter().enumerate() {
+            if ids.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "input {item}: no token ids"
+                )));
+            }
+            if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+                return Err(Error::InvalidArgument(format!(
+                    "input {item}: token id {bad} is outside the vocabulary (size {vocab})"
+                )));
+            }
+            let ids = QwenTokenizer::finish_embedding_ids(ids, model.max_tokens, truncation)
+                .map_err(|TooLong(n)| Error::TooLong {
+                    function: "embed",
+                    tokens: n,
+                    max: model.max_tokens,
+                    row: item,
+                })?;
+            finished.push(ids);
+        }
+        let tokens: usize = finished.iter().map(Vec::len).sum();
+        self.stats
+            .embed_tokens
+            .fetch_add(tokens as u64, Ordering::Relaxed);
+        self.stats
+            .embed_inferred
+            .fetch_add(finished.len() as u64, Ordering::Relaxed);
+        model.backend.embed_ids(finished).await
+    }
+
     /// P(yes) for pre-built reranker prompts (token ids), bypassing dedupe and cache.
     pub async fn rerank_token_ids(&self, seqs: Vec<Vec<u32>>) -> Result<Vec<f32>> {
         let model = self.reranker().await?;

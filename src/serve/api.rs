@@ -125,3 +125,26 @@ pub struct ErrorDetail {
     pub param: Option<&'static str>,
     pub code: Option<&'static str>,
 }
+
+/// `POST /v1/sql`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlRequest {
+    pub sql: String,
+    /// `json` (default) or `arrow` (an Arrow IPC stream).
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SqlColumn {
+    pub name: String,
+    pub r#type: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SqlResponse {
+    pub columns: Vec<SqlColumn>,
+    pub rows: serde_json::Value,
+    pub row_count: usize,
+}

@@ -1,5 +1,5 @@
-//! The HTTP front end (axum): `POST /v1/embeddings`, `POST /v1/rerank`, `GET /health`,
-//! `GET /metrics`. Binds 127.0.0.1 by default; any other address needs a bearer token (or
+//! The HTTP front end (axum): `POST /v1/embeddings`, `POST /v1/rerank`, `POST /v1/sql`,
+//! `GET /health`, `GET /metrics`. Binds 127.0.0.1 by default; any other address needs a bearer token (or
 //! an explicit `--insecure-no-auth`). Tokens are compared in constant time and never logged.
 
 use std::net::SocketAddr;
@@ -35,6 +35,11 @@ pub struct HttpOptions {
     pub max_concurrency: usize,
     /// …of at most this many; beyond it requests get 429 with `Retry-After`.
     pub max_queue: usize,
+    /// Longest input item in tokens (embeddings: the formatted input; rerank: query plus
+    /// document); beyond it 413 instead of truncation. `None`: truncate at the model's limit.
+    pub max_item_tokens: Option<usize>,
+    /// Most tokens in one request, all items together (413 beyond).
+    pub max_request_tokens: Option<usize>,
 }
 
 impl Default for HttpOptions {
@@ -47,6 +52,8 @@ impl Default for HttpOptions {
             max_body_bytes: 8 << 20,
             max_concurrency: 4,
             max_queue: 64,
+            max_item_tokens: None,
+            max_request_tokens: None,
         }
     }
 }
@@ -64,6 +71,8 @@ pub fn check_exposure(options: &HttpOptions) -> Result<()> {
 
 struct AppState {
     inference: Arc<Inference>,
+    /// The engine, for /v1/sql.
+    engine: crate::Engine,
     options: HttpOptions,
     /// Running + queued requests.
     admitted: Arc<tokio::sync::Semaphore>,
@@ -72,13 +81,15 @@ struct AppState {
 }
 
 /// The router, for tests and embedding in other servers.
-pub fn router(inference: Arc<Inference>, options: HttpOptions) -> Router {
+pub fn router(engine: &crate::Engine, options: HttpOptions) -> Router {
+    let inference = engine.inference().clone();
     let admitted = Arc::new(tokio::sync::Semaphore::new(
         options.max_concurrency.max(1) + options.max_queue,
     ));
     let running = Arc::new(tokio::sync::Semaphore::new(options.max_concurrency.max(1)));
     let state = Arc::new(AppState {
         inference,
+        engine: engine.clone(),
         options,
         admitted,
         running,
@@ -86,6 +97,7 @@ pub fn router(inference: Arc<Inference>, options: HttpOptions) -> Router {
     let inference_routes = Router::new()
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/rerank", post(rerank))
+        .route("/v1/sql", post(sql))
         .route_layer(middleware::from_fn_with_state(state.clone(), admit));
     let api = Router::new()
         .merge(inference_routes)
@@ -101,7 +113,7 @@ pub fn router(inference: Arc<Inference>, options: HttpOptions) -> Router {
 
 /// Binds and serves until `shutdown` resolves (in-flight requests are drained).
 pub async fn serve(
-    inference: Arc<Inference>,
+    engine: &crate::Engine,
     options: HttpOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(SocketAddr),
@@ -114,7 +126,7 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| Error::InvalidArgument(format!("serve: {e}")))?;
     on_bound(bound);
-    axum::serve(listener, router(inference, options))
+    axum::serve(listener, router(engine, options))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| Error::InvalidArgument(format!("serve: {e}")))
@@ -223,7 +235,7 @@ async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next)
 }
 
 /// Equal-length inputs take the same time whatever their contents.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -256,20 +268,17 @@ async fn embeddings(
     body: std::result::Result<Json<EmbeddingsRequest>, axum::extract::rejection::JsonRejection>,
 ) -> std::result::Result<Json<EmbeddingsResponse>, ApiError> {
     let Json(req) = body.map_err(rejection)?;
-    let texts = match req.input {
-        EmbeddingInput::One(t) => vec![t],
-        EmbeddingInput::Many(t) => t,
-        EmbeddingInput::Tokens(_) | EmbeddingInput::ManyTokens(_) => {
-            return Err(ApiError::bad(
-                "input",
-                "token-id input is not supported yet; send text",
-            ))
-        }
+    let (texts, token_ids) = match req.input {
+        EmbeddingInput::One(t) => (vec![t], None),
+        EmbeddingInput::Many(t) => (t, None),
+        EmbeddingInput::Tokens(t) => (Vec::new(), Some(vec![t])),
+        EmbeddingInput::ManyTokens(t) => (Vec::new(), Some(t)),
     };
-    if texts.is_empty() {
+    let items = token_ids.as_ref().map_or(texts.len(), Vec::len);
+    if items == 0 {
         return Err(ApiError::bad("input", "input must not be empty"));
     }
-    too_many(texts.len(), state.options.max_items, "input")?;
+    too_many(items, state.options.max_items, "input")?;
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -294,21 +303,54 @@ async fn embeddings(
         }
     };
     let instruction = req.instruction.filter(|i| !i.is_empty());
-    let mut prompt_tokens = 0;
-    for t in &texts {
-        let formatted = prompts::embedding_text(t, instruction.as_deref());
-        // + the <|endoftext|> the model appends; counted before any truncation.
-        prompt_tokens += state.inference.embed_tokenize(&formatted).await?.len() + 1;
-    }
-    let inputs: Vec<EmbedInput> = texts
-        .into_iter()
-        .map(|text| EmbedInput {
-            text,
-            instruction: instruction.clone(),
-        })
-        .collect();
-    let rows = (0..inputs.len()).collect();
-    let vectors = state.inference.embed(inputs, rows, OPTIONS).await?;
+    let prompt_tokens;
+    let mut lengths = Vec::with_capacity(items);
+    let vectors: Vec<Arc<[f32]>> = if let Some(seqs) = token_ids {
+        if instruction.is_some() {
+            return Err(ApiError::bad(
+                "instruction",
+                "instruction applies to text input; token ids must already hold the formatted query",
+            ));
+        }
+        for ids in &seqs {
+            // + the <|endoftext|> appended unless already last.
+            let n = ids.len() + usize::from(ids.last() != Some(&prompts::EOS_TOKEN_ID));
+            lengths.push(n);
+        }
+        check_tokens(&lengths, &state.options, "input")?;
+        prompt_tokens = lengths.iter().sum();
+        let truncation = truncation(&state.options);
+        let vectors = state
+            .inference
+            .embed_ids(seqs, truncation)
+            .await
+            .map_err(|e| match e {
+                Error::InvalidArgument(m) => ApiError::bad("input", m),
+                other => other.into(),
+            })?;
+        vectors.into_iter().map(Arc::from).collect()
+    } else {
+        for t in &texts {
+            let formatted = prompts::embedding_text(t, instruction.as_deref());
+            // + the <|endoftext|> the model appends; counted before any truncation.
+            lengths.push(state.inference.embed_tokenize(&formatted).await?.len() + 1);
+        }
+        check_tokens(&lengths, &state.options, "input")?;
+        prompt_tokens = lengths.iter().sum();
+        let inputs: Vec<EmbedInput> = texts
+            .into_iter()
+            .map(|text| EmbedInput {
+                text,
+                instruction: instruction.clone(),
+            })
+            .collect();
+        let rows = (0..inputs.len()).collect();
+        let opts = CallOptions {
+            truncation: truncation(&state.options),
+            ..OPTIONS
+        };
+        state.inference.embed(inputs, rows, opts).await?
+    };
     let data = vectors
         .iter()
         .enumerate()
@@ -361,8 +403,20 @@ async fn rerank(
             instruction: instruction.clone(),
         })
         .collect();
+    if state.options.max_item_tokens.is_some() || state.options.max_request_tokens.is_some() {
+        let query = state.inference.embed_tokenize(&req.query).await?.len();
+        let mut lengths = Vec::with_capacity(inputs.len());
+        for i in &inputs {
+            lengths.push(query + state.inference.embed_tokenize(&i.document).await?.len());
+        }
+        check_tokens(&lengths, &state.options, "documents")?;
+    }
     let rows = (0..inputs.len()).collect();
-    let scores = state.inference.rerank(inputs, rows, OPTIONS).await?;
+    let opts = CallOptions {
+        truncation: truncation(&state.options),
+        ..OPTIONS
+    };
+    let scores = state.inference.rerank(inputs, rows, opts).await?;
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b)));
     order.truncate(req.top_n.unwrap_or(order.len()));
@@ -378,6 +432,128 @@ async fn rerank(
         })
         .collect();
     Ok(Json(RerankResponse { model, results }))
+}
+
+/// With a per-item token limit, long items are refused rather than truncated.
+fn truncation(options: &HttpOptions) -> Truncation {
+    if options.max_item_tokens.is_some() {
+        Truncation::Error
+    } else {
+        Truncation::End
+    }
+}
+
+/// Per-item and per-request token limits (413 naming the item).
+fn check_tokens(
+    lengths: &[usize],
+    options: &HttpOptions,
+    param: &'static str,
+) -> std::result::Result<(), ApiError> {
+    let too_large = |message: String| ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        message,
+        param: Some(param),
+    };
+    if let Some(max) = options.max_item_tokens {
+        if let Some((i, n)) = lengths.iter().enumerate().find(|(_, n)| **n > max) {
+            return Err(too_large(format!(
+                "{param}[{i}] has {n} tokens; the limit per item is {max}"
+            )));
+        }
+    }
+    if let Some(max) = options.max_request_tokens {
+        let total: usize = lengths.iter().sum();
+        if total > max {
+            return Err(too_large(format!(
+                "the request has {total} tokens; the limit per request is {max}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `POST /v1/sql`: `{"sql": "...", "format": "json" | "arrow"}` → the last statement's rows
+/// as JSON objects (`columns`, `rows`) or an Arrow IPC stream.
+async fn sql(
+    State(state): State<Arc<AppState>>,
+    body: std::result::Result<Json<SqlRequest>, axum::extract::rejection::JsonRejection>,
+) -> std::result::Result<Response, ApiError> {
+    let Json(req) = body.map_err(rejection)?;
+    let arrow_format = match req.format.as_deref() {
+        None | Some("json") => false,
+        Some("arrow") => true,
+        Some(other) => {
+            return Err(ApiError::bad(
+                "format",
+                format!("format must be json or arrow, not {other}"),
+            ))
+        }
+    };
+    let sql_error = |e: crate::error::Error| {
+        let code = match &e {
+            Error::DataFusion(d) => super::pg::sqlstate(d),
+            _ => "XX000",
+        };
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("{e} (SQLSTATE {code})"),
+            param: Some("sql"),
+        }
+    };
+    let statements = crate::Engine::parse(&req.sql).map_err(sql_error)?;
+    if statements.is_empty() {
+        return Err(ApiError::bad("sql", "no statement"));
+    }
+    let mut last = None;
+    for statement in statements {
+        let r = state.engine.execute(statement).await.map_err(sql_error)?;
+        last = Some((r.schema, r.batches));
+    }
+    let Some((schema, batches)) = last else {
+        return Err(ApiError::bad("sql", "no statement"));
+    };
+    if arrow_format {
+        let mut buf = Vec::new();
+        {
+            let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &schema)
+                .map_err(|e| sql_error(e.into()))?;
+            for b in &batches {
+                w.write(b).map_err(|e| sql_error(e.into()))?;
+            }
+            w.finish().map_err(|e| sql_error(e.into()))?;
+        }
+        return Ok((
+            [(header::CONTENT_TYPE, "application/vnd.apache.arrow.stream")],
+            buf,
+        )
+            .into_response());
+    }
+    let mut w = arrow::json::ArrayWriter::new(Vec::new());
+    for b in &batches {
+        w.write(b).map_err(|e| sql_error(e.into()))?;
+    }
+    w.finish().map_err(|e| sql_error(e.into()))?;
+    let bytes = w.into_inner();
+    let rows: serde_json::Value = if bytes.is_empty() {
+        serde_json::Value::Array(vec![])
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::bad("sql", e.to_string()))?
+    };
+    let columns: Vec<SqlColumn> = schema
+        .fields()
+        .iter()
+        .map(|f| SqlColumn {
+            name: f.name().clone(),
+            r#type: f.data_type().to_string(),
+        })
+        .collect();
+    let row_count = batches.iter().map(|b| b.num_rows()).sum();
+    Ok(Json(SqlResponse {
+        columns,
+        rows,
+        row_count,
+    })
+    .into_response())
 }
 
 fn too_many(n: usize, max: usize, param: &'static str) -> std::result::Result<(), ApiError> {

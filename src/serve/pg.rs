@@ -1,0 +1,433 @@
+//! The Postgres wire protocol front end: `psql`, drivers and GUI clients run semflow SQL
+//! (`embed`, `rerank`, vector search over Lance tables…) on the engine's own session, through
+//! datafusion-postgres (simple and extended query protocols, `pg_catalog` for `\d` and
+//! clients' table lists). semflow adds: SQLSTATE codes for DataFusion errors, `CREATE INDEX`
+//! for Lance tables, and password authentication compared in constant time.
+
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::common::ParamValues;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion_postgres::hooks::{HookClient, QueryHook};
+use datafusion_postgres::pgwire;
+use datafusion_postgres::{DfSessionService, Parser};
+use futures::{Sink, SinkExt};
+use pgwire::api::auth::{
+    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
+    DefaultServerParameterProvider, StartupHandler,
+};
+use pgwire::api::portal::Portal;
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{Response, Tag};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::startup::Authentication;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use tokio::net::TcpListener;
+
+use crate::error::{Error, Result};
+
+/// Postgres listener settings.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    pub addr: SocketAddr,
+    /// Required from every client when set (any user name).
+    pub password: Option<String>,
+    pub insecure_no_auth: bool,
+}
+
+/// Refuses a non-loopback address without a password unless explicitly allowed.
+pub fn check_exposure(options: &PgOptions) -> Result<()> {
+    if !options.addr.ip().is_loopback() && options.password.is_none() && !options.insecure_no_auth {
+        return Err(Error::InvalidArgument(format!(
+            "--pg-addr {} is reachable from other machines: set a password (SEMFLOW_PG_PASSWORD or --pg-password) or pass --insecure-no-auth",
+            options.addr
+        )));
+    }
+    Ok(())
+}
+
+/// The SQLSTATE for a DataFusion error (by its root cause).
+pub fn sqlstate(e: &DataFusionError) -> &'static str {
+    let root = e.find_root();
+    let text = root.to_string();
+    match root {
+        DataFusionError::SQL(..) => "42601",
+        DataFusionError::NotImplemented(_) => "0A000",
+        DataFusionError::ResourcesExhausted(_) => "53000",
+        DataFusionError::SchemaError(..) if text.contains("No field named") => "42703",
+        DataFusionError::SchemaError(..) => "42P10",
+        DataFusionError::Plan(m) if m.contains("not found") && m.contains("table") => "42P01",
+        DataFusionError::Plan(m) if m.contains("Invalid function") => "42883",
+        DataFusionError::Plan(m) if m.contains("argument") => "22023",
+        DataFusionError::Plan(_) => "42000",
+        _ if text.contains("No field named") => "42703",
+        _ => "XX000",
+    }
+}
+
+fn user_error(code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".to_string(),
+        code.to_string(),
+        message,
+    )))
+}
+
+/// Gives DataFusion errors their SQLSTATE (datafusion-postgres reports them all as XX000).
+fn with_sqlstate(e: PgWireError) -> PgWireError {
+    match e {
+        PgWireError::ApiError(inner) => {
+            if let Some(df) = inner.downcast_ref::<DataFusionError>() {
+                user_error(sqlstate(df), df.to_string())
+            } else if inner
+                .downcast_ref::<datafusion::sql::sqlparser::parser::ParserError>()
+                .is_some()
+            {
+                user_error("42601", inner.to_string())
+            } else {
+                user_error("XX000", inner.to_string())
+            }
+        }
+        other => other,
+    }
+}
+
+/// Returns vector columns of query results as variable-length lists. arrow-pg 0.15 encodes
+/// `FixedSizeList` (what `embed()` returns) by downcasting to `ListArray` and panics; the
+/// client sees the same `real[]` either way. Only a query's output changes: tables created
+/// from queries (CTAS, INSERT) keep fixed-size vectors.
+#[derive(Debug)]
+pub struct VarlenVectorsRule;
+
+// An analyzer rule, not an optimizer rule: optimizer rules must keep the plan's schema.
+impl datafusion::optimizer::AnalyzerRule for VarlenVectorsRule {
+    fn name(&self) -> &str {
+        "semflow_pg_varlen_vectors"
+    }
+
+    fn analyze(
+        &self,
+        plan: LogicalPlan,
+        _config: &datafusion::config::ConfigOptions,
+    ) -> datafusion::common::Result<LogicalPlan> {
+        use datafusion::arrow::datatypes::{DataType, Field};
+        use datafusion::logical_expr::{cast, Expr, Projection};
+        if matches!(
+            plan,
+            LogicalPlan::Dml(_)
+                | LogicalPlan::Ddl(_)
+                | LogicalPlan::Copy(_)
+                | LogicalPlan::Explain(_)
+                | LogicalPlan::Analyze(_)
+                | LogicalPlan::Statement(_)
+                | LogicalPlan::DescribeTable(_)
+        ) || !plan
+            .schema()
+            .fields()
+            .iter()
+            .any(|f| matches!(f.data_type(), DataType::FixedSizeList(..)))
+        {
+            return Ok(plan);
+        }
+        let exprs: Vec<Expr> = plan
+            .schema()
+            .iter()
+            .map(|(q, f)| {
+                let column = Expr::Column(datafusion::common::Column::new(q.cloned(), f.name()));
+                match f.data_type() {
+                    DataType::FixedSizeList(item, _) => cast(
+                        column,
+                        DataType::List(std::sync::Arc::new(Field::new_list_field(
+                            item.data_type().clone(),
+                            true,
+                        ))),
+                    )
+                    .alias_qualified(q.cloned(), f.name()),
+                    _ => column,
+                }
+            })
+            .collect();
+        let projection = Projection::try_new(exprs, Arc::new(plan))?;
+        Ok(LogicalPlan::Projection(projection))
+    }
+}
+
+/// `CREATE INDEX … USING ivf_pq|ivf_flat (col)` on Lance tables, as in `semflow sql`.
+struct CreateIndexHook;
+
+#[async_trait]
+impl QueryHook for CreateIndexHook {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        session_context: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        let Statement::CreateIndex(create) = statement else {
+            return None;
+        };
+        Some(
+            crate::index::create::create_index(session_context, create)
+                .await
+                .map(|_| Response::Execution(Tag::new("CREATE INDEX")))
+                .map_err(|e| user_error("XX000", e.to_string())),
+        )
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        _sql: &Statement,
+        _session_context: &SessionContext,
+        _client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        None
+    }
+
+    async fn handle_extended_query(
+        &self,
+        _statement: &Statement,
+        _logical_plan: &LogicalPlan,
+        _params: &ParamValues,
+        _session_context: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        None
+    }
+}
+
+/// datafusion-postgres's session service with SQLSTATEs on its errors.
+struct Service {
+    inner: DfSessionService,
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Service {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        SimpleQueryHandler::do_query(&self.inner, client, query)
+            .await
+            .map_err(with_sqlstate)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Service {
+    type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.inner.query_parser()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        ExtendedQueryHandler::do_query(&self.inner, client, portal, max_rows)
+            .await
+            .map_err(with_sqlstate)
+    }
+}
+
+/// Trust on loopback without a password; otherwise a cleartext password exchange compared
+/// in constant time (use TLS termination or a private network across machines).
+struct Startup {
+    password: Option<String>,
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let params = DefaultServerParameterProvider::default();
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                if self.password.is_none() {
+                    finish_authentication(client, &params).await?;
+                } else {
+                    client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                    client
+                        .send(PgWireBackendMessage::Authentication(
+                            Authentication::CleartextPassword,
+                        ))
+                        .await?;
+                }
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(pwd) => {
+                let given = pwd.into_password()?;
+                let expected = self.password.as_deref().unwrap_or_default();
+                if crate::serve::http::constant_time_eq(
+                    given.password.as_bytes(),
+                    expected.as_bytes(),
+                ) {
+                    finish_authentication(client, &params).await?;
+                } else {
+                    let user = client
+                        .metadata()
+                        .get(pgwire::api::METADATA_USER)
+                        .cloned()
+                        .unwrap_or_default();
+                    return Err(PgWireError::InvalidPassword(user));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+struct Handlers {
+    service: Arc<Service>,
+    startup: Arc<Startup>,
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.service.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.service.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.startup.clone()
+    }
+}
+
+/// Serves `ctx` on the Postgres protocol until `shutdown` resolves; `on_bound` gets the
+/// address actually bound (port 0 picks a free one).
+pub async fn serve(
+    ctx: SessionContext,
+    options: PgOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+    on_bound: impl FnOnce(SocketAddr),
+) -> Result<()> {
+    check_exposure(&options)?;
+    let catalog = ctx
+        .catalog_names()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| "datafusion".into());
+    datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog(
+        &ctx,
+        &catalog,
+        datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider,
+    )
+    .map_err(|e| Error::InvalidArgument(format!("pg_catalog: {e}")))?;
+    ctx.add_analyzer_rule(Arc::new(VarlenVectorsRule));
+    let ctx = Arc::new(ctx);
+    let hooks: Vec<Arc<dyn QueryHook>> = vec![
+        Arc::new(CreateIndexHook),
+        Arc::new(datafusion_postgres::hooks::cursor::CursorStatementHook),
+        Arc::new(datafusion_postgres::hooks::set_show::SetShowHook),
+        Arc::new(datafusion_postgres::hooks::transactions::TransactionStatementHook),
+    ];
+    let handlers = Arc::new(Handlers {
+        service: Arc::new(Service {
+            inner: DfSessionService::new_with_hooks(ctx, hooks),
+        }),
+        startup: Arc::new(Startup {
+            password: options.password.clone(),
+        }),
+    });
+    let listener = TcpListener::bind(options.addr)
+        .await
+        .map_err(|e| Error::io(options.addr.to_string(), e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::io(options.addr.to_string(), e))?;
+    on_bound(bound);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (socket, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!("postgres accept: {e}");
+                        continue;
+                    }
+                };
+                let handlers = handlers.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                        tracing::debug!("postgres connection from {peer}: {e}");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates() {
+        let plan = |m: &str| DataFusionError::Plan(m.into());
+        assert_eq!(
+            sqlstate(&plan("table 'datafusion.public.x' not found")),
+            "42P01"
+        );
+        assert_eq!(sqlstate(&plan("Invalid function 'nope'")), "42883");
+        assert_eq!(
+            sqlstate(&plan("embed(): argument 3 (dims) must be between 1 and 64")),
+            "22023"
+        );
+        assert_eq!(
+            sqlstate(&DataFusionError::NotImplemented("x".into())),
+            "0A000"
+        );
+        assert_eq!(sqlstate(&DataFusionError::Execution("x".into())), "XX000");
+    }
+
+    #[test]
+    fn exposure_needs_a_password() {
+        let o = |addr: &str, password: Option<&str>| PgOptions {
+            addr: addr.parse().unwrap(),
+            password: password.map(String::from),
+            insecure_no_auth: false,
+        };
+        assert!(check_exposure(&o("127.0.0.1:5433", None)).is_ok());
+        let err = check_exposure(&o("0.0.0.0:5433", None))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SEMFLOW_PG_PASSWORD"), "{err}");
+        assert!(check_exposure(&o("0.0.0.0:5433", Some("pw"))).is_ok());
+    }
+}
