@@ -139,6 +139,10 @@ pub struct ServeArgs {
     /// Password every Postgres client must give (any user name; prefer the variable).
     #[arg(long, env = "SEMFLOW_PG_PASSWORD", hide_env_values = true)]
     pub pg_password: Option<String>,
+    /// A Qwen3 causal LM (directory or random:PRESET[:SEED]) served at
+    /// POST /v1/chat/completions, with JSON-schema constrained decoding.
+    #[arg(long, env = "SEMFLOW_CHAT_MODEL")]
+    pub chat_model: Option<String>,
     /// SQL run at start-up, e.g. CREATE EXTERNAL TABLE for the Lance index
     /// (`${VAR:-default}` from the environment).
     #[arg(long)]
@@ -503,6 +507,15 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         max_queue: args.max_queue,
         max_item_tokens: args.max_item_tokens,
         max_request_tokens: args.max_request_tokens,
+        chat: match &args.chat_model {
+            Some(spec) => {
+                let load = engine.inference().config().load;
+                let model = crate::serve::chat::ChatModel::load(spec, load).await?;
+                eprintln!("chat model {} loaded", model.id);
+                Some(std::sync::Arc::new(model))
+            }
+            None => None,
+        },
     };
     crate::serve::http::check_exposure(&options)?;
     let shutdown = shutdown_signal().shared();

@@ -397,3 +397,103 @@ async fn sql_endpoint_answers_json_and_arrow() {
     let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
     assert_eq!(batches[0].num_rows(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_hosted_generator_returns_schema_valid_json_and_drives_synth() {
+    use semflow::inference::device::{DTypeSpec, DeviceSpec};
+    use semflow::inference::local::LoadOptions;
+    use semflow::model::random::ModelKind;
+    let dir = common::tiny_model(ModelKind::Reranker, common::RERANK_SEED);
+    let chat = semflow::serve::chat::ChatModel::load(
+        dir.to_str().unwrap(),
+        LoadOptions {
+            device: DeviceSpec::Cpu,
+            dtype: DTypeSpec::F32,
+            max_batch: 8,
+        },
+    )
+    .await
+    .unwrap();
+    let (base, _stop) = start_with(HttpOptions {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        chat: Some(std::sync::Arc::new(chat)),
+        ..HttpOptions::default()
+    })
+    .await;
+    let schema = json!({
+        "type": "object",
+        "properties": {"query": {"type": "string", "minLength": 1, "maxLength": 24}},
+        "required": ["query"],
+        "additionalProperties": false
+    });
+    for _ in 0..3 {
+        let (status, v) = post(
+            format!("{base}/v1/chat/completions"),
+            json!({
+                "model": "tiny-chat",
+                "messages": [{"role": "user", "content": "Write a search query about Rust as JSON."}],
+                "max_tokens": 64,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "query", "schema": schema, "strict": true}}
+            }),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["object"], "chat.completion");
+        assert_eq!(v["model"], "tiny-chat");
+        let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+        // Random weights, but constrained decoding: the reply is valid for the schema.
+        let parsed: Value =
+            serde_json::from_str(content).unwrap_or_else(|e| panic!("{e}: {content:?}"));
+        let q = parsed["query"].as_str().unwrap();
+        assert!((1..=24).contains(&q.chars().count()), "{q:?}");
+        assert_eq!(parsed.as_object().unwrap().len(), 1);
+        assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    }
+
+    // semflow synth end to end against it.
+    let work = tempfile::tempdir().unwrap();
+    let docs = work.path().join("docs.jsonl");
+    std::fs::write(
+        &docs,
+        "{\"id\": \"a\", \"text\": \"Rust is a systems programming language.\"}\n\
+         {\"id\": \"b\", \"text\": \"Kafka is a distributed log.\"}\n\
+         {\"id\": \"c\", \"text\": \"Pasta cooks in salted boiling water.\"}\n",
+    )
+    .unwrap();
+    let mut config = semflow::synth::config::SynthConfig::default();
+    config.generator.base_url = format!("{base}/v1");
+    config.generator.max_tokens = 64;
+    config.recipe.choose = "sample".into();
+    config.recipe.max_query_chars = 24;
+    config.filter.threshold = -1.0;
+    config.negatives.count = 1;
+    let engine = common::tiny_engine();
+    let out = work.path().join("pairs.parquet");
+    let report = semflow::synth::run(
+        &engine,
+        semflow::synth::SynthJob {
+            docs: docs.to_string_lossy().into_owned(),
+            out: out.to_string_lossy().into_owned(),
+            state_dir: None,
+            limit: None,
+            config,
+        },
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let failed: u64 = report.failures.values().sum();
+    assert_eq!(report.generated + failed, 3, "{report:?}");
+    assert!(
+        report.structured_output,
+        "the server accepts response_format"
+    );
+    assert!(report.generated >= 1, "{report:?}");
+    let rows: usize = semflow::synth::output::read_parquet(&out)
+        .unwrap()
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(rows as u64, report.kept);
+}

@@ -40,6 +40,8 @@ pub struct HttpOptions {
     pub max_item_tokens: Option<usize>,
     /// Most tokens in one request, all items together (413 beyond).
     pub max_request_tokens: Option<usize>,
+    /// Serves `POST /v1/chat/completions` when set.
+    pub chat: Option<Arc<super::chat::ChatModel>>,
 }
 
 impl Default for HttpOptions {
@@ -54,6 +56,7 @@ impl Default for HttpOptions {
             max_queue: 64,
             max_item_tokens: None,
             max_request_tokens: None,
+            chat: None,
         }
     }
 }
@@ -98,6 +101,7 @@ pub fn router(engine: &crate::Engine, options: HttpOptions) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/rerank", post(rerank))
         .route("/v1/sql", post(sql))
+        .route("/v1/chat/completions", post(chat))
         .route_layer(middleware::from_fn_with_state(state.clone(), admit));
     let api = Router::new()
         .merge(inference_routes)
@@ -470,6 +474,32 @@ fn check_tokens(
         }
     }
     Ok(())
+}
+
+/// `POST /v1/chat/completions` (404 unless the server has a chat model).
+async fn chat(
+    State(state): State<Arc<AppState>>,
+    body: std::result::Result<
+        Json<super::chat::ChatRequest>,
+        axum::extract::rejection::JsonRejection,
+    >,
+) -> std::result::Result<Json<serde_json::Value>, ApiError> {
+    let Some(model) = state.options.chat.clone() else {
+        return Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: "this server has no chat model; start it with --chat-model".into(),
+            param: None,
+        });
+    };
+    let Json(req) = body.map_err(rejection)?;
+    model.complete(req).await.map(Json).map_err(|e| match e {
+        super::chat::ChatError::Bad(b) => ApiError::bad(b.param, b.message),
+        super::chat::ChatError::Failed(m) => ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: m,
+            param: None,
+        },
+    })
 }
 
 /// `POST /v1/sql`: `{"sql": "...", "format": "json" | "arrow"}` → the last statement's rows

@@ -2,8 +2,10 @@
 //!
 //! - [`api`]: OpenAI embeddings and Cohere/Jina rerank request/response bodies.
 //! - [`http`]: the axum server — routes, limits, bearer-token auth, metrics, `/v1/sql`.
+//! - [`chat`]: `/v1/chat/completions` on a self-hosted Qwen3 model (`--chat-model`).
 //! - [`pg`]: the Postgres wire protocol (psql, drivers) over the same session.
 
 pub mod api;
+pub mod chat;
 pub mod http;
 pub mod pg;

@@ -1,0 +1,205 @@
+//! `POST /v1/chat/completions` with a self-hosted generator (`semflow serve --chat-model`): a
+//! Qwen3 causal LM on mistral.rs, with `response_format` JSON schemas enforced by constrained
+//! decoding (llguidance), so the synthesis stage can run without another server.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::inference::device::{DTypeSpec, DeviceSpec};
+use crate::inference::local::LoadOptions;
+use crate::model::dir::{ModelDir, Role};
+
+/// A loaded chat model.
+pub struct ChatModel {
+    pub id: String,
+    model: mistralrs::Model,
+}
+
+impl std::fmt::Debug for ChatModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatModel").field("id", &self.id).finish()
+    }
+}
+
+/// The request fields semflow reads; others (`user`, `n`, …) are accepted and ignored.
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
+    #[serde(default)]
+    pub max_completion_tokens: Option<usize>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub response_format: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// A request the server refuses (400), naming the field.
+#[derive(Debug)]
+pub struct BadRequest {
+    pub param: &'static str,
+    pub message: String,
+}
+
+impl ChatModel {
+    /// Loads a Qwen3 causal LM directory (or `random:PRESET[:SEED]`).
+    pub async fn load(spec: &str, opts: LoadOptions) -> Result<Self> {
+        let dir = ModelDir::resolve(spec, Role::Reranker).await?;
+        let dtype = opts.dtype.resolve(opts.device)?;
+        let mut builder = mistralrs::TextModelBuilder::new(dir.path.to_string_lossy())
+            .with_token_source(mistralrs::TokenSource::None)
+            .with_tokenizer_json(dir.path.join("tokenizer.json").to_string_lossy())
+            .with_dtype(dtype)
+            .with_max_num_seqs(opts.max_batch);
+        builder = match opts.device {
+            DeviceSpec::Cpu => builder.with_force_cpu(),
+            d => builder.with_device(DTypeSpec::device(d)?),
+        };
+        let model = builder
+            .build()
+            .await
+            .map_err(|e| Error::model(&dir.id, format!("loading the chat model failed: {e:#}")))?;
+        Ok(Self {
+            id: dir.id.clone(),
+            model,
+        })
+    }
+
+    /// The constraint a `response_format` asks for. Schemas are compiled without free
+    /// whitespace (llguidance's `x-guidance` options, unless the client sets its own): with
+    /// flexible whitespace a weak or random model can emit newlines until `max_tokens` and
+    /// never close the object.
+    fn constraint(
+        format: Option<&Value>,
+    ) -> std::result::Result<mistralrs::Constraint, BadRequest> {
+        fn compact(mut schema: Value) -> Value {
+            if let Some(obj) = schema.as_object_mut() {
+                obj.entry("x-guidance").or_insert_with(|| {
+                    serde_json::json!({
+                        "whitespace_flexible": false,
+                        "item_separator": ", ",
+                        "key_separator": ": "
+                    })
+                });
+            }
+            schema
+        }
+        let bad = |m: &str| BadRequest {
+            param: "response_format",
+            message: m.to_string(),
+        };
+        let Some(f) = format else {
+            return Ok(mistralrs::Constraint::None);
+        };
+        match f.get("type").and_then(Value::as_str) {
+            None | Some("text") => Ok(mistralrs::Constraint::None),
+            Some("json_object") => Ok(mistralrs::Constraint::JsonSchema(compact(
+                serde_json::json!({"type": "object"}),
+            ))),
+            Some("json_schema") => {
+                let schema = f
+                    .get("json_schema")
+                    .and_then(|j| j.get("schema"))
+                    .ok_or_else(|| bad("json_schema.schema is required"))?;
+                Ok(mistralrs::Constraint::JsonSchema(compact(schema.clone())))
+            }
+            Some(other) => Err(bad(&format!(
+                "type must be text, json_object or json_schema, not {other}"
+            ))),
+        }
+    }
+
+    /// Runs one chat completion; the response is OpenAI's `chat.completion` object.
+    pub async fn complete(&self, req: ChatRequest) -> std::result::Result<Value, ChatError> {
+        if req.stream == Some(true) {
+            return Err(ChatError::Bad(BadRequest {
+                param: "stream",
+                message: "streaming is not supported; send stream: false".into(),
+            }));
+        }
+        if req.messages.is_empty() {
+            return Err(ChatError::Bad(BadRequest {
+                param: "messages",
+                message: "messages must not be empty".into(),
+            }));
+        }
+        let mut builder = mistralrs::RequestBuilder::new();
+        for m in &req.messages {
+            let role = match m.role.as_str() {
+                "system" | "developer" => mistralrs::TextMessageRole::System,
+                "user" => mistralrs::TextMessageRole::User,
+                "assistant" => mistralrs::TextMessageRole::Assistant,
+                other => {
+                    return Err(ChatError::Bad(BadRequest {
+                        param: "messages",
+                        message: format!("role must be system, user or assistant, not {other}"),
+                    }))
+                }
+            };
+            builder = builder.add_message(role, &m.content);
+        }
+        let constraint = Self::constraint(req.response_format.as_ref()).map_err(ChatError::Bad)?;
+        builder = builder
+            .set_constraint(constraint)
+            .set_sampler_max_len(req.max_completion_tokens.or(req.max_tokens).unwrap_or(512));
+        if let Some(t) = req.temperature {
+            builder = builder.set_sampler_temperature(t);
+        }
+        if let Some(p) = req.top_p {
+            builder = builder.set_sampler_topp(p);
+        }
+        let response = self
+            .model
+            .send_chat_request(builder)
+            .await
+            .map_err(|e| ChatError::Failed(format!("{e:#}")))?;
+        let mut v = serde_json::to_value(&response)
+            .map_err(|e| ChatError::Failed(format!("response: {e}")))?;
+        v["model"] = Value::String(req.model.unwrap_or_else(|| self.id.clone()));
+        Ok(v)
+    }
+}
+
+/// Why a chat request failed.
+#[derive(Debug)]
+pub enum ChatError {
+    Bad(BadRequest),
+    Failed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_formats() {
+        assert!(matches!(
+            ChatModel::constraint(None),
+            Ok(mistralrs::Constraint::None)
+        ));
+        let schema = serde_json::json!({"type": "json_schema", "json_schema": {"name": "q", "schema": {"type": "object"}}});
+        assert!(matches!(
+            ChatModel::constraint(Some(&schema)),
+            Ok(mistralrs::Constraint::JsonSchema(_))
+        ));
+        let bad = serde_json::json!({"type": "json_schema"});
+        match ChatModel::constraint(Some(&bad)) {
+            Err(e) => assert_eq!(e.param, "response_format"),
+            Ok(_) => panic!("a json_schema without schema was accepted"),
+        }
+    }
+}
