@@ -497,3 +497,33 @@ async fn self_hosted_generator_returns_schema_valid_json_and_drives_synth() {
         .sum();
     assert_eq!(rows as u64, report.kept);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_report_requests_latency_batches_tokens_queue_and_cache() {
+    let (base, _stop) = start(None, 8).await;
+    for _ in 0..2 {
+        let (status, _) = post(
+            format!("{base}/v1/embeddings"),
+            json!({"input": ["metrics one", "metrics two"]}),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let url = format!("{base}/metrics");
+    let text =
+        tokio::task::spawn_blocking(move || ureq::get(&url).call().unwrap().into_string().unwrap())
+            .await
+            .unwrap();
+    for name in [
+        "semflow_http_requests_total",
+        "semflow_http_request_seconds",
+        "semflow_http_batch_items",
+        "semflow_http_tokens_total",
+        "semflow_http_queue_depth",
+        "semflow_inference_embed_inputs",
+        "semflow_inference_embed_inferred",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+    }
+}

@@ -833,3 +833,55 @@ async fn lance_and_kafka_outputs() {
         assert!(v["anchor"].as_str().unwrap().starts_with("about "));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicate_queries_and_reranker_false_negatives() {
+    let llm = FakeLlm::start(Mode::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The fake writes "about <first five words>": d0 and d1 get the same query.
+    let mut docs = clean_docs().into_iter().take(6).collect::<Vec<_>>();
+    docs.push((
+        "twin".into(),
+        format!(
+            "{} but a different ending.",
+            docs[0]
+                .1
+                .split_whitespace()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    ));
+    let docs_ref: Vec<(&str, String)> = docs.iter().map(|(a, b)| (a.as_str(), b.clone())).collect();
+    let docs_path = write_docs(dir.path(), &docs_ref);
+    let run_with = |rerank: f64, name: &str| {
+        let config = write_config(
+            dir.path(),
+            &llm.base_url(),
+            &format!("[recipe]\nchoose = \"sample\"\n[filter]\nthreshold = -1.0\n[negatives]\ncount = 2\nrerank_threshold = {rerank:?}\n"),
+        );
+        let report = dir.path().join(format!("{name}.json"));
+        let cmd = command(
+            &config,
+            &docs_path,
+            &dir.path().join(format!("{name}.parquet")),
+            &["--report", report.to_str().unwrap()],
+        );
+        (cmd, report)
+    };
+    // P(yes) is in [0, 1]: a limit of 1.0 drops nothing …
+    let (cmd, r) = run_with(1.0, "keep");
+    ok(&run(cmd).await);
+    let r = report(&r);
+    assert_eq!(r["generated"], 7);
+    assert_eq!(r["duplicate_queries"], 1, "{r:#}");
+    assert_eq!(r["kept"], 6);
+    assert_eq!(r["false_negatives_dropped"], 0);
+    // … and a limit of -1 drops every candidate as a likely false negative.
+    let (cmd, r) = run_with(-1.0, "drop");
+    ok(&run(cmd).await);
+    let r = report(&r);
+    assert_eq!(r["kept"], 0, "{r:#}");
+    assert_eq!(r["dropped_incomplete"], 6);
+    assert!(r["false_negatives_dropped"].as_u64().unwrap() >= 12);
+}

@@ -85,6 +85,10 @@ struct AppState {
 
 /// The router, for tests and embedding in other servers.
 pub fn router(engine: &crate::Engine, options: HttpOptions) -> Router {
+    // Install the Prometheus recorder now: metrics recorded before it exists are dropped.
+    if let Err(e) = crate::telemetry::recorder() {
+        tracing::warn!("metrics disabled: {e}");
+    }
     let inference = engine.inference().clone();
     let admitted = Arc::new(tokio::sync::Semaphore::new(
         options.max_concurrency.max(1) + options.max_queue,
@@ -227,6 +231,13 @@ async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next)
     let queued = state.options.max_concurrency.max(1) + state.options.max_queue
         - state.admitted.available_permits();
     metrics::gauge!("semflow_http_in_flight").set(queued as f64);
+    let depth = |s: &AppState| {
+        let running = s.options.max_concurrency.max(1) - s.running.available_permits();
+        let admitted =
+            s.options.max_concurrency.max(1) + s.options.max_queue - s.admitted.available_permits();
+        admitted.saturating_sub(running) as f64
+    };
+    metrics::gauge!("semflow_http_queue_depth").set(depth(&state));
     let Ok(_running) = state.running.clone().acquire_owned().await else {
         return ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -235,7 +246,14 @@ async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next)
         }
         .into_response();
     };
+    metrics::gauge!("semflow_http_queue_depth").set(depth(&state));
     next.run(request).await
+}
+
+/// Items and tokens per request, for batch-size histograms and tokens/s (`rate()`).
+fn record_batch(route: &'static str, items: usize, tokens: usize) {
+    metrics::histogram!("semflow_http_batch_items", "route" => route).record(items as f64);
+    metrics::counter!("semflow_http_tokens_total", "route" => route).increment(tokens as u64);
 }
 
 /// Equal-length inputs take the same time whatever their contents.
@@ -355,6 +373,7 @@ async fn embeddings(
         };
         state.inference.embed(inputs, rows, opts).await?
     };
+    record_batch("/v1/embeddings", items, prompt_tokens);
     let data = vectors
         .iter()
         .enumerate()
@@ -420,7 +439,10 @@ async fn rerank(
         truncation: truncation(&state.options),
         ..OPTIONS
     };
+    let items = inputs.len();
     let scores = state.inference.rerank(inputs, rows, opts).await?;
+    // Rerank tokens are in the inference counters (semflow_inference_rerank_tokens).
+    record_batch("/v1/rerank", items, 0);
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b)));
     order.truncate(req.top_n.unwrap_or(order.len()));
