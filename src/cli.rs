@@ -225,6 +225,18 @@ pub struct EngineArgs {
     /// Longest input in tokens (default: the model's maximum); see SET semflow.truncate.
     #[arg(long, env = "SEMFLOW_MAX_TOKENS")]
     pub max_tokens: Option<usize>,
+    /// Compute embed() on OpenAI-compatible /v1/embeddings endpoints (repeatable or
+    /// comma-separated; semflow serve, vLLM, TEI…) instead of in-process; the local
+    /// --embed-model directory still provides the tokenizer. Key: SEMFLOW_ENDPOINT_API_KEY.
+    #[arg(
+        long = "embed-endpoint",
+        env = "SEMFLOW_EMBED_ENDPOINTS",
+        value_delimiter = ','
+    )]
+    pub embed_endpoints: Vec<String>,
+    /// Model name sent to the embedding endpoints.
+    #[arg(long, env = "SEMFLOW_ENDPOINT_MODEL")]
+    pub endpoint_model: Option<String>,
 }
 
 impl EngineArgs {
@@ -247,6 +259,8 @@ impl EngineArgs {
             cache_size: self.cache_size,
             max_batch: self.max_batch,
             max_tokens: self.max_tokens,
+            embed_endpoints: Some(self.embed_endpoints.clone()).filter(|e| !e.is_empty()),
+            endpoint_model: self.endpoint_model.clone(),
         };
         Ok(Engine::new(inference_config(file, &over)?))
     }

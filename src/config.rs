@@ -21,6 +21,11 @@ pub struct Settings {
     pub cache_size: Option<usize>,
     pub max_batch: Option<usize>,
     pub max_tokens: Option<usize>,
+    /// OpenAI-compatible `/v1/embeddings` base URLs that compute embed() instead of the
+    /// local model (semflow still tokenizes and formats with the local model directory).
+    pub embed_endpoints: Option<Vec<String>>,
+    /// Model name sent to the embedding endpoints.
+    pub endpoint_model: Option<String>,
 }
 
 impl Settings {
@@ -76,6 +81,25 @@ pub fn inference_config(file: &Settings, over: &Settings) -> Result<InferenceCon
         }
         cfg.max_tokens = Some(t);
     }
+    if let Some(e) = over
+        .embed_endpoints
+        .clone()
+        .filter(|e| !e.is_empty())
+        .or_else(|| file.embed_endpoints.clone())
+    {
+        cfg.remote.embed_endpoints = e.into_iter().filter(|u| !u.trim().is_empty()).collect();
+    }
+    if let Some(m) = over
+        .endpoint_model
+        .clone()
+        .or_else(|| file.endpoint_model.clone())
+    {
+        cfg.remote.model = Some(m);
+    }
+    // The key comes from the environment only, never from files or flags.
+    cfg.remote.api_key = std::env::var("SEMFLOW_ENDPOINT_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
     // A dtype that cannot run on the device is a configuration error, found before any query.
     cfg.load.dtype.resolve(cfg.load.device)?;
     Ok(cfg)

@@ -10,6 +10,7 @@ pub mod device;
 pub mod local;
 pub mod packed;
 pub mod prompts;
+pub mod remote;
 pub mod single_token;
 pub mod tokenize;
 
@@ -51,14 +52,21 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
-/// A loaded embedding model behind either backend.
+/// A loaded embedding model behind either backend, or remote endpoints.
 enum Embedder {
     Packed(PackedWorker),
     MistralRs(LocalEmbedder),
+    Remote(remote::RemoteEmbedder),
 }
 
 impl Embedder {
     async fn load(dir: ModelDir, cfg: &InferenceConfig) -> Result<Self> {
+        if !cfg.remote.embed_endpoints.is_empty() {
+            return Ok(Embedder::Remote(remote::RemoteEmbedder::new(
+                dir,
+                cfg.remote.clone(),
+            )?));
+        }
         Ok(match cfg.backend {
             BackendKind::Packed => {
                 Embedder::Packed(PackedWorker::start(dir, cfg.load, false).await?)
@@ -73,6 +81,7 @@ impl Embedder {
         match self {
             Embedder::Packed(worker) => &worker.dir,
             Embedder::MistralRs(m) => &m.dir,
+            Embedder::Remote(r) => &r.dir,
         }
     }
 
@@ -80,6 +89,7 @@ impl Embedder {
         match self {
             Embedder::Packed(worker) => worker.run(seqs).await,
             Embedder::MistralRs(m) => m.embed_ids(&seqs).await,
+            Embedder::Remote(r) => r.embed_ids(&seqs).await,
         }
     }
 }
@@ -134,6 +144,8 @@ pub struct InferenceConfig {
     pub cache_capacity: usize,
     /// Longest input in tokens; `None` means the model's `max_position_embeddings`.
     pub max_tokens: Option<usize>,
+    /// Remote embedding endpoints (empty: the local backend).
+    pub remote: remote::RemoteConfig,
 }
 
 impl Default for InferenceConfig {
@@ -149,6 +161,11 @@ impl Default for InferenceConfig {
             },
             cache_capacity: 100_000,
             max_tokens: None,
+            remote: remote::RemoteConfig {
+                timeout_s: 60.0,
+                max_attempts: 4,
+                ..Default::default()
+            },
         }
     }
 }
