@@ -396,6 +396,19 @@ async fn sql_endpoint_answers_json_and_arrow() {
         arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
     let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
     assert_eq!(batches[0].num_rows(), 1);
+
+    // Without --chat-model there is no chat endpoint.
+    let (status, v) = post(
+        format!("{base}/v1/chat/completions"),
+        json!({"messages": [{"role": "user", "content": "hi"}]}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--chat-model"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

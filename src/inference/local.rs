@@ -129,24 +129,36 @@ pub struct LocalReranker {
     model: Model,
 }
 
+/// Loads a Qwen3 causal LM directory offline on mistral.rs (the reranker, and the chat model
+/// of `semflow serve --chat-model`).
+pub async fn load_causal_lm(
+    dir: &ModelDir,
+    opts: LoadOptions,
+    prefix_cache: bool,
+) -> Result<Model> {
+    let dtype = opts.dtype.resolve(opts.device)?;
+    let mut builder = TextModelBuilder::new(dir.path.to_string_lossy())
+        .with_token_source(TokenSource::None)
+        .with_tokenizer_json(dir.path.join("tokenizer.json").to_string_lossy())
+        .with_dtype(dtype)
+        .with_max_num_seqs(opts.max_batch);
+    if !prefix_cache {
+        builder = builder.with_prefix_cache_n(None);
+    }
+    builder = match opts.device {
+        DeviceSpec::Cpu => builder.with_force_cpu(),
+        d => builder.with_device(DTypeSpec::device(d)?),
+    };
+    builder
+        .build()
+        .await
+        .map_err(|e| Error::model(&dir.id, format!("loading failed: {e:#}")))
+}
+
 impl LocalReranker {
     pub async fn load(dir: ModelDir, opts: LoadOptions) -> Result<Self> {
-        let dtype = opts.dtype.resolve(opts.device)?;
-        let mut builder = TextModelBuilder::new(dir.path.to_string_lossy())
-            .with_token_source(TokenSource::None)
-            .with_tokenizer_json(dir.path.join("tokenizer.json").to_string_lossy())
-            .with_dtype(dtype)
-            .with_max_num_seqs(opts.max_batch)
-            // Scores are one forward pass each; a prefix cache would only hold memory.
-            .with_prefix_cache_n(None);
-        builder = match opts.device {
-            DeviceSpec::Cpu => builder.with_force_cpu(),
-            d => builder.with_device(DTypeSpec::device(d)?),
-        };
-        let model = builder
-            .build()
-            .await
-            .map_err(|e| Error::model(&dir.id, format!("loading failed: {e:#}")))?;
+        // Scores are one forward pass each; a prefix cache would only hold memory.
+        let model = load_causal_lm(&dir, opts, false).await?;
         Ok(Self { dir, model })
     }
 

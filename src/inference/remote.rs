@@ -24,6 +24,16 @@ const MAX_INPUTS: usize = 256;
 /// How long a failed endpoint sits out when it gave no `Retry-After`.
 const COOL_DOWN: Duration = Duration::from_secs(5);
 
+/// The `Retry-After` header as a duration (seconds form; capped at 5 minutes).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(300.0)))
+}
+
 /// Remote-backend settings.
 #[derive(Debug, Clone, Default)]
 pub struct RemoteConfig {
@@ -195,13 +205,7 @@ impl RemoteEmbedder {
             .await
             .map_err(|e| Failure::Retry(e.to_string(), cool))?;
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(|s| Instant::now() + Duration::from_secs_f64(s.min(300.0)));
+        let retry_after = retry_after(resp.headers()).map(|d| Instant::now() + d);
         let text = resp
             .text()
             .await

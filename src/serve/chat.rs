@@ -5,8 +5,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::{Error, Result};
-use crate::inference::device::{DTypeSpec, DeviceSpec};
+use crate::error::Result;
 use crate::inference::local::LoadOptions;
 use crate::model::dir::{ModelDir, Role};
 
@@ -59,20 +58,7 @@ impl ChatModel {
     /// Loads a Qwen3 causal LM directory (or `random:PRESET[:SEED]`).
     pub async fn load(spec: &str, opts: LoadOptions) -> Result<Self> {
         let dir = ModelDir::resolve(spec, Role::Reranker).await?;
-        let dtype = opts.dtype.resolve(opts.device)?;
-        let mut builder = mistralrs::TextModelBuilder::new(dir.path.to_string_lossy())
-            .with_token_source(mistralrs::TokenSource::None)
-            .with_tokenizer_json(dir.path.join("tokenizer.json").to_string_lossy())
-            .with_dtype(dtype)
-            .with_max_num_seqs(opts.max_batch);
-        builder = match opts.device {
-            DeviceSpec::Cpu => builder.with_force_cpu(),
-            d => builder.with_device(DTypeSpec::device(d)?),
-        };
-        let model = builder
-            .build()
-            .await
-            .map_err(|e| Error::model(&dir.id, format!("loading the chat model failed: {e:#}")))?;
+        let model = crate::inference::local::load_causal_lm(&dir, opts, true).await?;
         Ok(Self {
             id: dir.id.clone(),
             model,

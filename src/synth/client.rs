@@ -212,13 +212,7 @@ impl ChatClient {
             Err(e) => return Outcome::Failed(transport_error(&e), None),
         };
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(Duration::from_secs_f64);
+        let retry_after = crate::inference::remote::retry_after(resp.headers());
         let text = match resp.text().await {
             Ok(t) => t,
             Err(e) => return Outcome::Failed(transport_error(&e), None),
