@@ -59,7 +59,7 @@ fn write_config(dir: &Path, url: &str, body: &str) -> PathBuf {
     path
 }
 
-fn write_docs(dir: &Path, docs: &[(&str, String)]) -> PathBuf {
+fn write_docs(dir: &Path, docs: &[(String, String)]) -> PathBuf {
     let path = dir.join("docs.jsonl");
     let lines: Vec<String> = docs
         .iter()
@@ -174,8 +174,7 @@ async fn faults_are_retried_malformed_replies_counted_and_resume_is_a_no_op() {
             format!("[fault:{fault}] {id} document text with several words here."),
         ));
     }
-    let docs_ref: Vec<(&str, String)> = docs.iter().map(|(a, b)| (a.as_str(), b.clone())).collect();
-    let docs_path = write_docs(dir.path(), &docs_ref);
+    let docs_path = write_docs(dir.path(), &docs);
     let out = dir.path().join("pairs.parquet");
     let report_path = dir.path().join("report.json");
     let cmd = command(
@@ -294,8 +293,7 @@ async fn a_pair_exactly_at_the_threshold_is_dropped_and_just_above_kept() {
     let llm = FakeLlm::start(Mode::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let docs = clean_docs();
-    let docs_ref: Vec<(&str, String)> = docs.iter().map(|(a, b)| (a.as_str(), b.clone())).collect();
-    let docs_path = write_docs(dir.path(), &docs_ref);
+    let docs_path = write_docs(dir.path(), &docs);
     let run_with = |threshold: f64, name: &str| {
         let config = write_config(
             dir.path(),
@@ -371,8 +369,7 @@ async fn sigkill_midway_then_resume_generates_nothing_twice() {
             )
         })
         .collect();
-    let docs_ref: Vec<(&str, String)> = docs.iter().map(|(a, b)| (a.as_str(), b.clone())).collect();
-    let docs_path = write_docs(dir.path(), &docs_ref);
+    let docs_path = write_docs(dir.path(), &docs);
     let out = dir.path().join("pairs.jsonl");
     let state = dir.path().join("pairs.jsonl.parts");
     let mut c = command(&config, &docs_path, &out, &[]);
@@ -462,8 +459,7 @@ async fn endpoint_without_structured_output_falls_back_to_text_and_llm_chooses()
         "[filter]\nthreshold = -1.0\n[negatives]\ncount = 1\n",
     );
     let docs: Vec<(String, String)> = clean_docs().into_iter().take(4).collect();
-    let docs_ref: Vec<(&str, String)> = docs.iter().map(|(a, b)| (a.as_str(), b.clone())).collect();
-    let docs_path = write_docs(dir.path(), &docs_ref);
+    let docs_path = write_docs(dir.path(), &docs);
     let out = dir.path().join("pairs.parquet");
     let report_path = dir.path().join("r.json");
     ok(&run(command(
@@ -796,8 +792,7 @@ async fn lance_and_kafka_outputs() {
         "[recipe]\nchoose = \"sample\"\n[filter]\nthreshold = 0.99\n[negatives]\ncount = 1\n",
     );
     let docs: Vec<(String, String)> = clean_docs().into_iter().take(4).collect();
-    let docs_ref: Vec<(&str, String)> = docs.iter().map(|(a, b)| (a.as_str(), b.clone())).collect();
-    let docs_path = write_docs(dir.path(), &docs_ref);
+    let docs_path = write_docs(dir.path(), &docs);
     // The flag overrides the file's 0.99 (and takes a negative number).
     let keep_all = ["--threshold", "-1"];
 
@@ -852,8 +847,7 @@ async fn duplicate_queries_and_reranker_false_negatives() {
                 .join(" ")
         ),
     ));
-    let docs_ref: Vec<(&str, String)> = docs.iter().map(|(a, b)| (a.as_str(), b.clone())).collect();
-    let docs_path = write_docs(dir.path(), &docs_ref);
+    let docs_path = write_docs(dir.path(), &docs);
     let run_with = |rerank: f64, name: &str| {
         let config = write_config(
             dir.path(),

@@ -209,6 +209,21 @@ struct Loaded<M> {
     max_tokens: usize,
 }
 
+impl Loaded<Embedder> {
+    /// Appends `<|endoftext|>` (once) and applies the length limit; `row` names the input
+    /// in the error.
+    fn finish_ids(&self, ids: Vec<u32>, truncation: Truncation, row: usize) -> Result<Vec<u32>> {
+        QwenTokenizer::finish_embedding_ids(ids, self.max_tokens, truncation).map_err(
+            |TooLong(n)| Error::TooLong {
+                function: "embed",
+                tokens: n,
+                max: self.max_tokens,
+                row,
+            },
+        )
+    }
+}
+
 /// The inference service shared by every SQL function of an engine.
 pub struct Inference {
     config: InferenceConfig,
@@ -384,24 +399,9 @@ impl Inference {
             let encoded = model.tokenizer.encode_batch(texts)?;
             let mut seqs = Vec::with_capacity(encoded.len());
             for (&k, ids) in todo.iter().zip(encoded) {
-                let ids =
-                    QwenTokenizer::finish_embedding_ids(ids, model.max_tokens, opts.truncation)
-                        .map_err(|TooLong(n)| Error::TooLong {
-                            function: "embed",
-                            tokens: n,
-                            max: model.max_tokens,
-                            row: rows[unique[k]],
-                        })?;
-                seqs.push(ids);
+                seqs.push(model.finish_ids(ids, opts.truncation, rows[unique[k]])?);
             }
-            let tokens: usize = seqs.iter().map(Vec::len).sum();
-            self.stats
-                .embed_tokens
-                .fetch_add(tokens as u64, Ordering::Relaxed);
-            self.stats
-                .embed_inferred
-                .fetch_add(seqs.len() as u64, Ordering::Relaxed);
-            let vectors = model.backend.embed_ids(seqs).await?;
+            let vectors = self.infer_embeddings(&model, seqs).await?;
             for (&k, v) in todo.iter().zip(vectors) {
                 let v: Arc<[f32]> = v.into();
                 if opts.use_cache {
@@ -526,23 +526,26 @@ impl Inference {
                     "input {item}: token id {bad} is outside the vocabulary (size {vocab})"
                 )));
             }
-            let ids = QwenTokenizer::finish_embedding_ids(ids, model.max_tokens, truncation)
-                .map_err(|TooLong(n)| Error::TooLong {
-                    function: "embed",
-                    tokens: n,
-                    max: model.max_tokens,
-                    row: item,
-                })?;
-            finished.push(ids);
+            finished.push(model.finish_ids(ids, truncation, item)?);
         }
-        let tokens: usize = finished.iter().map(Vec::len).sum();
+        self.infer_embeddings(&model, finished).await
+    }
+
+    /// Runs finished embedding inputs through the backend, counting them for
+    /// `semflow_stats()` and `/metrics`.
+    async fn infer_embeddings(
+        &self,
+        model: &Loaded<Embedder>,
+        seqs: Vec<Vec<u32>>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let tokens: usize = seqs.iter().map(Vec::len).sum();
         self.stats
             .embed_tokens
             .fetch_add(tokens as u64, Ordering::Relaxed);
         self.stats
             .embed_inferred
-            .fetch_add(finished.len() as u64, Ordering::Relaxed);
-        model.backend.embed_ids(finished).await
+            .fetch_add(seqs.len() as u64, Ordering::Relaxed);
+        model.backend.embed_ids(seqs).await
     }
 
     /// P(yes) for pre-built reranker prompts (token ids), bypassing dedupe and cache.

@@ -341,7 +341,7 @@ async fn embeddings(
         }
         check_tokens(&lengths, &state.options, "input")?;
         prompt_tokens = lengths.iter().sum();
-        let truncation = truncation(&state.options);
+        let truncation = call_options(&state.options).truncation;
         let vectors = state
             .inference
             .embed_ids(seqs, truncation)
@@ -367,10 +367,7 @@ async fn embeddings(
             })
             .collect();
         let rows = (0..inputs.len()).collect();
-        let opts = CallOptions {
-            truncation: truncation(&state.options),
-            ..OPTIONS
-        };
+        let opts = call_options(&state.options);
         state.inference.embed(inputs, rows, opts).await?
     };
     record_batch("/v1/embeddings", items, prompt_tokens);
@@ -435,10 +432,7 @@ async fn rerank(
         check_tokens(&lengths, &state.options, "documents")?;
     }
     let rows = (0..inputs.len()).collect();
-    let opts = CallOptions {
-        truncation: truncation(&state.options),
-        ..OPTIONS
-    };
+    let opts = call_options(&state.options);
     let items = inputs.len();
     let scores = state.inference.rerank(inputs, rows, opts).await?;
     // Rerank tokens are in the inference counters (semflow_inference_rerank_tokens).
@@ -460,12 +454,16 @@ async fn rerank(
     Ok(Json(RerankResponse { model, results }))
 }
 
-/// With a per-item token limit, long items are refused rather than truncated.
-fn truncation(options: &HttpOptions) -> Truncation {
-    if options.max_item_tokens.is_some() {
-        Truncation::Error
-    } else {
-        Truncation::End
+/// Inference options for a request: with a per-item token limit, long items are refused
+/// (413 before inference) rather than truncated.
+fn call_options(options: &HttpOptions) -> CallOptions {
+    CallOptions {
+        truncation: if options.max_item_tokens.is_some() {
+            Truncation::Error
+        } else {
+            Truncation::End
+        },
+        ..OPTIONS
     }
 }
 

@@ -3,12 +3,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::DataType;
-
 use super::config::DocsConfig;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::udf::args::StringArg;
 
 /// The documents (id, text) in input order, and rows skipped by reason.
 #[derive(Debug, Default)]
@@ -88,24 +86,18 @@ pub async fn load(engine: &Engine, source: &str, cfg: &DocsConfig) -> Result<Doc
     let mut skip = |why: &str| *docs.skipped.entry(why.to_string()).or_default() += 1;
     let mut rows = Vec::new();
     for b in &batches {
-        let (ids, texts) = (b.column(0), b.column(1));
+        let ids = StringArg::Array(b.column(0).clone());
+        let texts = StringArg::Array(b.column(1).clone());
         for i in 0..b.num_rows() {
-            let get = |a: &dyn Array| -> Option<String> {
-                if a.is_null(i) {
-                    return None;
-                }
-                match a.data_type() {
-                    DataType::Utf8 => Some(a.as_string::<i32>().value(i).to_string()),
-                    DataType::LargeUtf8 => Some(a.as_string::<i64>().value(i).to_string()),
-                    DataType::Utf8View => Some(a.as_string_view().value(i).to_string()),
-                    _ => None,
-                }
-            };
-            let (Some(id), text) = (get(ids.as_ref()), get(texts.as_ref())) else {
+            let Some(id) = ids.get(i).map(String::from) else {
                 skip("missing_id");
                 continue;
             };
-            let Some(text) = text.filter(|t| !t.trim().is_empty()) else {
+            let Some(text) = texts
+                .get(i)
+                .filter(|t| !t.trim().is_empty())
+                .map(String::from)
+            else {
                 skip("empty_document");
                 continue;
             };

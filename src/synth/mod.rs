@@ -342,7 +342,7 @@ pub async fn run(engine: &Engine, job: SynthJob, progress: impl Fn(&Progress)) -
                 report.below_threshold += 1;
                 bump(&mut manifest, "below_threshold", 1);
                 // A dropped query may come back for another document; it was not kept.
-                seen.remove(&parse::normalize(&g.query));
+                seen.remove(&norm);
             }
         }
 

@@ -1,7 +1,7 @@
 //! SQL functions: `embed`, `rerank`, `embed_model` (inference), `generate_query` (synthesis)
 //! and the vector functions.
 
-mod args;
+pub(crate) mod args;
 pub mod embed;
 pub mod generate;
 pub mod model;
