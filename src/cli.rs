@@ -237,6 +237,30 @@ pub struct EngineArgs {
     /// Model name sent to the embedding endpoints.
     #[arg(long, env = "SEMFLOW_ENDPOINT_MODEL")]
     pub endpoint_model: Option<String>,
+    /// Compute rerank() on remote endpoints (repeatable or comma-separated): a base URL up
+    /// to /v1 or a URL ending in /rerank (Cohere/Jina shape: semflow serve, TEI, vLLM), or
+    /// URLs ending in /score (vLLM). Key: SEMFLOW_RERANK_API_KEY, else SEMFLOW_ENDPOINT_API_KEY.
+    #[arg(
+        long = "rerank-endpoint",
+        env = "SEMFLOW_RERANK_ENDPOINTS",
+        value_delimiter = ','
+    )]
+    pub rerank_endpoints: Vec<String>,
+    /// Model name sent to the rerank endpoints.
+    #[arg(long, env = "SEMFLOW_RERANK_ENDPOINT_MODEL")]
+    pub rerank_endpoint_model: Option<String>,
+    /// Who builds the Qwen3 reranker prompt: server (send raw query, documents and
+    /// instruction: semflow serve), client (send the prompt split in two texts: vLLM with
+    /// Qwen3-Reranker), or auto (client for /score URLs, server for /rerank).
+    #[arg(long, env = "SEMFLOW_RERANK_FORMAT")]
+    pub rerank_format: Option<String>,
+    /// Requests in flight per remote endpoint at most (default 4).
+    #[arg(long, env = "SEMFLOW_ENDPOINT_CONCURRENCY")]
+    pub endpoint_concurrency: Option<usize>,
+    /// Seconds between health probes (GET /health) of remote endpoints; an endpoint that
+    /// fails one is out of rotation until one succeeds. 0 turns probes off (default 5).
+    #[arg(long, env = "SEMFLOW_ENDPOINT_HEALTH_INTERVAL")]
+    pub endpoint_health_interval: Option<f64>,
 }
 
 impl EngineArgs {
@@ -261,6 +285,11 @@ impl EngineArgs {
             max_tokens: self.max_tokens,
             embed_endpoints: Some(self.embed_endpoints.clone()).filter(|e| !e.is_empty()),
             endpoint_model: self.endpoint_model.clone(),
+            rerank_endpoints: Some(self.rerank_endpoints.clone()).filter(|e| !e.is_empty()),
+            rerank_endpoint_model: self.rerank_endpoint_model.clone(),
+            rerank_format: self.rerank_format.clone(),
+            endpoint_concurrency: self.endpoint_concurrency,
+            endpoint_health_interval: self.endpoint_health_interval,
         };
         Ok(Engine::new(inference_config(file, &over)?))
     }

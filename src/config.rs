@@ -26,6 +26,16 @@ pub struct Settings {
     pub embed_endpoints: Option<Vec<String>>,
     /// Model name sent to the embedding endpoints.
     pub endpoint_model: Option<String>,
+    /// Cohere/Jina `/rerank` or vLLM `/score` URLs that compute rerank().
+    pub rerank_endpoints: Option<Vec<String>>,
+    /// Model name sent to the rerank endpoints.
+    pub rerank_endpoint_model: Option<String>,
+    /// Who builds the reranker prompt: auto, server or client.
+    pub rerank_format: Option<String>,
+    /// Requests in flight per endpoint at most.
+    pub endpoint_concurrency: Option<usize>,
+    /// Seconds between endpoint health probes; 0 turns them off.
+    pub endpoint_health_interval: Option<f64>,
 }
 
 impl Settings {
@@ -81,13 +91,46 @@ pub fn inference_config(file: &Settings, over: &Settings) -> Result<InferenceCon
         }
         cfg.max_tokens = Some(t);
     }
-    if let Some(e) = over
-        .embed_endpoints
+    let urls = |o: &Option<Vec<String>>, f: &Option<Vec<String>>| {
+        o.clone()
+            .filter(|e| !e.is_empty())
+            .or_else(|| f.clone())
+            .map(|e| e.into_iter().filter(|u| !u.trim().is_empty()).collect())
+    };
+    if let Some(e) = urls(&over.embed_endpoints, &file.embed_endpoints) {
+        cfg.remote.embed_endpoints = e;
+    }
+    if let Some(e) = urls(&over.rerank_endpoints, &file.rerank_endpoints) {
+        cfg.remote.rerank_endpoints = e;
+    }
+    if let Some(m) = over
+        .rerank_endpoint_model
         .clone()
-        .filter(|e| !e.is_empty())
-        .or_else(|| file.embed_endpoints.clone())
+        .or_else(|| file.rerank_endpoint_model.clone())
     {
-        cfg.remote.embed_endpoints = e.into_iter().filter(|u| !u.trim().is_empty()).collect();
+        cfg.remote.rerank_model = Some(m);
+    }
+    if let Some(f) = over.rerank_format.as_ref().or(file.rerank_format.as_ref()) {
+        cfg.remote.rerank_format = f.parse()?;
+    }
+    if let Some(c) = over.endpoint_concurrency.or(file.endpoint_concurrency) {
+        if c == 0 {
+            return Err(Error::InvalidArgument(
+                "--endpoint-concurrency must be at least 1".into(),
+            ));
+        }
+        cfg.remote.concurrency = c;
+    }
+    if let Some(h) = over
+        .endpoint_health_interval
+        .or(file.endpoint_health_interval)
+    {
+        if !h.is_finite() || h < 0.0 {
+            return Err(Error::InvalidArgument(format!(
+                "--endpoint-health-interval must be 0 (off) or a number of seconds, got {h}"
+            )));
+        }
+        cfg.remote.health_interval_s = h;
     }
     if let Some(m) = over
         .endpoint_model
@@ -97,9 +140,9 @@ pub fn inference_config(file: &Settings, over: &Settings) -> Result<InferenceCon
         cfg.remote.model = Some(m);
     }
     // The key comes from the environment only, never from files or flags.
-    cfg.remote.api_key = std::env::var("SEMFLOW_ENDPOINT_API_KEY")
-        .ok()
-        .filter(|k| !k.is_empty());
+    let key = |name: &str| std::env::var(name).ok().filter(|k| !k.is_empty());
+    cfg.remote.api_key = key("SEMFLOW_ENDPOINT_API_KEY");
+    cfg.remote.rerank_api_key = key("SEMFLOW_RERANK_API_KEY");
     // A dtype that cannot run on the device is a configuration error, found before any query.
     cfg.load.dtype.resolve(cfg.load.device)?;
     Ok(cfg)

@@ -1,14 +1,18 @@
-//! embed() on remote endpoints: semflow serve instances as the fleet. Same vectors as the
-//! local backend (within 1e-5), spread over endpoints, the cache in front, and failover past
-//! a dead endpoint and one that answers 500.
+//! embed() and rerank() on remote endpoints: semflow serve instances as the fleet. Same
+//! vectors and scores as the local backend (within 1e-5) over /v1/embeddings, /v1/rerank and
+//! /v1/score, spread over endpoints, the cache in front, failover past a dead endpoint and
+//! one that answers 500, and health probes taking an endpoint out of rotation and back.
 
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Float32Type;
-use semflow::inference::remote::RemoteConfig;
+use semflow::inference::remote::{RemoteConfig, RerankFormat};
 use semflow::serve::http::{serve, HttpOptions};
 use semflow::{Engine, InferenceConfig};
 
@@ -50,15 +54,35 @@ async fn failing() -> String {
 }
 
 fn remote_engine(endpoints: Vec<String>) -> Engine {
+    remote_engine_with(RemoteConfig {
+        embed_endpoints: endpoints,
+        ..Default::default()
+    })
+}
+
+fn remote_engine_with(remote: RemoteConfig) -> Engine {
     Engine::new(InferenceConfig {
         remote: RemoteConfig {
-            embed_endpoints: endpoints,
             timeout_s: 10.0,
             max_attempts: 4,
-            ..Default::default()
+            ..remote
         },
         ..common::tiny_config()
     })
+}
+
+/// Every Float32 column of the last result, row by row.
+async fn scores(engine: &Engine, sql: &str) -> Vec<f32> {
+    let res = engine.run_sql(sql).await.unwrap();
+    let mut out = Vec::new();
+    for b in &res.last().unwrap().batches {
+        for r in 0..b.num_rows() {
+            for c in 0..b.num_columns() {
+                out.push(b.column(c).as_primitive::<Float32Type>().value(r));
+            }
+        }
+    }
+    out
 }
 
 async fn vectors(engine: &Engine, sql: &str) -> Vec<Vec<f32>> {
@@ -157,4 +181,179 @@ async fn failover_past_dead_and_failing_endpoints() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("every embedding endpoint failed"), "{err}");
+}
+
+const RERANK_SQL: &str =
+    "SELECT rerank(q, d) AS a, rerank(q, d, 'Find code that answers the question') AS b
+    FROM (SELECT 'how do I boil pasta' AS q, 'Boil salted water, add the pasta, stir.' AS d
+          UNION ALL SELECT 'how do I boil pasta', 'Kafka keeps a log of records per partition.'
+          UNION ALL SELECT 'what is graphene', 'Graphene is a single layer of carbon atoms.\n'
+          UNION ALL SELECT 'what is graphene', ''
+          UNION ALL SELECT '', 'an empty query')
+    ORDER BY q, d";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_rerank_matches_local_on_rerank_and_score_apis() {
+    let (a, engine_a) = server().await;
+    let (b, _engine_b) = server().await;
+    let local = scores(&common::tiny_engine(), RERANK_SQL).await;
+    assert_eq!(local.len(), 10);
+    // /v1/rerank with the server building the prompt; /v1/score with semflow sending the
+    // prompt split in two (vLLM's Qwen3-Reranker convention); both endpoints of each kind.
+    for (endpoints, format) in [
+        (vec![a.clone(), b.clone()], RerankFormat::Auto),
+        (
+            vec![format!("{a}/score"), format!("{b}/score")],
+            RerankFormat::Auto,
+        ),
+    ] {
+        let remote = remote_engine_with(RemoteConfig {
+            rerank_endpoints: endpoints.clone(),
+            rerank_format: format,
+            ..Default::default()
+        });
+        let got = scores(&remote, RERANK_SQL).await;
+        let worst = got
+            .iter()
+            .zip(&local)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "{endpoints:?}: max abs difference {worst}");
+    }
+
+    // The rerank cache sits in front of the remote backend too.
+    let remote = remote_engine_with(RemoteConfig {
+        rerank_endpoints: vec![a.clone()],
+        ..Default::default()
+    });
+    let sent = || {
+        engine_a
+            .inference()
+            .stats
+            .rerank_inferred
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    scores(&remote, RERANK_SQL).await;
+    let before = sent();
+    scores(&remote, RERANK_SQL).await;
+    assert_eq!(sent(), before, "a repeated rerank query reached the server");
+
+    // Only failing endpoints: a clear error naming the function's backend.
+    let remote = remote_engine_with(RemoteConfig {
+        rerank_endpoints: vec![format!("{}/score", failing().await)],
+        ..Default::default()
+    });
+    let err = remote
+        .run_sql("SELECT rerank('q', 'd')")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("every rerank endpoint failed"), "{err}");
+}
+
+/// An embeddings endpoint whose `/health` answers 200 or 503 as `healthy` says; every
+/// embedding request gets unit vectors along the first axis and is counted.
+async fn probed_endpoint(healthy: Arc<AtomicBool>, requests: Arc<AtomicUsize>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let (healthy, requests) = (healthy.clone(), requests.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                // Read the head, then the body by Content-Length.
+                let (head_end, length) = loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..p]).to_ascii_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break (p + 4, length);
+                    }
+                };
+                while buf.len() < head_end + length {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let (status, body) = if buf.starts_with(b"GET /health") {
+                    if healthy.load(Ordering::SeqCst) {
+                        ("200 OK", "ok".to_string())
+                    } else {
+                        ("503 Service Unavailable", "down".to_string())
+                    }
+                } else {
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    let req: serde_json::Value = serde_json::from_slice(&buf[head_end..]).unwrap();
+                    let n = req["input"].as_array().unwrap().len();
+                    let mut unit = vec![0.0f32; 64];
+                    unit[0] = 1.0;
+                    let data: Vec<_> = (0..n)
+                        .map(|i| serde_json::json!({"index": i, "embedding": unit}))
+                        .collect();
+                    ("200 OK", serde_json::json!({"data": data}).to_string())
+                };
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}/v1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes_take_an_endpoint_out_of_rotation_and_back() {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let probed = probed_endpoint(healthy.clone(), requests.clone()).await;
+    let (good, _engine) = server().await;
+    let remote = remote_engine_with(RemoteConfig {
+        embed_endpoints: vec![probed, good],
+        health_interval_s: 0.2,
+        ..Default::default()
+    });
+    let local = common::tiny_engine();
+    // The first query creates the pool (and its prober); give the probes time to run.
+    vectors(&remote, "SELECT embed('health round 0')").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let out_of_rotation = requests.load(Ordering::SeqCst);
+    for i in 0..6 {
+        let sql = format!("SELECT embed('while out {i}')");
+        let (r, l) = (vectors(&remote, &sql).await, vectors(&local, &sql).await);
+        for (p, q) in r[0].iter().zip(&l[0]) {
+            assert!(
+                (p - q).abs() < 1e-5,
+                "an answer came from the unhealthy endpoint"
+            );
+        }
+    }
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        out_of_rotation,
+        "requests reached an endpoint whose health probe fails"
+    );
+    // It recovers: probes put it back and it gets its share again.
+    healthy.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for i in 0..6 {
+        vectors(&remote, &format!("SELECT embed('back in {i}')")).await;
+    }
+    assert!(
+        requests.load(Ordering::SeqCst) > out_of_rotation,
+        "the recovered endpoint got no requests"
+    );
 }

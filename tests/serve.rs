@@ -173,6 +173,62 @@ async fn embeddings_and_rerank_in_the_openai_and_cohere_shapes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn score_endpoint_pairs_texts_in_the_vllm_shape() {
+    let (base, stop) = start(None, 4).await;
+    let (q, d) = semflow::inference::prompts::rerank_pair_texts("cook pasta", "Boil water", None);
+    let (status, body) = post(
+        format!("{base}/v1/score"),
+        json!({"text_1": q, "text_2": [d, "<Document>: Kafka<|im_end|>\n"]}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(data[1]["index"], 1);
+    assert_eq!(data[0]["object"], "score");
+    // The first pair is the exact reranker prompt: the same score as /v1/rerank.
+    let (_, reranked) = post(
+        format!("{base}/v1/rerank"),
+        json!({"query": "cook pasta", "documents": ["Boil water"]}),
+        None,
+    )
+    .await;
+    let (a, b) = (
+        data[0]["score"].as_f64().unwrap(),
+        reranked["results"][0]["relevance_score"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-6, "/v1/score {a} vs /v1/rerank {b}");
+    // Lists of different lengths, empty lists and unknown fields are refused, naming the field.
+    for (bad, param) in [
+        (
+            json!({"text_1": ["a", "b"], "text_2": ["c", "d", "e"]}),
+            "text_2",
+        ),
+        (json!({"text_1": [], "text_2": "x"}), "text_1"),
+    ] {
+        let (status, e) = post(format!("{base}/v1/score"), bad, None).await;
+        assert_eq!(status, 400, "{e}");
+        assert_eq!(e["error"]["param"], param);
+    }
+    let (status, _) = post(
+        format!("{base}/v1/score"),
+        json!({"text_1": "a", "text_2": "b", "nope": 1}),
+        None,
+    )
+    .await;
+    assert!((400..500).contains(&status), "unknown field got {status}");
+    let (status, _) = post(
+        format!("{base}/v1/score"),
+        json!({"text_1": "a", "text_2": ["1", "2", "3", "4", "5"]}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 413);
+    stop.send(()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_is_required_when_configured() {
     let (base, stop) = start(Some("s3cret"), 16).await;
     let body = json!({"input": "hello"});

@@ -161,11 +161,7 @@ impl Default for InferenceConfig {
             },
             cache_capacity: 100_000,
             max_tokens: None,
-            remote: remote::RemoteConfig {
-                timeout_s: 60.0,
-                max_attempts: 4,
-                ..Default::default()
-            },
+            remote: remote::RemoteConfig::default(),
         }
     }
 }
@@ -231,6 +227,7 @@ pub struct Inference {
     rerank_dir: OnceCell<ModelDir>,
     embedder: OnceCell<Arc<Loaded<Embedder>>>,
     reranker: OnceCell<Arc<Loaded<Reranker>>>,
+    remote_reranker: OnceCell<Arc<remote::RemoteReranker>>,
     embed_cache: ContentCache<Arc<[f32]>>,
     rerank_cache: ContentCache<f32>,
     pub stats: Stats,
@@ -287,6 +284,7 @@ impl Inference {
             rerank_dir: OnceCell::new(),
             embedder: OnceCell::new(),
             reranker: OnceCell::new(),
+            remote_reranker: OnceCell::new(),
             stats: Stats::default(),
         })
     }
@@ -420,6 +418,34 @@ impl Inference {
             .collect()
     }
 
+    /// The remote reranker, when rerank endpoints are configured.
+    async fn remote_reranker(&self) -> Result<Option<Arc<remote::RemoteReranker>>> {
+        if self.config.remote.rerank_endpoints.is_empty() {
+            return Ok(None);
+        }
+        let r = self
+            .remote_reranker
+            .get_or_try_init(|| async {
+                remote::RemoteReranker::new(&self.config.remote).map(Arc::new)
+            })
+            .await?;
+        Ok(Some(r.clone()))
+    }
+
+    /// The reranker's name for API answers: the endpoint model (or the configured model)
+    /// when remote, else the model directory's id.
+    pub async fn rerank_model_name(&self) -> Result<String> {
+        if !self.config.remote.rerank_endpoints.is_empty() {
+            return Ok(self
+                .config
+                .remote
+                .rerank_model
+                .clone()
+                .unwrap_or_else(|| self.config.rerank_model.clone()));
+        }
+        Ok(self.rerank_model_dir().await?.id.clone())
+    }
+
     /// P(yes) for each (query, document, instruction), in order.
     pub async fn rerank(
         &self,
@@ -430,8 +456,11 @@ impl Inference {
         self.stats
             .rerank_inputs
             .fetch_add(inputs.len() as u64, Ordering::Relaxed);
-        let model = self.reranker().await?;
-        let digest = model.backend.dir().weights_digest.clone();
+        let remote = self.remote_reranker().await?;
+        let digest = match &remote {
+            Some(r) => r.identity().to_string(),
+            None => self.reranker().await?.backend.dir().weights_digest.clone(),
+        };
         let key = |i: &RerankInput| {
             cache_key(&[
                 b"rerank",
@@ -455,35 +484,21 @@ impl Inference {
             .filter(|&k| results[k].is_none())
             .collect();
         if !todo.is_empty() {
-            let bodies: Vec<String> = todo
+            let pending: Vec<(&RerankInput, usize)> = todo
                 .iter()
-                .map(|&k| {
-                    let i = &inputs[unique[k]];
-                    prompts::rerank_body(&i.query, &i.document, i.instruction.as_deref())
-                })
+                .map(|&k| (&inputs[unique[k]], rows[unique[k]]))
                 .collect();
-            let encoded = model.tokenizer.encode_batch(bodies)?;
-            let mut seqs = Vec::with_capacity(encoded.len());
-            for (&k, body) in todo.iter().zip(encoded) {
-                let ids = model
-                    .tokenizer
-                    .finish_rerank_ids(body, model.max_tokens, opts.truncation)
-                    .map_err(|TooLong(n)| Error::TooLong {
-                        function: "rerank",
-                        tokens: n,
-                        max: model.max_tokens,
-                        row: rows[unique[k]],
-                    })?;
-                seqs.push(ids);
-            }
-            let tokens: usize = seqs.iter().map(Vec::len).sum();
-            self.stats
-                .rerank_tokens
-                .fetch_add(tokens as u64, Ordering::Relaxed);
             self.stats
                 .rerank_inferred
-                .fetch_add(seqs.len() as u64, Ordering::Relaxed);
-            let scores = model.backend.score_ids(seqs).await?;
+                .fetch_add(pending.len() as u64, Ordering::Relaxed);
+            let scores = match &remote {
+                Some(r) => {
+                    let owned: Vec<RerankInput> =
+                        pending.iter().map(|(i, _)| (*i).clone()).collect();
+                    r.score(&owned).await?
+                }
+                None => self.rerank_local(&pending, opts.truncation).await?,
+            };
             for (&k, s) in todo.iter().zip(scores) {
                 if opts.use_cache {
                     self.rerank_cache.put(key(&inputs[unique[k]]), s);
@@ -495,6 +510,86 @@ impl Inference {
             .into_iter()
             .map(|k| results[k].ok_or_else(|| Error::Inference("missing score".into())))
             .collect()
+    }
+
+    /// Scores (input, SQL row) pairs on the local reranker.
+    async fn rerank_local(
+        &self,
+        pending: &[(&RerankInput, usize)],
+        truncation: Truncation,
+    ) -> Result<Vec<f32>> {
+        let model = self.reranker().await?;
+        let bodies: Vec<String> = pending
+            .iter()
+            .map(|(i, _)| prompts::rerank_body(&i.query, &i.document, i.instruction.as_deref()))
+            .collect();
+        let encoded = model.tokenizer.encode_batch(bodies)?;
+        let mut seqs = Vec::with_capacity(encoded.len());
+        for ((_, row), body) in pending.iter().zip(encoded) {
+            let ids = model
+                .tokenizer
+                .finish_rerank_ids(body, model.max_tokens, truncation)
+                .map_err(|TooLong(n)| Error::TooLong {
+                    function: "rerank",
+                    tokens: n,
+                    max: model.max_tokens,
+                    row: *row,
+                })?;
+            seqs.push(ids);
+        }
+        let tokens: usize = seqs.iter().map(Vec::len).sum();
+        self.stats
+            .rerank_tokens
+            .fetch_add(tokens as u64, Ordering::Relaxed);
+        model.backend.score_ids(seqs).await
+    }
+
+    /// P(yes) of raw text pairs joined as they are (`text_1 + text_2`, nothing added): the
+    /// `/v1/score` API, where the client sends the Qwen3 prompt split in two. `item` numbers
+    /// pairs in errors.
+    pub async fn score_raw_pairs(
+        &self,
+        pairs: Vec<(String, String)>,
+        truncation: Truncation,
+    ) -> Result<Vec<f32>> {
+        if let Some(r) = self.remote_reranker().await? {
+            return Err(Error::InvalidArgument(format!(
+                "raw text pairs cannot be scored on remote rerank endpoints ({})",
+                r.identity()
+            )));
+        }
+        let model = self.reranker().await?;
+        let mut seqs = Vec::with_capacity(pairs.len());
+        for (item, (a, b)) in pairs.into_iter().enumerate() {
+            let mut ids = model.tokenizer.encode(&a)?;
+            ids.extend(model.tokenizer.encode(&b)?);
+            if ids.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "pair {item}: both texts are empty"
+                )));
+            }
+            if ids.len() > model.max_tokens {
+                if truncation == Truncation::Error {
+                    return Err(Error::TooLong {
+                        function: "score",
+                        tokens: ids.len(),
+                        max: model.max_tokens,
+                        row: item,
+                    });
+                }
+                // Keep the end: the prompt's last position is where the answer is read.
+                ids.drain(..ids.len() - model.max_tokens);
+            }
+            seqs.push(ids);
+        }
+        let tokens: usize = seqs.iter().map(Vec::len).sum();
+        self.stats
+            .rerank_tokens
+            .fetch_add(tokens as u64, Ordering::Relaxed);
+        self.stats
+            .rerank_inferred
+            .fetch_add(seqs.len() as u64, Ordering::Relaxed);
+        model.backend.score_ids(seqs).await
     }
 
     /// Embeds pre-tokenized sequences (each already ending in `<|endoftext|>`), bypassing

@@ -45,6 +45,26 @@ pub fn rerank_body(query: &str, document: &str, instruction: Option<&str>) -> St
     format!("<Instruct>: {instr}\n<Query>: {query}\n<Document>: {document}")
 }
 
+/// The reranker prompt split where servers that score a text pair (vLLM's `/score` and
+/// `/rerank` with Qwen3-Reranker) join their two texts: the query side (prefix, instruction,
+/// query) and the document side (document, suffix). Their concatenation is the full prompt,
+/// and the cut sits where the tokenizer splits anyway (before `<Document>`), so the token ids
+/// equal the local backend's.
+pub fn rerank_pair_texts(
+    query: &str,
+    document: &str,
+    instruction: Option<&str>,
+) -> (String, String) {
+    let instr = match instruction {
+        Some(i) if !i.is_empty() => i,
+        _ => DEFAULT_RERANK_INSTRUCTION,
+    };
+    (
+        format!("{RERANK_PREFIX}<Instruct>: {instr}\n<Query>: {query}\n"),
+        format!("<Document>: {document}{RERANK_SUFFIX}"),
+    )
+}
+
 /// P(yes) from the last-position logits of "yes" and "no": a two-way softmax.
 pub fn p_yes(yes_logit: f32, no_logit: f32) -> f32 {
     // Numerically stable form of e^y / (e^y + e^n).
@@ -76,6 +96,20 @@ mod tests {
             full,
             "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n<Instruct>: Given a web search query, retrieve relevant passages that answer the query\n<Query>: q\n<Document>: d<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
         );
+    }
+
+    #[test]
+    fn pair_texts_join_into_the_exact_prompt() {
+        for instr in [None, Some("Find code")] {
+            let (a, b) = rerank_pair_texts("what is x", "x is y\n", instr);
+            assert_eq!(
+                format!("{a}{b}"),
+                format!(
+                    "{RERANK_PREFIX}{}{RERANK_SUFFIX}",
+                    rerank_body("what is x", "x is y\n", instr)
+                )
+            );
+        }
     }
 
     #[test]

@@ -111,6 +111,50 @@ pub struct RerankResultDocument {
     pub text: String,
 }
 
+/// `POST /v1/score` (vLLM's score API): P(yes) of `text_1 + text_2` joined as they are, for
+/// a client that builds the Qwen3 reranker prompt itself. A single text on either side pairs
+/// with every text on the other; two lists pair element by element.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreRequest {
+    pub text_1: ScoreTexts,
+    pub text_2: ScoreTexts,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub truncate_prompt_tokens: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ScoreTexts {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl ScoreTexts {
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            ScoreTexts::One(t) => std::slice::from_ref(t),
+            ScoreTexts::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScoreResponse {
+    pub object: &'static str,
+    pub model: String,
+    pub data: Vec<ScoreData>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScoreData {
+    pub object: &'static str,
+    pub index: usize,
+    pub score: f32,
+}
+
 /// OpenAI's error body.
 #[derive(Debug, Serialize)]
 pub struct ErrorBody {

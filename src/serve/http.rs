@@ -1,4 +1,4 @@
-//! The HTTP front end (axum): `POST /v1/embeddings`, `POST /v1/rerank`, `POST /v1/sql`,
+//! The HTTP front end (axum): `POST /v1/embeddings`, `POST /v1/rerank`, `POST /v1/score`, `POST /v1/sql`,
 //! `GET /health`, `GET /metrics`. Binds 127.0.0.1 by default; any other address needs a bearer token (or
 //! an explicit `--insecure-no-auth`). Tokens are compared in constant time and never logged.
 
@@ -104,6 +104,7 @@ pub fn router(engine: &crate::Engine, options: HttpOptions) -> Router {
     let inference_routes = Router::new()
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/rerank", post(rerank))
+        .route("/v1/score", post(score))
         .route("/v1/sql", post(sql))
         .route("/v1/chat/completions", post(chat))
         .route_layer(middleware::from_fn_with_state(state.clone(), admit));
@@ -411,7 +412,7 @@ async fn rerank(
     too_many(req.documents.len(), state.options.max_items, "documents")?;
     let model = match req.model.clone() {
         Some(m) => m,
-        None => state.inference.rerank_model_dir().await?.id.clone(),
+        None => state.inference.rerank_model_name().await?,
     };
     let instruction = req.instruction.clone().filter(|i| !i.is_empty());
     let inputs: Vec<RerankInput> = req
@@ -452,6 +453,57 @@ async fn rerank(
         })
         .collect();
     Ok(Json(RerankResponse { model, results }))
+}
+
+async fn score(
+    State(state): State<Arc<AppState>>,
+    body: std::result::Result<Json<ScoreRequest>, axum::extract::rejection::JsonRejection>,
+) -> std::result::Result<Json<ScoreResponse>, ApiError> {
+    let Json(req) = body.map_err(rejection)?;
+    if req.truncate_prompt_tokens.is_some() {
+        return Err(ApiError::bad(
+            "truncate_prompt_tokens",
+            "truncate_prompt_tokens is not supported; see --max-item-tokens",
+        ));
+    }
+    let (a, b) = (req.text_1.as_slice(), req.text_2.as_slice());
+    let pairs: Vec<(String, String)> = match (a.len(), b.len()) {
+        (0, _) | (_, 0) => return Err(ApiError::bad("text_1", "text_1 and text_2 must not be empty")),
+        (1, _) => b.iter().map(|t| (a[0].clone(), t.clone())).collect(),
+        (_, 1) => a.iter().map(|t| (t.clone(), b[0].clone())).collect(),
+        (n, m) if n == m => a.iter().cloned().zip(b.iter().cloned()).collect(),
+        (n, m) => {
+            return Err(ApiError::bad(
+                "text_2",
+                format!("text_1 has {n} texts and text_2 {m}: lists must be equally long (or one a single text)"),
+            ))
+        }
+    };
+    too_many(pairs.len(), state.options.max_items, "text_2")?;
+    let model = match req.model.clone() {
+        Some(m) => m,
+        None => state.inference.rerank_model_name().await?,
+    };
+    let items = pairs.len();
+    let scores = state
+        .inference
+        .score_raw_pairs(pairs, call_options(&state.options).truncation)
+        .await?;
+    record_batch("/v1/score", items, 0);
+    let data = scores
+        .into_iter()
+        .enumerate()
+        .map(|(index, score)| ScoreData {
+            object: "score",
+            index,
+            score,
+        })
+        .collect();
+    Ok(Json(ScoreResponse {
+        object: "list",
+        model,
+        data,
+    }))
 }
 
 /// Inference options for a request: with a per-item token limit, long items are refused

@@ -1,0 +1,174 @@
+//! `embed()` on OpenAI-compatible `/v1/embeddings` endpoints (semflow serve, vLLM, TEI, …).
+//! semflow still formats and tokenizes inputs itself (instruction prefix, one trailing
+//! `<|endoftext|>`) and sends **token ids**, so a remote server computes exactly what the
+//! local backend would; vectors are re-normalised here and Matryoshka truncation stays
+//! client-side. Requests are batched by token budget and sent concurrently through the pool.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use serde_json::{json, Value};
+
+use super::pool::{Failure, Pool, PoolOptions};
+use super::RemoteConfig;
+use crate::error::Result;
+use crate::model::dir::ModelDir;
+
+/// Tokens per request at most (inputs are never split; a longer one goes alone).
+const TOKEN_BUDGET: usize = 16_384;
+/// Inputs per request at most.
+const MAX_INPUTS: usize = 256;
+
+/// Embeddings from a pool of endpoints.
+pub struct RemoteEmbedder {
+    pub dir: ModelDir,
+    pool: Pool,
+    model: Option<String>,
+}
+
+impl RemoteEmbedder {
+    pub fn new(dir: ModelDir, cfg: RemoteConfig) -> Result<Self> {
+        let urls = cfg
+            .embed_endpoints
+            .iter()
+            .map(|u| {
+                let base = u.trim().trim_end_matches('/');
+                if base.ends_with("/embeddings") {
+                    base.to_string()
+                } else {
+                    format!("{base}/embeddings")
+                }
+            })
+            .collect();
+        let pool = Pool::new(
+            urls,
+            PoolOptions {
+                label: "embedding",
+                api_key: cfg.api_key.clone(),
+                timeout: Duration::from_secs_f64(cfg.timeout_s.max(0.1)),
+                max_attempts: cfg.max_attempts,
+                concurrency: cfg.concurrency,
+                health_interval: health_interval(&cfg),
+            },
+        )?;
+        Ok(Self {
+            dir,
+            pool,
+            model: cfg.model,
+        })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Unit vectors for token-id sequences (each already ending in `<|endoftext|>`).
+    pub async fn embed_ids(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let batches = token_batches(seqs.iter().map(Vec::len), TOKEN_BUDGET, MAX_INPUTS);
+        let results = join_all(batches.iter().map(|r| self.embed_batch(&seqs[r.clone()]))).await;
+        let mut out = Vec::with_capacity(seqs.len());
+        for r in results {
+            out.extend(r?);
+        }
+        Ok(out)
+    }
+
+    async fn embed_batch(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let mut body = json!({"input": seqs, "encoding_format": "float"});
+        if let Some(m) = &self.model {
+            body["model"] = Value::String(m.clone());
+        }
+        let n = seqs.len();
+        self.pool.post(&body, |v| parse_embeddings(&v, n)).await
+    }
+}
+
+/// The probe interval from the settings (0 or less: no probes).
+pub(super) fn health_interval(cfg: &RemoteConfig) -> Option<Duration> {
+    (cfg.health_interval_s > 0.0).then(|| Duration::from_secs_f64(cfg.health_interval_s))
+}
+
+/// Consecutive ranges of items whose sizes add up to at most `budget` (an item larger than
+/// the budget goes alone) and that hold at most `max_items` items.
+pub(super) fn token_batches(
+    sizes: impl IntoIterator<Item = usize>,
+    budget: usize,
+    max_items: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mut batches = Vec::new();
+    let (mut start, mut used, mut n) = (0, 0, 0);
+    for (i, size) in sizes.into_iter().enumerate() {
+        if i > start && (used + size > budget || i - start >= max_items) {
+            batches.push(start..i);
+            start = i;
+            used = 0;
+        }
+        used += size;
+        n = i + 1;
+    }
+    if start < n {
+        batches.push(start..n);
+    }
+    batches
+}
+
+/// `data[*].embedding` in input order (by `index`), each L2-normalised.
+fn parse_embeddings(v: &Value, n: usize) -> std::result::Result<Vec<Vec<f32>>, Failure> {
+    let retry = |m: String| Failure::Retry(m, None);
+    let data = v
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(|| retry("response has no data array".into()))?;
+    let mut out: Vec<Option<Vec<f32>>> = vec![None; n];
+    for (pos, item) in data.iter().enumerate() {
+        let index = item
+            .get("index")
+            .and_then(Value::as_u64)
+            .map_or(pos, |i| i as usize);
+        let mut vector: Vec<f32> = item
+            .get("embedding")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_f64)
+                    .map(|x| x as f32)
+                    .collect()
+            })
+            .ok_or_else(|| retry(format!("data[{pos}] has no float embedding")))?;
+        crate::inference::normalize(&mut vector);
+        if let Some(slot) = out.get_mut(index) {
+            *slot = Some(vector);
+        }
+    }
+    out.into_iter()
+        .enumerate()
+        .map(|(i, v)| v.ok_or_else(|| retry(format!("no embedding for input {i}"))))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_budget_and_count() {
+        assert_eq!(token_batches([3, 3, 3], 6, 10), vec![0..2, 2..3]);
+        assert_eq!(token_batches([10, 1], 5, 10), vec![0..1, 1..2]);
+        assert_eq!(token_batches([1, 1, 1], 100, 2), vec![0..2, 2..3]);
+        assert!(token_batches([], 5, 5).is_empty());
+    }
+
+    #[test]
+    fn embeddings_parse_by_index_and_normalise() {
+        let v = json!({"data": [
+            {"index": 1, "embedding": [0.0, 2.0]},
+            {"index": 0, "embedding": [3.0, 4.0]}
+        ]});
+        let out = parse_embeddings(&v, 2).unwrap();
+        assert_eq!(out, vec![vec![0.6, 0.8], vec![0.0, 1.0]]);
+        assert!(matches!(
+            parse_embeddings(&json!({"data": []}), 1),
+            Err(Failure::Retry(..))
+        ));
+    }
+}
