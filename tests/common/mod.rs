@@ -3,6 +3,7 @@
 
 pub mod fake_llm;
 pub mod kafka;
+pub mod pipeline;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -18,16 +19,25 @@ pub const RERANK_SEED: u64 = 43;
 
 /// A random tiny model directory, written once under Cargo's test temp dir.
 pub fn tiny_model(kind: ModelKind, seed: u64) -> PathBuf {
+    random_model(kind, Preset::Tiny, seed)
+}
+
+/// A random model directory of any preset, written once under Cargo's test temp dir.
+pub fn random_model(kind: ModelKind, preset: Preset, seed: u64) -> PathBuf {
     static LOCK: OnceLock<std::sync::Mutex<()>> = OnceLock::new();
     let _guard = LOCK.get_or_init(Default::default).lock().unwrap();
+    let name = match preset {
+        Preset::Tiny => format!("{kind:?}-tiny-f32-{seed}"),
+        other => format!("{kind:?}-{other:?}-f32-{seed}"),
+    };
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join("models")
-        .join(format!("{kind:?}-tiny-f32-{seed}"));
+        .join(name);
     if !dir.join("model.safetensors").is_file() {
         let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
         let spec = RandomModelSpec {
             kind,
-            preset: Preset::Tiny,
+            preset,
             seed,
             dtype: WeightDtype::F32,
         };

@@ -131,8 +131,10 @@ impl Pool {
         let inner = Arc::new(Inner {
             options,
             http,
+            // Start each process at a random endpoint, so workers that start together do
+            // not all send their first requests to the first URL.
+            turn: AtomicUsize::new(random_start(endpoints.len())),
             endpoints,
-            turn: AtomicUsize::new(0),
         });
         if let (Some(every), Ok(rt)) = (interval, tokio::runtime::Handle::try_current()) {
             rt.spawn(probe_forever(Arc::downgrade(&inner), every));
@@ -242,6 +244,14 @@ impl Pool {
         serde_json::from_str(&text)
             .map_err(|e| Failure::Retry(format!("invalid JSON response: {e}"), None))
     }
+}
+
+/// A random index below `n` (std's per-process random hasher keys; no extra dependency).
+fn random_start(n: usize) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_usize(n);
+    (h.finish() % n.max(1) as u64) as usize
 }
 
 /// Probes every endpoint each `every` until the pool is gone.

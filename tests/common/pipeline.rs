@@ -1,0 +1,275 @@
+//! Helpers for tests that run `semflow run` workers over a real broker: a random workload of
+//! upserts and deletes with its final state, pipeline files, worker processes and their logs,
+//! and the check that an index equals the topic's final state exactly.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray};
+use rand::{Rng, SeedableRng};
+use semflow::index::LanceTable;
+
+use super::kafka::{bootstrap, create_topic, produce, producer, unique};
+
+/// (key, value) records; a `None` value is a tombstone.
+pub type Records = Vec<(Option<String>, Option<String>)>;
+
+/// The operations and the state they leave: id → body (absent when deleted).
+pub fn workload(seed: u64, operations: usize) -> (Records, BTreeMap<String, String>) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut ops = Vec::with_capacity(operations);
+    let mut state: BTreeMap<String, String> = BTreeMap::new();
+    let mut live: Vec<String> = Vec::new();
+    let mut next_id = 0;
+    for n in 0..operations {
+        let roll: f64 = rng.random();
+        if live.len() < 50 || roll < 0.6 {
+            let id = format!("doc-{next_id}");
+            next_id += 1;
+            let body = format!(
+                "document {id} version {n} about topic {}",
+                rng.random_range(0..1000)
+            );
+            ops.push(upsert(&id, &body));
+            state.insert(id.clone(), body);
+            live.push(id);
+        } else if roll < 0.85 {
+            let id = live[rng.random_range(0..live.len())].clone();
+            let body = format!("document {id} updated at {n}");
+            ops.push(upsert(&id, &body));
+            state.insert(id, body);
+        } else {
+            let id = live.swap_remove(rng.random_range(0..live.len()));
+            ops.push((Some(id.clone()), None));
+            state.remove(&id);
+        }
+    }
+    (ops, state)
+}
+
+pub fn upsert(id: &str, body: &str) -> (Option<String>, Option<String>) {
+    (
+        Some(id.to_string()),
+        Some(serde_json::json!({"id": id, "body": body}).to_string()),
+    )
+}
+
+pub fn start(pipeline: &Path, log: &Path) -> Child {
+    start_with(pipeline, log, &[])
+}
+
+/// `semflow run PIPELINE` with extra environment variables, logging to `log`.
+pub fn start_with(pipeline: &Path, log: &Path, envs: &[(&str, &str)]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_semflow"))
+        .arg("run")
+        .arg(pipeline)
+        .args(["--metrics-addr", "off"])
+        .env(
+            "SEMFLOW_EMBED_MODEL",
+            super::tiny_model(
+                semflow::model::random::ModelKind::Embedding,
+                super::EMBED_SEED,
+            ),
+        )
+        .env("SEMFLOW_LOG", "semflow=info")
+        .envs(envs.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// A topic (plus its dead-letter topic), an index location and a pipeline file over them.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub topic: String,
+    pub location: String,
+    pub pipeline: PathBuf,
+}
+
+pub async fn setup(prefix: &str, partitions: i32) -> Setup {
+    let topic = unique(prefix);
+    create_topic(&topic, partitions).await;
+    create_topic(&format!("{topic}.dlq"), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("idx").to_string_lossy().into_owned();
+    let pipeline = dir.path().join("index.sql");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "CREATE EXTERNAL TABLE docs (id TEXT NOT NULL, body TEXT) STORED AS KAFKA LOCATION '{topic}'
+               OPTIONS ('bootstrap.servers' '{}', 'group.id' '{}', 'start' 'earliest', 'batch_rows' '500',
+                        'batch_ms' '100', 'session.timeout.ms' '6000', 'heartbeat.interval.ms' '500');
+             CREATE EXTERNAL TABLE idx (id TEXT NOT NULL, body TEXT, embedding FLOAT[], model TEXT, PRIMARY KEY (id))
+               STORED AS LANCE LOCATION '{location}';
+             INSERT INTO idx SELECT id, body, embed(body) AS embedding, embed_model() AS model FROM docs;",
+            bootstrap(),
+            unique(&format!("{prefix}-group"))
+        ),
+    )
+    .unwrap();
+    Setup {
+        dir,
+        topic,
+        location,
+        pipeline,
+    }
+}
+
+/// Produces `ops` in chunks with pauses, so failures land while data is still arriving.
+pub fn produce_in_background(
+    topic: &str,
+    ops: Records,
+) -> tokio::task::JoinHandle<Vec<(i32, i64)>> {
+    let topic = topic.to_string();
+    tokio::spawn(async move {
+        let p = producer();
+        let mut delivered = Vec::new();
+        for chunk in ops.chunks(1000) {
+            delivered.extend(produce(&p, &topic, chunk).await);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        delivered
+    })
+}
+
+pub fn log_text(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+pub fn log_len(log: &Path) -> usize {
+    std::fs::metadata(log)
+        .map(|m| m.len() as usize)
+        .unwrap_or(0)
+}
+
+pub fn assignments(log: &Path) -> usize {
+    log_text(log).matches("partitions assigned").count()
+}
+
+/// Records in the batches a run committed (its last status line), from the run's first
+/// byte in `log`.
+pub fn read_by_run(log: &Path, from: usize) -> u64 {
+    log_text(log)
+        .get(from..)
+        .unwrap_or_default()
+        .lines()
+        .rev()
+        .filter_map(|l| {
+            l.split(" records (")
+                .next()?
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .next()
+        .unwrap_or(0)
+}
+
+/// Waits until the index stores `ends` as the next offsets of every partition, while the
+/// `running` processes stay alive.
+pub async fn wait_caught_up(setup: &Setup, ends: &[i64], running: &mut [(&mut Child, &Path)]) {
+    let wanted: Vec<(String, i32)> = (0..ends.len() as i32)
+        .map(|p| (setup.topic.clone(), p))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(table) = LanceTable::open(&setup.location, None, None).await {
+            let offsets = table.offsets(&wanted).await.unwrap();
+            if (0..ends.len()).all(|p| offsets.get(&setup.topic, p as i32) == Some(ends[p])) {
+                return;
+            }
+        }
+        for (child, log) in running.iter_mut() {
+            assert!(
+                Instant::now() < deadline,
+                "the pipeline did not catch up; log:\n{}",
+                log_text(log)
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the pipeline exited; log:\n{}",
+                log_text(log)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub fn terminate(child: &mut Child, log: &Path) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM must finish cleanly, got {status}; log:\n{}",
+        log_text(log)
+    );
+}
+
+/// The index equals `expected`: every key present once, at its latest version, every
+/// deleted key gone, every row with its vector and model fingerprint.
+pub async fn assert_index_equals(location: &str, expected: &BTreeMap<String, String>) {
+    assert_index_equals_dims(location, expected, 64).await
+}
+
+/// [`assert_index_equals`] for a model with `dims`-component vectors.
+pub async fn assert_index_equals_dims(
+    location: &str,
+    expected: &BTreeMap<String, String>,
+    dims: usize,
+) {
+    let engine = super::tiny_engine();
+    let results = engine
+        .run_sql(&format!(
+            "CREATE EXTERNAL TABLE idx STORED AS LANCE LOCATION '{location}';
+             SELECT id, body, model, embedding FROM idx"
+        ))
+        .await
+        .unwrap();
+    let mut actual: BTreeMap<String, String> = BTreeMap::new();
+    let mut rows = 0;
+    for batch in &results[1].batches {
+        let ids = batch.column(0).as_string::<i32>();
+        let bodies = batch.column(1).as_string::<i32>();
+        let models = batch.column(2).as_string::<i32>();
+        let vectors = batch.column(3).as_fixed_size_list();
+        for i in 0..batch.num_rows() {
+            rows += 1;
+            assert!(models.value(i).contains('@'));
+            assert_eq!(vectors.value(i).len(), dims);
+            actual.insert(ids.value(i).to_string(), bodies.value(i).to_string());
+        }
+    }
+    assert_eq!(rows, actual.len(), "duplicate ids in the index");
+    let missing: Vec<_> = expected
+        .keys()
+        .filter(|k| !actual.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = actual
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .take(5)
+        .collect();
+    let stale: Vec<_> = expected
+        .iter()
+        .filter(|(k, v)| actual.get(*k).is_some_and(|a| a != *v))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && stale.is_empty(),
+        "missing {missing:?}, not deleted {extra:?}, stale {stale:?}"
+    );
+    assert_eq!(&actual, expected);
+}
