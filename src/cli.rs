@@ -166,7 +166,8 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Workloads: w1 (queries, batch 1/8/32), w2 (fixed 128/256/512/2048 tokens),
-    /// w3 (log-normal document lengths), w5 (rerank 1 query x 100 documents).
+    /// w3 (log-normal document lengths), w5 (rerank 1 query x 100 documents), k1 (Kafka →
+    /// embed → Lance ingest; needs --kafka; not in the default set).
     #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w5")]
     pub workloads: Vec<String>,
     /// Timed rounds per workload (the report gives medians).
@@ -188,6 +189,15 @@ pub struct BenchArgs {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Kafka bootstrap servers for K1 (Kafka → embed → Lance ingest).
+    #[arg(long, env = "SEMFLOW_KAFKA")]
+    pub kafka: Option<String>,
+    /// K1 documents.
+    #[arg(long, default_value_t = 5000)]
+    pub k1_docs: usize,
+    /// K1 production rate in documents/s; 0 produces a backlog (the pipeline's peak rate).
+    #[arg(long, default_value_t = 0.0)]
+    pub k1_rate: f64,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -615,8 +625,14 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         docs: args.docs.max(1),
         queries: args.queries.max(1),
         peer: args.peer,
+        ingest: args.kafka.map(|kafka| crate::bench::ingest::IngestOptions {
+            kafka,
+            docs: args.k1_docs,
+            rate: args.k1_rate.max(0.0),
+            seed: args.seed,
+        }),
     };
-    let report = crate::bench::run(engine.inference().clone(), &opts).await?;
+    let report = crate::bench::run(&engine, &opts).await?;
     if args.json {
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| Error::InvalidArgument(format!("report: {e}")))?;

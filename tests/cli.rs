@@ -356,4 +356,7 @@ fn bench_reports_json_and_alternates_with_a_peer() {
 
     let e = stderr(&semflow(&["bench", "--workloads", "w9"]));
     assert!(e.contains("unknown workload 'w9'"), "{e}");
+    // K1 names the flag it needs (tests/pipeline.rs runs it against a broker).
+    let e = stderr(&semflow(&["bench", "--workloads", "k1"]));
+    assert!(e.contains("--kafka"), "{e}");
 }

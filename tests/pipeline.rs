@@ -262,3 +262,38 @@ async fn pipeline_applies_updates_deletes_and_dead_letters_bad_records() {
     assert_eq!(rows.len(), 5);
     assert_eq!(rows["d5"].0, "fifth");
 }
+
+#[test]
+fn bench_k1_ingests_every_document_and_reports_rate_and_lag() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_semflow"))
+        .args(["bench", "--workloads", "k1", "--json", "--k1-docs", "1200"])
+        .args(["--kafka", &bootstrap(), "--k1-rate", "1000"])
+        .env(
+            "SEMFLOW_EMBED_MODEL",
+            common::tiny_model(
+                semflow::model::random::ModelKind::Embedding,
+                common::EMBED_SEED,
+            ),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let k1 = &report["ingest"];
+    assert_eq!(k1["docs"], 1200, "{k1}");
+    assert!(k1["tokens"].as_u64().unwrap() > 1200 * 50, "{k1}");
+    // Paced at 1000 docs/s, 1200 documents take at least the 0.7 s after the first chunk.
+    assert!(k1["seconds"].as_f64().unwrap() >= 0.7, "{k1}");
+    assert!(k1["docs_per_s"].as_f64().unwrap() > 0.0, "{k1}");
+    assert!(k1["batches"].as_u64().unwrap() >= 2, "{k1}");
+    let (p50, max) = (
+        k1["lag_p50_ms"].as_f64().unwrap(),
+        k1["lag_max_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= max, "{k1}");
+    assert!(report["results"].as_array().unwrap().is_empty());
+}

@@ -2,6 +2,7 @@
 //! realistic documents, W5 rerank), optionally alternated round by round with a peer process
 //! (Hugging Face transformers) on the same model directories and the same token ids.
 
+pub mod ingest;
 pub mod machine;
 pub mod peer;
 pub mod workload;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use self::machine::Machine;
 use self::peer::Peer;
 use self::workload::{Kind, Metric, Workload};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::inference::Inference;
 
@@ -87,6 +89,8 @@ pub struct Report {
     pub rerank_model: String,
     pub rounds: usize,
     pub results: Vec<WorkloadResult>,
+    /// K1 (Kafka → embed → Lance), when asked for.
+    pub ingest: Option<ingest::IngestResult>,
 }
 
 /// What to run.
@@ -101,6 +105,8 @@ pub struct BenchOptions {
     pub queries: usize,
     /// Peer command; semflow appends `--model DIR --reranker DIR --device D --dtype T`.
     pub peer: Option<String>,
+    /// K1 settings (Kafka address, documents, rate).
+    pub ingest: Option<ingest::IngestOptions>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -165,6 +171,8 @@ async fn workloads(inference: &Inference, opts: &BenchOptions) -> Result<Vec<Wor
                 }
             }
             "w3" => out.push(workload::w3(opts.seed, opts.docs)),
+            // K1 is not a token-id workload; `run` handles it.
+            "k1" => {}
             "w5" => {
                 let (pre, post) = inference.rerank_affixes().await?;
                 out.push(workload::w5(opts.seed, 100, |body| {
@@ -176,7 +184,7 @@ async fn workloads(inference: &Inference, opts: &BenchOptions) -> Result<Vec<Wor
             }
             other => {
                 return Err(Error::InvalidArgument(format!(
-                    "--workloads: unknown workload '{other}' (use w1, w2, w3, w5)"
+                    "--workloads: unknown workload '{other}' (use w1, w2, w3, w5, k1)"
                 )))
             }
         }
@@ -186,8 +194,19 @@ async fn workloads(inference: &Inference, opts: &BenchOptions) -> Result<Vec<Wor
 
 /// Runs the benchmark: for each workload, a warm-up, then `rounds` rounds alternating
 /// semflow and the peer (A B A B …).
-pub async fn run(inference: Arc<Inference>, opts: &BenchOptions) -> Result<Report> {
+pub async fn run(engine: &Engine, opts: &BenchOptions) -> Result<Report> {
+    let inference: Arc<Inference> = engine.inference().clone();
     let cfg = inference.config().clone();
+    let wants_k1 = opts.workloads.iter().any(|w| w.eq_ignore_ascii_case("k1"));
+    let ingest_opts = match (wants_k1, &opts.ingest) {
+        (true, Some(o)) => Some(o.clone()),
+        (true, None) => {
+            return Err(Error::InvalidArgument(
+                "--workloads k1 needs a Kafka broker: --kafka HOST:PORT (or SEMFLOW_KAFKA)".into(),
+            ))
+        }
+        (false, _) => None,
+    };
     let needs_rerank = opts.workloads.iter().any(|w| w.eq_ignore_ascii_case("w5"));
     let needs_embed = opts.workloads.iter().any(|w| !w.eq_ignore_ascii_case("w5"));
     let embed_dir = if needs_embed {
@@ -288,7 +307,15 @@ pub async fn run(inference: Arc<Inference>, opts: &BenchOptions) -> Result<Repor
             peer_rounds: theirs,
         });
     }
+    let ingest = match ingest_opts {
+        Some(o) => {
+            eprintln!("K1: {} documents through Kafka at {} ...", o.docs, o.kafka);
+            Some(ingest::run(engine, &o).await?)
+        }
+        None => None,
+    };
     Ok(Report {
+        ingest,
         machine: Machine::detect(),
         backend: format!("{:?}", cfg.backend).to_lowercase(),
         device,
@@ -341,6 +368,27 @@ pub fn render(report: &Report) -> String {
                 .as_ref()
                 .map(|p| format!("{:.1}%", p.padding_fraction * 100.0))
                 .unwrap_or_else(|| "-".into()),
+        ));
+    }
+    if let Some(k) = &report.ingest {
+        let rate = if k.rate_asked > 0.0 {
+            format!("produced at {:.0} docs/s", k.rate_asked)
+        } else {
+            "produced as a backlog".to_string()
+        };
+        s.push_str(&format!(
+            "\nK1 Kafka → embed → Lance: {} docs ({} tokens, {rate}), {} micro-batches: {:.0} docs/s, {:.0} tokens/s over {:.1} s; first commit after {:.1} s, {:.0} docs/s after it; lag p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n",
+            k.docs,
+            k.tokens,
+            k.batches,
+            k.docs_per_s,
+            k.tokens_per_s,
+            k.seconds,
+            k.first_commit_s,
+            k.steady_docs_per_s,
+            k.lag_p50_ms,
+            k.lag_p99_ms,
+            k.lag_max_ms,
         ));
     }
     let find = |prefix: &str| report.results.iter().find(|r| r.name.starts_with(prefix));
