@@ -19,12 +19,17 @@ exec > >(tee -a "$log") 2>&1
 started=$(date +%s)
 step() { echo "== $(( $(date +%s) - started )) s: $*"; }
 
+py=${PYTHON:-python3}
 if [[ ! -x "$bin" && -f "$bin.xz" ]]; then
-    xz -dc "$bin.xz" > "$bin" && chmod +x "$bin"
+    if command -v xz >/dev/null; then
+        xz -dc "$bin.xz" > "$bin"
+    else
+        "$py" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$bin.xz" "$bin"
+    fi
+    chmod +x "$bin"
 fi
 
 # CUDA 13 runtime libraries: the system's, else those of PyTorch's wheels.
-py=${PYTHON:-python3}
 site=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libcudart.so.13; do
     if ! ldconfig -p | grep -q "$lib"; then
