@@ -247,6 +247,11 @@ pub struct EngineArgs {
     /// Model name sent to the embedding endpoints.
     #[arg(long, env = "SEMFLOW_ENDPOINT_MODEL")]
     pub endpoint_model: Option<String>,
+    /// What embedding requests carry: tokens (default: token ids formatted and tokenized
+    /// here, exactly the local backend's input) or text (the formatted text, for servers
+    /// that accept only strings; they tokenize and append their end token themselves).
+    #[arg(long, env = "SEMFLOW_EMBED_ENDPOINT_INPUT")]
+    pub embed_endpoint_input: Option<String>,
     /// Compute rerank() on remote endpoints (repeatable or comma-separated): a base URL up
     /// to /v1 or a URL ending in /rerank (Cohere/Jina shape: semflow serve, TEI, vLLM), or
     /// URLs ending in /score (vLLM). Key: SEMFLOW_RERANK_API_KEY, else SEMFLOW_ENDPOINT_API_KEY.
@@ -295,6 +300,7 @@ impl EngineArgs {
             max_tokens: self.max_tokens,
             embed_endpoints: Some(self.embed_endpoints.clone()).filter(|e| !e.is_empty()),
             endpoint_model: self.endpoint_model.clone(),
+            embed_endpoint_input: self.embed_endpoint_input.clone(),
             rerank_endpoints: Some(self.rerank_endpoints.clone()).filter(|e| !e.is_empty()),
             rerank_endpoint_model: self.rerank_endpoint_model.clone(),
             rerank_format: self.rerank_format.clone(),

@@ -26,6 +26,8 @@ pub struct Settings {
     pub embed_endpoints: Option<Vec<String>>,
     /// Model name sent to the embedding endpoints.
     pub endpoint_model: Option<String>,
+    /// What embedding requests carry: tokens (default) or text.
+    pub embed_endpoint_input: Option<String>,
     /// Cohere/Jina `/rerank` or vLLM `/score` URLs that compute rerank().
     pub rerank_endpoints: Option<Vec<String>>,
     /// Model name sent to the rerank endpoints.
@@ -99,6 +101,13 @@ pub fn inference_config(file: &Settings, over: &Settings) -> Result<InferenceCon
     };
     if let Some(e) = urls(&over.embed_endpoints, &file.embed_endpoints) {
         cfg.remote.embed_endpoints = e;
+    }
+    if let Some(i) = over
+        .embed_endpoint_input
+        .as_ref()
+        .or(file.embed_endpoint_input.as_ref())
+    {
+        cfg.remote.embed_input = i.parse()?;
     }
     if let Some(e) = urls(&over.rerank_endpoints, &file.rerank_endpoints) {
         cfg.remote.rerank_endpoints = e;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Float32Type;
-use semflow::inference::remote::{RemoteConfig, RerankFormat};
+use semflow::inference::remote::{EmbedInputKind, RemoteConfig, RerankFormat};
 use semflow::serve::http::{serve, HttpOptions};
 use semflow::{Engine, InferenceConfig};
 
@@ -112,6 +112,7 @@ const SQL: &str = "SELECT embed(t) AS a, embed(t, 'Given a web search query, ret
 async fn remote_vectors_match_local_and_spread_over_endpoints() {
     let (a, engine_a) = server().await;
     let (b, engine_b) = server().await;
+    let a_url = a.clone();
     let remote = remote_engine(vec![a, b]);
     let local = common::tiny_engine();
     let (r, l) = (vectors(&remote, SQL).await, vectors(&local, SQL).await);
@@ -124,6 +125,24 @@ async fn remote_vectors_match_local_and_spread_over_endpoints() {
         }
     }
     assert!(worst < 1e-5, "max abs difference {worst}");
+
+    // Text mode (servers that take only strings): semflow sends the formatted text and the
+    // server tokenizes it; semflow serve appends the same single <|endoftext|>.
+    let text = remote_engine_with(RemoteConfig {
+        embed_endpoints: vec![a_url.clone()],
+        embed_input: EmbedInputKind::Text,
+        ..Default::default()
+    });
+    let t = vectors(&text, SQL).await;
+    let worst_text = t
+        .iter()
+        .zip(&l)
+        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0f32, f32::max);
+    assert!(
+        worst_text < 1e-5,
+        "text mode: max abs difference {worst_text}"
+    );
 
     // The cache sits in front of the remote backend: repeating the query sends nothing.
     let sent = |e: &Engine| {

@@ -85,6 +85,14 @@ impl Embedder {
         }
     }
 
+    /// The remote embedder when it takes formatted text instead of token ids.
+    fn text_endpoint(&self) -> Option<&remote::RemoteEmbedder> {
+        match self {
+            Embedder::Remote(r) if r.takes_text() => Some(r),
+            _ => None,
+        }
+    }
+
     async fn embed_ids(&self, seqs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
         match self {
             Embedder::Packed(worker) => worker.run(seqs).await,
@@ -394,12 +402,23 @@ impl Inference {
                     prompts::embedding_text(&i.text, i.instruction.as_deref())
                 })
                 .collect();
-            let encoded = model.tokenizer.encode_batch(texts)?;
-            let mut seqs = Vec::with_capacity(encoded.len());
-            for (&k, ids) in todo.iter().zip(encoded) {
-                seqs.push(model.finish_ids(ids, opts.truncation, rows[unique[k]])?);
-            }
-            let vectors = self.infer_embeddings(&model, seqs).await?;
+            let vectors = match model.backend.text_endpoint() {
+                // The server tokenizes (and truncates) text-mode inputs itself.
+                Some(remote) => {
+                    self.stats
+                        .embed_inferred
+                        .fetch_add(texts.len() as u64, Ordering::Relaxed);
+                    remote.embed_texts(&texts).await?
+                }
+                None => {
+                    let encoded = model.tokenizer.encode_batch(texts)?;
+                    let mut seqs = Vec::with_capacity(encoded.len());
+                    for (&k, ids) in todo.iter().zip(encoded) {
+                        seqs.push(model.finish_ids(ids, opts.truncation, rows[unique[k]])?);
+                    }
+                    self.infer_embeddings(&model, seqs).await?
+                }
+            };
             for (&k, v) in todo.iter().zip(vectors) {
                 let v: Arc<[f32]> = v.into();
                 if opts.use_cache {

@@ -1,8 +1,11 @@
 //! `embed()` on OpenAI-compatible `/v1/embeddings` endpoints (semflow serve, vLLM, TEI, …).
-//! semflow still formats and tokenizes inputs itself (instruction prefix, one trailing
+//! By default semflow formats and tokenizes inputs itself (instruction prefix, one trailing
 //! `<|endoftext|>`) and sends **token ids**, so a remote server computes exactly what the
-//! local backend would; vectors are re-normalised here and Matryoshka truncation stays
-//! client-side. Requests are batched by token budget and sent concurrently through the pool.
+//! local backend would. Servers that take only strings get the formatted text instead
+//! ([`EmbedInputKind::Text`]: the instruction prefix is still applied here; the server
+//! tokenizes, appends its end token and truncates). Vectors are re-normalised here and
+//! Matryoshka truncation stays client-side. Requests are batched by size and sent
+//! concurrently through the pool.
 
 use std::time::Duration;
 
@@ -11,19 +14,45 @@ use serde_json::{json, Value};
 
 use super::pool::{Failure, Pool, PoolOptions};
 use super::RemoteConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::dir::ModelDir;
 
 /// Tokens per request at most (inputs are never split; a longer one goes alone).
 const TOKEN_BUDGET: usize = 16_384;
 /// Inputs per request at most.
 const MAX_INPUTS: usize = 256;
+/// Text bytes per request at most in text mode (about 16k tokens).
+const BYTE_BUDGET: usize = 64 * 1024;
+
+/// What embedding requests carry (`--embed-endpoint-input`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EmbedInputKind {
+    /// Token ids, tokenized and finished here: results equal the local backend's.
+    #[default]
+    Tokens,
+    /// Formatted text, for servers that accept only strings.
+    Text,
+}
+
+impl std::str::FromStr for EmbedInputKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "tokens" | "ids" => Ok(Self::Tokens),
+            "text" => Ok(Self::Text),
+            other => Err(Error::InvalidArgument(format!(
+                "--embed-endpoint-input must be tokens or text, got '{other}'"
+            ))),
+        }
+    }
+}
 
 /// Embeddings from a pool of endpoints.
 pub struct RemoteEmbedder {
     pub dir: ModelDir,
     pool: Pool,
     model: Option<String>,
+    input: EmbedInputKind,
 }
 
 impl RemoteEmbedder {
@@ -55,6 +84,7 @@ impl RemoteEmbedder {
             dir,
             pool,
             model: cfg.model,
+            input: cfg.embed_input,
         })
     }
 
@@ -62,23 +92,49 @@ impl RemoteEmbedder {
         &self.pool
     }
 
+    /// Whether requests carry text rather than token ids.
+    pub fn takes_text(&self) -> bool {
+        self.input == EmbedInputKind::Text
+    }
+
     /// Unit vectors for token-id sequences (each already ending in `<|endoftext|>`).
     pub async fn embed_ids(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
-        let batches = token_batches(seqs.iter().map(Vec::len), TOKEN_BUDGET, MAX_INPUTS);
-        let results = join_all(batches.iter().map(|r| self.embed_batch(&seqs[r.clone()]))).await;
-        let mut out = Vec::with_capacity(seqs.len());
+        if self.takes_text() {
+            return Err(Error::InvalidArgument(
+                "token-id inputs cannot go to endpoints configured with --embed-endpoint-input text".into(),
+            ));
+        }
+        self.embed_all(seqs, seqs.iter().map(Vec::len), TOKEN_BUDGET)
+            .await
+    }
+
+    /// Unit vectors for formatted texts (text mode).
+    pub async fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        self.embed_all(texts, texts.iter().map(String::len), BYTE_BUDGET)
+            .await
+    }
+
+    async fn embed_all<T: serde::Serialize + Sync>(
+        &self,
+        inputs: &[T],
+        sizes: impl IntoIterator<Item = usize>,
+        budget: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let batches = token_batches(sizes, budget, MAX_INPUTS);
+        let results = join_all(batches.iter().map(|r| self.embed_batch(&inputs[r.clone()]))).await;
+        let mut out = Vec::with_capacity(inputs.len());
         for r in results {
             out.extend(r?);
         }
         Ok(out)
     }
 
-    async fn embed_batch(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
-        let mut body = json!({"input": seqs, "encoding_format": "float"});
+    async fn embed_batch<T: serde::Serialize>(&self, inputs: &[T]) -> Result<Vec<Vec<f32>>> {
+        let mut body = json!({"input": inputs, "encoding_format": "float"});
         if let Some(m) = &self.model {
             body["model"] = Value::String(m.clone());
         }
-        let n = seqs.len();
+        let n = inputs.len();
         self.pool.post(&body, |v| parse_embeddings(&v, n)).await
     }
 }
@@ -156,6 +212,20 @@ mod tests {
         assert_eq!(token_batches([10, 1], 5, 10), vec![0..1, 1..2]);
         assert_eq!(token_batches([1, 1, 1], 100, 2), vec![0..2, 2..3]);
         assert!(token_batches([], 5, 5).is_empty());
+    }
+
+    #[test]
+    fn input_kind_parses_and_names_the_flag() {
+        assert_eq!(
+            "text".parse::<EmbedInputKind>().unwrap(),
+            EmbedInputKind::Text
+        );
+        assert_eq!(
+            " Tokens ".parse::<EmbedInputKind>().unwrap(),
+            EmbedInputKind::Tokens
+        );
+        let err = "words".parse::<EmbedInputKind>().unwrap_err().to_string();
+        assert!(err.contains("--embed-endpoint-input"), "{err}");
     }
 
     #[test]

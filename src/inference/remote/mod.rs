@@ -16,7 +16,7 @@ pub mod rerank;
 
 use std::time::Duration;
 
-pub use embed::RemoteEmbedder;
+pub use embed::{EmbedInputKind, RemoteEmbedder};
 pub use rerank::{RemoteReranker, RerankFormat};
 
 /// The `Retry-After` header as a duration (seconds form; capped at 5 minutes).
@@ -36,6 +36,8 @@ pub struct RemoteConfig {
     pub embed_endpoints: Vec<String>,
     /// Model name sent with embedding requests (servers hosting several models need it).
     pub model: Option<String>,
+    /// What embedding requests carry: token ids (exact; the default) or formatted text.
+    pub embed_input: EmbedInputKind,
     /// Rerank URLs: a base up to `/v1` (Cohere/Jina `/rerank` is appended), or a full URL
     /// ending in `/rerank` or `/score` (vLLM's score API).
     pub rerank_endpoints: Vec<String>,
@@ -62,6 +64,7 @@ impl Default for RemoteConfig {
         Self {
             embed_endpoints: Vec::new(),
             model: None,
+            embed_input: EmbedInputKind::Tokens,
             rerank_endpoints: Vec::new(),
             rerank_model: None,
             rerank_format: RerankFormat::Auto,
