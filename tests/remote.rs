@@ -257,6 +257,20 @@ async fn remote_rerank_matches_local_on_rerank_and_score_apis() {
     scores(&remote, RERANK_SQL).await;
     assert_eq!(sent(), before, "a repeated rerank query reached the server");
 
+    // Failover: a refused port and an always-500 server in the rotation change nothing.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/v1", l.local_addr().unwrap())
+    };
+    let remote = remote_engine_with(RemoteConfig {
+        rerank_endpoints: vec![dead, failing().await, b.clone()],
+        ..Default::default()
+    });
+    let got = scores(&remote, RERANK_SQL).await;
+    for (x, y) in got.iter().zip(&local) {
+        assert!((x - y).abs() < 1e-5, "after failover {x} vs local {y}");
+    }
+
     // Only failing endpoints: a clear error naming the function's backend.
     let remote = remote_engine_with(RemoteConfig {
         rerank_endpoints: vec![format!("{}/score", failing().await)],
