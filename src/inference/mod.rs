@@ -507,14 +507,14 @@ impl Inference {
                 .iter()
                 .map(|&k| (&inputs[unique[k]], rows[unique[k]]))
                 .collect();
-            self.stats
-                .rerank_inferred
-                .fetch_add(pending.len() as u64, Ordering::Relaxed);
             let scores = match &remote {
                 Some(r) => {
-                    let owned: Vec<RerankInput> =
-                        pending.iter().map(|(i, _)| (*i).clone()).collect();
-                    r.score(&owned).await?
+                    // The server tokenizes: only the inputs can be counted here.
+                    self.stats
+                        .rerank_inferred
+                        .fetch_add(pending.len() as u64, Ordering::Relaxed);
+                    let refs: Vec<&RerankInput> = pending.iter().map(|(i, _)| *i).collect();
+                    r.score(&refs).await?
                 }
                 None => self.rerank_local(&pending, opts.truncation).await?,
             };
@@ -556,10 +556,11 @@ impl Inference {
                 })?;
             seqs.push(ids);
         }
-        let tokens: usize = seqs.iter().map(Vec::len).sum();
-        self.stats
-            .rerank_tokens
-            .fetch_add(tokens as u64, Ordering::Relaxed);
+        count_work(
+            &self.stats.rerank_inferred,
+            &self.stats.rerank_tokens,
+            &seqs,
+        );
         model.backend.score_ids(seqs).await
     }
 
@@ -601,13 +602,11 @@ impl Inference {
             }
             seqs.push(ids);
         }
-        let tokens: usize = seqs.iter().map(Vec::len).sum();
-        self.stats
-            .rerank_tokens
-            .fetch_add(tokens as u64, Ordering::Relaxed);
-        self.stats
-            .rerank_inferred
-            .fetch_add(seqs.len() as u64, Ordering::Relaxed);
+        count_work(
+            &self.stats.rerank_inferred,
+            &self.stats.rerank_tokens,
+            &seqs,
+        );
         model.backend.score_ids(seqs).await
     }
 
@@ -645,20 +644,13 @@ impl Inference {
         self.infer_embeddings(&model, finished).await
     }
 
-    /// Runs finished embedding inputs through the backend, counting them for
-    /// `semflow_stats()` and `/metrics`.
+    /// Runs finished embedding inputs through the backend, counting them.
     async fn infer_embeddings(
         &self,
         model: &Loaded<Embedder>,
         seqs: Vec<Vec<u32>>,
     ) -> Result<Vec<Vec<f32>>> {
-        let tokens: usize = seqs.iter().map(Vec::len).sum();
-        self.stats
-            .embed_tokens
-            .fetch_add(tokens as u64, Ordering::Relaxed);
-        self.stats
-            .embed_inferred
-            .fetch_add(seqs.len() as u64, Ordering::Relaxed);
+        count_work(&self.stats.embed_inferred, &self.stats.embed_tokens, &seqs);
         model.backend.embed_ids(seqs).await
     }
 
@@ -709,6 +701,13 @@ fn truncation_tag(t: Truncation) -> &'static [u8] {
         Truncation::End => b"end",
         Truncation::Error => b"error",
     }
+}
+
+/// Counts sequences sent to a model, and their tokens, for `semflow_stats()` and `/metrics`.
+fn count_work(inferred: &AtomicU64, tokens: &AtomicU64, seqs: &[Vec<u32>]) {
+    let n: usize = seqs.iter().map(Vec::len).sum();
+    tokens.fetch_add(n as u64, Ordering::Relaxed);
+    inferred.fetch_add(seqs.len() as u64, Ordering::Relaxed);
 }
 
 /// Unique inputs (index of first occurrence) and, for each input, its unique slot.

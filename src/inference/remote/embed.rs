@@ -7,12 +7,10 @@
 //! Matryoshka truncation stays client-side. Requests are batched by size and sent
 //! concurrently through the pool.
 
-use std::time::Duration;
-
 use futures::future::join_all;
 use serde_json::{json, Value};
 
-use super::pool::{Failure, Pool, PoolOptions};
+use super::pool::{size_batches, Failure, Pool, PoolOptions};
 use super::RemoteConfig;
 use crate::error::{Error, Result};
 use crate::model::dir::ModelDir;
@@ -71,14 +69,7 @@ impl RemoteEmbedder {
             .collect();
         let pool = Pool::new(
             urls,
-            PoolOptions {
-                label: "embedding",
-                api_key: cfg.api_key.clone(),
-                timeout: Duration::from_secs_f64(cfg.timeout_s.max(0.1)),
-                max_attempts: cfg.max_attempts,
-                concurrency: cfg.concurrency,
-                health_interval: health_interval(&cfg),
-            },
+            PoolOptions::from_config("embedding", cfg.api_key.clone(), &cfg),
         )?;
         Ok(Self {
             dir,
@@ -120,7 +111,7 @@ impl RemoteEmbedder {
         sizes: impl IntoIterator<Item = usize>,
         budget: usize,
     ) -> Result<Vec<Vec<f32>>> {
-        let batches = token_batches(sizes, budget, MAX_INPUTS);
+        let batches = size_batches(sizes, budget, MAX_INPUTS);
         let results = join_all(batches.iter().map(|r| self.embed_batch(&inputs[r.clone()]))).await;
         let mut out = Vec::with_capacity(inputs.len());
         for r in results {
@@ -137,35 +128,6 @@ impl RemoteEmbedder {
         let n = inputs.len();
         self.pool.post(&body, |v| parse_embeddings(&v, n)).await
     }
-}
-
-/// The probe interval from the settings (0 or less: no probes).
-pub(super) fn health_interval(cfg: &RemoteConfig) -> Option<Duration> {
-    (cfg.health_interval_s > 0.0).then(|| Duration::from_secs_f64(cfg.health_interval_s))
-}
-
-/// Consecutive ranges of items whose sizes add up to at most `budget` (an item larger than
-/// the budget goes alone) and that hold at most `max_items` items.
-pub(super) fn token_batches(
-    sizes: impl IntoIterator<Item = usize>,
-    budget: usize,
-    max_items: usize,
-) -> Vec<std::ops::Range<usize>> {
-    let mut batches = Vec::new();
-    let (mut start, mut used, mut n) = (0, 0, 0);
-    for (i, size) in sizes.into_iter().enumerate() {
-        if i > start && (used + size > budget || i - start >= max_items) {
-            batches.push(start..i);
-            start = i;
-            used = 0;
-        }
-        used += size;
-        n = i + 1;
-    }
-    if start < n {
-        batches.push(start..n);
-    }
-    batches
 }
 
 /// `data[*].embedding` in input order (by `index`), each L2-normalised.
@@ -205,14 +167,6 @@ fn parse_embeddings(v: &Value, n: usize) -> std::result::Result<Vec<Vec<f32>>, F
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn batches_respect_budget_and_count() {
-        assert_eq!(token_batches([3, 3, 3], 6, 10), vec![0..2, 2..3]);
-        assert_eq!(token_batches([10, 1], 5, 10), vec![0..1, 1..2]);
-        assert_eq!(token_batches([1, 1, 1], 100, 2), vec![0..2, 2..3]);
-        assert!(token_batches([], 5, 5).is_empty());
-    }
 
     #[test]
     fn input_kind_parses_and_names_the_flag() {

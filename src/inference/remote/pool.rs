@@ -1,4 +1,5 @@
-//! A pool of interchangeable HTTP endpoints serving the same model.
+//! A pool of interchangeable HTTP endpoints serving the same model, and the size-bounded
+//! batching its callers cut requests with.
 //!
 //! Each request goes to the endpoint with the fewest requests in flight (ties rotate), waits
 //! for one of that endpoint's `concurrency` slots, and on a retryable failure (429, 408, 5xx,
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::retry_after;
+use super::{retry_after, RemoteConfig};
 use crate::error::{Error, Result};
 
 /// How long a failed endpoint sits out when it gave no `Retry-After`.
@@ -34,6 +35,46 @@ pub struct PoolOptions {
     pub concurrency: usize,
     /// `None`: no health probes (failures still cool an endpoint down).
     pub health_interval: Option<Duration>,
+}
+
+impl PoolOptions {
+    /// The settings a pool takes from the remote configuration.
+    pub fn from_config(label: &'static str, api_key: Option<String>, cfg: &RemoteConfig) -> Self {
+        Self {
+            label,
+            api_key,
+            timeout: Duration::from_secs_f64(cfg.timeout_s.max(0.1)),
+            max_attempts: cfg.max_attempts,
+            concurrency: cfg.concurrency,
+            // 0 or less: no probes.
+            health_interval: (cfg.health_interval_s > 0.0)
+                .then(|| Duration::from_secs_f64(cfg.health_interval_s)),
+        }
+    }
+}
+
+/// Consecutive ranges of items whose sizes add up to at most `budget` (an item larger than
+/// the budget goes alone) and that hold at most `max_items` items.
+pub fn size_batches(
+    sizes: impl IntoIterator<Item = usize>,
+    budget: usize,
+    max_items: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mut batches = Vec::new();
+    let (mut start, mut used, mut n) = (0, 0, 0);
+    for (i, size) in sizes.into_iter().enumerate() {
+        if i > start && (used + size > budget || i - start >= max_items) {
+            batches.push(start..i);
+            start = i;
+            used = 0;
+        }
+        used += size;
+        n = i + 1;
+    }
+    if start < n {
+        batches.push(start..n);
+    }
+    batches
 }
 
 /// Why a response could not be used.
@@ -306,6 +347,14 @@ mod tests {
             concurrency: 2,
             health_interval: None,
         }
+    }
+
+    #[test]
+    fn batches_respect_budget_and_count() {
+        assert_eq!(size_batches([3, 3, 3], 6, 10), vec![0..2, 2..3]);
+        assert_eq!(size_batches([10, 1], 5, 10), vec![0..1, 1..2]);
+        assert_eq!(size_batches([1, 1, 1], 100, 2), vec![0..2, 2..3]);
+        assert!(size_batches([], 5, 5).is_empty());
     }
 
     #[test]

@@ -8,13 +8,11 @@
 //! Either way the score is P(yes) of the exact prompt the local backend uses.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use futures::future::join_all;
 use serde_json::{json, Value};
 
-use super::embed::{health_interval, token_batches};
-use super::pool::{Failure, Pool, PoolOptions};
+use super::pool::{size_batches, Failure, Pool, PoolOptions};
 use super::RemoteConfig;
 use crate::error::{Error, Result};
 use crate::inference::{prompts, RerankInput};
@@ -112,14 +110,11 @@ impl RemoteReranker {
         );
         let pool = Pool::new(
             urls,
-            PoolOptions {
-                label: "rerank",
-                api_key: cfg.rerank_api_key.clone().or_else(|| cfg.api_key.clone()),
-                timeout: Duration::from_secs_f64(cfg.timeout_s.max(0.1)),
-                max_attempts: cfg.max_attempts,
-                concurrency: cfg.concurrency,
-                health_interval: health_interval(cfg),
-            },
+            PoolOptions::from_config(
+                "rerank",
+                cfg.rerank_api_key.clone().or_else(|| cfg.api_key.clone()),
+                cfg,
+            ),
         )?;
         Ok(Self {
             pool,
@@ -140,7 +135,7 @@ impl RemoteReranker {
     }
 
     /// P(yes) per input, in order.
-    pub async fn score(&self, inputs: &[RerankInput]) -> Result<Vec<f32>> {
+    pub async fn score(&self, inputs: &[&RerankInput]) -> Result<Vec<f32>> {
         let requests = match self.api {
             Api::Score => self.score_requests(inputs),
             Api::Rerank => self.rerank_requests(inputs),
@@ -168,12 +163,12 @@ impl RemoteReranker {
     }
 
     /// `/score`: pairs in order, cut by size.
-    fn score_requests(&self, inputs: &[RerankInput]) -> Vec<(Value, Vec<usize>)> {
+    fn score_requests(&self, inputs: &[&RerankInput]) -> Vec<(Value, Vec<usize>)> {
         let pairs: Vec<(String, String)> = inputs
             .iter()
             .map(|i| prompts::rerank_pair_texts(&i.query, &i.document, i.instruction.as_deref()))
             .collect();
-        token_batches(
+        size_batches(
             pairs.iter().map(|(a, b)| a.len() + b.len()),
             BYTE_BUDGET,
             MAX_DOCUMENTS,
@@ -193,7 +188,7 @@ impl RemoteReranker {
     }
 
     /// `/rerank`: one request per (query, instruction) and chunk of its documents.
-    fn rerank_requests(&self, inputs: &[RerankInput]) -> Vec<(Value, Vec<usize>)> {
+    fn rerank_requests(&self, inputs: &[&RerankInput]) -> Vec<(Value, Vec<usize>)> {
         let mut groups: Vec<(&RerankInput, Vec<usize>)> = Vec::new();
         let mut index: HashMap<(&str, Option<&str>), usize> = HashMap::new();
         for (i, input) in inputs.iter().enumerate() {
@@ -221,7 +216,7 @@ impl RemoteReranker {
                     .collect();
                 (first.query.clone(), docs)
             };
-            for r in token_batches(
+            for r in size_batches(
                 documents.iter().map(|d| d.len() + query.len()),
                 BYTE_BUDGET,
                 MAX_DOCUMENTS,
@@ -320,11 +315,12 @@ mod tests {
 
     #[test]
     fn rerank_requests_group_by_query_and_keep_slots() {
-        let inputs = vec![
+        let inputs = [
             input("q1", "a", None),
             input("q2", "b", Some("find")),
             input("q1", "c", None),
         ];
+        let inputs: Vec<&RerankInput> = inputs.iter().collect();
         let server = RemoteReranker::new(&config(&["http://h/v1"], RerankFormat::Server)).unwrap();
         let reqs = server.rerank_requests(&inputs);
         assert_eq!(reqs.len(), 2);
