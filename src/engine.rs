@@ -41,6 +41,11 @@ pub struct StatementResult {
     pub batches: Vec<RecordBatch>,
 }
 
+/// `s` as a SQL string literal: in single quotes, with single quotes doubled.
+pub fn sql_string(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 /// A semflow engine: one DataFusion session plus the inference service behind its functions.
 /// Clones share both.
 #[derive(Clone)]

@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, LogNormal};
 use serde::Serialize;
 
-use crate::engine::Engine;
+use crate::engine::{sql_string as quote, Engine};
 use crate::error::{Error, Result};
 
 /// Documents per produce statement for a backlog; a paced stream sends a tenth of a
@@ -177,10 +177,6 @@ fn register_source(engine: &Engine, docs: &[(String, String)]) -> Result<()> {
         .context()
         .register_table("k1_source", Arc::new(table))?;
     Ok(())
-}
-
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Runs K1 on `engine` (a fresh topic, consumer group and index, removed afterwards).

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::engine::sql_string;
 use crate::error::{Error, Result};
 
 /// Reads a pipeline file as SQL.
@@ -90,7 +91,7 @@ fn create(t: &Table, default_kind: &str) -> std::result::Result<String, String> 
     };
     let mut options = Vec::new();
     for (k, v) in &t.options {
-        options.push(format!("'{}' {}", k.replace('\'', "''"), literal(v)?));
+        options.push(format!("{} {}", sql_string(k), literal(v)?));
     }
     let options = if options.is_empty() {
         String::new()
@@ -98,15 +99,15 @@ fn create(t: &Table, default_kind: &str) -> std::result::Result<String, String> 
         format!(" OPTIONS ({})", options.join(", "))
     };
     Ok(format!(
-        "CREATE EXTERNAL TABLE {}{columns} STORED AS {kind} LOCATION '{}'{options};\n",
+        "CREATE EXTERNAL TABLE {}{columns} STORED AS {kind} LOCATION {}{options};\n",
         t.table,
-        t.location.replace('\'', "''")
+        sql_string(&t.location)
     ))
 }
 
 fn literal(v: &toml::Value) -> std::result::Result<String, String> {
     match v {
-        toml::Value::String(s) => Ok(format!("'{}'", s.replace('\'', "''"))),
+        toml::Value::String(s) => Ok(sql_string(s)),
         toml::Value::Integer(i) => Ok(format!("'{i}'")),
         toml::Value::Boolean(b) => Ok(format!("'{b}'")),
         toml::Value::Float(f) => Ok(format!("'{f}'")),

@@ -21,7 +21,6 @@ const SOURCE: &str = "__semflow_synth_docs";
 pub async fn load(engine: &Engine, source: &str, cfg: &DocsConfig) -> Result<Docs> {
     let ctx = engine.context();
     let lower = source.trim().to_ascii_lowercase();
-    let quoted = source.replace('\'', "''");
     let from = if lower.starts_with("select ") || lower.starts_with("with ") {
         format!("({source})")
     } else if lower.ends_with(".parquet") {
@@ -44,7 +43,8 @@ pub async fn load(engine: &Engine, source: &str, cfg: &DocsConfig) -> Result<Doc
     } else if lower.trim_end_matches('/').ends_with(".lance") {
         engine
             .run_sql(&format!(
-                "CREATE EXTERNAL TABLE {SOURCE} STORED AS LANCE LOCATION '{quoted}'"
+                "CREATE EXTERNAL TABLE {SOURCE} STORED AS LANCE LOCATION {}",
+                crate::engine::sql_string(source)
             ))
             .await?;
         SOURCE.to_string()
