@@ -287,40 +287,17 @@ async fn remote_rerank_matches_local_on_rerank_and_score_apis() {
 /// An embeddings endpoint whose `/health` answers 200 or 503 as `healthy` says; every
 /// embedding request gets unit vectors along the first axis and is counted.
 async fn probed_endpoint(healthy: Arc<AtomicBool>, requests: Arc<AtomicUsize>) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
             let (healthy, requests) = (healthy.clone(), requests.clone());
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 65536];
-                // Read the head, then the body by Content-Length.
-                let (head_end, length) = loop {
-                    let n = sock.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..p]).to_ascii_lowercase();
-                        let length = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse::<usize>().ok())
-                            .unwrap_or(0);
-                        break (p + 4, length);
-                    }
+                let Ok(Some(request)) = common::raw_http::read_request(&mut sock).await else {
+                    return;
                 };
-                while buf.len() < head_end + length {
-                    let n = sock.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                let (status, body) = if buf.starts_with(b"GET /health") {
+                let (status, body) = if request.head.starts_with("GET /health") {
                     if healthy.load(Ordering::SeqCst) {
                         ("200 OK", "ok".to_string())
                     } else {
@@ -328,7 +305,7 @@ async fn probed_endpoint(healthy: Arc<AtomicBool>, requests: Arc<AtomicUsize>) -
                     }
                 } else {
                     requests.fetch_add(1, Ordering::SeqCst);
-                    let req: serde_json::Value = serde_json::from_slice(&buf[head_end..]).unwrap();
+                    let req: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
                     let n = req["input"].as_array().unwrap().len();
                     let mut unit = vec![0.0f32; 64];
                     unit[0] = 1.0;

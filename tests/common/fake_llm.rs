@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// One request the server saw.
@@ -116,36 +116,11 @@ async fn handle(
     shared: Arc<Mutex<Shared>>,
     mode: Mode,
 ) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 8192];
-    let header_end = loop {
-        let n = sock.read(&mut tmp).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&tmp[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
+    let Some(request) = super::raw_http::read_request(&mut sock).await? else {
+        return Ok(());
     };
-    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
-    let header = |name: &str| {
-        head.lines()
-            .find(|l| l.to_ascii_lowercase().starts_with(&format!("{name}:")))
-            .map(|l| l[name.len() + 1..].trim().to_string())
-    };
-    let len: usize = header("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    while buf.len() < header_end + len {
-        let n = sock.read(&mut tmp).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    }
-    let body: Value =
-        serde_json::from_slice(&buf[header_end..header_end + len]).unwrap_or(Value::Null);
+    let header = |name: &str| request.header(name);
+    let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
     let prompt = body["messages"][0]["content"]
         .as_str()
         .unwrap_or("")

@@ -4,6 +4,7 @@
 pub mod fake_llm;
 pub mod kafka;
 pub mod pipeline;
+pub mod raw_http;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
