@@ -819,7 +819,12 @@ async fn lance_and_kafka_outputs() {
     let topic = unique("pairs");
     create_topic(&topic, 1).await;
     let out = format!("kafka://{}/{topic}", bootstrap());
-    ok(&run(command(&config, &docs_path, Path::new(&out), &keep_all)).await);
+    // A topic has no file beside it: keep the run's state in the temp dir, not the cwd.
+    let state = dir.path().join("kafka-state");
+    let mut kafka_args = keep_all.to_vec();
+    kafka_args.extend(["--state-dir", state.to_str().unwrap()]);
+    ok(&run(command(&config, &docs_path, Path::new(&out), &kafka_args)).await);
+    assert!(state.is_dir(), "the state dir was not used");
     let got = read_all(&topic, 1);
     assert_eq!(got.len(), 4);
     for r in &got {
