@@ -2,7 +2,6 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -12,7 +11,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::config::Preset;
 use crate::model::random::{write_random_model, ModelKind, RandomModelSpec, WeightDtype};
-use crate::output::{write_results, Format};
+use crate::output::{write_results, Format, Progress};
 
 /// semflow: a streaming SQL engine for semantic data.
 #[derive(Debug, Parser)]
@@ -435,8 +434,8 @@ async fn run_synth(args: SynthArgs) -> Result<()> {
     // For synth, --config names the synthesis settings (pipelines/synth.toml); engine
     // settings go in its [engine] table.
     let mut config = match &args.engine.config {
-        Some(p) => crate::synth::config::SynthConfig::from_path(p)?,
-        None => crate::synth::config::SynthConfig::default(),
+        Some(p) => crate::generation::config::SynthConfig::from_path(p)?,
+        None => crate::generation::config::SynthConfig::default(),
     };
     if let Some(u) = args.generator_url {
         config.generator.base_url = u;
@@ -654,7 +653,7 @@ async fn run_sql(args: SqlArgs) -> Result<()> {
         (Some(s), _) => s.clone(),
         (None, Some(f)) => {
             let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
-            crate::pipeline::spec::substitute_env(&text)
+            crate::text::substitute_env(&text)
                 .map_err(|e| Error::InvalidArgument(format!("{}: {e}", f.display())))?
         }
         (None, None) => {
@@ -679,42 +678,4 @@ async fn run_sql(args: SqlArgs) -> Result<()> {
     }
     out.flush().map_err(|e| Error::io("<output>", e))?;
     Ok(())
-}
-
-/// A spinner with inference counts while a statement runs, shown only on a terminal.
-pub struct Progress {
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Progress {
-    pub fn start(engine: &Engine) -> Self {
-        if !std::io::stderr().is_terminal() {
-            return Self { task: None };
-        }
-        let inference = engine.inference().clone();
-        let task = tokio::spawn(async move {
-            // Quick statements finish before the spinner would appear.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let bar = indicatif::ProgressBar::new_spinner();
-            let start = (
-                inference.stats.embed_inferred.load(Ordering::Relaxed),
-                inference.stats.rerank_inferred.load(Ordering::Relaxed),
-            );
-            loop {
-                let e = inference.stats.embed_inferred.load(Ordering::Relaxed) - start.0;
-                let r = inference.stats.rerank_inferred.load(Ordering::Relaxed) - start.1;
-                bar.set_message(format!("running: {e} texts embedded, {r} pairs reranked"));
-                bar.tick();
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
-        Self { task: Some(task) }
-    }
-
-    pub fn finish(self) {
-        if let Some(t) = self.task {
-            t.abort();
-            eprint!("\r\x1b[2K");
-        }
-    }
 }

@@ -4,8 +4,6 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use datafusion::common::config::ConfigExtension;
-use datafusion::common::extensions_options;
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
@@ -13,37 +11,14 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use crate::error::Result;
 use crate::inference::{Inference, InferenceConfig};
 
-extensions_options! {
-    /// `semflow.*` session settings; change them with `SET semflow.<name> = <value>`.
-    pub struct SemflowOptions {
-        /// Inputs longer than the model's maximum length: 'end' truncates them (keeping the
-        /// trailing <|endoftext|> or the reranker prompt's suffix), 'error' fails the query.
-        pub truncate: String, default = "end".to_string()
-        /// Serve repeated inputs from the inference content cache.
-        pub cache: bool, default = true
-        /// generate_query(): synthesis settings file (pipelines/synth.toml); '' for defaults.
-        pub synth_config: String, default = std::env::var("SEMFLOW_SYNTH_CONFIG").unwrap_or_default()
-        /// generate_query(): OpenAI-compatible base URL (overrides the settings file).
-        pub generator_url: String, default = std::env::var("SEMFLOW_GENERATOR_URL").unwrap_or_default()
-        /// generate_query(): model name (overrides the settings file).
-        pub generator_model: String, default = std::env::var("SEMFLOW_GENERATOR_MODEL").unwrap_or_default()
-    }
-}
-
-impl ConfigExtension for SemflowOptions {
-    const PREFIX: &'static str = "semflow";
-}
+/// The `semflow.*` session settings (declared beside the functions that read them).
+pub use crate::udf::options::SemflowOptions;
 
 /// The result of one SQL statement.
 #[derive(Debug)]
 pub struct StatementResult {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
-}
-
-/// `s` as a SQL string literal: in single quotes, with single quotes doubled.
-pub fn sql_string(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// A semflow engine: one DataFusion session plus the inference service behind its functions.

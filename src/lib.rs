@@ -16,29 +16,27 @@
 //! ```
 //!
 //! # Layout
-//! - [`cli`], [`shell`]: the `semflow` command line and interactive shell.
-//! - [`bench`]: `semflow bench` workloads, the peer process, reports.
-//! - [`config`]: engine settings from flags, environment and TOML files.
-//! - [`engine`]: builds the DataFusion session and runs SQL.
-//! - [`udf`]: the SQL functions.
-//! - [`kafka`]: topics as tables (stream/snapshot scans, JSON sink) and the pipeline consumer.
-//! - [`index`]: Lance datasets as tables; upserts, deletes and Kafka offsets in one commit.
-//! - [`pipeline`]: `semflow run`: the continuous INSERT loop, dead letters, metrics.
-//! - [`serve`]: `semflow serve`: the HTTP API (embeddings, rerank, health, metrics).
-//! - [`synth`]: `semflow synth`: LLM-written queries, the cosine filter, hard negatives,
-//!   training rows (resumable).
-//! - [`telemetry`]: Prometheus metrics shared by `run` and `serve`.
-//! - [`inference`]: dedupe, caching, Qwen3 formats, tokenization, and the two backends
-//!   (`packed`: padding-free forward pass on its own thread; `local`: mistral.rs).
-//! - [`model`]: model directories: config, presets, random weights, hub download, fingerprints.
-//! - [`output`]: result formats (table, CSV, JSON, NDJSON, Parquet).
-//! - [`error`]: the library's error type.
+//! Layers, top to bottom; a module imports only from layers below it (checked in CI by
+//! `scripts/check-layers.py`: no import cycle between top-level modules).
+//!
+//! | layer | modules | what they do |
+//! | --- | --- | --- |
+//! | commands | [`cli`] (and `main`), [`shell`], [`bench`] | the `semflow` command line, the interactive shell, `semflow bench` |
+//! | jobs and front ends | [`synth`], [`pipeline`], [`serve`], [`output`] | `semflow synth` (queries, cosine filter, hard negatives, resumable rows); `semflow run` (continuous INSERT loop, dead letters); `semflow serve` (HTTP and Postgres wire); result formats and the statement spinner |
+//! | SQL engine | [`engine`] | the DataFusion session with every function and table factory registered |
+//! | data sources | [`kafka`], [`index`] | topics as tables and the pipeline consumer; Lance datasets as tables with rows and Kafka offsets in one commit |
+//! | SQL functions | [`udf`] | `embed`, `rerank`, `chunk`, `generate_query`, vector functions, `semflow.*` settings |
+//! | services | [`generation`], [`config`], [`telemetry`] | the LLM client and recipe behind query generation; engine settings from flags, env and TOML; Prometheus metrics |
+//! | inference | [`inference`] | dedupe, caching, Qwen3 formats, tokenization, batching; backends `packed` (candle), `local` (mistral.rs), `remote` (endpoint pools) |
+//! | models | [`model`] | model directories: configs, presets, random weights, the Hugging Face hub, fingerprints, merging |
+//! | leaves | [`error`], [`text`] | the library's error type; SQL literals and `${VAR}` substitution |
 
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod generation;
 pub mod index;
 pub mod inference;
 pub mod kafka;
@@ -49,6 +47,7 @@ pub mod serve;
 pub mod shell;
 pub mod synth;
 pub mod telemetry;
+pub mod text;
 pub mod udf;
 
 pub use engine::Engine;

@@ -1,11 +1,14 @@
 //! Writing query results: an aligned table for people, CSV/JSON/NDJSON/Parquet for programs.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 
 /// `--format`.
@@ -158,4 +161,42 @@ pub fn write_results(
         }
     }
     Ok(())
+}
+
+/// A spinner with inference counts while a statement runs, shown only on a terminal.
+pub struct Progress {
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    pub fn start(engine: &Engine) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Self { task: None };
+        }
+        let inference = engine.inference().clone();
+        let task = tokio::spawn(async move {
+            // Quick statements finish before the spinner would appear.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let bar = indicatif::ProgressBar::new_spinner();
+            let start = (
+                inference.stats.embed_inferred.load(Ordering::Relaxed),
+                inference.stats.rerank_inferred.load(Ordering::Relaxed),
+            );
+            loop {
+                let e = inference.stats.embed_inferred.load(Ordering::Relaxed) - start.0;
+                let r = inference.stats.rerank_inferred.load(Ordering::Relaxed) - start.1;
+                bar.set_message(format!("running: {e} texts embedded, {r} pairs reranked"));
+                bar.tick();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Self { task: Some(task) }
+    }
+
+    pub fn finish(self) {
+        if let Some(t) = self.task {
+            t.abort();
+            eprint!("\r\x1b[2K");
+        }
+    }
 }

@@ -5,9 +5,9 @@ use std::time::Instant;
 use rustyline::error::ReadlineError;
 use rustyline::DefaultEditor;
 
-use crate::cli::Progress;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::output::Progress;
 use crate::output::{write_results, Format};
 
 fn history_path() -> Option<std::path::PathBuf> {

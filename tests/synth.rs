@@ -716,7 +716,7 @@ async fn kafka_pipeline_turns_new_documents_into_pairs() {
             pairs.to_str().unwrap(),
         )
         .replace("${SEMFLOW_SYNTH_THRESHOLD:-0.7}", "-1.0");
-    let sql = semflow::pipeline::spec::substitute_env(&sql).unwrap();
+    let sql = semflow::text::substitute_env(&sql).unwrap();
     let docs = clean_docs();
     let mut records: Vec<(Option<String>, Option<String>)> = docs
         .iter()

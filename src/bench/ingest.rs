@@ -16,8 +16,9 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, LogNormal};
 use serde::Serialize;
 
-use crate::engine::{sql_string as quote, Engine};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::text::sql_string as quote;
 
 /// Documents per produce statement for a backlog; a paced stream sends a tenth of a
 /// second's worth at a time.

@@ -139,7 +139,7 @@ fn key_predicate(schema: Schema, pk: &str, keys: &[String]) -> Result<String> {
         .iter()
         .map(|k| match field.data_type() {
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-                Ok(crate::engine::sql_string(k))
+                Ok(crate::text::sql_string(k))
             }
             t if t.is_integer() => k.parse::<i64>().map(|v| v.to_string()).map_err(|_| {
                 Error::Index(format!(

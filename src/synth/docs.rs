@@ -3,9 +3,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use super::config::DocsConfig;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::generation::config::DocsConfig;
 use crate::udf::args::StringArg;
 
 /// The documents (id, text) in input order, and rows skipped by reason.
@@ -44,7 +44,7 @@ pub async fn load(engine: &Engine, source: &str, cfg: &DocsConfig) -> Result<Doc
         engine
             .run_sql(&format!(
                 "CREATE EXTERNAL TABLE {SOURCE} STORED AS LANCE LOCATION {}",
-                crate::engine::sql_string(source)
+                crate::text::sql_string(source)
             ))
             .await?;
         SOURCE.to_string()

@@ -9,15 +9,13 @@
 //! - [`negatives`]: the filter and hard-negative candidates;
 //! - [`docs`], [`output`], [`state`]: input, output targets, resumable progress.
 
-pub mod client;
-pub mod config;
+// The LLM side lives in `generation` (also used by `generate_query()`); re-exported so
+// `synth::config` and friends keep their paths.
+pub use crate::generation::{client, config, generate, limiter, parse, recipe};
+
 pub mod docs;
-pub mod generate;
-pub mod limiter;
 pub mod negatives;
 pub mod output;
-pub mod parse;
-pub mod recipe;
 pub mod state;
 
 use std::collections::{BTreeMap, HashSet};

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::config::NegativesConfig;
+use crate::generation::config::NegativesConfig;
 use crate::udf::vector::cosine_similarity;
 
 /// The documents of a run with their (unit) embeddings.

@@ -13,8 +13,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
 
-use super::recipe::QueryConfig;
 use crate::error::{Error, Result};
+use crate::generation::recipe::QueryConfig;
 
 /// One kept pair with its negatives.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@ use arrow::datatypes::DataType;
 use datafusion::common::{plan_err, Result, ScalarValue};
 use datafusion::logical_expr::ColumnarValue;
 
-use crate::engine::SemflowOptions;
+use super::options::SemflowOptions;
 use crate::inference::CallOptions;
 
 /// The inference service as a UDF field: UDFs must be `Eq + Hash`, and two functions are the

@@ -20,10 +20,10 @@ use datafusion::logical_expr::{
 use futures::StreamExt;
 
 use super::args::{expect_string, StringArg};
-use crate::engine::SemflowOptions;
+use super::options::SemflowOptions;
+use crate::generation::config::SynthConfig;
+use crate::generation::generate::{Failure, Generated, Generator};
 use crate::inference::block_on;
-use crate::synth::config::SynthConfig;
-use crate::synth::generate::{Failure, Generated, Generator};
 
 const FIELDS: [&str; 7] = [
     "query",

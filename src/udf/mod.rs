@@ -7,6 +7,7 @@ pub mod generate;
 pub mod model;
 pub mod rerank;
 pub mod stats;
+pub mod options;
 pub mod vector;
 
 use std::sync::Arc;

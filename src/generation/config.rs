@@ -24,7 +24,7 @@ pub struct SynthConfig {
 impl SynthConfig {
     pub fn from_path(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let text = crate::pipeline::spec::substitute_env(&text)
+        let text = crate::text::substitute_env(&text)
             .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
         let mut cfg: SynthConfig = toml::from_str(&text)
             .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;

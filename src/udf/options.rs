@@ -1,0 +1,25 @@
+//! The `semflow.*` session settings the SQL functions read (`SET semflow.<name> = <value>`).
+
+use datafusion::common::config::ConfigExtension;
+use datafusion::common::extensions_options;
+
+extensions_options! {
+    /// `semflow.*` session settings; change them with `SET semflow.<name> = <value>`.
+    pub struct SemflowOptions {
+        /// Inputs longer than the model's maximum length: 'end' truncates them (keeping the
+        /// trailing <|endoftext|> or the reranker prompt's suffix), 'error' fails the query.
+        pub truncate: String, default = "end".to_string()
+        /// Serve repeated inputs from the inference content cache.
+        pub cache: bool, default = true
+        /// generate_query(): synthesis settings file (pipelines/synth.toml); '' for defaults.
+        pub synth_config: String, default = std::env::var("SEMFLOW_SYNTH_CONFIG").unwrap_or_default()
+        /// generate_query(): OpenAI-compatible base URL (overrides the settings file).
+        pub generator_url: String, default = std::env::var("SEMFLOW_GENERATOR_URL").unwrap_or_default()
+        /// generate_query(): model name (overrides the settings file).
+        pub generator_model: String, default = std::env::var("SEMFLOW_GENERATOR_MODEL").unwrap_or_default()
+    }
+}
+
+impl ConfigExtension for SemflowOptions {
+    const PREFIX: &'static str = "semflow";
+}
