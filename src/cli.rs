@@ -251,6 +251,9 @@ pub struct EngineArgs {
     /// that accept only strings; they tokenize and append their end token themselves).
     #[arg(long, env = "SEMFLOW_EMBED_ENDPOINT_INPUT")]
     pub embed_endpoint_input: Option<String>,
+    /// Text mode: the endpoints' embedding dimension (default: asked of them with one request).
+    #[arg(long, env = "SEMFLOW_EMBED_ENDPOINT_DIMS")]
+    pub embed_endpoint_dims: Option<usize>,
     /// Compute rerank() on remote endpoints (repeatable or comma-separated): a base URL up
     /// to /v1 or a URL ending in /rerank (Cohere/Jina shape: semflow serve, TEI, vLLM), or
     /// URLs ending in /score (vLLM). Key: SEMFLOW_RERANK_API_KEY, else SEMFLOW_ENDPOINT_API_KEY.
@@ -300,6 +303,7 @@ impl EngineArgs {
             embed_endpoints: Some(self.embed_endpoints.clone()).filter(|e| !e.is_empty()),
             endpoint_model: self.endpoint_model.clone(),
             embed_endpoint_input: self.embed_endpoint_input.clone(),
+            embed_endpoint_dims: self.embed_endpoint_dims,
             rerank_endpoints: Some(self.rerank_endpoints.clone()).filter(|e| !e.is_empty()),
             rerank_endpoint_model: self.rerank_endpoint_model.clone(),
             rerank_format: self.rerank_format.clone(),

@@ -28,6 +28,8 @@ pub struct Settings {
     pub endpoint_model: Option<String>,
     /// What embedding requests carry: tokens (default) or text.
     pub embed_endpoint_input: Option<String>,
+    /// Text mode: the endpoints' embedding dimension.
+    pub embed_endpoint_dims: Option<usize>,
     /// Cohere/Jina `/rerank` or vLLM `/score` URLs that compute rerank().
     pub rerank_endpoints: Option<Vec<String>>,
     /// Model name sent to the rerank endpoints.
@@ -108,6 +110,14 @@ pub fn inference_config(file: &Settings, over: &Settings) -> Result<InferenceCon
         .or(file.embed_endpoint_input.as_ref())
     {
         cfg.remote.embed_input = i.parse()?;
+    }
+    if let Some(d) = over.embed_endpoint_dims.or(file.embed_endpoint_dims) {
+        if d == 0 {
+            return Err(Error::InvalidArgument(
+                "--embed-endpoint-dims must be at least 1".into(),
+            ));
+        }
+        cfg.remote.embed_dims = Some(d);
     }
     if let Some(e) = urls(&over.rerank_endpoints, &file.rerank_endpoints) {
         cfg.remote.rerank_endpoints = e;

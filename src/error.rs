@@ -10,12 +10,30 @@ pub enum Error {
     Model { model: String, message: String },
 
     /// The Hugging Face hub could not be reached to fetch a model.
-    #[error("could not download {model} from the Hugging Face hub ({message}); download it elsewhere and pass its local directory with {flag} (or set {env})")]
+    #[error("could not download {model} from the Hugging Face hub at {endpoint} ({message}); download it elsewhere and pass its local directory with {flag} (or set {env}), or set HF_HUB_OFFLINE=1 to use a copy already in the cache")]
     HubUnreachable {
         model: String,
+        endpoint: String,
         message: String,
         flag: &'static str,
         env: &'static str,
+    },
+
+    /// The hub refused access: a gated or private repository.
+    #[error("the Hugging Face hub at {endpoint} refused access to {model} (HTTP {status}): the repository is gated or private; accept its terms on the hub and set HF_TOKEN to a token that has access, or pass a local directory with {flag}")]
+    HubAccess {
+        model: String,
+        endpoint: String,
+        status: u16,
+        flag: &'static str,
+    },
+
+    /// `HF_HUB_OFFLINE` is set and the cache lacks a file.
+    #[error("{model}: {file} is not in the Hugging Face cache at {cache}, and HF_HUB_OFFLINE forbids downloading it; run once online (or unset HF_HUB_OFFLINE)")]
+    HubOffline {
+        model: String,
+        file: String,
+        cache: String,
     },
 
     /// The tokenizer failed on an input.

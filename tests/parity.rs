@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::floats;
+
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, Float32Array, Int64Array, StringArray};
@@ -30,14 +32,6 @@ fn fixture() -> Value {
 
 fn opt_str(v: &Value) -> Option<String> {
     v.as_str().map(String::from)
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
 }
 
 fn ids(v: &Value) -> Vec<u32> {

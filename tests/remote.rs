@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,25 +12,12 @@ use std::time::Duration;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Float32Type;
 use semflow::inference::remote::{EmbedInputKind, RemoteConfig, RerankFormat};
-use semflow::serve::http::{serve, HttpOptions};
 use semflow::{Engine, InferenceConfig};
 
 async fn server() -> (String, Engine) {
     let engine = common::tiny_engine();
-    let (tx, rx) = tokio::sync::oneshot::channel::<SocketAddr>();
-    let e = engine.clone();
-    tokio::spawn(async move {
-        let options = HttpOptions {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            ..HttpOptions::default()
-        };
-        serve(&e, options, std::future::pending(), move |a| {
-            let _ = tx.send(a);
-        })
-        .await
-        .unwrap();
-    });
-    (format!("http://{}/v1", rx.await.unwrap()), engine)
+    let addr = common::serve_http(engine.clone()).await;
+    (format!("http://{addr}/v1"), engine)
 }
 
 /// A server that answers every request with 500.

@@ -43,8 +43,12 @@ pub struct LocalEmbedder {
 
 impl LocalEmbedder {
     pub async fn load(dir: ModelDir, opts: LoadOptions) -> Result<Self> {
+        require_top_level_rope_theta(&dir)?;
         let dtype = opts.dtype.resolve(opts.device)?;
+        // The loader is named, not read from config.json: sentence-transformers fine-tunes say
+        // `Qwen3Model`, which mistral.rs's architecture lookup does not know.
         let mut builder = EmbeddingModelBuilder::new(dir.path.to_string_lossy())
+            .with_loader_type(mistralrs_core::EmbeddingLoaderType::Qwen3Embedding)
             .with_token_source(TokenSource::None)
             .with_tokenizer_json(dir.path.join("tokenizer.json").to_string_lossy())
             .with_dtype(dtype)
@@ -129,19 +133,41 @@ pub struct LocalReranker {
     model: Model,
 }
 
+/// mistral.rs reads `config.json` itself and requires a top-level `rope_theta`; configs written
+/// by transformers 5 keep it in `rope_parameters` only. Say so instead of mistral.rs's
+/// "missing field".
+fn require_top_level_rope_theta(dir: &ModelDir) -> Result<()> {
+    let path = dir.path.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| Error::Json { path, source })?;
+    if json.get("rope_theta").is_none() {
+        return Err(Error::model(
+            &dir.id,
+            "config.json has rope_theta only inside rope_parameters, which the mistralrs backend cannot read; use --backend packed (the default)",
+        ));
+    }
+    Ok(())
+}
+
 /// Loads a Qwen3 causal LM directory offline on mistral.rs (the reranker, and the chat model
 /// of `semflow serve --chat-model`).
 pub async fn load_causal_lm(
     dir: &ModelDir,
     opts: LoadOptions,
     prefix_cache: bool,
+    loader: Option<mistralrs::NormalLoaderType>,
 ) -> Result<Model> {
+    require_top_level_rope_theta(dir)?;
     let dtype = opts.dtype.resolve(opts.device)?;
     let mut builder = TextModelBuilder::new(dir.path.to_string_lossy())
         .with_token_source(TokenSource::None)
         .with_tokenizer_json(dir.path.join("tokenizer.json").to_string_lossy())
         .with_dtype(dtype)
         .with_max_num_seqs(opts.max_batch);
+    if let Some(loader) = loader {
+        builder = builder.with_loader_type(loader);
+    }
     if !prefix_cache {
         builder = builder.with_prefix_cache_n(None);
     }
@@ -158,7 +184,9 @@ pub async fn load_causal_lm(
 impl LocalReranker {
     pub async fn load(dir: ModelDir, opts: LoadOptions) -> Result<Self> {
         // Scores are one forward pass each; a prefix cache would only hold memory.
-        let model = load_causal_lm(&dir, opts, false).await?;
+        // Named, not read from config.json (a fine-tune may not say Qwen3ForCausalLM).
+        let model =
+            load_causal_lm(&dir, opts, false, Some(mistralrs::NormalLoaderType::Qwen3)).await?;
         Ok(Self { dir, model })
     }
 

@@ -26,7 +26,7 @@ use self::local::{LoadOptions, LocalEmbedder, LocalReranker};
 use self::packed::PackedWorker;
 use self::tokenize::{QwenTokenizer, TooLong, Truncation};
 use crate::error::{Error, Result};
-use crate::model::dir::{ModelDir, Role};
+use crate::model::dir::{Files, ModelDir, Role};
 
 /// Which implementation runs the models (`--backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -263,6 +263,19 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// The context every Qwen3-Embedding and Qwen3-Reranker model card advertises (32k tokens).
+/// Some published configs say `max_position_embeddings` 40960 (the base model's room for
+/// generated text), which the embedding and reranking training never used.
+pub const ADVERTISED_CONTEXT: usize = 32_768;
+
+/// Longest input in tokens: `--max-tokens` when given (up to `max_position_embeddings`),
+/// otherwise the smaller of `max_position_embeddings` and [`ADVERTISED_CONTEXT`].
+pub fn token_limit(max_position_embeddings: usize, configured: Option<usize>) -> usize {
+    configured.map_or(max_position_embeddings.min(ADVERTISED_CONTEXT), |m| {
+        m.min(max_position_embeddings)
+    })
+}
+
 /// Runs `fut` on the inference runtime and waits for it. Called from synchronous code such as
 /// a DataFusion scalar function: on a multi-threaded tokio worker the wait uses
 /// `block_in_place`, so the runtime moves its other tasks to another thread meanwhile.
@@ -304,8 +317,29 @@ impl Inference {
     /// The embedding model's directory (downloaded if needed, not loaded): enough to plan.
     pub async fn embed_model_dir(&self) -> Result<&ModelDir> {
         self.embed_dir
-            .get_or_try_init(|| ModelDir::resolve(&self.config.embed_model, Role::Embedding))
+            .get_or_try_init(|| self.resolve_embed_model())
             .await
+    }
+
+    /// Where the embedding model's files come from: everything for local inference; config and
+    /// tokenizer only with endpoints (the weights stay on the servers); in text mode nothing
+    /// unless `--embed-model` is a local directory, since the servers also tokenize.
+    async fn resolve_embed_model(&self) -> Result<ModelDir> {
+        let spec = &self.config.embed_model;
+        let remote = &self.config.remote;
+        if remote.embed_endpoints.is_empty() {
+            return ModelDir::resolve(spec, Role::Embedding).await;
+        }
+        let text_mode = remote.embed_input == remote::EmbedInputKind::Text;
+        if text_mode && !std::path::Path::new(spec).is_dir() {
+            let dims = match remote.embed_dims {
+                Some(d) => d,
+                None => remote::RemoteEmbedder::probe_dims(remote).await?,
+            };
+            let path = crate::model::dir::remote_text_model_dir(dims)?;
+            return ModelDir::open_files(spec, &path, Role::Embedding, Files::NoWeights);
+        }
+        ModelDir::resolve_files(spec, Role::Embedding, Files::NoWeights).await
     }
 
     /// The reranker's directory (downloaded if needed, not loaded).
@@ -316,10 +350,12 @@ impl Inference {
     }
 
     fn max_tokens(&self, dir: &ModelDir) -> usize {
-        let model_max = dir.config.max_position_embeddings;
-        self.config
-            .max_tokens
-            .map_or(model_max, |m| m.min(model_max))
+        self.token_limit_of(dir)
+    }
+
+    /// The longest input `dir`'s model takes here, in tokens (see [`token_limit`]).
+    pub fn token_limit_of(&self, dir: &ModelDir) -> usize {
+        token_limit(dir.config.max_position_embeddings, self.config.max_tokens)
     }
 
     async fn embedder(&self) -> Result<Arc<Loaded<Embedder>>> {
@@ -328,6 +364,7 @@ impl Inference {
             .get_or_try_init(|| async {
                 let dir = self.embed_model_dir().await?.clone();
                 let tokenizer = QwenTokenizer::from_file(&dir.path.join("tokenizer.json"))?;
+                tokenizer.check_special_tokens(&dir.id, false)?;
                 let max_tokens = self.max_tokens(&dir);
                 tracing::info!(model = %dir.id, "loading embedding model");
                 let backend = Embedder::load(dir, &self.config).await?;
@@ -347,6 +384,7 @@ impl Inference {
             .get_or_try_init(|| async {
                 let dir = self.rerank_model_dir().await?.clone();
                 let tokenizer = QwenTokenizer::from_file(&dir.path.join("tokenizer.json"))?;
+                tokenizer.check_special_tokens(&dir.id, true)?;
                 let max_tokens = self.max_tokens(&dir);
                 tracing::info!(model = %dir.id, "loading reranker");
                 let backend = Reranker::load(dir, &self.config).await?;
@@ -399,7 +437,11 @@ impl Inference {
                 .iter()
                 .map(|&k| {
                     let i = &inputs[unique[k]];
-                    prompts::embedding_text(&i.text, i.instruction.as_deref())
+                    prompts::format_embedding(
+                        &i.text,
+                        i.instruction.as_deref(),
+                        &model.backend.dir().prompts,
+                    )
                 })
                 .collect();
             let vectors = match model.backend.text_endpoint() {
@@ -668,6 +710,18 @@ impl Inference {
     }
 
     /// Token ids of `text` with the embedding model's tokenizer (nothing appended).
+    /// The text the embedding model reads for `text` and its instruction or prompt name.
+    pub async fn embedding_text(&self, text: &str, instruction: Option<&str>) -> Result<String> {
+        let dir = self.embed_model_dir().await?;
+        Ok(prompts::format_embedding(text, instruction, &dir.prompts))
+    }
+
+    /// The embedding model's named prompts (name → text prepended).
+    pub async fn embed_prompts(&self) -> Result<Vec<(String, String)>> {
+        let dir = self.embed_model_dir().await?;
+        Ok(dir.prompts.clone().into_iter().collect())
+    }
+
     pub async fn embed_tokenize(&self, text: &str) -> Result<Vec<u32>> {
         let model = self.embedder().await?;
         model.tokenizer.encode(text)
@@ -757,6 +811,16 @@ mod tests {
         let (u, s) = dedupe(&["a", "b", "a", "c", "b"]);
         assert_eq!(u, vec![0, 1, 3]);
         assert_eq!(s, vec![0, 1, 0, 2, 1]);
+    }
+
+    #[test]
+    fn token_limit_defaults_to_the_advertised_context() {
+        // A 4B config's 40960 positions: 32k unless the user asks for more.
+        assert_eq!(token_limit(40_960, None), 32_768);
+        assert_eq!(token_limit(40_960, Some(40_000)), 40_000);
+        assert_eq!(token_limit(40_960, Some(50_000)), 40_960);
+        assert_eq!(token_limit(512, None), 512);
+        assert_eq!(token_limit(512, Some(128)), 128);
     }
 
     #[test]

@@ -35,6 +35,28 @@ pub fn embedding_text(text: &str, instruction: Option<&str>) -> String {
     }
 }
 
+/// Text to embed when the second argument may name a prompt: an instruction exactly equal to
+/// one of the model's prompt names (`named`, e.g. `query`) is that prompt, prepended verbatim
+/// (sentence-transformers' rule); anything else is an instruction for [`embedding_text`].
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use semflow::inference::prompts::format_embedding;
+/// let named = BTreeMap::from([("query".to_string(), "Instruct: Find\nQuery:".to_string())]);
+/// assert_eq!(format_embedding("x", Some("query"), &named), "Instruct: Find\nQuery:x");
+/// assert_eq!(format_embedding("x", Some("Find"), &named), "Instruct: Find\nQuery:x");
+/// ```
+pub fn format_embedding(
+    text: &str,
+    instruction: Option<&str>,
+    named: &std::collections::BTreeMap<String, String>,
+) -> String {
+    match instruction.and_then(|i| named.get(i)) {
+        Some(prefix) => format!("{prefix}{text}"),
+        None => embedding_text(text, instruction),
+    }
+}
+
 /// The variable middle of the reranker prompt (between [`RERANK_PREFIX`] and
 /// [`RERANK_SUFFIX`]); this is the part truncated when a pair is too long.
 pub fn rerank_body(query: &str, document: &str, instruction: Option<&str>) -> String {

@@ -90,6 +90,28 @@ impl QwenTokenizer {
             .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
+    /// Checks that the tokenizer maps the tokens the recipe reads to the ids semflow uses:
+    /// `<|endoftext|>` for every model, `yes`/`no` for rerankers. A checkpoint with another
+    /// vocabulary would otherwise give vectors or scores of the wrong positions silently.
+    pub fn check_special_tokens(&self, model: &str, reranker: bool) -> Result<()> {
+        let mut expected = vec![("<|endoftext|>", EOS_TOKEN_ID)];
+        if reranker {
+            expected.extend([("yes", prompts::YES_TOKEN_ID), ("no", prompts::NO_TOKEN_ID)]);
+        }
+        for (token, id) in expected {
+            let found = self.inner.token_to_id(token);
+            if found != Some(id) {
+                return Err(Error::model(
+                    model,
+                    format!(
+                        "tokenizer.json maps {token:?} to {found:?}, but the Qwen3 recipe reads id {id}; this is not a Qwen3 tokenizer"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The reranker prompt's fixed token ids before and after the body.
     pub fn rerank_affixes(&self) -> (&[u32], &[u32]) {
         (&self.rerank_prefix, &self.rerank_suffix)

@@ -6,8 +6,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// Architectures semflow runs: transformers' causal LM (the published Qwen3-Embedding and
+/// Qwen3-Reranker checkpoints) and the bare decoder that sentence-transformers saves when it
+/// fine-tunes Qwen3-Embedding. Both hold the same decoder weights.
+pub const ARCHITECTURES: [&str; 2] = ["Qwen3ForCausalLM", "Qwen3Model"];
+
 /// Fields of a Hugging Face Qwen3 `config.json` that semflow needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawConfig")]
 pub struct QwenConfig {
     #[serde(default)]
     pub architectures: Vec<String>,
@@ -21,14 +27,93 @@ pub struct QwenConfig {
     pub head_dim: Option<usize>,
     pub max_position_embeddings: usize,
     pub rms_norm_eps: f64,
-    #[serde(default = "default_rope_theta")]
     pub rope_theta: f64,
     #[serde(default)]
     pub tie_word_embeddings: bool,
 }
 
-fn default_rope_theta() -> f64 {
-    1_000_000.0
+/// `config.json` as written: transformers 4.x puts `rope_theta` at the top level, 5.x moves
+/// it into `rope_parameters` (with a `rope_type`).
+#[derive(Deserialize)]
+struct RawConfig {
+    #[serde(default)]
+    architectures: Vec<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: usize,
+    #[serde(default)]
+    head_dim: Option<usize>,
+    max_position_embeddings: usize,
+    rms_norm_eps: f64,
+    #[serde(default)]
+    rope_theta: Option<f64>,
+    #[serde(default)]
+    rope_parameters: Option<RopeParameters>,
+    #[serde(default)]
+    rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+}
+
+#[derive(Deserialize)]
+struct RopeParameters {
+    #[serde(default)]
+    rope_theta: Option<f64>,
+    #[serde(default)]
+    rope_type: Option<String>,
+}
+
+/// Qwen3's default when a config names no theta.
+const DEFAULT_ROPE_THETA: f64 = 1_000_000.0;
+
+impl TryFrom<RawConfig> for QwenConfig {
+    type Error = String;
+
+    fn try_from(raw: RawConfig) -> std::result::Result<Self, String> {
+        let nested = raw.rope_parameters.as_ref();
+        let rope_type = nested.and_then(|p| p.rope_type.as_deref()).or_else(|| {
+            raw.rope_scaling
+                .as_ref()
+                .and_then(|s| s.get("rope_type").or_else(|| s.get("type")))
+                .and_then(|t| t.as_str())
+        });
+        // Scaled RoPE (yarn, linear, dynamic…) changes every position's angles; running it as
+        // plain RoPE would silently give different vectors.
+        if let Some(t) = rope_type.filter(|t| *t != "default") {
+            return Err(format!(
+                "rope type '{t}' is not supported (semflow runs Qwen3's default RoPE)"
+            ));
+        }
+        let rope_theta = match (raw.rope_theta, nested.and_then(|p| p.rope_theta)) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(format!(
+                    "rope_theta {a} and rope_parameters.rope_theta {b} disagree"
+                ))
+            }
+            (Some(t), _) | (None, Some(t)) => t,
+            (None, None) => DEFAULT_ROPE_THETA,
+        };
+        if !(rope_theta.is_finite() && rope_theta > 0.0) {
+            return Err(format!("rope_theta {rope_theta} must be a positive number"));
+        }
+        Ok(QwenConfig {
+            architectures: raw.architectures,
+            vocab_size: raw.vocab_size,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_hidden_layers: raw.num_hidden_layers,
+            num_attention_heads: raw.num_attention_heads,
+            num_key_value_heads: raw.num_key_value_heads,
+            head_dim: raw.head_dim,
+            max_position_embeddings: raw.max_position_embeddings,
+            rms_norm_eps: raw.rms_norm_eps,
+            rope_theta,
+            tie_word_embeddings: raw.tie_word_embeddings,
+        })
+    }
 }
 
 impl QwenConfig {
@@ -38,11 +123,15 @@ impl QwenConfig {
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let cfg: QwenConfig =
             serde_json::from_str(&text).map_err(|source| Error::Json { path, source })?;
-        if !cfg.architectures.iter().any(|a| a == "Qwen3ForCausalLM") {
+        if !cfg
+            .architectures
+            .iter()
+            .any(|a| ARCHITECTURES.contains(&a.as_str()))
+        {
             return Err(Error::model(
                 dir.display(),
                 format!(
-                    "config.json architectures {:?} is not Qwen3ForCausalLM; semflow runs Qwen3-Embedding and Qwen3-Reranker models",
+                    "config.json architectures {:?} is none of {ARCHITECTURES:?}; semflow runs Qwen3-Embedding and Qwen3-Reranker models and their fine-tunes",
                     cfg.architectures
                 ),
             ));
@@ -76,7 +165,7 @@ impl QwenConfig {
             head_dim: Some(head_dim),
             max_position_embeddings: max_pos,
             rms_norm_eps: 1e-6,
-            rope_theta: 1_000_000.0,
+            rope_theta: DEFAULT_ROPE_THETA,
             // 0.6B ties input and output embeddings; 4B and 8B reranker checkpoints do too.
             tie_word_embeddings: true,
         }
@@ -148,5 +237,81 @@ mod tests {
         let json = c.to_hf_json("bfloat16");
         let back: QwenConfig = serde_json::from_value(json).unwrap();
         assert_eq!(back, c);
+    }
+
+    fn with(
+        edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+    ) -> Result<QwenConfig, String> {
+        let mut json = QwenConfig::preset(Preset::Tiny).to_hf_json("bfloat16");
+        edit(json.as_object_mut().unwrap());
+        serde_json::from_value(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn rope_theta_is_read_from_either_place() {
+        let nested = with(|m| {
+            m.remove("rope_theta");
+            m.insert(
+                "rope_parameters".into(),
+                serde_json::json!({"rope_theta": 5000.0, "rope_type": "default"}),
+            );
+        })
+        .unwrap();
+        assert_eq!(nested.rope_theta, 5000.0);
+        let absent = with(|m| {
+            m.remove("rope_theta");
+        })
+        .unwrap();
+        assert_eq!(absent.rope_theta, 1_000_000.0);
+        let both_agree = with(|m| {
+            m.insert(
+                "rope_parameters".into(),
+                serde_json::json!({"rope_theta": 1e6}),
+            );
+        })
+        .unwrap();
+        assert_eq!(both_agree.rope_theta, 1e6);
+        let err = with(|m| {
+            m.insert(
+                "rope_parameters".into(),
+                serde_json::json!({"rope_theta": 10.0}),
+            );
+        })
+        .unwrap_err();
+        assert!(err.contains("disagree"), "{err}");
+        let err = with(|m| {
+            m.insert(
+                "rope_parameters".into(),
+                serde_json::json!({"rope_theta": 1e6, "rope_type": "yarn"}),
+            );
+        })
+        .unwrap_err();
+        assert!(err.contains("'yarn'"), "{err}");
+        let err = with(|m| {
+            m.insert(
+                "rope_scaling".into(),
+                serde_json::json!({"type": "linear", "factor": 2.0}),
+            );
+        })
+        .unwrap_err();
+        assert!(err.contains("'linear'"), "{err}");
+    }
+
+    #[test]
+    fn fine_tuned_architecture_is_accepted_and_others_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |arch: &str| {
+            let mut json = QwenConfig::preset(Preset::Tiny).to_hf_json("bfloat16");
+            json["architectures"] = serde_json::json!([arch]);
+            std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
+            QwenConfig::from_dir(dir.path())
+        };
+        assert!(write("Qwen3Model").is_ok());
+        assert!(write("Qwen3ForCausalLM").is_ok());
+        let err = write("LlamaForCausalLM").unwrap_err().to_string();
+        assert!(
+            err.contains("LlamaForCausalLM") && err.contains("Qwen3Model"),
+            "{err}"
+        );
     }
 }

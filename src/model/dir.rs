@@ -1,12 +1,14 @@
 //! Model directories: where a model's files are (local or fetched from the hub), checks that
 //! they are what semflow can run, and the fingerprint that identifies the weights.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use super::config::QwenConfig;
+pub use super::hub::Files;
 use crate::error::{Error, Result};
 
 /// What the model is used for; decides which files must exist and which flag names it.
@@ -17,13 +19,13 @@ pub enum Role {
 }
 
 impl Role {
-    fn flag(self) -> &'static str {
+    pub(crate) fn flag(self) -> &'static str {
         match self {
             Role::Embedding => "--embed-model",
             Role::Reranker => "--rerank-model",
         }
     }
-    fn env(self) -> &'static str {
+    pub(crate) fn env(self) -> &'static str {
         match self {
             Role::Embedding => "SEMFLOW_EMBED_MODEL",
             Role::Reranker => "SEMFLOW_RERANK_MODEL",
@@ -40,12 +42,22 @@ pub struct ModelDir {
     pub config: QwenConfig,
     /// Digest of the weights (see [`weights_digest`]).
     pub weights_digest: String,
+    /// Named embedding prompts (`embed(text, 'query')`): Qwen3-Embedding's defaults overlaid
+    /// with the model's `config_sentence_transformers.json`; empty for rerankers.
+    pub prompts: BTreeMap<String, String>,
 }
 
 impl ModelDir {
-    /// Resolves `spec` (a local directory, or a Hugging Face id downloaded with progress) and
-    /// checks it holds a Qwen3 model semflow can run for `role`.
+    /// Resolves `spec` (a local directory, a Hugging Face id `org/name[@revision]` fetched into
+    /// the hub cache, or `random:PRESET[:SEED]`) and checks it holds a Qwen3 model semflow can
+    /// run for `role`.
     pub async fn resolve(spec: &str, role: Role) -> Result<Self> {
+        Self::resolve_files(spec, role, Files::All).await
+    }
+
+    /// As [`ModelDir::resolve`], fetching only config and tokenizer files when `files` is
+    /// [`Files::NoWeights`] (remote inference: the weights live on the endpoints).
+    pub async fn resolve_files(spec: &str, role: Role, files: Files) -> Result<Self> {
         let local = Path::new(spec);
         let path = if let Some(rest) = spec.strip_prefix("random:") {
             random_model_dir(rest, role)?
@@ -60,13 +72,18 @@ impl ModelDir {
                 ),
             ));
         } else {
-            download(spec, role).await?
+            super::hub::fetch(spec, role, files).await?
         };
-        Self::open(spec, &path, role)
+        Self::open_files(spec, &path, role, files)
     }
 
     /// Checks a local directory.
     pub fn open(id: &str, path: &Path, role: Role) -> Result<Self> {
+        Self::open_files(id, path, role, Files::All)
+    }
+
+    /// Checks a local directory; with [`Files::NoWeights`] the weights may be absent.
+    pub fn open_files(id: &str, path: &Path, role: Role, files: Files) -> Result<Self> {
         let config = QwenConfig::from_dir(path)?;
         for f in ["tokenizer.json"] {
             if !path.join(f).is_file() {
@@ -79,12 +96,21 @@ impl ModelDir {
         if role == Role::Embedding {
             check_pooling(id, path, config.hidden_size)?;
         }
-        let weights_digest = weights_digest(path)?;
+        let has_weights = safetensors_files(path).is_ok();
+        let weights_digest = match files {
+            Files::NoWeights if !has_weights => config_digest(path)?,
+            _ => weights_digest(path)?,
+        };
+        let prompts = match role {
+            Role::Embedding => named_prompts(id, path)?,
+            Role::Reranker => BTreeMap::new(),
+        };
         Ok(Self {
             id: id.to_string(),
             path: path.to_path_buf(),
             config,
             weights_digest,
+            prompts,
         })
     }
 
@@ -122,13 +148,7 @@ fn random_model_dir(rest: &str, role: Role) -> Result<PathBuf> {
         Role::Embedding => ModelKind::Embedding,
         Role::Reranker => ModelKind::Reranker,
     };
-    let base = std::env::var_os("SEMFLOW_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("semflow"))
-        })
-        .unwrap_or_else(|| std::env::temp_dir().join("semflow"));
-    let dir = base
+    let dir = semflow_cache_dir()
         .join("random")
         .join(format!("{kind:?}-{preset_name}-{seed}").to_lowercase());
     if !dir.join("model.safetensors").is_file() {
@@ -152,6 +172,89 @@ fn random_model_dir(rest: &str, role: Role) -> Result<PathBuf> {
         }
     }
     Ok(dir)
+}
+
+/// The named prompts every Qwen3-Embedding model answers to, as its published
+/// `config_sentence_transformers.json` defines them; a model's own file overrides them.
+pub const DEFAULT_NAMED_PROMPTS: [(&str, &str); 2] = [
+    (
+        "query",
+        "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:",
+    ),
+    ("document", ""),
+];
+
+/// The model's named prompts: the published defaults, then its own
+/// `config_sentence_transformers.json` (a fine-tune's prompts win).
+fn named_prompts(id: &str, dir: &Path) -> Result<BTreeMap<String, String>> {
+    let mut prompts: BTreeMap<String, String> = DEFAULT_NAMED_PROMPTS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let path = dir.join("config_sentence_transformers.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(prompts),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: path.clone(),
+        source,
+    })?;
+    let Some(own) = json.get("prompts").filter(|p| !p.is_null()) else {
+        return Ok(prompts);
+    };
+    let own = own.as_object().ok_or_else(|| {
+        Error::model(
+            id,
+            format!("{}: \"prompts\" must be an object", path.display()),
+        )
+    })?;
+    for (name, prompt) in own {
+        let prompt = prompt.as_str().ok_or_else(|| {
+            Error::model(
+                id,
+                format!("{}: prompt {name:?} must be a string", path.display()),
+            )
+        })?;
+        prompts.insert(name.clone(), prompt.to_string());
+    }
+    Ok(prompts)
+}
+
+/// A stand-in embedding model directory for remote text mode, where the endpoints tokenize
+/// and hold the weights: Qwen3-Embedding's config with the endpoints' dimension, the Qwen3
+/// tokenizer and the published prompts, written once into semflow's cache directory.
+pub fn remote_text_model_dir(dims: usize) -> Result<PathBuf> {
+    use super::config::Preset;
+    use super::random::{write_model_files, ModelKind};
+    let dir = semflow_cache_dir()
+        .join("remote")
+        .join(format!("embedding-text-{dims}"));
+    if dir.join("config.json").is_file() {
+        return Ok(dir);
+    }
+    let mut cfg = QwenConfig::preset(Preset::Q0_6b);
+    cfg.hidden_size = dims;
+    let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+    write_model_files(&cfg, ModelKind::Embedding, "bfloat16", &tmp)?;
+    if let Err(e) = std::fs::rename(&tmp, &dir) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !dir.join("config.json").is_file() {
+            return Err(Error::io(&dir, e));
+        }
+    }
+    Ok(dir)
+}
+
+/// semflow's own cache directory: `SEMFLOW_CACHE_DIR`, default `~/.cache/semflow`.
+fn semflow_cache_dir() -> PathBuf {
+    std::env::var_os("SEMFLOW_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("semflow"))
+        })
+        .unwrap_or_else(|| std::env::temp_dir().join("semflow"))
 }
 
 fn looks_like_path(spec: &str) -> bool {
@@ -251,6 +354,19 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The fingerprint of a model known only by its files without weights (remote inference):
+/// `cfg-` and a digest of `config.json` and `tokenizer.json`, so two revisions still differ.
+fn config_digest(dir: &Path) -> Result<String> {
+    let mut hasher = Sha256::new();
+    for f in ["config.json", "tokenizer.json"] {
+        let path = dir.join(f);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+    }
+    Ok(format!("cfg-{}", hex::encode(&hasher.finalize()[..16])))
+}
+
 /// A digest of the weights that is cheap even for 16 GB checkpoints: each safetensors file's
 /// name, size and full header (tensor names, shapes, offsets), plus 64 KiB samples at 64
 /// evenly spaced offsets (the whole file when it is under 4 MiB).
@@ -292,72 +408,6 @@ pub fn weights_digest(dir: &Path) -> Result<String> {
         }
     }
     Ok(hex::encode(&hasher.finalize()[..16]))
-}
-
-/// Downloads the files semflow needs from the Hugging Face hub, with progress bars, into the
-/// standard HF cache; returns the snapshot directory.
-async fn download(id: &str, role: Role) -> Result<PathBuf> {
-    let unreachable = |message: String| Error::HubUnreachable {
-        model: id.to_string(),
-        message,
-        flag: role.flag(),
-        env: role.env(),
-    };
-    let api = hf_hub::api::tokio::ApiBuilder::from_env()
-        .with_progress(true)
-        .build()
-        .map_err(|e| unreachable(e.to_string()))?;
-    let repo = api.model(id.to_string());
-    let config = repo
-        .get("config.json")
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let mut files = vec!["tokenizer.json", "tokenizer_config.json"];
-    if role == Role::Embedding {
-        files.extend(["modules.json", "1_Pooling/config.json"]);
-    }
-    for f in files {
-        repo.get(f)
-            .await
-            .map_err(|e| unreachable(format!("{f}: {e}")))?;
-    }
-    // Small models ship one model.safetensors; larger ones an index and shards.
-    match repo.get("model.safetensors.index.json").await {
-        Ok(index_path) => {
-            let text =
-                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-            let index: serde_json::Value =
-                serde_json::from_str(&text).map_err(|source| Error::Json {
-                    path: index_path.clone(),
-                    source,
-                })?;
-            let mut shards: Vec<String> = index
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .map(|m| {
-                    m.values()
-                        .filter_map(|v| v.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            shards.sort();
-            shards.dedup();
-            for shard in shards {
-                repo.get(&shard)
-                    .await
-                    .map_err(|e| unreachable(format!("{shard}: {e}")))?;
-            }
-        }
-        Err(_) => {
-            repo.get("model.safetensors")
-                .await
-                .map_err(|e| unreachable(format!("model.safetensors: {e}")))?;
-        }
-    }
-    config
-        .parent()
-        .map(Path::to_path_buf)
-        .ok_or_else(|| Error::model(id, "hub cache path has no parent directory"))
 }
 
 #[cfg(test)]

@@ -3,5 +3,6 @@
 
 pub mod config;
 pub mod dir;
+pub mod hub;
 pub mod merge;
 pub mod random;

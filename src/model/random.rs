@@ -114,6 +114,78 @@ fn tensor_seed(seed: u64, name: &str) -> u64 {
     u64::from_le_bytes(first)
 }
 
+/// Everything of a model directory but the weights: config, tokenizer, and for embedders the
+/// sentence-transformers files. Also the stand-in for a remote-only model (see
+/// `model::dir::remote_text_model_dir`).
+pub fn write_model_files(
+    cfg: &QwenConfig,
+    kind: ModelKind,
+    torch_dtype: &str,
+    out: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    write_json(&out.join("config.json"), &cfg.to_hf_json(torch_dtype))?;
+    let tokenizer = match kind {
+        ModelKind::Embedding => QWEN3_EMBEDDING_TOKENIZER_JSON,
+        ModelKind::Reranker => QWEN3_TOKENIZER_JSON,
+    };
+    write_file(&out.join("tokenizer.json"), tokenizer)?;
+    write_json(
+        &out.join("tokenizer_config.json"),
+        &serde_json::json!({
+            "tokenizer_class": "Qwen2Tokenizer",
+            "model_max_length": cfg.max_position_embeddings,
+            "eos_token": "<|endoftext|>",
+            "pad_token": "<|endoftext|>",
+            "bos_token": null,
+            "unk_token": null,
+            "add_bos_token": false,
+            "padding_side": "left",
+            "chat_template": "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+        }),
+    )?;
+    write_json(
+        &out.join("generation_config.json"),
+        &serde_json::json!({"bos_token_id": 151643, "eos_token_id": 151643}),
+    )?;
+    if kind == ModelKind::Embedding {
+        write_json(
+            &out.join("modules.json"),
+            &serde_json::json!([
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+            ]),
+        )?;
+        let pooling = out.join("1_Pooling");
+        std::fs::create_dir_all(&pooling).map_err(|e| Error::io(&pooling, e))?;
+        write_json(
+            &pooling.join("config.json"),
+            &serde_json::json!({
+                "word_embedding_dimension": cfg.hidden_size,
+                "pooling_mode_cls_token": false,
+                "pooling_mode_mean_tokens": false,
+                "pooling_mode_max_tokens": false,
+                "pooling_mode_mean_sqrt_len_tokens": false,
+                "pooling_mode_weightedmean_tokens": false,
+                "pooling_mode_lasttoken": true,
+                "include_prompt": true
+            }),
+        )?;
+        let normalize = out.join("2_Normalize");
+        std::fs::create_dir_all(&normalize).map_err(|e| Error::io(&normalize, e))?;
+        write_json(
+            &out.join("config_sentence_transformers.json"),
+            &serde_json::json!({
+                "prompts": super::dir::DEFAULT_NAMED_PROMPTS.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect::<serde_json::Map<_, _>>(),
+                "default_prompt_name": null,
+                "similarity_fn_name": "cosine",
+            }),
+        )?;
+    }
+    Ok(())
+}
+
 /// The tensors of a Qwen3 model of `cfg`'s shape, by name.
 fn tensors(cfg: &QwenConfig, spec: &RandomModelSpec) -> BTreeMap<String, RandomTensor> {
     let prefix = match spec.kind {
@@ -185,66 +257,11 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 /// Writes a complete, loadable Qwen3 model directory with random weights to `out`.
 pub fn write_random_model(spec: &RandomModelSpec, out: &Path) -> Result<QwenConfig> {
     let cfg = QwenConfig::preset(spec.preset);
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let torch_dtype = match spec.dtype {
         WeightDtype::F32 => "float32",
         WeightDtype::Bf16 => "bfloat16",
     };
-    write_json(&out.join("config.json"), &cfg.to_hf_json(torch_dtype))?;
-    let tokenizer = match spec.kind {
-        ModelKind::Embedding => QWEN3_EMBEDDING_TOKENIZER_JSON,
-        ModelKind::Reranker => QWEN3_TOKENIZER_JSON,
-    };
-    write_file(&out.join("tokenizer.json"), tokenizer)?;
-    write_json(
-        &out.join("tokenizer_config.json"),
-        &serde_json::json!({
-            "tokenizer_class": "Qwen2Tokenizer",
-            "model_max_length": cfg.max_position_embeddings,
-            "eos_token": "<|endoftext|>",
-            "pad_token": "<|endoftext|>",
-            "bos_token": null,
-            "unk_token": null,
-            "add_bos_token": false,
-            "padding_side": "left",
-            "chat_template": "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
-        }),
-    )?;
-    write_json(
-        &out.join("generation_config.json"),
-        &serde_json::json!({"bos_token_id": 151643, "eos_token_id": 151643}),
-    )?;
-    if spec.kind == ModelKind::Embedding {
-        write_json(
-            &out.join("modules.json"),
-            &serde_json::json!([
-                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
-            ]),
-        )?;
-        let pooling = out.join("1_Pooling");
-        std::fs::create_dir_all(&pooling).map_err(|e| Error::io(&pooling, e))?;
-        write_json(
-            &pooling.join("config.json"),
-            &serde_json::json!({
-                "word_embedding_dimension": cfg.hidden_size,
-                "pooling_mode_cls_token": false,
-                "pooling_mode_mean_tokens": false,
-                "pooling_mode_max_tokens": false,
-                "pooling_mode_mean_sqrt_len_tokens": false,
-                "pooling_mode_weightedmean_tokens": false,
-                "pooling_mode_lasttoken": true,
-                "include_prompt": true
-            }),
-        )?;
-        let normalize = out.join("2_Normalize");
-        std::fs::create_dir_all(&normalize).map_err(|e| Error::io(&normalize, e))?;
-        write_json(
-            &out.join("config_sentence_transformers.json"),
-            &serde_json::json!({"prompts": {"query": "", "document": ""}, "default_prompt_name": null, "similarity_fn_name": "cosine"}),
-        )?;
-    }
+    write_model_files(&cfg, spec.kind, torch_dtype, out)?;
     let weights = out.join("model.safetensors");
     // One metadata key only: safetensors keeps metadata in a HashMap, so with several keys the
     // header order (and the file's bytes) would change from run to run.

@@ -58,7 +58,7 @@ impl ChatModel {
     /// Loads a Qwen3 causal LM directory (or `random:PRESET[:SEED]`).
     pub async fn load(spec: &str, opts: LoadOptions) -> Result<Self> {
         let dir = ModelDir::resolve(spec, Role::Reranker).await?;
-        let model = crate::inference::local::load_causal_lm(&dir, opts, true).await?;
+        let model = crate::inference::local::load_causal_lm(&dir, opts, true, None).await?;
         Ok(Self {
             id: dir.id.clone(),
             model,

@@ -354,7 +354,10 @@ async fn embeddings(
         vectors.into_iter().map(Arc::from).collect()
     } else {
         for t in &texts {
-            let formatted = prompts::embedding_text(t, instruction.as_deref());
+            let formatted = state
+                .inference
+                .embedding_text(t, instruction.as_deref())
+                .await?;
             // + the <|endoftext|> the model appends; counted before any truncation.
             lengths.push(state.inference.embed_tokenize(&formatted).await?.len() + 1);
         }

@@ -32,4 +32,8 @@ pub fn register_all(ctx: &SessionContext, inference: &Arc<Inference>) {
         "semflow_stats",
         Arc::new(stats::StatsFunction::new(inference.clone())),
     );
+    ctx.register_udtf(
+        "embed_prompts",
+        Arc::new(stats::PromptsFunction::new(inference.clone())),
+    );
 }

@@ -10,7 +10,7 @@ use datafusion::common::{plan_err, Result};
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::Expr;
 
-use crate::inference::Inference;
+use crate::inference::{block_on, Inference};
 
 /// Table function returning one row per counter.
 #[derive(Debug)]
@@ -39,6 +39,41 @@ impl TableFunctionImpl for StatsFunction {
             vec![
                 Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
                 Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            ],
+        )?;
+        Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+    }
+}
+
+/// `embed_prompts()`: the embedding model's named prompts, one row each (`name`, `prompt`);
+/// `embed(text, name)` prepends `prompt` to `text`.
+#[derive(Debug)]
+pub struct PromptsFunction {
+    inference: Arc<Inference>,
+}
+
+impl PromptsFunction {
+    pub fn new(inference: Arc<Inference>) -> Self {
+        Self { inference }
+    }
+}
+
+impl TableFunctionImpl for PromptsFunction {
+    fn call(&self, args: &[Expr]) -> Result<Arc<dyn TableProvider>> {
+        if !args.is_empty() {
+            return plan_err!("embed_prompts() takes no arguments");
+        }
+        let inference = self.inference.clone();
+        let rows = block_on(async move { inference.embed_prompts().await })??;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("prompt", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.0))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.1))),
             ],
         )?;
         Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))

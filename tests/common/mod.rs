@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 pub mod fake_llm;
+pub mod hub;
 pub mod kafka;
+pub mod layouts;
 pub mod pipeline;
 pub mod raw_http;
 
@@ -69,4 +71,31 @@ pub fn tiny_config_with(backend: BackendKind) -> InferenceConfig {
 
 pub fn tiny_engine() -> Engine {
     Engine::new(tiny_config())
+}
+
+/// A JSON array of numbers as f64s.
+pub fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// `semflow serve`'s HTTP API over `engine`, in-process on 127.0.0.1:0; returns its address.
+pub async fn serve_http(engine: Engine) -> std::net::SocketAddr {
+    use semflow::serve::http::{serve, HttpOptions};
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let options = HttpOptions {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            ..HttpOptions::default()
+        };
+        serve(&engine, options, std::future::pending(), move |a| {
+            let _ = tx.send(a);
+        })
+        .await
+        .unwrap();
+    });
+    rx.await.unwrap()
 }

@@ -55,28 +55,29 @@ pub struct RemoteEmbedder {
 
 impl RemoteEmbedder {
     pub fn new(dir: ModelDir, cfg: RemoteConfig) -> Result<Self> {
-        let urls = cfg
-            .embed_endpoints
-            .iter()
-            .map(|u| {
-                let base = u.trim().trim_end_matches('/');
-                if base.ends_with("/embeddings") {
-                    base.to_string()
-                } else {
-                    format!("{base}/embeddings")
-                }
-            })
-            .collect();
-        let pool = Pool::new(
-            urls,
-            PoolOptions::from_config("embedding", cfg.api_key.clone(), &cfg),
-        )?;
         Ok(Self {
             dir,
-            pool,
+            pool: embedding_pool(&cfg)?,
             model: cfg.model,
             input: cfg.embed_input,
         })
+    }
+
+    /// The endpoints' embedding dimension, from the answer to one short text-mode request.
+    pub async fn probe_dims(cfg: &RemoteConfig) -> Result<usize> {
+        let pool = embedding_pool(cfg)?;
+        let mut body = json!({"input": ["dimension probe"], "encoding_format": "float"});
+        if let Some(m) = &cfg.model {
+            body["model"] = Value::String(m.clone());
+        }
+        let vectors = pool.post(&body, |v| parse_embeddings(&v, 1)).await?;
+        match vectors.first().map(Vec::len) {
+            Some(d) if d > 0 => Ok(d),
+            _ => Err(Error::Inference(
+                "the embedding endpoints answered an empty vector; set --embed-endpoint-dims"
+                    .into(),
+            )),
+        }
     }
 
     pub fn pool(&self) -> &Pool {
@@ -128,6 +129,26 @@ impl RemoteEmbedder {
         let n = inputs.len();
         self.pool.post(&body, |v| parse_embeddings(&v, n)).await
     }
+}
+
+/// One pool over the configured embedding URLs (`…/embeddings` appended to base URLs).
+fn embedding_pool(cfg: &RemoteConfig) -> Result<Pool> {
+    let urls = cfg
+        .embed_endpoints
+        .iter()
+        .map(|u| {
+            let base = u.trim().trim_end_matches('/');
+            if base.ends_with("/embeddings") {
+                base.to_string()
+            } else {
+                format!("{base}/embeddings")
+            }
+        })
+        .collect();
+    Pool::new(
+        urls,
+        PoolOptions::from_config("embedding", cfg.api_key.clone(), cfg),
+    )
 }
 
 /// `data[*].embedding` in input order (by `index`), each L2-normalised.

@@ -38,6 +38,8 @@ pub struct RemoteConfig {
     pub model: Option<String>,
     /// What embedding requests carry: token ids (exact; the default) or formatted text.
     pub embed_input: EmbedInputKind,
+    /// Text mode: the endpoints' embedding dimension (`None`: asked of them once).
+    pub embed_dims: Option<usize>,
     /// Rerank URLs: a base up to `/v1` (Cohere/Jina `/rerank` is appended), or a full URL
     /// ending in `/rerank` or `/score` (vLLM's score API).
     pub rerank_endpoints: Vec<String>,
@@ -65,6 +67,7 @@ impl Default for RemoteConfig {
             embed_endpoints: Vec::new(),
             model: None,
             embed_input: EmbedInputKind::Tokens,
+            embed_dims: None,
             rerank_endpoints: Vec::new(),
             rerank_model: None,
             rerank_format: RerankFormat::Auto,
