@@ -1,13 +1,15 @@
-//! SQL functions: `embed`, `rerank`, `embed_model` (inference), `generate_query` (synthesis)
+//! SQL functions: `embed`, `rerank`, `embed_model` (inference), `chunk` (token-sized
+//! splitting), `generate_query` (synthesis)
 //! and the vector functions.
 
 pub(crate) mod args;
+pub mod chunk;
 pub mod embed;
 pub mod generate;
 pub mod model;
+pub mod options;
 pub mod rerank;
 pub mod stats;
-pub mod options;
 pub mod vector;
 
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use crate::inference::Inference;
 pub fn register_all(ctx: &SessionContext, inference: &Arc<Inference>) {
     ctx.register_udf(ScalarUDF::from(embed::EmbedUdf::new(inference.clone())));
     ctx.register_udf(ScalarUDF::from(rerank::RerankUdf::new(inference.clone())));
+    ctx.register_udf(ScalarUDF::from(chunk::ChunkUdf::new(inference.clone())));
     ctx.register_udf(ScalarUDF::from(generate::GenerateQueryUdf::default()));
     ctx.register_udf(ScalarUDF::from(model::EmbedModelUdf::new(
         inference.clone(),
