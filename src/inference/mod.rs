@@ -493,6 +493,21 @@ impl Inference {
         Ok(Some(r.clone()))
     }
 
+    /// The longest embedding input in tokens.
+    pub async fn embed_token_limit(&self) -> Result<usize> {
+        let dir = self.embed_model_dir().await?;
+        Ok(self.token_limit_of(dir))
+    }
+
+    /// The longest reranker input in tokens; `None` when remote endpoints decide.
+    pub async fn rerank_token_limit(&self) -> Result<Option<usize>> {
+        if !self.config.remote.rerank_endpoints.is_empty() {
+            return Ok(None);
+        }
+        let dir = self.rerank_model_dir().await?;
+        Ok(Some(self.token_limit_of(dir)))
+    }
+
     /// The reranker's name for API answers: the endpoint model (or the configured model)
     /// when remote, else the model directory's id.
     pub async fn rerank_model_name(&self) -> Result<String> {

@@ -192,3 +192,98 @@ pub struct SqlResponse {
     pub rows: serde_json::Value,
     pub row_count: usize,
 }
+
+/// `POST /v2/rerank` (Cohere's v2 shape, what the Cohere SDK's `ClientV2` sends).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CohereRerankRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub query: String,
+    pub documents: Vec<RerankDocument>,
+    #[serde(default)]
+    pub top_n: Option<usize>,
+    /// Documents longer than this many tokens are cut; semflow cuts at the model's limit, so
+    /// only values at or above it are accepted.
+    #[serde(default)]
+    pub max_tokens_per_doc: Option<usize>,
+    /// A scheduling hint; semflow serves requests in arrival order.
+    #[serde(default)]
+    pub priority: Option<i64>,
+    /// semflow's extension, as on `/v1/rerank`.
+    #[serde(default)]
+    pub instruction: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CohereRerankResponse {
+    pub id: String,
+    pub results: Vec<RerankResult>,
+    pub meta: CohereMeta,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CohereMeta {
+    pub api_version: CohereApiVersion,
+    pub billed_units: CohereBilledUnits,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CohereApiVersion {
+    pub version: &'static str,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct CohereBilledUnits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search_units: Option<usize>,
+}
+
+/// `POST /v2/embed` (Cohere's v2 shape).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CohereEmbedRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub texts: Option<Vec<String>>,
+    #[serde(default)]
+    pub images: Option<serde_json::Value>,
+    #[serde(default)]
+    pub inputs: Option<serde_json::Value>,
+    /// `search_query` embeds with the model's `query` prompt; `search_document`,
+    /// `classification` and `clustering` embed as documents.
+    #[serde(default)]
+    pub input_type: Option<String>,
+    #[serde(default)]
+    pub embedding_types: Option<Vec<String>>,
+    /// Matryoshka: the first `output_dimension` components, re-normalised.
+    #[serde(default)]
+    pub output_dimension: Option<usize>,
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
+    /// `END` (default) cuts long inputs at the end; `NONE` refuses them.
+    #[serde(default)]
+    pub truncate: Option<String>,
+    #[serde(default)]
+    pub priority: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CohereEmbedResponse {
+    pub id: String,
+    pub response_type: &'static str,
+    pub embeddings: CohereEmbeddings,
+    pub texts: Vec<String>,
+    pub meta: CohereMeta,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CohereEmbeddings {
+    #[serde(rename = "float", skip_serializing_if = "Option::is_none")]
+    pub float: Option<Vec<Vec<f32>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base64: Option<Vec<String>>,
+}

@@ -105,6 +105,8 @@ pub fn router(engine: &crate::Engine, options: HttpOptions) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/rerank", post(rerank))
         .route("/v1/score", post(score))
+        .route("/v2/rerank", post(cohere_rerank))
+        .route("/v2/embed", post(cohere_embed))
         .route("/v1/sql", post(sql))
         .route("/v1/chat/completions", post(chat))
         .route_layer(middleware::from_fn_with_state(state.clone(), admit));
@@ -315,16 +317,7 @@ async fn embeddings(
     let dir = state.inference.embed_model_dir().await?;
     let hidden = dir.config.hidden_size;
     let model = req.model.clone().unwrap_or_else(|| dir.id.clone());
-    let dims = match req.dimensions {
-        None => hidden,
-        Some(d) if (1..=hidden).contains(&d) => d,
-        Some(d) => {
-            return Err(ApiError::bad(
-                "dimensions",
-                format!("dimensions must be between 1 and {hidden}, not {d}"),
-            ))
-        }
-    };
+    let dims = matryoshka_dims(req.dimensions, hidden, "dimensions")?;
     let instruction = req.instruction.filter(|i| !i.is_empty());
     let prompt_tokens;
     let mut lengths = Vec::with_capacity(items);
@@ -353,26 +346,16 @@ async fn embeddings(
             })?;
         vectors.into_iter().map(Arc::from).collect()
     } else {
-        for t in &texts {
-            let formatted = state
-                .inference
-                .embedding_text(t, instruction.as_deref())
-                .await?;
-            // + the <|endoftext|> the model appends; counted before any truncation.
-            lengths.push(state.inference.embed_tokenize(&formatted).await?.len() + 1);
-        }
-        check_tokens(&lengths, &state.options, "input")?;
-        prompt_tokens = lengths.iter().sum();
-        let inputs: Vec<EmbedInput> = texts
-            .into_iter()
-            .map(|text| EmbedInput {
-                text,
-                instruction: instruction.clone(),
-            })
-            .collect();
-        let rows = (0..inputs.len()).collect();
-        let opts = call_options(&state.options);
-        state.inference.embed(inputs, rows, opts).await?
+        let (vectors, tokens) = embed_texts(
+            &state,
+            texts,
+            instruction,
+            call_options(&state.options),
+            "input",
+        )
+        .await?;
+        prompt_tokens = tokens;
+        vectors
     };
     record_batch("/v1/embeddings", items, prompt_tokens);
     let data = vectors
@@ -381,8 +364,7 @@ async fn embeddings(
         .map(|(index, v)| {
             let v = truncate_dims(v, dims);
             let embedding = if base64 {
-                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                EmbeddingValue::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+                EmbeddingValue::Base64(base64_floats(&v))
             } else {
                 EmbeddingValue::Float(v)
             };
@@ -404,31 +386,81 @@ async fn embeddings(
     }))
 }
 
-async fn rerank(
-    State(state): State<Arc<AppState>>,
-    body: std::result::Result<Json<RerankRequest>, axum::extract::rejection::JsonRejection>,
-) -> std::result::Result<Json<RerankResponse>, ApiError> {
-    let Json(req) = body.map_err(rejection)?;
-    if req.documents.is_empty() {
+/// Little-endian f32 bytes in base64, as OpenAI and Cohere clients decode them.
+fn base64_floats(v: &[f32]) -> String {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The requested Matryoshka size (1..=hidden), or the full dimension when none is asked.
+fn matryoshka_dims(
+    requested: Option<usize>,
+    hidden: usize,
+    param: &'static str,
+) -> std::result::Result<usize, ApiError> {
+    match requested {
+        None => Ok(hidden),
+        Some(d) if (1..=hidden).contains(&d) => Ok(d),
+        Some(d) => Err(ApiError::bad(
+            param,
+            format!("{param} must be between 1 and {hidden}, not {d}"),
+        )),
+    }
+}
+
+/// Embeds texts (an instruction or prompt name applied) under the server's token limits;
+/// returns the vectors and the tokens counted (each input's, plus its `<|endoftext|>`).
+async fn embed_texts(
+    state: &AppState,
+    texts: Vec<String>,
+    instruction: Option<String>,
+    opts: CallOptions,
+    param: &'static str,
+) -> std::result::Result<(Vec<Arc<[f32]>>, usize), ApiError> {
+    let mut lengths = Vec::with_capacity(texts.len());
+    for t in &texts {
+        let formatted = state
+            .inference
+            .embedding_text(t, instruction.as_deref())
+            .await?;
+        // + the <|endoftext|> the model appends; counted before any truncation.
+        lengths.push(state.inference.embed_tokenize(&formatted).await?.len() + 1);
+    }
+    check_tokens(&lengths, &state.options, param)?;
+    let inputs: Vec<EmbedInput> = texts
+        .into_iter()
+        .map(|text| EmbedInput {
+            text,
+            instruction: instruction.clone(),
+        })
+        .collect();
+    let rows = (0..inputs.len()).collect();
+    let vectors = state.inference.embed(inputs, rows, opts).await?;
+    Ok((vectors, lengths.iter().sum()))
+}
+
+/// P(yes) of each document for `query`, under the server's token limits.
+async fn rerank_scores(
+    state: &AppState,
+    query: &str,
+    documents: &[RerankDocument],
+    instruction: Option<String>,
+    route: &'static str,
+) -> std::result::Result<Vec<f32>, ApiError> {
+    if documents.is_empty() {
         return Err(ApiError::bad("documents", "documents must not be empty"));
     }
-    too_many(req.documents.len(), state.options.max_items, "documents")?;
-    let model = match req.model.clone() {
-        Some(m) => m,
-        None => state.inference.rerank_model_name().await?,
-    };
-    let instruction = req.instruction.clone().filter(|i| !i.is_empty());
-    let inputs: Vec<RerankInput> = req
-        .documents
+    too_many(documents.len(), state.options.max_items, "documents")?;
+    let inputs: Vec<RerankInput> = documents
         .iter()
         .map(|d| RerankInput {
-            query: req.query.clone(),
+            query: query.to_string(),
             document: d.text().to_string(),
             instruction: instruction.clone(),
         })
         .collect();
     if state.options.max_item_tokens.is_some() || state.options.max_request_tokens.is_some() {
-        let query = state.inference.embed_tokenize(&req.query).await?.len();
+        let query = state.inference.embed_tokenize(query).await?.len();
         let mut lengths = Vec::with_capacity(inputs.len());
         for i in &inputs {
             lengths.push(query + state.inference.embed_tokenize(&i.document).await?.len());
@@ -440,10 +472,37 @@ async fn rerank(
     let items = inputs.len();
     let scores = state.inference.rerank(inputs, rows, opts).await?;
     // Rerank tokens are in the inference counters (semflow_inference_rerank_tokens).
-    record_batch("/v1/rerank", items, 0);
+    record_batch(route, items, 0);
+    Ok(scores)
+}
+
+/// Document indexes by descending score (ties by index), the first `top_n`.
+fn ranked(scores: &[f32], top_n: Option<usize>) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b)));
-    order.truncate(req.top_n.unwrap_or(order.len()));
+    order.truncate(top_n.unwrap_or(order.len()));
+    order
+}
+
+async fn rerank(
+    State(state): State<Arc<AppState>>,
+    body: std::result::Result<Json<RerankRequest>, axum::extract::rejection::JsonRejection>,
+) -> std::result::Result<Json<RerankResponse>, ApiError> {
+    let Json(req) = body.map_err(rejection)?;
+    let instruction = req.instruction.clone().filter(|i| !i.is_empty());
+    let scores = rerank_scores(
+        &state,
+        &req.query,
+        &req.documents,
+        instruction,
+        "/v1/rerank",
+    )
+    .await?;
+    let model = match req.model.clone() {
+        Some(m) => m,
+        None => state.inference.rerank_model_name().await?,
+    };
+    let order = ranked(&scores, req.top_n);
     let with_documents = req.return_documents.unwrap_or(false);
     let results = order
         .into_iter()
@@ -456,6 +515,164 @@ async fn rerank(
         })
         .collect();
     Ok(Json(RerankResponse { model, results }))
+}
+
+/// A request id for APIs whose answers carry one.
+fn request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("semflow-{t:x}-{n}")
+}
+
+fn cohere_meta(billed: CohereBilledUnits) -> CohereMeta {
+    CohereMeta {
+        api_version: CohereApiVersion { version: "2" },
+        billed_units: billed,
+    }
+}
+
+/// `POST /v2/rerank`: Cohere's v2 rerank (the Cohere SDK's `ClientV2.rerank`).
+async fn cohere_rerank(
+    State(state): State<Arc<AppState>>,
+    body: std::result::Result<Json<CohereRerankRequest>, axum::extract::rejection::JsonRejection>,
+) -> std::result::Result<Json<CohereRerankResponse>, ApiError> {
+    let Json(req) = body.map_err(rejection)?;
+    if let Some(max) = req.max_tokens_per_doc {
+        if let Some(limit) = state
+            .inference
+            .rerank_token_limit()
+            .await?
+            .filter(|l| max < *l)
+        {
+            return Err(ApiError::bad(
+                "max_tokens_per_doc",
+                format!("max_tokens_per_doc below the model's limit ({limit}) is not supported; documents are cut at {limit} tokens"),
+            ));
+        }
+    }
+    let instruction = req.instruction.clone().filter(|i| !i.is_empty());
+    let scores = rerank_scores(
+        &state,
+        &req.query,
+        &req.documents,
+        instruction,
+        "/v2/rerank",
+    )
+    .await?;
+    let results = ranked(&scores, req.top_n)
+        .into_iter()
+        .map(|index| RerankResult {
+            index,
+            relevance_score: scores[index],
+            document: None,
+        })
+        .collect();
+    Ok(Json(CohereRerankResponse {
+        id: request_id(),
+        results,
+        meta: cohere_meta(CohereBilledUnits {
+            search_units: Some(1),
+            ..Default::default()
+        }),
+    }))
+}
+
+/// `POST /v2/embed`: Cohere's v2 embed (the Cohere SDK's `ClientV2.embed`), text only.
+async fn cohere_embed(
+    State(state): State<Arc<AppState>>,
+    body: std::result::Result<Json<CohereEmbedRequest>, axum::extract::rejection::JsonRejection>,
+) -> std::result::Result<Json<CohereEmbedResponse>, ApiError> {
+    let Json(req) = body.map_err(rejection)?;
+    if req.images.is_some() {
+        return Err(ApiError::bad("images", "semflow embeds text only"));
+    }
+    if req.inputs.is_some() {
+        return Err(ApiError::bad(
+            "inputs",
+            "semflow embeds text only; send texts",
+        ));
+    }
+    let texts = req
+        .texts
+        .clone()
+        .ok_or_else(|| ApiError::bad("texts", "texts is required"))?;
+    if texts.is_empty() {
+        return Err(ApiError::bad("texts", "texts must not be empty"));
+    }
+    too_many(texts.len(), state.options.max_items, "texts")?;
+    let instruction = match req.input_type.as_deref() {
+        Some("search_query") => Some("query".to_string()),
+        None | Some("search_document" | "classification" | "clustering") => None,
+        Some(other) => {
+            return Err(ApiError::bad(
+                "input_type",
+                format!("input_type must be search_query, search_document, classification or clustering, not {other}"),
+            ))
+        }
+    };
+    let types = req
+        .embedding_types
+        .clone()
+        .unwrap_or_else(|| vec!["float".into()]);
+    if let Some(t) = types
+        .iter()
+        .find(|t| !matches!(t.as_str(), "float" | "base64"))
+    {
+        return Err(ApiError::bad(
+            "embedding_types",
+            format!("embedding_types may hold float and base64, not {t}"),
+        ));
+    }
+    let mut opts = call_options(&state.options);
+    match req
+        .truncate
+        .as_deref()
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
+        None | Some("END") => {}
+        Some("NONE") => opts.truncation = Truncation::Error,
+        Some(other) => {
+            return Err(ApiError::bad(
+                "truncate",
+                format!("truncate must be END or NONE, not {other}"),
+            ))
+        }
+    }
+    let dir = state.inference.embed_model_dir().await?;
+    let hidden = dir.config.hidden_size;
+    let dims = matryoshka_dims(req.output_dimension, hidden, "output_dimension")?;
+    if let Some(max) = req.max_tokens {
+        let limit = state.inference.embed_token_limit().await?;
+        if max < limit {
+            return Err(ApiError::bad(
+                "max_tokens",
+                format!("max_tokens below the model's limit ({limit}) is not supported"),
+            ));
+        }
+    }
+    let (vectors, tokens) = embed_texts(&state, texts.clone(), instruction, opts, "texts").await?;
+    record_batch("/v2/embed", texts.len(), tokens);
+    let vectors: Vec<Vec<f32>> = vectors.iter().map(|v| truncate_dims(v, dims)).collect();
+    let base64 = types
+        .iter()
+        .any(|t| t == "base64")
+        .then(|| vectors.iter().map(|v| base64_floats(v)).collect());
+    let float = types.iter().any(|t| t == "float").then_some(vectors);
+    Ok(Json(CohereEmbedResponse {
+        id: request_id(),
+        response_type: "embeddings_by_type",
+        embeddings: CohereEmbeddings { float, base64 },
+        texts,
+        meta: cohere_meta(CohereBilledUnits {
+            input_tokens: Some(tokens),
+            ..Default::default()
+        }),
+    }))
 }
 
 async fn score(

@@ -1,0 +1,116 @@
+//! The official Python SDKs as users run them against `semflow serve`: Cohere's `ClientV2`
+//! (`POST /v2/rerank`, `POST /v2/embed`) and OpenAI's client (`POST /v1/embeddings`, whose
+//! default encoding is base64). Results must equal the engine's own SQL answers.
+//! Skipped with a message when the SDKs are not installed, unless SEMFLOW_TEST_SDKS=required
+//! (CI installs them).
+
+mod common;
+
+use common::floats;
+
+use std::process::Command;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Float32Type;
+use semflow::Engine;
+use serde_json::Value;
+
+/// Runs tests/clients/sdk.py; `None` when the SDKs are missing and not required.
+async fn run_clients(base: &str) -> Option<Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/sdk.py");
+    let python = std::env::var("SEMFLOW_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let base = base.to_string();
+    let out =
+        tokio::task::spawn_blocking(move || Command::new(python).args([script, &base]).output())
+            .await
+            .unwrap();
+    let required = std::env::var("SEMFLOW_TEST_SDKS").as_deref() == Ok("required");
+    match out {
+        Ok(o) if o.status.success() => Some(serde_json::from_slice(&o.stdout).unwrap()),
+        Ok(o) if !required && String::from_utf8_lossy(&o.stderr).contains("No module named") => {
+            eprintln!("cohere/openai SDKs not installed: skipped (pip install cohere openai)");
+            None
+        }
+        Ok(o) => panic!("SDK clients failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) if !required => {
+            eprintln!("python3 not found ({e}): skipped");
+            None
+        }
+        Err(e) => panic!("python3: {e}"),
+    }
+}
+
+async fn sql_vectors(engine: &Engine, sql: &str) -> Vec<Vec<f64>> {
+    let result = engine.run_sql(sql).await.unwrap();
+    let batch = &result[0].batches[0];
+    let list = batch.column(0).as_fixed_size_list();
+    (0..list.len())
+        .map(|i| {
+            let v = list.value(i);
+            v.as_primitive::<Float32Type>()
+                .values()
+                .iter()
+                .map(|x| *x as f64)
+                .collect()
+        })
+        .collect()
+}
+
+fn close(a: &[f64], b: &[f64]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-6)
+}
+
+const DOCS: &str = "(VALUES (0, 'Graphene is a single layer of carbon atoms.'), \
+     (1, 'The capital of France is Paris.'), (2, 'Copper conducts heat.')) AS d(id, t)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cohere_v2_and_openai_sdks_get_the_engines_answers() {
+    let engine = common::tiny_engine();
+    let base = format!("http://{}", common::serve_http(engine.clone()).await);
+    let Some(got) = run_clients(&base).await else {
+        return;
+    };
+    let docs = sql_vectors(&engine, &format!("SELECT embed(t) FROM {DOCS} ORDER BY id")).await;
+    for (i, want) in docs.iter().enumerate() {
+        assert!(
+            close(&floats(&got["cohere_documents"][i]), want),
+            "cohere doc {i}"
+        );
+        assert!(close(&floats(&got["openai"][i]), want), "openai doc {i}");
+    }
+    let query = sql_vectors(&engine, "SELECT embed('what is graphene', 'query', 32)").await;
+    assert!(close(&floats(&got["cohere_query32"]), &query[0]));
+    let dims16 = sql_vectors(
+        &engine,
+        "SELECT embed('Graphene is a single layer of carbon atoms.', NULL, 16)",
+    )
+    .await;
+    assert!(close(&floats(&got["openai_dims16"]), &dims16[0]));
+    // Cohere's SDK reads billed units as floats.
+    assert_eq!(
+        got["cohere_input_tokens"].as_f64(),
+        got["openai_usage"].as_f64()
+    );
+
+    let result = engine
+        .run_sql(&format!(
+            "SELECT id, rerank('what is graphene', t) AS p FROM {DOCS} ORDER BY p DESC, id LIMIT 2"
+        ))
+        .await
+        .unwrap();
+    let batch = &result[0].batches[0];
+    let ranked = got["rerank"].as_array().unwrap();
+    assert_eq!(ranked.len(), 2);
+    for (i, r) in ranked.iter().enumerate() {
+        let id = batch
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(i);
+        let p = batch.column(1).as_primitive::<Float32Type>().value(i) as f64;
+        assert_eq!(r[0].as_i64().unwrap(), id);
+        assert!((r[1].as_f64().unwrap() - p).abs() <= 1e-6);
+    }
+    let err = &got["errors"]["input_type"];
+    assert_eq!(err[0], 400, "{err}");
+    assert!(err[1].as_str().unwrap().contains("input_type"), "{err}");
+}
