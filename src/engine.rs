@@ -46,6 +46,10 @@ impl Engine {
             factories.insert("KAFKA".into(), Arc::new(crate::kafka::KafkaTableFactory));
         }
         ctx.add_optimizer_rule(Arc::new(crate::index::knn::LanceKnnRule));
+        ctx.register_udtf(
+            "full_text_search",
+            Arc::new(crate::index::fts::FullTextSearchFunction),
+        );
         Self { ctx, inference }
     }
 

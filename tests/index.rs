@@ -86,7 +86,7 @@ async fn top_k_vector_queries_use_lance_search_and_match_exact_results() {
         .await
         .unwrap_err()
         .user_message();
-    assert!(err.contains("ivf_pq and ivf_flat"), "{err}");
+    assert!(err.contains("ivf_pq, ivf_flat and inverted"), "{err}");
     let err = engine
         .run_sql("CREATE INDEX ON idx USING ivf_pq (body)")
         .await

@@ -1,5 +1,7 @@
 //! `CREATE INDEX [name] ON <lance table> USING ivf_pq|ivf_flat (column) [WITH (…)]`: builds
 //! a Lance vector index, which top-k vector queries then use (see `knn`).
+//! `USING inverted (column)` builds a BM25 full-text index on a text column, which
+//! `full_text_search()` queries (see `fts`).
 //!
 //! WITH options: `num_partitions` (default √rows, 1..=256), `num_sub_vectors` (ivf_pq;
 //! default dims/16 rounded to a divisor of dims), `metric` ('cosine' default, 'l2', 'dot').
@@ -32,6 +34,13 @@ pub async fn create_index(ctx: &SessionContext, stmt: &CreateIndex) -> Result<()
         return Err(invalid("index exactly one vector column"));
     };
     let column = column.column.expr.to_string();
+    let name = stmt.name.as_ref().map(|n| n.to_string());
+    if kind == "inverted" {
+        if !stmt.with.is_empty() {
+            return Err(invalid("USING inverted takes no WITH options"));
+        }
+        return table.create_text_index(&column, name).await;
+    }
     let mut num_partitions = None;
     let mut num_sub_vectors = None;
     let mut metric = MetricType::Cosine;
@@ -104,11 +113,10 @@ pub async fn create_index(ctx: &SessionContext, stmt: &CreateIndex) -> Result<()
         "ivf_flat" => VectorIndexParams::ivf_flat(num_partitions, metric),
         other => {
             return Err(invalid(&format!(
-                "USING {other}: supported index types are ivf_pq and ivf_flat"
+                "USING {other}: supported index types are ivf_pq, ivf_flat and inverted"
             )))
         }
     };
-    let name = stmt.name.as_ref().map(|n| n.to_string());
     table.create_vector_index(&column, name, &params).await
 }
 

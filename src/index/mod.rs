@@ -4,9 +4,11 @@
 //! - [`write`]: one atomic change (upserts, deletes, stream offsets) as one Lance commit.
 //! - [`offsets`]: the Kafka offsets stored in commits, and reading them back.
 //! - [`knn`]: top-k vector queries served by Lance's (ANN or flat) search.
-//! - [`create`]: `CREATE INDEX … USING ivf_pq|ivf_flat`.
+//! - [`create`]: `CREATE INDEX … USING ivf_pq|ivf_flat|inverted`.
+//! - [`fts`]: `full_text_search()`: BM25 keyword search over an inverted index.
 
 pub mod create;
+pub mod fts;
 pub mod knn;
 pub mod offsets;
 pub mod table;

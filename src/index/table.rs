@@ -191,22 +191,53 @@ impl LanceTable {
         name: Option<String>,
         params: &lance::index::vector::VectorIndexParams,
     ) -> Result<()> {
+        self.create_index(column, name, lance_index::IndexType::Vector, params)
+            .await
+    }
+
+    /// Builds (or replaces) a BM25 full-text (inverted) index on the string column `column`.
+    pub async fn create_text_index(&self, column: &str, name: Option<String>) -> Result<()> {
+        let schema = self.schema();
+        let field = schema
+            .field_with_name(column)
+            .map_err(|_| Error::Index(format!("{}: no column {column}", self.uri)))?;
+        if !matches!(
+            field.data_type(),
+            arrow::datatypes::DataType::Utf8 | arrow::datatypes::DataType::LargeUtf8
+        ) {
+            return Err(Error::Index(format!(
+                "{}: column {column} is {}, not text; inverted indexes are built on strings",
+                self.uri,
+                field.data_type()
+            )));
+        }
+        let params = lance_index::scalar::InvertedIndexParams::default();
+        self.create_index(column, name, lance_index::IndexType::Inverted, &params)
+            .await
+    }
+
+    async fn create_index(
+        &self,
+        column: &str,
+        name: Option<String>,
+        kind: lance_index::IndexType,
+        params: &dyn lance_index::IndexParams,
+    ) -> Result<()> {
         use lance::index::DatasetIndexExt;
         let mut guard = self.dataset.lock().await;
         self.refresh(&mut guard).await?;
         let Some(ds) = guard.as_ref() else {
-            return Err(Error::Index(format!("{}: the table is empty", self.uri)));
+            return Err(Error::Index(format!(
+                "{}: the table is empty; index it after the first rows",
+                self.uri
+            )));
         };
         let mut ds = (**ds).clone();
-        ds.create_index(
-            &[column],
-            lance_index::IndexType::Vector,
-            name,
-            params,
-            true,
-        )
-        .await
-        .map_err(|e| Error::Index(format!("{}: building the index on {column}: {e}", self.uri)))?;
+        ds.create_index(&[column], kind, name, params, true)
+            .await
+            .map_err(|e| {
+                Error::Index(format!("{}: building the index on {column}: {e}", self.uri))
+            })?;
         *guard = Some(Arc::new(ds));
         Ok(())
     }
