@@ -587,7 +587,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     let pg = async {
         match pg {
             Some(o) => {
-                crate::serve::pg::serve(engine.context().clone(), o, shutdown.clone(), |a| {
+                crate::serve::pg::serve(&engine, o, shutdown.clone(), |a| {
                     eprintln!(
                         "serving postgres://{a} (psql -h {} -p {} -U semflow)",
                         a.ip(),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::execution::SessionStateBuilder;
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
@@ -55,6 +56,14 @@ impl Engine {
 
     pub fn context(&self) -> &SessionContext {
         &self.ctx
+    }
+
+    /// A session of its own for one front end or job: it shares the catalog (tables created
+    /// anywhere are seen everywhere), the functions and the inference service, while the
+    /// settings and planner rules it changes stay its own.
+    pub fn fork_session(&self) -> SessionContext {
+        let state = SessionStateBuilder::new_from_existing(self.ctx.state()).build();
+        SessionContext::new_with_state(state)
     }
 
     pub fn inference(&self) -> &Arc<Inference> {

@@ -28,7 +28,7 @@ async fn start(password: Option<&str>) -> (SocketAddr, tokio::sync::oneshot::Sen
     };
     tokio::spawn(async move {
         serve(
-            engine.context().clone(),
+            &engine,
             options,
             async move {
                 let _ = stopped.await;
@@ -299,4 +299,77 @@ async fn readme_serve_command_runs_both_front_ends() {
         .await
         .unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// The Postgres front end plans with its own session: its vector rule and its SETs stay there,
+/// while tables are shared with the HTTP front end and the engine.
+#[tokio::test(flavor = "multi_thread")]
+async fn front_ends_keep_their_own_session_state() {
+    let engine = common::tiny_engine();
+    engine.run_sql(SETUP).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let options = PgOptions {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        password: None,
+        insecure_no_auth: false,
+    };
+    let pg_engine = engine.clone();
+    tokio::spawn(async move {
+        serve(&pg_engine, options, std::future::pending(), move |a| {
+            let _ = tx.send(a);
+        })
+        .await
+        .unwrap();
+    });
+    let pg = connect(rx.await.unwrap(), None).await.unwrap();
+    let http = format!("http://{}/v1/sql", common::serve_http(engine.clone()).await);
+    let long = "SELECT embed(repeat('graphene ', 700)) IS NOT NULL AS ok";
+
+    // psql: vectors are real[] (the front end's rule), and a SET changes its own session.
+    let row = pg
+        .query_one("SELECT embed('hello', '', 4)", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Vec<f32>>(0).len(), 4);
+    pg.batch_execute("SET semflow.truncate = 'error'; CREATE TABLE made_in_pg AS SELECT 7 AS x")
+        .await
+        .unwrap();
+    let err = pg.query(long, &[]).await.unwrap_err();
+    let message = err
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| err.to_string());
+    assert!(message.contains("exceeds the model's maximum"), "{message}");
+
+    // The engine's session (what /v1/sql and SQL callers plan with) saw neither the rule nor
+    // the setting, but sees the table.
+    let results = engine
+        .run_sql("SELECT embed('hello', '', 4) AS v")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            results[0].schema.field(0).data_type(),
+            arrow::datatypes::DataType::FixedSizeList(_, 4)
+        ),
+        "{:?}",
+        results[0].schema
+    );
+    let body = tokio::task::spawn_blocking(move || {
+        let ok = ureq::post(&http)
+            .send_json(serde_json::json!({ "sql": long }))
+            .unwrap()
+            .into_json::<serde_json::Value>()
+            .unwrap();
+        let shared = ureq::post(&http)
+            .send_json(serde_json::json!({ "sql": "SELECT x FROM made_in_pg" }))
+            .unwrap()
+            .into_json::<serde_json::Value>()
+            .unwrap();
+        (ok, shared)
+    })
+    .await
+    .unwrap();
+    assert_eq!(body.0["rows"][0]["ok"], true, "{}", body.0);
+    assert_eq!(body.1["rows"][0]["x"], 7, "{}", body.1);
 }

@@ -45,21 +45,22 @@ impl TableFunctionImpl for FullTextSearchFunction {
         let table_name = string_arg(exprs, 0, "table")?;
         let column = string_arg(exprs, 1, "column")?;
         let query = string_arg(exprs, 2, "query")?;
-        let k =
-            match exprs.get(3) {
-                None => DEFAULT_K,
-                Some(Expr::Literal(v, _)) => match v.cast_to(&DataType::Int64) {
-                    Ok(ScalarValue::Int64(Some(k))) if k > 0 => k as usize,
-                    _ => return plan_err!(
-                        "full_text_search(): argument 4 (k) must be a positive integer, got {v}"
-                    ),
-                },
-                Some(other) => {
+        let k = match exprs.get(3) {
+            None => DEFAULT_K,
+            Some(Expr::Literal(v, _)) => match v.cast_to(&DataType::Int64) {
+                Ok(ScalarValue::Int64(Some(k))) if k > 0 => k as usize,
+                _ => {
                     return plan_err!(
-                        "full_text_search(): argument 4 (k) must be a constant, got {other}"
+                        "full_text_search(): argument 4 (k) must be a positive integer, got {v}"
                     )
                 }
-            };
+            },
+            Some(other) => {
+                return plan_err!(
+                    "full_text_search(): argument 4 (k) must be a constant, got {other}"
+                )
+            }
+        };
         let table = lance_table(args.session(), &table_name)?;
         let schema = table.schema();
         match schema

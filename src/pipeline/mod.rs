@@ -25,7 +25,9 @@ pub async fn run(
     on_batch: impl FnMut(&RunStats),
 ) -> Result<RunStats> {
     let statements = Engine::parse(sql)?;
-    let ctx = engine.context();
+    // A session of its own: the setting below must not reach other front ends.
+    let session = engine.fork_session();
+    let ctx = &session;
     // One partition keeps each micro-batch's rows in record order (the newest version of a
     // key must win) and hands the whole batch to the model at once.
     ctx.state_ref()

@@ -326,15 +326,17 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
-/// Serves `ctx` on the Postgres protocol until `shutdown` resolves; `on_bound` gets the
-/// address actually bound (port 0 picks a free one).
+/// Serves `engine` on the Postgres protocol until `shutdown` resolves; `on_bound` gets the
+/// address actually bound (port 0 picks a free one). The protocol's planner rule and `SET`s
+/// live in a session of its own (tables are shared with the other front ends).
 pub async fn serve(
-    ctx: SessionContext,
+    engine: &crate::Engine,
     options: PgOptions,
     shutdown: impl std::future::Future<Output = ()>,
     on_bound: impl FnOnce(SocketAddr),
 ) -> Result<()> {
     check_exposure(&options)?;
+    let ctx = engine.fork_session();
     let catalog = ctx
         .catalog_names()
         .into_iter()
