@@ -349,10 +349,6 @@ impl Inference {
             .await
     }
 
-    fn max_tokens(&self, dir: &ModelDir) -> usize {
-        self.token_limit_of(dir)
-    }
-
     /// The longest input `dir`'s model takes here, in tokens (see [`token_limit`]).
     pub fn token_limit_of(&self, dir: &ModelDir) -> usize {
         token_limit(dir.config.max_position_embeddings, self.config.max_tokens)
@@ -365,7 +361,7 @@ impl Inference {
                 let dir = self.embed_model_dir().await?.clone();
                 let tokenizer = QwenTokenizer::from_file(&dir.path.join("tokenizer.json"))?;
                 tokenizer.check_special_tokens(&dir.id, false)?;
-                let max_tokens = self.max_tokens(&dir);
+                let max_tokens = self.token_limit_of(&dir);
                 tracing::info!(model = %dir.id, "loading embedding model");
                 let backend = Embedder::load(dir, &self.config).await?;
                 Ok::<_, Error>(Arc::new(Loaded {
@@ -385,7 +381,7 @@ impl Inference {
                 let dir = self.rerank_model_dir().await?.clone();
                 let tokenizer = QwenTokenizer::from_file(&dir.path.join("tokenizer.json"))?;
                 tokenizer.check_special_tokens(&dir.id, true)?;
-                let max_tokens = self.max_tokens(&dir);
+                let max_tokens = self.token_limit_of(&dir);
                 tracing::info!(model = %dir.id, "loading reranker");
                 let backend = Reranker::load(dir, &self.config).await?;
                 Ok::<_, Error>(Arc::new(Loaded {
@@ -724,7 +720,6 @@ impl Inference {
         Ok((pre.to_vec(), post.to_vec()))
     }
 
-    /// Token ids of `text` with the embedding model's tokenizer (nothing appended).
     /// The text the embedding model reads for `text` and its instruction or prompt name.
     pub async fn embedding_text(&self, text: &str, instruction: Option<&str>) -> Result<String> {
         let dir = self.embed_model_dir().await?;
@@ -737,6 +732,7 @@ impl Inference {
         Ok(dir.prompts.clone().into_iter().collect())
     }
 
+    /// Token ids of `text` with the embedding model's tokenizer (nothing appended).
     pub async fn embed_tokenize(&self, text: &str) -> Result<Vec<u32>> {
         let model = self.embedder().await?;
         model.tokenizer.encode(text)

@@ -67,6 +67,11 @@ impl QwenTokenizer {
         Ok(tok)
     }
 
+    /// The underlying Hugging Face tokenizer (padding and truncation off).
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
     /// Token ids of `text` with special tokens parsed but nothing added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         self.inner

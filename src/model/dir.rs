@@ -96,9 +96,8 @@ impl ModelDir {
         if role == Role::Embedding {
             check_pooling(id, path, config.hidden_size)?;
         }
-        let has_weights = safetensors_files(path).is_ok();
         let weights_digest = match files {
-            Files::NoWeights if !has_weights => config_digest(path)?,
+            Files::NoWeights if safetensors_files(path).is_err() => config_digest(path)?,
             _ => weights_digest(path)?,
         };
         let prompts = match role {
@@ -151,10 +150,7 @@ fn random_model_dir(rest: &str, role: Role) -> Result<PathBuf> {
     let dir = semflow_cache_dir()
         .join("random")
         .join(format!("{kind:?}-{preset_name}-{seed}").to_lowercase());
-    if !dir.join("model.safetensors").is_file() {
-        // Write to a temporary sibling and rename, so a concurrent or interrupted writer never
-        // leaves a half-written model that a later run would trust.
-        let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+    write_once(&dir, "model.safetensors", |tmp| {
         write_random_model(
             &RandomModelSpec {
                 kind,
@@ -162,16 +158,29 @@ fn random_model_dir(rest: &str, role: Role) -> Result<PathBuf> {
                 seed,
                 dtype: WeightDtype::Bf16,
             },
-            &tmp,
-        )?;
-        if let Err(e) = std::fs::rename(&tmp, &dir) {
-            let _ = std::fs::remove_dir_all(&tmp);
-            if !dir.join("model.safetensors").is_file() {
-                return Err(Error::io(&dir, e));
-            }
+            tmp,
+        )
+        .map(|_| ())
+    })?;
+    Ok(dir)
+}
+
+/// Writes a directory of semflow's cache once: `write` fills a temporary sibling, which is then
+/// renamed into place, so a concurrent or interrupted writer never leaves a half-written
+/// directory that a later run would trust. `marker` is the file whose presence means done.
+fn write_once(dir: &Path, marker: &str, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if dir.join(marker).is_file() {
+        return Ok(());
+    }
+    let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+    write(&tmp)?;
+    if let Err(e) = std::fs::rename(&tmp, dir) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !dir.join(marker).is_file() {
+            return Err(Error::io(dir, e));
         }
     }
-    Ok(dir)
+    Ok(())
 }
 
 /// The named prompts every Qwen3-Embedding model answers to, as its published
@@ -231,19 +240,11 @@ pub fn remote_text_model_dir(dims: usize) -> Result<PathBuf> {
     let dir = semflow_cache_dir()
         .join("remote")
         .join(format!("embedding-text-{dims}"));
-    if dir.join("config.json").is_file() {
-        return Ok(dir);
-    }
     let mut cfg = QwenConfig::preset(Preset::Q0_6b);
     cfg.hidden_size = dims;
-    let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
-    write_model_files(&cfg, ModelKind::Embedding, "bfloat16", &tmp)?;
-    if let Err(e) = std::fs::rename(&tmp, &dir) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        if !dir.join("config.json").is_file() {
-            return Err(Error::io(&dir, e));
-        }
-    }
+    write_once(&dir, "config.json", |tmp| {
+        write_model_files(&cfg, ModelKind::Embedding, "bfloat16", tmp)
+    })?;
     Ok(dir)
 }
 

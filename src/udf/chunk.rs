@@ -24,6 +24,7 @@ use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
 use tokenizers::Tokenizer;
 
 use super::args::{expect_string, InferenceRef, StringArg};
+use crate::inference::tokenize::QwenTokenizer;
 use crate::inference::{block_on, Inference};
 
 /// Below this a single character (up to 4 byte-level tokens) could not always fit.
@@ -153,7 +154,7 @@ fn chunk_fields() -> Fields {
 pub struct ChunkUdf {
     inference: InferenceRef,
     signature: Signature,
-    tokenizer: OnceLock<Arc<Tokenizer>>,
+    tokenizer: OnceLock<Arc<QwenTokenizer>>,
 }
 
 impl PartialEq for ChunkUdf {
@@ -178,7 +179,7 @@ impl ChunkUdf {
     }
 
     /// The embedding model's tokenizer and its token limit (files only; weights not loaded).
-    fn tokenizer(&self) -> Result<(Arc<Tokenizer>, usize)> {
+    fn tokenizer(&self) -> Result<(Arc<QwenTokenizer>, usize)> {
         let inference = self.inference.0.clone();
         let (path, limit) = block_on(async move {
             let dir = inference.embed_model_dir().await?;
@@ -190,11 +191,8 @@ impl ChunkUdf {
         if let Some(t) = self.tokenizer.get() {
             return Ok((t.clone(), limit));
         }
-        let mut t = Tokenizer::from_file(&path)
-            .map_err(|e| DataFusionError::Execution(format!("chunk(): {}: {e}", path.display())))?;
-        t.with_padding(None);
-        t.with_truncation(None)
-            .map_err(|e| DataFusionError::Execution(format!("chunk(): {e}")))?;
+        // The engine's loader (padding and truncation off), without loading the weights.
+        let t = QwenTokenizer::from_file(&path)?;
         let t = self.tokenizer.get_or_init(|| Arc::new(t)).clone();
         Ok((t, limit))
     }
@@ -301,7 +299,7 @@ impl ScalarUDFImpl for ChunkUdf {
             }
             let mode = Mode::parse(mode.as_ref().and_then(|m| m.get(row)))?;
             let chunks = split(
-                &tokenizer,
+                tokenizer.inner(),
                 text,
                 max as usize,
                 overlap as usize,

@@ -66,10 +66,7 @@ impl RemoteEmbedder {
     /// The endpoints' embedding dimension, from the answer to one short text-mode request.
     pub async fn probe_dims(cfg: &RemoteConfig) -> Result<usize> {
         let pool = embedding_pool(cfg)?;
-        let mut body = json!({"input": ["dimension probe"], "encoding_format": "float"});
-        if let Some(m) = &cfg.model {
-            body["model"] = Value::String(m.clone());
-        }
+        let body = request_body(&["dimension probe"], cfg.model.as_deref());
         let vectors = pool.post(&body, |v| parse_embeddings(&v, 1)).await?;
         match vectors.first().map(Vec::len) {
             Some(d) if d > 0 => Ok(d),
@@ -122,13 +119,19 @@ impl RemoteEmbedder {
     }
 
     async fn embed_batch<T: serde::Serialize>(&self, inputs: &[T]) -> Result<Vec<Vec<f32>>> {
-        let mut body = json!({"input": inputs, "encoding_format": "float"});
-        if let Some(m) = &self.model {
-            body["model"] = Value::String(m.clone());
-        }
+        let body = request_body(inputs, self.model.as_deref());
         let n = inputs.len();
         self.pool.post(&body, |v| parse_embeddings(&v, n)).await
     }
+}
+
+/// An OpenAI-shaped embeddings request for `inputs` (texts or token-id lists).
+fn request_body<T: serde::Serialize>(inputs: &[T], model: Option<&str>) -> Value {
+    let mut body = json!({"input": inputs, "encoding_format": "float"});
+    if let Some(m) = model {
+        body["model"] = Value::String(m.to_string());
+    }
+    body
 }
 
 /// One pool over the configured embedding URLs (`…/embeddings` appended to base URLs).
