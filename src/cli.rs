@@ -414,8 +414,8 @@ async fn run_pipeline(args: RunArgs) -> Result<()> {
     let status = |s: &crate::pipeline::RunStats| {
         let rate = s.records as f64 / started.elapsed().as_secs_f64().max(1e-3);
         let line = format!(
-            "{} records ({rate:.0}/s), {} rows written, {} deleted, {} dead-lettered, {} skipped",
-            s.records, s.rows_written, s.deletes, s.dead_lettered, s.skipped
+            "{} records ({rate:.0}/s), {} rows written, {} deleted, {} dead-lettered, {} skipped, {} batches fenced",
+            s.records, s.rows_written, s.deletes, s.dead_lettered, s.skipped, s.fenced
         );
         if terminal {
             eprint!("\r\x1b[2K{line}");
@@ -428,8 +428,8 @@ async fn run_pipeline(args: RunArgs) -> Result<()> {
         eprintln!();
     }
     eprintln!(
-        "stopped: {} batches, {} records, {} rows written, {} deleted, {} dead-lettered, {} skipped",
-        stats.batches, stats.records, stats.rows_written, stats.deletes, stats.dead_lettered, stats.skipped
+        "stopped: {} batches, {} records, {} rows written, {} deleted, {} dead-lettered, {} skipped, {} batches fenced",
+        stats.batches, stats.records, stats.rows_written, stats.deletes, stats.dead_lettered, stats.skipped, stats.fenced
     );
     Ok(())
 }

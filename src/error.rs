@@ -79,6 +79,22 @@ pub enum Error {
     #[error("index: {0}")]
     Index(String),
 
+    /// Another writer committed to the index between this change's read and its commit in a
+    /// way Lance cannot rebase over; rebuilding the change on the newer version may succeed.
+    #[error("index {uri}: concurrent commit: {message}")]
+    IndexConflict { uri: String, message: String },
+
+    /// A stream commit was refused because the index no longer stands where its batch
+    /// started: another worker took the partition over (zombie-writer fencing).
+    #[error("index: batch fenced: {topic}/{partition} stands at {} in the index (version {version}), not at {} where this batch started; another worker has taken the partition over", position(*.found), position(*.expected))]
+    Fenced {
+        topic: String,
+        partition: i32,
+        expected: Option<i64>,
+        found: Option<i64>,
+        version: u64,
+    },
+
     /// Kafka: client configuration, broker or delivery errors.
     #[error("kafka: {0}")]
     Kafka(String),
@@ -121,6 +137,11 @@ impl Error {
             message: message.to_string(),
         }
     }
+}
+
+/// A stored stream position for messages: an offset, or "no position" before the first.
+fn position(offset: Option<i64>) -> String {
+    offset.map_or_else(|| "no position".to_string(), |o| format!("offset {o}"))
 }
 
 fn datafusion_message(e: &datafusion::error::DataFusionError) -> String {

@@ -256,6 +256,7 @@ impl LanceTable {
             rows,
             deletes,
             offsets,
+            fence,
         } = change;
         let rows: Vec<RecordBatch> = rows.into_iter().filter(|b| b.num_rows() > 0).collect();
         let rows = match &self.primary_key {
@@ -277,6 +278,9 @@ impl LanceTable {
             let Some(ds) = guard.clone() else {
                 return Err(Error::Index(format!("{}: dataset vanished", self.uri)));
             };
+            if let Some(fence) = &fence {
+                fence.check(&ds).await?;
+            }
             let target = Arc::new(Schema::from(ds.schema()));
             let conformed = rows
                 .iter()
@@ -288,6 +292,7 @@ impl LanceTable {
                 conformed,
                 &deletes,
                 offsets.as_ref(),
+                fence.as_ref(),
             )
             .await
             {
@@ -297,9 +302,9 @@ impl LanceTable {
                     return Ok(stats);
                 }
                 // Another writer committed first (a second worker): rebuild on its version.
-                Err(Error::Index(msg)) if attempt < 20 && is_conflict(&msg) => {
+                Err(Error::IndexConflict { message, .. }) if attempt < 20 => {
                     attempt += 1;
-                    tracing::debug!(attempt, "index commit conflict, retrying: {msg}");
+                    tracing::debug!(attempt, "index commit conflict, retrying: {message}");
                     tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
                     self.refresh(&mut guard).await?;
                 }
@@ -335,11 +340,6 @@ impl LanceTable {
             Err(e) => Err(Error::Index(format!("creating {}: {e}", self.uri))),
         }
     }
-}
-
-fn is_conflict(msg: &str) -> bool {
-    let m = msg.to_ascii_lowercase();
-    m.contains("conflict") || m.contains("incompatible transaction")
 }
 
 fn mark_primary_key(schema: Schema, pk: &str) -> Schema {

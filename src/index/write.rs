@@ -15,6 +15,7 @@ use lance::dataset::{
 };
 use lance::Dataset;
 
+use super::fence::{Fence, FencedCommit};
 use super::offsets::{SourceOffsets, OFFSETS_PROPERTY};
 use crate::error::{Error, Result};
 
@@ -26,6 +27,9 @@ pub struct Change {
     /// Primary-key values, as text, of rows to delete. Disjoint from the keys in `rows`.
     pub deletes: Vec<String>,
     pub offsets: Option<SourceOffsets>,
+    /// For stream commits: where the batch began. The commit is refused with
+    /// [`Error::Fenced`] unless the index still stands there.
+    pub fence: Option<Fence>,
 }
 
 /// What a commit did.
@@ -43,8 +47,9 @@ pub async fn commit(
     rows: Vec<RecordBatch>,
     deletes: &[String],
     offsets: Option<&SourceOffsets>,
+    fence: Option<&Fence>,
 ) -> Result<(Dataset, CommitStats)> {
-    let lance_err = |e: lance::Error| Error::Index(e.to_string());
+    let lance_err = |e: lance::Error| lance_error(dataset.uri(), e);
     let row_count: usize = rows.iter().map(|b| b.num_rows()).sum();
     let read_version = dataset.version().version;
     let (mut txn, affected, deleted) = match (primary_key, row_count > 0, deletes.is_empty()) {
@@ -111,13 +116,42 @@ pub async fn commit(
     if let Some(rows) = affected {
         commit = commit.with_affected_rows(rows);
     }
-    let new = commit.execute(txn).await.map_err(lance_err)?;
+    let fenced = match fence {
+        Some(fence) => {
+            let handler = Arc::new(FencedCommit::new(dataset.clone(), fence.clone()).await?);
+            commit = commit.with_commit_handler(handler.clone());
+            Some(handler)
+        }
+        None => None,
+    };
+    let new = match commit.execute(txn).await {
+        Ok(new) => new,
+        Err(e) => {
+            return Err(fenced
+                .and_then(|h| h.refusal())
+                .unwrap_or_else(|| lance_err(e)))
+        }
+    };
     let stats = CommitStats {
         version: new.version().version,
         rows: row_count as u64,
         deleted,
     };
     Ok((new, stats))
+}
+
+/// Lance's commit conflicts as [`Error::IndexConflict`] (the caller may rebuild the change on
+/// the newer version), anything else as [`Error::Index`].
+fn lance_error(uri: &str, e: lance::Error) -> Error {
+    match e {
+        lance::Error::CommitConflict { .. }
+        | lance::Error::RetryableCommitConflict { .. }
+        | lance::Error::IncompatibleTransaction { .. } => Error::IndexConflict {
+            uri: uri.to_string(),
+            message: e.to_string(),
+        },
+        other => Error::Index(other.to_string()),
+    }
 }
 
 fn set_offsets(txn: &mut Transaction, offsets: &SourceOffsets) {

@@ -35,6 +35,10 @@ pub struct MicroBatch {
     /// Where every partition assigned to this consumer stands once this batch is applied:
     /// the offsets to store with it.
     pub positions: SourceOffsets,
+    /// Where those partitions stood before this batch (the previous batch's `positions`, or
+    /// the stored positions at assignment); a partition absent here had no position. A
+    /// commit of this batch must find the index still there (see `index::fence`).
+    pub starts: SourceOffsets,
 }
 
 /// Where a pipeline resumes each partition (the offsets stored in the index).
@@ -446,6 +450,8 @@ impl Loop {
         let mut first_at: Option<Instant> = None;
         let mut ready: Option<MicroBatch> = None;
         let mut positions = SourceOffsets::default();
+        // Where the next batch starts: `positions` as of the last cut or assignment.
+        let mut starts = SourceOffsets::default();
         let mut assigned: HashSet<(String, i32)> = HashSet::new();
         let mut paused = false;
         let mut done: HashSet<i32> = HashSet::new();
@@ -509,6 +515,7 @@ impl Loop {
                 match event {
                     Event::Assigned(resolved, parts) => {
                         positions.fill_from(&resolved);
+                        starts.fill_from(&resolved);
                         assigned.extend(parts);
                         paused = false;
                     }
@@ -519,6 +526,7 @@ impl Loop {
                         first_at = None;
                         ready = None;
                         positions = SourceOffsets::default();
+                        starts = SourceOffsets::default();
                         assigned.clear();
                         paused = false;
                     }
@@ -569,10 +577,12 @@ impl Loop {
                 seq += 1;
                 let mut current = positions.clone();
                 current.retain(|t, p| assigned.contains(&(t.to_string(), p)));
+                let batch_starts = std::mem::replace(&mut starts, current.clone());
                 ready = Some(MicroBatch {
                     seq,
                     records: std::mem::take(&mut pending),
                     positions: current,
+                    starts: batch_starts,
                 });
                 first_at = None;
             }

@@ -14,6 +14,7 @@ use metrics::{counter, gauge, histogram};
 
 use super::plan::{bind, Continuous, Target};
 use crate::error::{Error, Result};
+use crate::index::fence::Fence;
 use crate::index::{Change, LanceTable, SourceOffsets};
 use crate::kafka::options::OnError;
 use crate::kafka::producer::{Outgoing, Producer};
@@ -28,6 +29,8 @@ pub struct RunStats {
     pub deletes: u64,
     pub dead_lettered: u64,
     pub skipped: u64,
+    /// Batches refused because another worker had taken their partitions over.
+    pub fenced: u64,
 }
 
 /// The index's stored offsets, read from the consumer thread on each assignment.
@@ -64,12 +67,7 @@ pub async fn run_continuous(
         })),
         Target::Other => None,
     };
-    let mut consumer = {
-        let options = options.clone();
-        tokio::task::spawn_blocking(move || Consumer::start(&options, Mode::Pipeline(store)))
-            .await
-            .map_err(|e| Error::Pipeline(e.to_string()))??
-    };
+    let mut consumer = join_group(&options, store.clone()).await?;
     let producer = match options.on_error {
         OnError::Dlq => Some(Producer::new(&options)?),
         _ => None,
@@ -94,11 +92,36 @@ pub async fn run_continuous(
                 consumer.ack(seq, Some(positions));
                 on_batch(&stats);
             }
+            Err(e @ Error::Fenced { .. }) => {
+                // This worker was paused past its session and its partitions moved on: drop
+                // the batch and everything read after it, and rejoin from the stored positions.
+                stats.fenced += 1;
+                counter!("semflow_pipeline_fenced_batches_total").increment(1);
+                tracing::warn!("batch {seq} dropped, rejoining the group: {e}");
+                consumer.ack(seq, None);
+                consumer.stop();
+                consumer = match join_group(&options, store.clone()).await {
+                    Ok(c) => c,
+                    Err(e) => break Err(e),
+                };
+                on_batch(&stats);
+            }
             Err(e) => break Err(e),
         }
     };
     consumer.stop();
     result.map(|()| stats)
+}
+
+/// Starts a consumer that joins the group and resumes from `store`'s positions.
+async fn join_group(
+    options: &crate::kafka::KafkaOptions,
+    store: Option<Arc<dyn PositionStore>>,
+) -> Result<Consumer> {
+    let options = options.clone();
+    tokio::task::spawn_blocking(move || Consumer::start(&options, Mode::Pipeline(store)))
+        .await
+        .map_err(|e| Error::Pipeline(e.to_string()))?
 }
 
 async fn process(
@@ -111,11 +134,11 @@ async fn process(
 ) -> Result<()> {
     let started = Instant::now();
     let MicroBatch {
-        records, positions, ..
+        records,
+        positions,
+        starts,
+        ..
     } = batch;
-    stats.batches += 1;
-    stats.records += records.len() as u64;
-    counter!("semflow_pipeline_records_total").increment(records.len() as u64);
 
     // Within a batch only the newest record per key matters (an update or a delete).
     let mut newest: HashMap<&[u8], usize> = HashMap::new();
@@ -202,6 +225,7 @@ async fn process(
         let change = Change {
             rows: output,
             deletes,
+            fence: Some(Fence::between(&starts, &positions)),
             offsets: Some(positions.clone()),
         };
         let committed = table.apply(change).await?;
@@ -218,6 +242,10 @@ async fn process(
     }
     histogram!("semflow_pipeline_batch_seconds").record(started.elapsed().as_secs_f64());
     counter!("semflow_pipeline_batches_total").increment(1);
+    // Counted once committed: a fenced batch's records are read again by their new owner.
+    stats.batches += 1;
+    stats.records += records.len() as u64;
+    counter!("semflow_pipeline_records_total").increment(records.len() as u64);
     Ok(())
 }
 

@@ -425,8 +425,7 @@ pub async fn run(engine: &Engine, job: SynthJob, progress: impl Fn(&Progress)) -
                     table
                         .apply(crate::index::write::Change {
                             rows: vec![batch],
-                            deletes: Vec::new(),
-                            offsets: None,
+                            ..Default::default()
                         })
                         .await?;
                 }
