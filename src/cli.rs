@@ -19,6 +19,10 @@ use crate::output::{write_results, Format, Progress};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// PEM file of CA certificates to trust, besides the system's, for HTTPS towards remote
+    /// inference endpoints and the generator (e.g. a private CA).
+    #[arg(long, global = true, env = "SEMFLOW_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,9 +108,19 @@ pub struct MergeArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// HTTP listen address. Anything but loopback needs --api-token or --insecure-no-auth.
+    /// HTTP listen address. Anything but loopback needs --api-token (or --insecure-no-auth)
+    /// and TLS (or --insecure-no-tls).
     #[arg(long, env = "SEMFLOW_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: String,
+    /// Certificate chain (PEM) for HTTPS and Postgres TLS; needs --tls-key.
+    #[arg(long, env = "SEMFLOW_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "SEMFLOW_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow a non-loopback address without TLS (e.g. behind a TLS-terminating proxy).
+    #[arg(long)]
+    pub insecure_no_tls: bool,
     /// Bearer token required on every request but /health (prefer the environment variable).
     #[arg(long, env = "SEMFLOW_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
@@ -132,10 +146,11 @@ pub struct ServeArgs {
     #[arg(long)]
     pub max_request_tokens: Option<usize>,
     /// Postgres wire protocol address ("off" disables). Anything but loopback needs
-    /// --pg-password or --insecure-no-auth.
+    /// --pg-password (or --insecure-no-auth) and TLS (or --insecure-no-tls).
     #[arg(long, env = "SEMFLOW_PG_ADDR", default_value = "127.0.0.1:5433")]
     pub pg_addr: String,
-    /// Password every Postgres client must give (any user name; prefer the variable).
+    /// Password every Postgres client must give, by SCRAM-SHA-256 (any user name; prefer
+    /// the variable).
     #[arg(long, env = "SEMFLOW_PG_PASSWORD", hide_env_values = true)]
     pub pg_password: Option<String>,
     /// A Qwen3 causal LM (directory or random:PRESET[:SEED]) served at
@@ -352,6 +367,9 @@ pub enum ModelCommand {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
+    if let Some(ca) = &cli.ca_cert {
+        crate::tls::trust_ca_file(ca)?;
+    }
     match cli.command {
         Command::Sql(args) => run_sql(args).await,
         Command::Shell(args) => crate::shell::run(args.engine()?).await,
@@ -542,6 +560,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             args.http_addr
         ))
     })?;
+    let tls = crate::tls::server_tls(args.tls_cert.as_ref(), args.tls_key.as_ref())?;
     let pg = if args.pg_addr == "off" {
         None
     } else {
@@ -555,6 +574,8 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             addr,
             password: args.pg_password.clone().filter(|p| !p.is_empty()),
             insecure_no_auth: args.insecure_no_auth,
+            tls: tls.clone(),
+            insecure_no_tls: args.insecure_no_tls,
         };
         crate::serve::pg::check_exposure(&options)?;
         Some(options)
@@ -563,6 +584,8 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         addr,
         token: args.api_token.filter(|t| !t.is_empty()),
         insecure_no_auth: args.insecure_no_auth,
+        tls: tls.clone(),
+        insecure_no_tls: args.insecure_no_tls,
         max_items: args.max_items.max(1),
         max_body_bytes: args.max_body_bytes.max(1),
         max_concurrency: args.max_concurrency.max(1),
@@ -581,8 +604,9 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     };
     crate::serve::http::check_exposure(&options)?;
     let shutdown = shutdown_signal().shared();
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let http = crate::serve::http::serve(&engine, options, shutdown.clone(), |a| {
-        eprintln!("serving http://{a}")
+        eprintln!("serving {scheme}://{a}")
     });
     let pg = async {
         match pg {

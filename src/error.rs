@@ -139,6 +139,21 @@ impl Error {
     }
 }
 
+/// `e` and its causes, "outer: inner: root" (transport errors such as reqwest's say only
+/// "error sending request" at the top; the reason, e.g. an unknown certificate, is below).
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// A stored stream position for messages: an offset, or "no position" before the first.
 fn position(offset: Option<i64>) -> String {
     offset.map_or_else(|| "no position".to_string(), |o| format!("offset {o}"))

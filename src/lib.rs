@@ -29,7 +29,7 @@
 //! | services | [`generation`], [`config`], [`telemetry`] | the LLM client and recipe behind query generation; engine settings from flags, env and TOML; Prometheus metrics |
 //! | inference | [`inference`] | dedupe, caching, Qwen3 formats, tokenization, batching; backends `packed` (candle), `local` (mistral.rs), `remote` (endpoint pools) |
 //! | models | [`model`] | model directories: configs, presets, random weights, the Hugging Face hub, fingerprints, merging |
-//! | leaves | [`error`], [`text`] | the library's error type; SQL literals and `${VAR}` substitution |
+//! | leaves | [`error`], [`text`], [`tls`] | the library's error type; SQL literals and `${VAR}` substitution; TLS certificates for listeners and trusted roots for outbound HTTPS |
 
 pub mod bench;
 pub mod cli;
@@ -48,6 +48,7 @@ pub mod shell;
 pub mod synth;
 pub mod telemetry;
 pub mod text;
+pub mod tls;
 pub mod udf;
 
 pub use engine::Engine;

@@ -24,7 +24,7 @@ async fn start(password: Option<&str>) -> (SocketAddr, tokio::sync::oneshot::Sen
     let options = PgOptions {
         addr: "127.0.0.1:0".parse().unwrap(),
         password: password.map(String::from),
-        insecure_no_auth: false,
+        ..PgOptions::default()
     };
     tokio::spawn(async move {
         serve(
@@ -158,10 +158,7 @@ async fn password_is_required_when_set() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn psql_session() {
-    let required = std::env::var("SEMFLOW_TEST_PSQL").as_deref() == Ok("required");
-    if Command::new("psql").arg("--version").output().is_err() {
-        assert!(!required, "psql is not installed");
-        eprintln!("psql not installed: skipped");
+    if !common::psql_available() {
         return;
     }
     let (addr, _stop) = start(None).await;
@@ -311,7 +308,7 @@ async fn front_ends_keep_their_own_session_state() {
     let options = PgOptions {
         addr: "127.0.0.1:0".parse().unwrap(),
         password: None,
-        insecure_no_auth: false,
+        ..PgOptions::default()
     };
     let pg_engine = engine.clone();
     tokio::spawn(async move {

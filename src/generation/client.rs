@@ -96,7 +96,7 @@ enum Outcome {
 
 impl ChatClient {
     pub fn new(cfg: &GeneratorConfig) -> Result<Self> {
-        let http = reqwest::Client::builder()
+        let http = crate::tls::http_client()
             .timeout(Duration::from_secs_f64(cfg.timeout_s))
             .build()
             .map_err(|e| Error::InvalidArgument(format!("generator HTTP client: {e}")))?;
@@ -254,14 +254,8 @@ fn transport_error(e: &reqwest::Error) -> RequestError {
     if e.is_timeout() {
         RequestError::Timeout
     } else {
-        // Walk to the root cause: "connection closed before message completed" and friends.
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(e);
-        while let Some(s) = src {
-            msg = s.to_string();
-            src = s.source();
-        }
-        RequestError::Connection(msg)
+        // With the causes: "connection closed before message completed" and friends.
+        RequestError::Connection(crate::error::with_causes(e))
     }
 }
 

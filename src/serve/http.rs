@@ -27,6 +27,10 @@ pub struct HttpOptions {
     pub token: Option<String>,
     /// Allow a non-loopback address without a token.
     pub insecure_no_auth: bool,
+    /// Serve HTTPS with this certificate.
+    pub tls: Option<crate::tls::ServerTls>,
+    /// Allow a non-loopback address without TLS.
+    pub insecure_no_tls: bool,
     /// Most inputs (embeddings) or documents (rerank) per request.
     pub max_items: usize,
     /// Largest request body, in bytes.
@@ -50,6 +54,8 @@ impl Default for HttpOptions {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token: None,
             insecure_no_auth: false,
+            tls: None,
+            insecure_no_tls: false,
             max_items: 2048,
             max_body_bytes: 8 << 20,
             max_concurrency: 4,
@@ -61,11 +67,20 @@ impl Default for HttpOptions {
     }
 }
 
-/// Refuses to expose an unauthenticated server beyond this machine.
+/// Refuses to expose an unauthenticated or unencrypted server beyond this machine.
 pub fn check_exposure(options: &HttpOptions) -> Result<()> {
-    if !options.addr.ip().is_loopback() && options.token.is_none() && !options.insecure_no_auth {
+    if options.addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if options.token.is_none() && !options.insecure_no_auth {
         return Err(Error::InvalidArgument(format!(
             "serve: binding {} exposes the API beyond this machine; set an API token (--api-token or SEMFLOW_API_TOKEN) or pass --insecure-no-auth",
+            options.addr
+        )));
+    }
+    if options.tls.is_none() && !options.insecure_no_tls {
+        return Err(Error::InvalidArgument(format!(
+            "serve: binding {} would send tokens and data in clear text beyond this machine; pass --tls-cert and --tls-key (or --insecure-no-tls behind a TLS-terminating proxy)",
             options.addr
         )));
     }
@@ -137,10 +152,23 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| Error::InvalidArgument(format!("serve: {e}")))?;
     on_bound(bound);
-    axum::serve(listener, router(engine, options))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::InvalidArgument(format!("serve: {e}")))
+    let tls = options.tls.clone();
+    let app = router(engine, options);
+    let served = match tls {
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, tls.acceptor(&[b"http/1.1"]))
+                .map_err(|e| Error::InvalidArgument(format!("serve: {e}")))?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
+    served.map_err(|e| Error::InvalidArgument(format!("serve: {e}")))
 }
 
 /// An API error in OpenAI's shape.
@@ -260,7 +288,7 @@ fn record_batch(route: &'static str, items: usize, tokens: usize) {
 }
 
 /// Equal-length inputs take the same time whatever their contents.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -911,6 +939,12 @@ mod tests {
             .to_string()
             .contains("--insecure-no-auth"));
         o.token = Some("t".into());
+        // A token alone is not enough: it would travel in clear text.
+        assert!(check_exposure(&o)
+            .unwrap_err()
+            .to_string()
+            .contains("--tls-cert"));
+        o.insecure_no_tls = true;
         assert!(check_exposure(&o).is_ok());
         o.token = None;
         o.insecure_no_auth = true;

@@ -2,7 +2,8 @@
 //! (`embed`, `rerank`, vector search over Lance tables…) on the engine's own session, through
 //! datafusion-postgres (simple and extended query protocols, `pg_catalog` for `\d` and
 //! clients' table lists). semflow adds: SQLSTATE codes for DataFusion errors, `CREATE INDEX`
-//! for Lance tables, and password authentication compared in constant time.
+//! for Lance tables, SCRAM-SHA-256 password authentication (with channel binding over TLS),
+//! and TLS (`sslmode=require`), which clients on other machines must use when it is on.
 
 use std::fmt::Debug;
 use std::net::SocketAddr;
@@ -17,18 +18,19 @@ use datafusion::sql::sqlparser::ast::Statement;
 use datafusion_postgres::hooks::{HookClient, QueryHook};
 use datafusion_postgres::pgwire;
 use datafusion_postgres::{DfSessionService, Parser};
-use futures::{Sink, SinkExt};
+use futures::Sink;
+use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramAuth, SCRAM_ITERATIONS};
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::{
-    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
-    DefaultServerParameterProvider, StartupHandler,
+    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata, AuthSource,
+    DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
 };
 use pgwire::api::portal::Portal;
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{Response, Tag};
 use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers};
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
-use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpListener;
 
@@ -41,13 +43,39 @@ pub struct PgOptions {
     /// Required from every client when set (any user name).
     pub password: Option<String>,
     pub insecure_no_auth: bool,
+    /// TLS for clients that ask for it (`sslmode=require`); required from other machines.
+    pub tls: Option<crate::tls::ServerTls>,
+    /// Allow a non-loopback address without TLS.
+    pub insecure_no_tls: bool,
 }
 
-/// Refuses a non-loopback address without a password unless explicitly allowed.
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 5433)),
+            password: None,
+            insecure_no_auth: false,
+            tls: None,
+            insecure_no_tls: false,
+        }
+    }
+}
+
+/// Refuses a non-loopback address without a password or without TLS unless explicitly
+/// allowed.
 pub fn check_exposure(options: &PgOptions) -> Result<()> {
-    if !options.addr.ip().is_loopback() && options.password.is_none() && !options.insecure_no_auth {
+    if options.addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if options.password.is_none() && !options.insecure_no_auth {
         return Err(Error::InvalidArgument(format!(
             "--pg-addr {} is reachable from other machines: set a password (SEMFLOW_PG_PASSWORD or --pg-password) or pass --insecure-no-auth",
+            options.addr
+        )));
+    }
+    if options.tls.is_none() && !options.insecure_no_tls {
+        return Err(Error::InvalidArgument(format!(
+            "--pg-addr {} would carry queries and results in clear text beyond this machine; pass --tls-cert and --tls-key (or --insecure-no-tls)",
             options.addr
         )));
     }
@@ -250,10 +278,55 @@ impl ExtendedQueryHandler for Service {
     }
 }
 
-/// Trust on loopback without a password; otherwise a cleartext password exchange compared
-/// in constant time (use TLS termination or a private network across machines).
+/// The one password, stored as SCRAM keeps it: salted and hashed once at start-up.
+#[derive(Debug)]
+struct ScramPassword {
+    salt: Vec<u8>,
+    salted: Vec<u8>,
+}
+
+impl ScramPassword {
+    fn new(password: &str) -> Self {
+        let salt = rand::random::<[u8; 16]>().to_vec();
+        let salted = gen_salted_password(password, &salt, SCRAM_ITERATIONS);
+        Self { salt, salted }
+    }
+}
+
+#[async_trait]
+impl AuthSource for ScramPassword {
+    async fn get_password(&self, _login: &LoginInfo) -> PgWireResult<Password> {
+        Ok(Password::new(Some(self.salt.clone()), self.salted.clone()))
+    }
+}
+
+/// How a connection authenticates: trust without a password (loopback by default), SCRAM-
+/// SHA-256 with one. Either way, a client on another machine must have come over TLS when
+/// TLS is on. One per connection: the SCRAM exchange keeps state.
 struct Startup {
-    password: Option<String>,
+    scram: Option<SASLAuthStartupHandler<DefaultServerParameterProvider>>,
+    require_tls: bool,
+}
+
+impl Startup {
+    fn new(password: Option<&Arc<ScramPassword>>, tls: Option<&crate::tls::ServerTls>) -> Self {
+        let scram = password.map(|p| {
+            let mut auth = ScramAuth::new(p.clone());
+            auth.set_iterations(SCRAM_ITERATIONS);
+            if let Some(tls) = tls {
+                // Offers SCRAM-SHA-256-PLUS, binding the exchange to this certificate.
+                if let Err(e) = auth.configure_certificate(tls.cert_pem()) {
+                    tracing::warn!("postgres: no SCRAM channel binding: {e}");
+                }
+            }
+            SASLAuthStartupHandler::new(Arc::new(DefaultServerParameterProvider::default()))
+                .with_scram(auth)
+        });
+        Self {
+            scram,
+            require_tls: tls.is_some(),
+        }
+    }
 }
 
 #[async_trait]
@@ -264,46 +337,31 @@ impl StartupHandler for Startup {
         message: PgWireFrontendMessage,
     ) -> PgWireResult<()>
     where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let params = DefaultServerParameterProvider::default();
-        match message {
-            PgWireFrontendMessage::Startup(ref startup) => {
-                protocol_negotiation(client, startup).await?;
-                save_startup_parameters_to_metadata(client, startup);
-                if self.password.is_none() {
-                    finish_authentication(client, &params).await?;
-                } else {
-                    client.set_state(PgWireConnectionState::AuthenticationInProgress);
-                    client
-                        .send(PgWireBackendMessage::Authentication(
-                            Authentication::CleartextPassword,
-                        ))
+        if let PgWireFrontendMessage::Startup(_) = &message {
+            if self.require_tls && !client.is_secure() && !client.socket_addr().ip().is_loopback() {
+                return Err(user_error(
+                    "28000",
+                    "this server requires TLS from other machines: connect with sslmode=require"
+                        .into(),
+                ));
+            }
+        }
+        match &self.scram {
+            Some(scram) => scram.on_startup(client, message).await,
+            None => {
+                if let PgWireFrontendMessage::Startup(ref startup) = message {
+                    protocol_negotiation(client, startup).await?;
+                    save_startup_parameters_to_metadata(client, startup);
+                    finish_authentication(client, &DefaultServerParameterProvider::default())
                         .await?;
                 }
+                Ok(())
             }
-            PgWireFrontendMessage::PasswordMessageFamily(pwd) => {
-                let given = pwd.into_password()?;
-                let expected = self.password.as_deref().unwrap_or_default();
-                if crate::serve::http::constant_time_eq(
-                    given.password.as_bytes(),
-                    expected.as_bytes(),
-                ) {
-                    finish_authentication(client, &params).await?;
-                } else {
-                    let user = client
-                        .metadata()
-                        .get(pgwire::api::METADATA_USER)
-                        .cloned()
-                        .unwrap_or_default();
-                    return Err(PgWireError::InvalidPassword(user));
-                }
-            }
-            _ => {}
         }
-        Ok(())
     }
 }
 
@@ -356,14 +414,14 @@ pub async fn serve(
         Arc::new(datafusion_postgres::hooks::set_show::SetShowHook),
         Arc::new(datafusion_postgres::hooks::transactions::TransactionStatementHook),
     ];
-    let handlers = Arc::new(Handlers {
-        service: Arc::new(Service {
-            inner: DfSessionService::new_with_hooks(ctx, hooks),
-        }),
-        startup: Arc::new(Startup {
-            password: options.password.clone(),
-        }),
+    let service = Arc::new(Service {
+        inner: DfSessionService::new_with_hooks(ctx, hooks),
     });
+    let password = options
+        .password
+        .as_deref()
+        .map(|p| Arc::new(ScramPassword::new(p)));
+    let acceptor = options.tls.as_ref().map(|t| t.acceptor(&[b"postgresql"]));
     let listener = TcpListener::bind(options.addr)
         .await
         .map_err(|e| Error::io(options.addr.to_string(), e))?;
@@ -382,9 +440,13 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let handlers = handlers.clone();
+                let handlers = Arc::new(Handlers {
+                    service: service.clone(),
+                    startup: Arc::new(Startup::new(password.as_ref(), options.tls.as_ref())),
+                });
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                    if let Err(e) = pgwire::tokio::process_socket(socket, acceptor, handlers).await {
                         tracing::debug!("postgres connection from {peer}: {e}");
                     }
                 });
@@ -423,13 +485,19 @@ mod tests {
         let o = |addr: &str, password: Option<&str>| PgOptions {
             addr: addr.parse().unwrap(),
             password: password.map(String::from),
-            insecure_no_auth: false,
+            ..PgOptions::default()
         };
         assert!(check_exposure(&o("127.0.0.1:5433", None)).is_ok());
         let err = check_exposure(&o("0.0.0.0:5433", None))
             .unwrap_err()
             .to_string();
         assert!(err.contains("SEMFLOW_PG_PASSWORD"), "{err}");
-        assert!(check_exposure(&o("0.0.0.0:5433", Some("pw"))).is_ok());
+        let err = check_exposure(&o("0.0.0.0:5433", Some("pw")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--tls-cert"), "{err}");
+        let mut no_tls = o("0.0.0.0:5433", Some("pw"));
+        no_tls.insecure_no_tls = true;
+        assert!(check_exposure(&no_tls).is_ok());
     }
 }

@@ -99,3 +99,18 @@ pub async fn serve_http(engine: Engine) -> std::net::SocketAddr {
     });
     rx.await.unwrap()
 }
+
+/// Whether `psql` can be run; CI (SEMFLOW_TEST_PSQL=required) fails instead of skipping.
+pub fn psql_available() -> bool {
+    let required = std::env::var("SEMFLOW_TEST_PSQL").as_deref() == Ok("required");
+    if std::process::Command::new("psql")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(!required, "psql is not installed");
+        eprintln!("psql not installed: skipped");
+        return false;
+    }
+    true
+}

@@ -164,7 +164,7 @@ impl Pool {
                 unhealthy: AtomicBool::new(false),
             });
         }
-        let http = reqwest::Client::builder()
+        let http = crate::tls::http_client()
             .timeout(options.timeout)
             .build()
             .map_err(|e| Error::InvalidArgument(format!("{label} endpoints: {e}")))?;
@@ -263,7 +263,7 @@ impl Pool {
         let resp = req
             .send()
             .await
-            .map_err(|e| Failure::Retry(e.to_string(), None))?;
+            .map_err(|e| Failure::Retry(crate::error::with_causes(&e), None))?;
         let status = resp.status();
         let wait = retry_after(resp.headers());
         let text = resp
@@ -297,7 +297,7 @@ fn random_start(n: usize) -> usize {
 
 /// Probes every endpoint each `every` until the pool is gone.
 async fn probe_forever(pool: Weak<Inner>, every: Duration) {
-    let Ok(http) = reqwest::Client::builder()
+    let Ok(http) = crate::tls::http_client()
         .timeout(PROBE_TIMEOUT.min(every.max(Duration::from_millis(100))))
         .build()
     else {
@@ -314,7 +314,7 @@ async fn probe_forever(pool: Weak<Inner>, every: Duration) {
                 match http.get(&e.health_url).send().await {
                     Ok(r) if r.status().as_u16() < 500 => Ok(()),
                     Ok(r) => Err(format!("HTTP {}", r.status())),
-                    Err(err) => Err(err.to_string()),
+                    Err(err) => Err(crate::error::with_causes(&err)),
                 }
             }
         });
