@@ -12,6 +12,8 @@ pub mod spec;
 
 use std::future::Future;
 
+use datafusion::execution::context::SessionContext;
+
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 pub use runner::RunStats;
@@ -24,13 +26,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_batch: impl FnMut(&RunStats),
 ) -> Result<RunStats> {
+    let (session, job) = prepare(engine, sql).await?;
+    runner::run_continuous(&session, job, shutdown, on_batch).await
+}
+
+/// Runs every statement of `sql` but the last, in a session of the pipeline's own, and plans
+/// the last: the continuous INSERT, returned ready to run (nothing has connected to Kafka).
+pub async fn prepare(engine: &Engine, sql: &str) -> Result<(SessionContext, plan::Continuous)> {
     let statements = Engine::parse(sql)?;
     // A session of its own: the setting below must not reach other front ends.
     let session = engine.fork_session();
-    let ctx = &session;
     // One partition keeps each micro-batch's rows in record order (the newest version of a
     // key must win) and hands the whole batch to the model at once.
-    ctx.state_ref()
+    session
+        .state_ref()
         .write()
         .config_mut()
         .options_mut()
@@ -39,7 +48,7 @@ pub async fn run(
     let mut job = None;
     let count = statements.len();
     for (i, statement) in statements.into_iter().enumerate() {
-        let plan = ctx.state().statement_to_plan(statement).await?;
+        let plan = session.state().statement_to_plan(statement).await?;
         if let Some(found) = plan::continuous(&plan)? {
             if i + 1 != count {
                 return Err(Error::Pipeline(
@@ -48,7 +57,7 @@ pub async fn run(
             }
             job = Some(found);
         } else {
-            ctx.execute_logical_plan(plan).await?.collect().await?;
+            session.execute_logical_plan(plan).await?.collect().await?;
         }
     }
     let job = job.ok_or_else(|| {
@@ -56,5 +65,5 @@ pub async fn run(
             "no continuous statement: a pipeline ends with INSERT INTO <table> SELECT … FROM <a STORED AS KAFKA table>".into(),
         )
     })?;
-    runner::run_continuous(ctx, job, shutdown, on_batch).await
+    Ok((session, job))
 }
