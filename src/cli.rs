@@ -45,6 +45,19 @@ pub enum Command {
     Synth(SynthArgs),
     /// Merge safetensors checkpoints by spherical linear interpolation (slerp).
     Merge(MergeArgs),
+    /// Compact a Lance index, bring its vector and full-text indexes up to date and carry
+    /// its stream positions forward; optionally remove old versions.
+    Optimize(OptimizeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OptimizeArgs {
+    /// The Lance dataset (a path or URI).
+    pub location: String,
+    /// Afterwards, remove versions older than this many seconds (the stream positions
+    /// survive: the maintenance commit carries them).
+    #[arg(long)]
+    pub cleanup_older_than: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -377,6 +390,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run_pipeline(args).await,
         Command::Serve(args) => run_serve(args).await,
         Command::Synth(args) => run_synth(args).await,
+        Command::Optimize(args) => run_optimize(args).await,
         Command::Merge(args) => {
             let weights = crate::model::merge::weights(args.models.len(), args.t, args.weights)?;
             let stats = crate::model::merge::merge(&args.models, &weights, &args.out)?;
@@ -412,6 +426,28 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn run_optimize(args: OptimizeArgs) -> Result<()> {
+    let table = crate::index::LanceTable::open(&args.location, None, None).await?;
+    let report = crate::index::maintain::maintain(&table).await?;
+    println!(
+        "{}: version {} -> {}: {} fragments compacted into {}, {} indexes updated, {} stream positions carried forward",
+        args.location,
+        report.versions.0,
+        report.versions.1,
+        report.fragments_removed,
+        report.fragments_added,
+        report.indexes,
+        report.positions
+    );
+    if let Some(seconds) = args.cleanup_older_than {
+        let removed =
+            crate::index::maintain::cleanup(&table, std::time::Duration::from_secs(seconds))
+                .await?;
+        println!("{}: {removed} old versions removed", args.location);
+    }
+    Ok(())
 }
 
 async fn run_pipeline(args: RunArgs) -> Result<()> {

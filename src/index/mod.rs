@@ -4,6 +4,7 @@
 //! - [`write`]: one atomic change (upserts, deletes, stream offsets) as one Lance commit.
 //! - [`offsets`]: the Kafka offsets stored in commits, and reading them back.
 //! - [`fence`]: refusing stream commits from a worker whose partitions moved on (zombies).
+//! - [`maintain`]: compaction and index updates that carry the stream positions forward.
 //! - [`knn`]: top-k vector queries served by Lance's (ANN or flat) search.
 //! - [`create`]: `CREATE INDEX … USING ivf_pq|ivf_flat|inverted`.
 //! - [`fts`]: `full_text_search()`: BM25 keyword search over an inverted index.
@@ -12,6 +13,7 @@ pub mod create;
 pub mod fence;
 pub mod fts;
 pub mod knn;
+pub mod maintain;
 pub mod offsets;
 pub mod table;
 pub mod write;

@@ -13,6 +13,10 @@ use crate::error::{Error, Result};
 /// The transaction property holding [`SourceOffsets`] as JSON.
 pub const OFFSETS_PROPERTY: &str = "semflow.kafka.offsets";
 
+/// Set on commits whose offsets are every partition's (maintenance commits carrying them
+/// forward): nothing older needs reading.
+pub const COMPLETE_PROPERTY: &str = "semflow.kafka.offsets.complete";
+
 /// Next offset to read, per topic and partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceOffsets(BTreeMap<String, BTreeMap<i32, i64>>);
@@ -73,26 +77,50 @@ impl SourceOffsets {
 
 /// The offsets recorded in `dataset`'s history for `wanted` (topic, partition) pairs.
 ///
-/// Commits that did not come from a stream (compaction, index builds, plain INSERTs) carry no
-/// offsets, so this walks back from the newest version until every wanted partition is found
-/// (or, with nothing wanted, until the first version with any offsets).
+/// Commits that did not come from a stream (plain INSERTs; compaction and index builds made
+/// outside `semflow`) carry no offsets, so this walks back from the newest version until every
+/// wanted partition is found (or, with nothing wanted, until the first version with any
+/// offsets), or a complete commit is reached.
 pub async fn read_offsets(dataset: &Dataset, wanted: &[(String, i32)]) -> Result<SourceOffsets> {
+    walk_back(dataset, |found| {
+        if wanted.is_empty() {
+            !found.is_empty()
+        } else {
+            wanted.iter().all(|(t, p)| found.get(t, *p).is_some())
+        }
+    })
+    .await
+}
+
+/// Every partition's newest offset in `dataset`'s history: back to the newest complete
+/// commit, or the first version.
+pub async fn read_all_offsets(dataset: &Dataset) -> Result<SourceOffsets> {
+    walk_back(dataset, |_| false).await
+}
+
+/// Collects offsets from the newest version back, newer ones winning, until `done` says so
+/// or a complete commit has been read.
+async fn walk_back(
+    dataset: &Dataset,
+    mut done: impl FnMut(&SourceOffsets) -> bool,
+) -> Result<SourceOffsets> {
     let mut found = SourceOffsets::default();
     let mut version = dataset.version().version;
     while version >= 1 {
-        let txn = dataset
-            .read_transaction_by_version(version)
-            .await
-            .map_err(|e| Error::Index(format!("reading version {version}: {e}")))?;
+        let txn = match dataset.read_transaction_by_version(version).await {
+            Ok(txn) => txn,
+            // Removed by cleanup_old_versions: the history before it is gone too.
+            Err(
+                lance::Error::NotFound { .. }
+                | lance::Error::VersionNotFound { .. }
+                | lance::Error::DatasetNotFound { .. },
+            ) => break,
+            Err(e) => return Err(Error::Index(format!("reading version {version}: {e}"))),
+        };
         if let Some(props) = txn.and_then(|t| t.transaction_properties) {
             if let Some(text) = props.get(OFFSETS_PROPERTY) {
                 found.fill_from(&SourceOffsets::from_property(text)?);
-                let done = if wanted.is_empty() {
-                    !found.is_empty()
-                } else {
-                    wanted.iter().all(|(t, p)| found.get(t, *p).is_some())
-                };
-                if done {
+                if done(&found) || props.contains_key(COMPLETE_PROPERTY) {
                     break;
                 }
             }

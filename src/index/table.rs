@@ -34,6 +34,35 @@ const LANCE_PRIMARY_KEY: &str = "lance-schema:unenforced-primary-key";
 /// Rows per commit when a plain `INSERT … SELECT` streams a large result into the index.
 const INSERT_CHUNK_ROWS: usize = 8192;
 
+/// Lance's caches, shared by every table in the process. Lance's defaults (1 GiB of metadata,
+/// 6 GiB of index per session) let a long stream writer grow without end: every commit adds a
+/// manifest and fragment metadata (a 300 s soak grew ~2 MB/s). Caps sized for a worker: the
+/// metadata of recent versions, and the IVF partitions a search touches.
+const METADATA_CACHE_BYTES: usize = 64 << 20;
+const INDEX_CACHE_BYTES: usize = 512 << 20;
+
+/// The process-wide Lance session (caches and object stores).
+pub(crate) fn session() -> Arc<lance::session::Session> {
+    static SESSION: std::sync::OnceLock<Arc<lance::session::Session>> = std::sync::OnceLock::new();
+    SESSION
+        .get_or_init(|| {
+            Arc::new(lance::session::Session::new(
+                INDEX_CACHE_BYTES,
+                METADATA_CACHE_BYTES,
+                Default::default(),
+            ))
+        })
+        .clone()
+}
+
+/// Opens the newest version of the dataset at `uri` in the shared session.
+pub(crate) async fn open_dataset(uri: &str) -> lance::Result<Dataset> {
+    lance::dataset::builder::DatasetBuilder::from_uri(uri)
+        .with_session(session())
+        .load()
+        .await
+}
+
 /// A Lance dataset (possibly not created yet) behind a SQL table. Clones share state.
 #[derive(Clone)]
 pub struct LanceTable {
@@ -62,7 +91,7 @@ impl LanceTable {
         declared: Option<SchemaRef>,
         primary_key: Option<String>,
     ) -> Result<Self> {
-        let existing = match Dataset::open(uri).await {
+        let existing = match open_dataset(uri).await {
             Ok(ds) => Some(Arc::new(ds)),
             Err(lance::Error::DatasetNotFound { .. }) => None,
             Err(e) => return Err(Error::Index(format!("{uri}: {e}"))),
@@ -137,7 +166,7 @@ impl LanceTable {
                     .map_err(|e| Error::Index(format!("{}: {e}", self.uri)))?;
                 Some(ds)
             }
-            None => match Dataset::open(&self.uri).await {
+            None => match open_dataset(&self.uri).await {
                 Ok(ds) => Some(ds),
                 Err(lance::Error::DatasetNotFound { .. }) => None,
                 Err(e) => return Err(Error::Index(format!("{}: {e}", self.uri))),
@@ -322,6 +351,7 @@ impl LanceTable {
         let empty = arrow::record_batch::RecordBatchIterator::new(vec![], schema);
         let params = WriteParams {
             mode: WriteMode::Create,
+            session: Some(session()),
             ..Default::default()
         };
         match Dataset::write(empty, self.uri.as_str(), Some(params)).await {
@@ -331,7 +361,7 @@ impl LanceTable {
             }
             // Another worker created it a moment ago.
             Err(lance::Error::DatasetAlreadyExists { .. }) => {
-                let ds = Dataset::open(&self.uri)
+                let ds = open_dataset(&self.uri)
                     .await
                     .map_err(|e| Error::Index(format!("{}: {e}", self.uri)))?;
                 self.set_schema(&ds);

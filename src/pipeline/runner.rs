@@ -31,6 +31,75 @@ pub struct RunStats {
     pub skipped: u64,
     /// Batches refused because another worker had taken their partitions over.
     pub fenced: u64,
+    /// Maintenance rounds completed (compaction, index updates).
+    pub maintenance: u64,
+}
+
+/// When the index is due for maintenance: every `semflow.maintenance_commits` commits, or
+/// `semflow.maintenance_seconds` after the last round once something was committed.
+struct Schedule {
+    every_commits: u64,
+    every: Option<std::time::Duration>,
+    commits: u64,
+    last: Instant,
+}
+
+impl Schedule {
+    fn from_session(ctx: &SessionContext) -> Self {
+        let state = ctx.state();
+        let options = state
+            .config_options()
+            .extensions
+            .get::<crate::udf::options::SemflowOptions>();
+        let (commits, seconds) =
+            options.map_or((0, 0), |o| (o.maintenance_commits, o.maintenance_seconds));
+        Self {
+            every_commits: commits,
+            every: (seconds > 0).then(|| std::time::Duration::from_secs(seconds)),
+            commits: 0,
+            last: Instant::now(),
+        }
+    }
+
+    /// Counts one commit; whether maintenance is due.
+    fn committed(&mut self) -> bool {
+        self.commits += 1;
+        (self.every_commits > 0 && self.commits >= self.every_commits)
+            || self.every.is_some_and(|every| self.last.elapsed() >= every)
+    }
+
+    fn done(&mut self) {
+        self.commits = 0;
+        self.last = Instant::now();
+    }
+}
+
+/// One maintenance round between batches. A failure is logged and counted, never fatal:
+/// ingestion goes on and the next round tries again.
+async fn maintain(table: &LanceTable, stats: &mut RunStats) {
+    let started = Instant::now();
+    match crate::index::maintain::maintain(table).await {
+        Ok(report) => {
+            stats.maintenance += 1;
+            counter!("semflow_pipeline_maintenance_total").increment(1);
+            histogram!("semflow_pipeline_maintenance_seconds")
+                .record(started.elapsed().as_secs_f64());
+            tracing::info!(
+                fragments_removed = report.fragments_removed,
+                fragments_added = report.fragments_added,
+                indexes = report.indexes,
+                positions = report.positions,
+                "index maintenance: version {} -> {} in {:.2} s",
+                report.versions.0,
+                report.versions.1,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Err(e) => {
+            counter!("semflow_pipeline_maintenance_failures_total").increment(1);
+            tracing::warn!("index maintenance skipped, tried again later: {e}");
+        }
+    }
 }
 
 /// The index's stored offsets, read from the consumer thread on each assignment.
@@ -73,6 +142,7 @@ pub async fn run_continuous(
         _ => None,
     };
     let mut stats = RunStats::default();
+    let mut schedule = Schedule::from_session(ctx);
     tokio::pin!(shutdown);
     let result = loop {
         let batch = tokio::select! {
@@ -91,6 +161,12 @@ pub async fn run_continuous(
             Ok(()) => {
                 consumer.ack(seq, Some(positions));
                 on_batch(&stats);
+                if let Target::Index(table) = &job.target {
+                    if schedule.committed() {
+                        maintain(table, &mut stats).await;
+                        schedule.done();
+                    }
+                }
             }
             Err(e @ Error::Fenced { .. }) => {
                 // This worker was paused past its session and its partitions moved on: drop

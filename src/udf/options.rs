@@ -17,6 +17,12 @@ extensions_options! {
         pub generator_url: String, default = std::env::var("SEMFLOW_GENERATOR_URL").unwrap_or_default()
         /// generate_query(): model name (overrides the settings file).
         pub generator_model: String, default = std::env::var("SEMFLOW_GENERATOR_MODEL").unwrap_or_default()
+        /// semflow run: compact the index and bring its indexes up to date after this many
+        /// commits (0: never), carrying the stream positions forward.
+        pub maintenance_commits: u64, default = 100
+        /// semflow run: …or once this many seconds have passed since the last round and
+        /// something was committed (0: by commits only).
+        pub maintenance_seconds: u64, default = 0
     }
 }
 

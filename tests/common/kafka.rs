@@ -25,8 +25,13 @@ pub fn unique(prefix: &str) -> String {
 }
 
 pub async fn create_topic(name: &str, partitions: i32) {
+    create_topic_on(&bootstrap(), name, partitions).await
+}
+
+/// [`create_topic`] on the broker at `bootstrap`.
+pub async fn create_topic_on(bootstrap: &str, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .create()
         .unwrap();
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
@@ -40,8 +45,13 @@ pub async fn create_topic(name: &str, partitions: i32) {
 }
 
 pub fn producer() -> FutureProducer {
+    producer_on(&bootstrap())
+}
+
+/// A producer for the broker at `bootstrap`.
+pub fn producer_on(bootstrap: &str) -> FutureProducer {
     ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
         .create()
         .unwrap()

@@ -11,7 +11,7 @@ use arrow::array::{Array, AsArray};
 use rand::{Rng, SeedableRng};
 use semflow::index::LanceTable;
 
-use super::kafka::{bootstrap, create_topic, produce, producer, unique};
+use super::kafka::{bootstrap, create_topic_on, produce, producer, unique};
 
 /// (key, value) records; a `None` value is a tombstone.
 pub type Records = Vec<(Option<String>, Option<String>)>;
@@ -86,7 +86,9 @@ pub fn start_with(pipeline: &Path, log: &Path, envs: &[(&str, &str)]) -> Child {
         .unwrap()
 }
 
-/// A topic (plus its dead-letter topic), an index location and a pipeline file over them.
+/// A topic (plus its dead-letter topic), an index location and a pipeline file over them. The
+/// pipeline maintains its index every 10 commits, so crash and fencing tests cover
+/// maintenance rounds too.
 pub struct Setup {
     pub dir: tempfile::TempDir,
     pub topic: String,
@@ -95,22 +97,28 @@ pub struct Setup {
 }
 
 pub async fn setup(prefix: &str, partitions: i32) -> Setup {
+    setup_on(&bootstrap(), prefix, partitions).await
+}
+
+/// [`setup`] on the broker at `bootstrap`.
+pub async fn setup_on(bootstrap: &str, prefix: &str, partitions: i32) -> Setup {
     let topic = unique(prefix);
-    create_topic(&topic, partitions).await;
-    create_topic(&format!("{topic}.dlq"), 1).await;
+    create_topic_on(bootstrap, &topic, partitions).await;
+    create_topic_on(bootstrap, &format!("{topic}.dlq"), 1).await;
     let dir = tempfile::tempdir().unwrap();
     let location = dir.path().join("idx").to_string_lossy().into_owned();
     let pipeline = dir.path().join("index.sql");
     std::fs::write(
         &pipeline,
         format!(
-            "CREATE EXTERNAL TABLE docs (id TEXT NOT NULL, body TEXT) STORED AS KAFKA LOCATION '{topic}'
+            "SET semflow.maintenance_commits = 10;
+             CREATE EXTERNAL TABLE docs (id TEXT NOT NULL, body TEXT) STORED AS KAFKA LOCATION '{topic}'
                OPTIONS ('bootstrap.servers' '{}', 'group.id' '{}', 'start' 'earliest', 'batch_rows' '500',
                         'batch_ms' '100', 'session.timeout.ms' '6000', 'heartbeat.interval.ms' '500');
              CREATE EXTERNAL TABLE idx (id TEXT NOT NULL, body TEXT, embedding FLOAT[], model TEXT, PRIMARY KEY (id))
                STORED AS LANCE LOCATION '{location}';
              INSERT INTO idx SELECT id, body, embed(body) AS embedding, embed_model() AS model FROM docs;",
-            bootstrap(),
+            bootstrap,
             unique(&format!("{prefix}-group"))
         ),
     )

@@ -1,0 +1,181 @@
+//! Index maintenance under a stream (issue 17, part 4): compaction and index updates whose
+//! commits carry the stream positions forward, so `cleanup_old_versions` with any retention
+//! keeps every partition's position — also one whose last stream commit is old — and rows not
+//! yet indexed are still found by search.
+
+mod common;
+
+use std::time::Duration;
+
+use arrow::array::AsArray;
+use arrow::datatypes::{DataType, Field, Schema};
+use semflow::index::fence::Fence;
+use semflow::index::maintain::{cleanup, maintain};
+use semflow::index::{Change, LanceTable, SourceOffsets};
+use semflow::Engine;
+
+const TOPIC: &str = "docs";
+
+fn positions(entries: &[(i32, i64)]) -> SourceOffsets {
+    let mut o = SourceOffsets::default();
+    for (p, next) in entries {
+        o.set(TOPIC, *p, *next);
+    }
+    o
+}
+
+fn wanted() -> Vec<(String, i32)> {
+    (0..3).map(|p| (TOPIC.to_string(), p)).collect()
+}
+
+/// Rows `from..to` with their embeddings, computed by the engine.
+async fn rows(engine: &Engine, from: i64, to: i64) -> Vec<arrow::record_batch::RecordBatch> {
+    let sql = format!(
+        "SELECT 'doc ' || v AS id, 'document ' || v || ' word' || v AS body, embed('document ' || v) AS embedding
+         FROM generate_series({from}, {}) AS t(v)",
+        to - 1
+    );
+    engine.run_sql(&sql).await.unwrap().remove(0).batches
+}
+
+async fn ids(engine: &Engine, sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in engine.run_sql(sql).await.unwrap() {
+        for b in r.batches {
+            let column = b.column(0).as_string::<i32>();
+            out.extend((0..b.num_rows()).map(|i| column.value(i).to_string()));
+        }
+    }
+    out
+}
+
+/// A stream commit moving one partition.
+async fn commit(
+    table: &LanceTable,
+    engine: &Engine,
+    rows_from: i64,
+    partition: i32,
+    from: Option<i64>,
+    to: i64,
+) {
+    let before = match from {
+        Some(f) => positions(&[(partition, f)]),
+        None => SourceOffsets::default(),
+    };
+    let after = positions(&[(partition, to)]);
+    table
+        .apply(Change {
+            rows: rows(engine, rows_from, rows_from + 10).await,
+            deletes: Vec::new(),
+            fence: Some(Fence::between(&before, &after)),
+            offsets: Some(after),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn positions_survive_maintenance_and_cleanup_and_fresh_rows_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("idx").to_string_lossy().into_owned();
+    let engine = common::tiny_engine();
+    engine
+        .run_sql(&format!(
+            "CREATE EXTERNAL TABLE idx (id TEXT NOT NULL, body TEXT, embedding FLOAT[], PRIMARY KEY (id))
+               STORED AS LANCE LOCATION '{location}'"
+        ))
+        .await
+        .unwrap();
+    let declared = std::sync::Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("body", DataType::Utf8, true),
+        Field::new_list(
+            "embedding",
+            Field::new_list_field(DataType::Float32, true),
+            true,
+        ),
+    ]));
+    let table = LanceTable::open(&location, Some(declared), Some("id".into()))
+        .await
+        .unwrap();
+
+    // Partition 2 is committed once, first; partitions 0 and 1 alternate afterwards.
+    commit(&table, &engine, 0, 2, None, 7).await;
+    let mut next = [0i64, 0];
+    for i in 0..30 {
+        let p = i % 2;
+        let from = (next[p] > 0).then_some(next[p]);
+        next[p] += 5;
+        commit(&table, &engine, 10 + 10 * i as i64, p as i32, from, next[p]).await;
+    }
+    engine
+        .run_sql(
+            "CREATE INDEX ON idx USING ivf_flat (embedding) WITH (num_partitions = 2);
+             CREATE INDEX ON idx USING inverted (body)",
+        )
+        .await
+        .unwrap();
+    // Rows the indexes do not cover yet.
+    for i in 30..36 {
+        let p = i % 2;
+        let from = next[p];
+        next[p] += 5;
+        commit(
+            &table,
+            &engine,
+            10 + 10 * i as i64,
+            p as i32,
+            Some(from),
+            next[p],
+        )
+        .await;
+    }
+    let expected = positions(&[(0, next[0]), (1, next[1]), (2, 7)]);
+    assert_eq!(table.offsets(&wanted()).await.unwrap(), expected);
+
+    let nearest = "SELECT id FROM idx ORDER BY cosine_similarity(embedding, embed('document 365')) DESC LIMIT 1";
+    let keyword = "SELECT id FROM full_text_search('idx', 'body', 'word365')";
+    assert_eq!(ids(&engine, nearest).await, ["doc 365"], "an unindexed row");
+
+    // The same history, cleaned up without maintenance, loses partition 2's position.
+    let control = dir.path().join("control").to_string_lossy().into_owned();
+    let copied = std::process::Command::new("cp")
+        .args(["-r", &location, &control])
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let control = LanceTable::open(&control, None, None).await.unwrap();
+    assert!(cleanup(&control, Duration::ZERO).await.unwrap() > 0);
+    assert_eq!(
+        control.offsets(&wanted()).await.unwrap().get(TOPIC, 2),
+        None,
+        "without maintenance cleanup removes the only commit with partition 2"
+    );
+
+    let report = maintain(&table).await.unwrap();
+    assert!(report.fragments_removed > 30, "{report:?}");
+    assert_eq!((report.indexes, report.positions), (2, 3), "{report:?}");
+    let removed = cleanup(&table, Duration::ZERO).await.unwrap();
+    assert!(removed > 30, "{removed} versions removed");
+    assert_eq!(table.offsets(&wanted()).await.unwrap(), expected);
+    let ds = table.latest().await.unwrap().unwrap();
+    assert_eq!(ds.count_rows(None).await.unwrap(), 370);
+    // One fragment per commit before; Lance compacts indexed and unindexed rows apart.
+    assert!(ds.get_fragments().len() <= 2, "{report:?}");
+    println!("maintenance: {report:?}, then {removed} old versions removed");
+
+    // Indexed now, found by both searches; a row committed after maintenance too.
+    assert_eq!(ids(&engine, nearest).await, ["doc 365"]);
+    assert_eq!(ids(&engine, keyword).await, ["doc 365"]);
+    commit(&table, &engine, 370, 0, Some(next[0]), next[0] + 5).await;
+    let fresh = "SELECT id FROM idx ORDER BY cosine_similarity(embedding, embed('document 375')) DESC LIMIT 1";
+    assert_eq!(ids(&engine, fresh).await, ["doc 375"]);
+
+    // Again, right away: the positions stay, and stream commits fenced against them go on.
+    maintain(&table).await.unwrap();
+    cleanup(&table, Duration::ZERO).await.unwrap();
+    let mut after = expected.clone();
+    after.set(TOPIC, 0, next[0] + 5);
+    assert_eq!(table.offsets(&wanted()).await.unwrap(), after);
+    commit(&table, &engine, 380, 2, Some(7), 9).await;
+}
