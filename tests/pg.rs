@@ -226,49 +226,11 @@ SELECT * FROM missing_table;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readme_serve_command_runs_both_front_ends() {
-    use std::io::BufRead;
-    let embed = common::tiny_model(
-        semflow::model::random::ModelKind::Embedding,
-        common::EMBED_SEED,
-    );
-    let rerank = common::tiny_model(
-        semflow::model::random::ModelKind::Reranker,
-        common::RERANK_SEED,
-    );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_semflow"))
-        .args(["serve", "--init", "examples/serve-init.sql"])
-        .args(["--http-addr", "127.0.0.1:0", "--pg-addr", "127.0.0.1:0"])
-        .env("SEMFLOW_EMBED_MODEL", embed)
-        .env("SEMFLOW_RERANK_MODEL", rerank)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (http, pg) = tokio::task::spawn_blocking(move || {
-        let mut lines = std::io::BufReader::new(stderr).lines();
-        let (mut http, mut pg) = (None, None);
-        while http.is_none() || pg.is_none() {
-            let line = lines.next().expect("serve exited").unwrap();
-            if let Some(a) = line.strip_prefix("serving http://") {
-                http = Some(a.to_string());
-            }
-            if let Some(a) = line.strip_prefix("serving postgres://") {
-                pg = Some(
-                    a.split_whitespace()
-                        .next()
-                        .unwrap()
-                        .parse::<SocketAddr>()
-                        .unwrap(),
-                );
-            }
-        }
-        // Keep draining so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        (http.unwrap(), pg.unwrap())
-    })
-    .await
-    .unwrap();
+    let common::ServeProcess {
+        mut child,
+        http,
+        pg,
+    } = common::spawn_serve(&["--init", "examples/serve-init.sql"]).await;
     let client = connect(pg, None).await.unwrap();
     let rows = client
         .query(
@@ -288,14 +250,9 @@ async fn readme_serve_command_runs_both_front_ends() {
     .unwrap();
     assert_eq!(body["results"].as_array().unwrap().len(), 1);
     // SIGTERM: both front ends stop and the process exits cleanly.
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+    tokio::task::spawn_blocking(move || common::terminate_child(&mut child))
         .await
         .unwrap();
-    assert!(status.success(), "{status}");
 }
 
 /// The Postgres front end plans with its own session: its vector rule and its SETs stay there,

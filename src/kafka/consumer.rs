@@ -455,6 +455,7 @@ impl Loop {
         let mut assigned: HashSet<(String, i32)> = HashSet::new();
         let mut paused = false;
         let mut done: HashSet<i32> = HashSet::new();
+        let mut transient = Throttled::default();
         if let Some(end) = &self.end {
             for (p, high) in end {
                 assigned.insert((self.options.topic.clone(), *p));
@@ -563,7 +564,7 @@ impl Loop {
                         ))));
                         return;
                     }
-                    tracing::warn!("kafka: {e}");
+                    transient.warn(&e);
                 }
                 None => {}
             }
@@ -649,6 +650,33 @@ impl Loop {
                 tracing::debug!("kafka progress commit: {e}");
             }
         }
+    }
+}
+
+/// Transient client errors (a broker away: librdkafka reports it on every poll), logged at
+/// most every [`Throttled::EVERY`] with the number left out.
+#[derive(Default)]
+struct Throttled {
+    last: Option<Instant>,
+    left_out: u64,
+}
+
+impl Throttled {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn warn(&mut self, e: &KafkaError) {
+        if self.last.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            self.left_out += 1;
+            return;
+        }
+        match std::mem::take(&mut self.left_out) {
+            0 => tracing::warn!("kafka: {e}"),
+            n => tracing::warn!(
+                "kafka: {e} (and {n} more errors in the last {:?})",
+                Self::EVERY
+            ),
+        }
+        self.last = Some(Instant::now());
     }
 }
 

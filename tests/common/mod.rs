@@ -5,6 +5,7 @@ pub mod fake_llm;
 pub mod hub;
 pub mod kafka;
 pub mod layouts;
+pub mod outage;
 pub mod pipeline;
 pub mod raw_http;
 
@@ -113,4 +114,66 @@ pub fn psql_available() -> bool {
         return false;
     }
     true
+}
+
+/// A `semflow serve` process over the tiny models, and the addresses it bound.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub http: std::net::SocketAddr,
+    pub pg: std::net::SocketAddr,
+}
+
+/// Starts `semflow serve ARGS` on free loopback ports (from the repository root) and waits
+/// for both front ends; the rest of its stderr is drained.
+pub async fn spawn_serve(args: &[&str]) -> ServeProcess {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_semflow"))
+        .arg("serve")
+        .args(args)
+        .args(["--http-addr", "127.0.0.1:0", "--pg-addr", "127.0.0.1:0"])
+        .env(
+            "SEMFLOW_EMBED_MODEL",
+            tiny_model(ModelKind::Embedding, EMBED_SEED),
+        )
+        .env(
+            "SEMFLOW_RERANK_MODEL",
+            tiny_model(ModelKind::Reranker, RERANK_SEED),
+        )
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (http, pg) = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let (mut http, mut pg) = (None, None);
+        while http.is_none() || pg.is_none() {
+            let line = lines.next().expect("serve exited").unwrap();
+            if let Some(a) = line.strip_prefix("serving http://") {
+                http = a.parse().ok();
+            }
+            if let Some(a) = line.strip_prefix("serving postgres://") {
+                pg = a.split_whitespace().next().and_then(|a| a.parse().ok());
+            }
+        }
+        // Keep draining so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        (http.unwrap(), pg.unwrap())
+    })
+    .await
+    .unwrap();
+    ServeProcess { child, http, pg }
+}
+
+/// SIGTERM to `child`; it must exit cleanly.
+pub fn terminate_child(child: &mut std::process::Child) {
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM must finish cleanly, got {status}"
+    );
 }
