@@ -4,7 +4,8 @@
 //! - Postgres: `psql` with `sslmode=verify-full` and `channel_binding=require` (SCRAM-SHA-256-
 //!   PLUS), tokio-postgres over rustls with `sslmode=require`, and SCRAM without TLS on
 //!   loopback; wrong passwords are refused.
-//! - Outbound: `semflow sql` computing embed() on an HTTPS endpoint needs `--ca-cert`.
+//! - Outbound: `semflow sql` computing embed() on an HTTPS endpoint, and generate_query() on
+//!   an HTTPS generator, need `--ca-cert`.
 
 mod common;
 
@@ -340,4 +341,53 @@ async fn outbound_https_trusts_ca_cert() {
         String::from_utf8_lossy(&with.stderr)
     );
     assert!(String::from_utf8_lossy(&with.stdout).contains("64"));
+}
+
+/// generate_query() towards an HTTPS generator: an unknown CA is a connection error, with
+/// `--ca-cert` the query comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn generator_over_https_trusts_ca_cert() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    let llm =
+        common::fake_llm::FakeLlm::start_tls(common::fake_llm::Mode::default(), server_tls(&certs))
+            .await;
+    let sql = format!(
+        "SET semflow.generator_url = '{}';
+         SELECT g['query'] AS query, g['error'] AS error
+         FROM (SELECT generate_query('Rust is a language for systems work.') AS g)",
+        llm.base_url()
+    );
+    let model = common::tiny_model(
+        semflow::model::random::ModelKind::Embedding,
+        common::EMBED_SEED,
+    );
+    let run = move |ca: Option<PathBuf>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_semflow"));
+        cmd.args(["sql", &sql, "--format", "json"])
+            .env("SEMFLOW_EMBED_MODEL", &model)
+            .env_remove("SEMFLOW_CA_CERT");
+        if let Some(ca) = ca {
+            cmd.arg("--ca-cert").arg(ca);
+        }
+        cmd.output().unwrap()
+    };
+    let (run2, ca) = (run.clone(), certs.ca.clone());
+    let without = tokio::task::spawn_blocking(move || run2(None))
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&without.stdout);
+    assert!(
+        out.contains("connection") && !out.contains("about Rust"),
+        "{out}"
+    );
+    let with = tokio::task::spawn_blocking(move || run(Some(ca)))
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&with.stdout);
+    assert!(
+        out.contains("about Rust is a language for"),
+        "{out}{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
 }

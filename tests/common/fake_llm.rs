@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 /// One request the server saw.
 #[derive(Debug, Clone)]
@@ -38,6 +38,7 @@ struct Shared {
 
 pub struct FakeLlm {
     pub addr: SocketAddr,
+    tls: bool,
     shared: Arc<Mutex<Shared>>,
     _task: tokio::task::JoinHandle<()>,
 }
@@ -51,27 +52,48 @@ pub struct Mode {
 
 impl FakeLlm {
     pub async fn start(mode: Mode) -> Self {
+        Self::serve(mode, None).await
+    }
+
+    /// The same server over TLS with `tls`'s certificate (for localhost).
+    pub async fn start_tls(mode: Mode, tls: semflow::tls::ServerTls) -> Self {
+        Self::serve(mode, Some(tls.acceptor(&[b"http/1.1"]))).await
+    }
+
+    async fn serve(mode: Mode, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Mutex::new(Shared::default()));
         let s = shared.clone();
+        let secure = tls.is_some();
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
-                let s = s.clone();
+                let (s, tls) = (s.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let _ = handle(sock, s, mode).await;
+                    let _ = match tls {
+                        Some(tls) => match tls.accept(sock).await {
+                            Ok(sock) => handle(sock, s, mode).await,
+                            Err(_) => Ok(()),
+                        },
+                        None => handle(sock, s, mode).await,
+                    };
                 });
             }
         });
         Self {
             addr,
+            tls: secure,
             shared,
             _task: task,
         }
     }
 
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        if self.tls {
+            format!("https://localhost:{}/v1", self.addr.port())
+        } else {
+            format!("http://{}/v1", self.addr)
+        }
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -111,8 +133,8 @@ fn fault(shared: &Mutex<Shared>, doc: &str) -> Option<String> {
     None
 }
 
-async fn handle(
-    mut sock: TcpStream,
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+    mut sock: S,
     shared: Arc<Mutex<Shared>>,
     mode: Mode,
 ) -> std::io::Result<()> {
@@ -197,8 +219,8 @@ async fn handle(
     respond(&mut sock, 200, &[], &reply.to_string()).await
 }
 
-async fn respond(
-    sock: &mut TcpStream,
+async fn respond<S: AsyncWrite + Unpin>(
+    sock: &mut S,
     status: u16,
     headers: &[(&str, &str)],
     body: &str,

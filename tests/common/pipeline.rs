@@ -111,7 +111,7 @@ pub async fn setup_on(bootstrap: &str, prefix: &str, partitions: i32) -> Setup {
     std::fs::write(
         &pipeline,
         format!(
-            "SET semflow.maintenance_commits = 10;
+            "SET semflow.maintenance_commits = ${{SEMFLOW_TEST_MAINTENANCE:-10}};
              CREATE EXTERNAL TABLE docs (id TEXT NOT NULL, body TEXT) STORED AS KAFKA LOCATION '{topic}'
                OPTIONS ('bootstrap.servers' '{}', 'group.id' '{}', 'start' 'earliest', 'batch_rows' '500',
                         'batch_ms' '100', 'session.timeout.ms' '6000', 'heartbeat.interval.ms' '500');

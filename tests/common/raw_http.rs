@@ -1,8 +1,7 @@
 //! Reading one HTTP/1.1 request off a raw socket, for test servers that answer below the
 //! HTTP layer (scripted faults, probes).
 
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// One request: its head (request line and headers) and its body (by Content-Length).
 pub struct Request {
@@ -21,7 +20,7 @@ impl Request {
 }
 
 /// Reads a request; `None` when the client closed the connection first.
-pub async fn read_request(sock: &mut TcpStream) -> std::io::Result<Option<Request>> {
+pub async fn read_request<S: AsyncRead + Unpin>(sock: &mut S) -> std::io::Result<Option<Request>> {
     let mut buf = Vec::new();
     let mut tmp = [0u8; 8192];
     let header_end = loop {
