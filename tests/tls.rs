@@ -92,6 +92,20 @@ fn server_tls(certs: &Certs) -> ServerTls {
     ServerTls::load(&certs.cert, &certs.key).unwrap()
 }
 
+/// Runs a server in the background and waits for the address it bound: `serve` gets the
+/// callback that reports it.
+async fn spawn_bound<F>(serve: impl FnOnce(Box<dyn FnOnce(SocketAddr) + Send>) -> F) -> SocketAddr
+where
+    F: std::future::Future<Output = semflow::Result<()>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let server = serve(Box::new(move |a| {
+        let _ = tx.send(a);
+    }));
+    tokio::spawn(async move { server.await.unwrap() });
+    rx.await.unwrap()
+}
+
 async fn https_server(certs: &Certs) -> SocketAddr {
     let engine = common::tiny_engine();
     let options = HttpOptions {
@@ -100,15 +114,10 @@ async fn https_server(certs: &Certs) -> SocketAddr {
         tls: Some(server_tls(certs)),
         ..HttpOptions::default()
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        semflow::serve::http::serve(&engine, options, std::future::pending(), move |a| {
-            let _ = tx.send(a);
-        })
-        .await
-        .unwrap();
-    });
-    rx.await.unwrap()
+    spawn_bound(|bound| async move {
+        semflow::serve::http::serve(&engine, options, std::future::pending(), bound).await
+    })
+    .await
 }
 
 async fn pg_server(certs: Option<&Certs>) -> SocketAddr {
@@ -119,15 +128,10 @@ async fn pg_server(certs: Option<&Certs>) -> SocketAddr {
         tls: certs.map(server_tls),
         ..PgOptions::default()
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        semflow::serve::pg::serve(&engine, options, std::future::pending(), move |a| {
-            let _ = tx.send(a);
-        })
-        .await
-        .unwrap();
-    });
-    rx.await.unwrap()
+    spawn_bound(|bound| async move {
+        semflow::serve::pg::serve(&engine, options, std::future::pending(), bound).await
+    })
+    .await
 }
 
 fn client_trusting(ca: &Path) -> reqwest::Client {
@@ -296,6 +300,27 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'st
         .unwrap()
 }
 
+/// Runs the `semflow` command `build` makes twice, in a blocking task: without `--ca-cert`,
+/// then with `ca`.
+async fn without_and_with_ca(
+    build: impl Fn() -> Command + Send + 'static,
+    ca: PathBuf,
+) -> (std::process::Output, std::process::Output) {
+    tokio::task::spawn_blocking(move || {
+        let run = |ca: Option<&Path>| {
+            let mut cmd = build();
+            cmd.env_remove("SEMFLOW_CA_CERT");
+            if let Some(ca) = ca {
+                cmd.arg("--ca-cert").arg(ca);
+            }
+            cmd.output().unwrap()
+        };
+        (run(None), run(Some(&ca)))
+    })
+    .await
+    .unwrap()
+}
+
 /// embed() on a remote HTTPS endpoint from the `semflow` binary: refused without the
 /// endpoint's CA, computed with `--ca-cert`.
 #[tokio::test(flavor = "multi_thread")]
@@ -308,33 +333,26 @@ async fn outbound_https_trusts_ca_cert() {
         semflow::model::random::ModelKind::Embedding,
         common::EMBED_SEED,
     );
-    let run = move |ca: Option<PathBuf>| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_semflow"));
-        // A column, not a literal: the planner would try to fold embed('…') once per pass.
-        cmd.args([
-            "sql",
-            "SELECT array_length(embed(t), 1) AS n FROM (VALUES ('remote')) AS v(t)",
-        ])
-        .args(["--embed-endpoint", &endpoint])
-        .args(["--endpoint-health-interval", "0"])
-        .env("SEMFLOW_EMBED_MODEL", &model)
-        .env("SEMFLOW_ENDPOINT_API_KEY", TOKEN)
-        .env_remove("SEMFLOW_CA_CERT");
-        if let Some(ca) = ca {
-            cmd.arg("--ca-cert").arg(ca);
-        }
-        cmd.output().unwrap()
-    };
-    let (run2, ca) = (run.clone(), certs.ca.clone());
-    let without = tokio::task::spawn_blocking(move || run2(None))
-        .await
-        .unwrap();
+    let (without, with) = without_and_with_ca(
+        move || {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_semflow"));
+            // A column, not a literal: the planner would try to fold embed('…') once per pass.
+            cmd.args([
+                "sql",
+                "SELECT array_length(embed(t), 1) AS n FROM (VALUES ('remote')) AS v(t)",
+            ])
+            .args(["--embed-endpoint", &endpoint])
+            .args(["--endpoint-health-interval", "0"])
+            .env("SEMFLOW_EMBED_MODEL", &model)
+            .env("SEMFLOW_ENDPOINT_API_KEY", TOKEN);
+            cmd
+        },
+        certs.ca.clone(),
+    )
+    .await;
     assert!(!without.status.success(), "an unknown CA was trusted");
     let stderr = String::from_utf8_lossy(&without.stderr);
     assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
-    let with = tokio::task::spawn_blocking(move || run(Some(ca)))
-        .await
-        .unwrap();
     assert!(
         with.status.success(),
         "{}",
@@ -362,28 +380,21 @@ async fn generator_over_https_trusts_ca_cert() {
         semflow::model::random::ModelKind::Embedding,
         common::EMBED_SEED,
     );
-    let run = move |ca: Option<PathBuf>| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_semflow"));
-        cmd.args(["sql", &sql, "--format", "json"])
-            .env("SEMFLOW_EMBED_MODEL", &model)
-            .env_remove("SEMFLOW_CA_CERT");
-        if let Some(ca) = ca {
-            cmd.arg("--ca-cert").arg(ca);
-        }
-        cmd.output().unwrap()
-    };
-    let (run2, ca) = (run.clone(), certs.ca.clone());
-    let without = tokio::task::spawn_blocking(move || run2(None))
-        .await
-        .unwrap();
+    let (without, with) = without_and_with_ca(
+        move || {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_semflow"));
+            cmd.args(["sql", &sql, "--format", "json"])
+                .env("SEMFLOW_EMBED_MODEL", &model);
+            cmd
+        },
+        certs.ca.clone(),
+    )
+    .await;
     let out = String::from_utf8_lossy(&without.stdout);
     assert!(
         out.contains("connection") && !out.contains("about Rust"),
         "{out}"
     );
-    let with = tokio::task::spawn_blocking(move || run(Some(ca)))
-        .await
-        .unwrap();
     let out = String::from_utf8_lossy(&with.stdout);
     assert!(
         out.contains("about Rust is a language for"),

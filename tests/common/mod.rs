@@ -167,13 +167,18 @@ pub async fn spawn_serve(args: &[&str]) -> ServeProcess {
 
 /// SIGTERM to `child`; it must exit cleanly.
 pub fn terminate_child(child: &mut std::process::Child) {
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
+    let status = sigterm(child);
     assert!(
         status.success(),
         "SIGTERM must finish cleanly, got {status}"
     );
+}
+
+/// SIGTERM to `child`, and how it exited.
+pub fn sigterm(child: &mut std::process::Child) -> std::process::ExitStatus {
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap()
 }

@@ -213,11 +213,7 @@ pub async fn wait_caught_up(setup: &Setup, ends: &[i64], running: &mut [(&mut Ch
 }
 
 pub fn terminate(child: &mut Child, log: &Path) {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
+    let status = super::sigterm(child);
     assert!(
         status.success(),
         "SIGTERM must finish cleanly, got {status}; log:\n{}",
