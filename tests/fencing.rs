@@ -11,7 +11,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,15 +21,11 @@ use common::kafka::end_offsets;
 use common::pipeline::*;
 use semflow::error::Error;
 use semflow::index::fence::Fence;
-use semflow::index::offsets::OFFSETS_PROPERTY;
+use semflow::index::offsets::{recorded_at, Recorded};
 use semflow::index::{Change, LanceTable, SourceOffsets};
 
 fn offsets(entries: &[(i32, i64)]) -> SourceOffsets {
-    let mut o = SourceOffsets::default();
-    for (p, next) in entries {
-        o.set("t", *p, *next);
-    }
-    o
+    common::offsets("t", entries)
 }
 
 fn rows(ids: &[&str]) -> Vec<RecordBatch> {
@@ -45,6 +41,23 @@ fn change(ids: &[&str], from: &[(i32, i64)], to: &[(i32, i64)]) -> Change {
         offsets: Some(offsets(to)),
         fence: Some(Fence::between(&offsets(from), &offsets(to))),
     }
+}
+
+/// Commits `change` on top of `read`, a version that may no longer be the newest (what a
+/// writer racing another sees), without `LanceTable::apply`'s check on the newest version.
+async fn commit_on(
+    read: &Arc<lance::Dataset>,
+    change: Change,
+) -> semflow::Result<(lance::Dataset, semflow::index::CommitStats)> {
+    semflow::index::write::commit(
+        read.clone(),
+        Some("id"),
+        change.rows,
+        &change.deletes,
+        change.offsets.as_ref(),
+        change.fence.as_ref(),
+    )
+    .await
 }
 
 async fn table(dir: &tempfile::TempDir) -> LanceTable {
@@ -122,16 +135,7 @@ async fn a_commit_racing_a_newer_one_is_refused_inside_the_commit() {
     let b_version = idx.latest().await.unwrap().unwrap().version().version;
 
     let stale = change(&["a-stale"], &[(0, 10)], &[(0, 15)]);
-    let result = semflow::index::write::commit(
-        read_by_a.clone(),
-        Some("id"),
-        stale.rows,
-        &[],
-        stale.offsets.as_ref(),
-        stale.fence.as_ref(),
-    )
-    .await;
-    match result {
+    match commit_on(&read_by_a, stale).await {
         Err(Error::Fenced { found, version, .. }) => {
             assert_eq!((found, version), (Some(20), b_version))
         }
@@ -145,31 +149,16 @@ async fn a_commit_racing_a_newer_one_is_refused_inside_the_commit() {
 
     // A writer of another partition racing B is rebased and lands.
     let other = change(&["c"], &[], &[(1, 4)]);
-    let (landed, _) = semflow::index::write::commit(
-        read_by_a.clone(),
-        Some("id"),
-        other.rows,
-        &[],
-        other.offsets.as_ref(),
-        other.fence.as_ref(),
-    )
-    .await
-    .unwrap();
+    let (landed, _) = commit_on(&read_by_a, other).await.unwrap();
     assert_eq!(landed.version().version, b_version + 1);
 
     // Without the fence the same stale append is rebased over B's and lands: the check is
     // what stops it.
-    let unfenced = change(&["a-stale"], &[(0, 10)], &[(0, 15)]);
-    semflow::index::write::commit(
-        read_by_a,
-        Some("id"),
-        unfenced.rows,
-        &[],
-        unfenced.offsets.as_ref(),
-        None,
-    )
-    .await
-    .unwrap();
+    let unfenced = Change {
+        fence: None,
+        ..change(&["a-stale"], &[(0, 10)], &[(0, 15)])
+    };
+    commit_on(&read_by_a, unfenced).await.unwrap();
     assert_eq!(
         idx.offsets(&[("t".into(), 0)]).await.unwrap().get("t", 0),
         Some(15)
@@ -182,18 +171,11 @@ struct Worker(Child);
 impl Drop for Worker {
     fn drop(&mut self) {
         if self.0.try_wait().ok().flatten().is_none() {
-            signal(&self.0, "CONT");
+            common::signal(&self.0, "CONT");
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
     }
-}
-
-fn signal(child: &Child, name: &str) {
-    Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .unwrap();
 }
 
 /// Every stored position in the version history, per partition, in commit order.
@@ -202,14 +184,10 @@ async fn position_history(location: &str) -> BTreeMap<(String, i32), Vec<(u64, i
     let ds = table.latest().await.unwrap().unwrap();
     let mut history: BTreeMap<(String, i32), Vec<(u64, i64)>> = BTreeMap::new();
     for version in 1..=ds.version().version {
-        let txn = ds.read_transaction_by_version(version).await.unwrap();
-        let Some(text) = txn
-            .and_then(|t| t.transaction_properties)
-            .and_then(|p| p.get(OFFSETS_PROPERTY).cloned())
-        else {
+        let Recorded::Offsets { offsets, .. } = recorded_at(&ds, version).await.unwrap() else {
             continue;
         };
-        for (topic, partition, next) in SourceOffsets::from_property(&text).unwrap().iter() {
+        for (topic, partition, next) in offsets.iter() {
             history
                 .entry((topic.to_string(), partition))
                 .or_default()
@@ -260,7 +238,7 @@ async fn a_paused_worker_cannot_commit_over_its_successor() {
     while read_by_run(&log_a, 0) == committed {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    signal(&a.0, "STOP");
+    common::signal(&a.0, "STOP");
     let at_stop = stored(&s, PARTITIONS).await;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -280,7 +258,7 @@ async fn a_paused_worker_cannot_commit_over_its_successor() {
     }
 
     // A wakes up holding a batch read from where it stood: that commit must be refused.
-    signal(&a.0, "CONT");
+    common::signal(&a.0, "CONT");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !log_text(&log_a).contains("rejoining the group") {
         assert!(

@@ -17,11 +17,7 @@ use semflow::Engine;
 const TOPIC: &str = "docs";
 
 fn positions(entries: &[(i32, i64)]) -> SourceOffsets {
-    let mut o = SourceOffsets::default();
-    for (p, next) in entries {
-        o.set(TOPIC, *p, *next);
-    }
-    o
+    common::offsets(TOPIC, entries)
 }
 
 fn wanted() -> Vec<(String, i32)> {

@@ -20,7 +20,7 @@ use lance_table::io::commit::{
 };
 use object_store::path::Path;
 
-use super::offsets::{read_offsets, SourceOffsets, OFFSETS_PROPERTY};
+use super::offsets::{read_offsets, recorded_at, Recorded, SourceOffsets};
 use crate::error::{Error, Result};
 
 /// Where a batch's partitions stood when it began: `expected` holds a position for each
@@ -74,19 +74,19 @@ impl Fence {
     /// Refuses if any version after `dataset`'s and before `before` moved a partition.
     async fn check_since(&self, dataset: &Dataset, before: u64) -> Result<()> {
         for version in dataset.version().version + 1..before {
-            let txn = dataset
-                .read_transaction_by_version(version)
-                .await
-                .map_err(|e| Error::Index(format!("reading version {version}: {e}")))?;
-            let Some(text) = txn
-                .and_then(|t| t.transaction_properties)
-                .and_then(|p| p.get(OFFSETS_PROPERTY).cloned())
-            else {
-                continue;
-            };
-            let stored = SourceOffsets::from_property(&text)?;
-            if let Some(e) = self.refuse(&stored, false, version) {
-                return Err(e);
+            match recorded_at(dataset, version).await? {
+                Recorded::Offsets { offsets, .. } => {
+                    if let Some(e) = self.refuse(&offsets, false, version) {
+                        return Err(e);
+                    }
+                }
+                Recorded::Nothing => {}
+                // A version committed during this commit cannot have been cleaned up yet.
+                Recorded::Gone => {
+                    return Err(Error::Index(format!(
+                        "version {version} vanished while committing over it"
+                    )))
+                }
             }
         }
         Ok(())

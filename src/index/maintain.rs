@@ -19,7 +19,9 @@ use lance::index::DatasetIndexExt;
 use lance::Dataset;
 
 use super::fence::{Fence, FencedCommit};
-use super::offsets::{read_all_offsets, SourceOffsets, COMPLETE_PROPERTY, OFFSETS_PROPERTY};
+use super::offsets::{
+    read_all_offsets, recorded_at, Recorded, SourceOffsets, COMPLETE_PROPERTY, OFFSETS_PROPERTY,
+};
 use super::table::LanceTable;
 use crate::error::{Error, Result};
 
@@ -48,13 +50,8 @@ pub async fn maintain(table: &LanceTable) -> Result<MaintenanceReport> {
     let before = base.version().version;
     let positions = read_all_offsets(&base).await?;
     let properties = carried(&positions);
-    let fence = Fence {
-        partitions: positions
-            .iter()
-            .map(|(t, p, _)| (t.to_string(), p))
-            .collect(),
-        expected: positions.clone(),
-    };
+    // The positions must not move while maintenance runs.
+    let fence = Fence::between(&positions, &positions);
     let handler = Arc::new(FencedCommit::new(base.clone(), fence).await?);
     let lance_err = |e: lance::Error| match handler.refusal() {
         Some(refused) => refused,
@@ -91,12 +88,8 @@ pub async fn maintain(table: &LanceTable) -> Result<MaintenanceReport> {
         fragments_added: compacted.fragments_added,
         indexes,
         versions: (before, after),
-        positions: fence_len(&positions),
+        positions: positions.iter().count(),
     })
-}
-
-fn fence_len(positions: &SourceOffsets) -> usize {
-    positions.iter().count()
 }
 
 /// The transaction properties of a maintenance commit.
@@ -126,14 +119,10 @@ async fn update_indexes(
 
 /// Whether the newest commit already carries every position.
 async fn is_checkpoint(ds: &Dataset) -> Result<bool> {
-    let version = ds.version().version;
-    let txn = ds
-        .read_transaction_by_version(version)
-        .await
-        .map_err(|e| Error::Index(format!("reading version {version}: {e}")))?;
-    Ok(txn
-        .and_then(|t| t.transaction_properties)
-        .is_some_and(|p| p.contains_key(COMPLETE_PROPERTY)))
+    Ok(matches!(
+        recorded_at(ds, ds.version().version).await?,
+        Recorded::Offsets { complete: true, .. }
+    ))
 }
 
 /// An empty commit that only carries the positions forward.

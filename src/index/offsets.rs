@@ -107,20 +107,13 @@ async fn walk_back(
     let mut found = SourceOffsets::default();
     let mut version = dataset.version().version;
     while version >= 1 {
-        let txn = match dataset.read_transaction_by_version(version).await {
-            Ok(txn) => txn,
+        match recorded_at(dataset, version).await? {
             // Removed by cleanup_old_versions: the history before it is gone too.
-            Err(
-                lance::Error::NotFound { .. }
-                | lance::Error::VersionNotFound { .. }
-                | lance::Error::DatasetNotFound { .. },
-            ) => break,
-            Err(e) => return Err(Error::Index(format!("reading version {version}: {e}"))),
-        };
-        if let Some(props) = txn.and_then(|t| t.transaction_properties) {
-            if let Some(text) = props.get(OFFSETS_PROPERTY) {
-                found.fill_from(&SourceOffsets::from_property(text)?);
-                if done(&found) || props.contains_key(COMPLETE_PROPERTY) {
+            Recorded::Gone => break,
+            Recorded::Nothing => {}
+            Recorded::Offsets { offsets, complete } => {
+                found.fill_from(&offsets);
+                if done(&found) || complete {
                     break;
                 }
             }
@@ -128,6 +121,43 @@ async fn walk_back(
         version -= 1;
     }
     Ok(found)
+}
+
+/// What one version's commit records of the stream positions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// The version no longer exists (removed by `cleanup_old_versions`).
+    Gone,
+    /// A commit without offsets (a plain INSERT, an index build made elsewhere).
+    Nothing,
+    /// The offsets it stored; `complete` when they are every partition's.
+    Offsets {
+        offsets: SourceOffsets,
+        complete: bool,
+    },
+}
+
+/// The stream positions the commit of `version` recorded.
+pub async fn recorded_at(dataset: &Dataset, version: u64) -> Result<Recorded> {
+    let txn = match dataset.read_transaction_by_version(version).await {
+        Ok(txn) => txn,
+        Err(
+            lance::Error::NotFound { .. }
+            | lance::Error::VersionNotFound { .. }
+            | lance::Error::DatasetNotFound { .. },
+        ) => return Ok(Recorded::Gone),
+        Err(e) => return Err(Error::Index(format!("reading version {version}: {e}"))),
+    };
+    let Some(props) = txn.and_then(|t| t.transaction_properties) else {
+        return Ok(Recorded::Nothing);
+    };
+    match props.get(OFFSETS_PROPERTY) {
+        Some(text) => Ok(Recorded::Offsets {
+            offsets: SourceOffsets::from_property(text)?,
+            complete: props.contains_key(COMPLETE_PROPERTY),
+        }),
+        None => Ok(Recorded::Nothing),
+    }
 }
 
 #[cfg(test)]

@@ -176,9 +176,23 @@ pub fn terminate_child(child: &mut std::process::Child) {
 
 /// SIGTERM to `child`, and how it exited.
 pub fn sigterm(child: &mut std::process::Child) -> std::process::ExitStatus {
+    signal(child, "TERM");
+    child.wait().unwrap()
+}
+
+/// Sends signal `name` (TERM, STOP, CONT…) to `child`.
+pub fn signal(child: &std::process::Child, name: &str) {
     std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([&format!("-{name}"), &child.id().to_string()])
         .status()
         .unwrap();
-    child.wait().unwrap()
+}
+
+/// Stream positions of `topic`: (partition, next offset) pairs.
+pub fn offsets(topic: &str, entries: &[(i32, i64)]) -> semflow::index::SourceOffsets {
+    let mut o = semflow::index::SourceOffsets::default();
+    for (p, next) in entries {
+        o.set(topic, *p, *next);
+    }
+    o
 }
