@@ -1,7 +1,7 @@
 //! Batching must not change results: an input embedded alone, packed with inputs of other
 //! lengths, or sent by concurrent queries gives the same vector (both backends).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 //! transformers: tests/fixtures/parity/layouts.json), against transformers' own outputs on
 //! them; named prompts; token-id checks at load.
 
-mod common;
+use crate::common;
 
 use arrow::array::{Array, AsArray, Float32Array};
 use arrow::datatypes::Float32Type;

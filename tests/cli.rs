@@ -1,7 +1,7 @@
 //! The `semflow` binary as users run it: the README's demo, output formats, model generation,
 //! lazy loading and the errors users see.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -6,7 +6,7 @@
 //!
 //! Either way the final index must equal the final state of the topic exactly.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

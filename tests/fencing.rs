@@ -8,7 +8,7 @@
 //!   Its stale batch is refused, it rejoins, the index ends equal to the topic's final state,
 //!   and no commit in the version history moves any partition's position backwards.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::Child;

@@ -4,7 +4,7 @@
 //! its requests fail over to the surviving server, and the index must still equal the
 //! topic's final state exactly — every document once, at its latest version.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -173,7 +173,7 @@ async fn committed(s: &Setup) -> i64 {
     }
 }
 
-/// Measurement, not a check (run by hand: `scripts/with-kafka.sh cargo test --test fleet --
+/// Measurement, not a check (run by hand: `scripts/with-kafka.sh cargo test --test integration fleet:: --
 /// --ignored --nocapture`; `FLEET_PRESET=small` uses the `small` model preset instead of
 /// `tiny`, `FLEET_OPS` sets the operations): two workers in one group index pre-produced
 /// operations through one, then two `semflow serve` instances; the rate is taken between 10%

@@ -3,7 +3,7 @@
 //! unknown fields, and bodies that are not JSON. Every answer must be a success or a 4xx whose
 //! JSON error has a message — never a 5xx, never a dropped connection.
 
-mod common;
+use crate::common;
 
 use serde_json::{json, Value};
 

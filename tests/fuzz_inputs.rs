@@ -9,7 +9,7 @@
 //!   refused. Every call must embed (finite unit vectors) or fail with an error naming the
 //!   input — no panic, no internal error.
 
-mod common;
+use crate::common;
 
 use std::panic::AssertUnwindSafe;
 
@@ -46,9 +46,9 @@ fn wrong_values() -> Vec<&'static str> {
 
 /// The shipped TOML with each `key = value` line dropped, then with its value replaced by
 /// each wrong value; plus unknown keys and tables.
-fn toml_variants() -> Vec<String> {
-    let lines: Vec<&str> = SHIPPED_TOML.lines().collect();
-    let mut out = vec![SHIPPED_TOML.to_string()];
+fn toml_variants(shipped: &str) -> Vec<String> {
+    let lines: Vec<&str> = shipped.lines().collect();
+    let mut out = vec![shipped.to_string()];
     for (i, line) in lines.iter().enumerate() {
         let Some((key, _)) = line.split_once(" = ") else {
             continue;
@@ -77,7 +77,7 @@ fn toml_variants() -> Vec<String> {
         "[source.extra]\ny = 2",
         "[[source]]\ntable = \"t\"",
     ] {
-        out.push(format!("{SHIPPED_TOML}\n{extra}\n"));
+        out.push(format!("{shipped}\n{extra}\n"));
     }
     out
 }
@@ -134,11 +134,12 @@ async fn load_and_plan(path: &std::path::Path) -> Result<bool, String> {
 async fn pipeline_files_plan_or_fail_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     // Lance locations under the temp dir; the Kafka table is only planned.
-    std::env::set_var(
-        "SEMFLOW_INDEX",
-        dir.path().join("idx.lance").to_string_lossy().as_ref(),
-    );
-    let mut files: Vec<(String, Vec<u8>)> = toml_variants()
+    // The Lance location under the temp dir (the Kafka table is only planned); written into
+    // the files, not the environment, which other tests' child processes would inherit.
+    let index = dir.path().join("idx.lance").to_string_lossy().into_owned();
+    let shipped_toml = SHIPPED_TOML.replace("data/docs.lance", &index);
+    let shipped_sql = SHIPPED_SQL.replace("data/docs.lance", &index);
+    let mut files: Vec<(String, Vec<u8>)> = toml_variants(&shipped_toml)
         .into_iter()
         .map(|t| ("toml".to_string(), t.into_bytes()))
         .collect();
@@ -146,9 +147,9 @@ async fn pipeline_files_plan_or_fail_cleanly() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(18);
     for i in 0..RANDOM_MUTATIONS {
         let (ext, base) = if i % 2 == 0 {
-            ("toml", SHIPPED_TOML)
+            ("toml", shipped_toml.as_str())
         } else {
-            ("sql", SHIPPED_SQL)
+            ("sql", shipped_sql.as_str())
         };
         files.push((ext.to_string(), mutate(base, &mut rng)));
     }

@@ -4,7 +4,7 @@
 //! loads, a download cut midway and resumed, a gated repository, offline use, an unreachable
 //! hub, and remote inference that fetches no weights.
 
-mod common;
+use crate::common;
 
 use common::floats;
 

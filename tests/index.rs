@@ -1,7 +1,7 @@
 //! Lance tables: top-k vector queries are served by Lance's search (flat without an index,
 //! IVF after CREATE INDEX) and agree with DataFusion's exact evaluation.
 
-mod common;
+use crate::common;
 
 use arrow::array::AsArray;
 use arrow::util::pretty::pretty_format_batches;

@@ -3,7 +3,7 @@
 //! keeps every partition's position — also one whose last stream commit is old — and rows not
 //! yet indexed are still found by search.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

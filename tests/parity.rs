@@ -2,7 +2,7 @@
 //! written by scripts/parity_reference.py): token ids, embeddings (full and Matryoshka 32/64)
 //! and reranker P(yes), through SQL, on the same random tiny models.
 
-mod common;
+use crate::common;
 
 use common::floats;
 

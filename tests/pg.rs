@@ -2,7 +2,7 @@
 //! a server on 127.0.0.1:0 — tables, embed(), rerank(), vector search, prepared statements
 //! with parameters, result types (vectors as real[]), SQLSTATEs, `\d`, and passwords.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! Kafka tables, Lance tables and the continuous pipeline against a real broker
 //! (SEMFLOW_TEST_KAFKA; `scripts/with-kafka.sh` starts one).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,7 +3,7 @@
 //! `semflow run` (metrics endpoint on), stop them with SIGTERM, search the index
 //! (pipelines/search.sql).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;

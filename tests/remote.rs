@@ -3,7 +3,7 @@
 //! /v1/score, spread over endpoints, the cache in front, failover past a dead endpoint and
 //! one that answers 500, and health probes taking an endpoint out of rotation and back.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! Skipped with a message when the SDKs are not installed, unless SEMFLOW_TEST_SDKS=required
 //! (CI installs them).
 
-mod common;
+use crate::common;
 
 use common::floats;
 

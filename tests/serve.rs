@@ -1,7 +1,7 @@
 //! `semflow serve`'s HTTP API with a real client against a server on 127.0.0.1:0: OpenAI
 //! embeddings and Cohere/Jina rerank shapes, base64, limits, bearer-token auth.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 

@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! SEMFLOW_SOAK_SERVE_SECS=120 SEMFLOW_SOAK_RUN_SECS=300 \
-//!     scripts/with-kafka.sh cargo test --test soak -- --nocapture --test-threads 1
+//!     scripts/with-kafka.sh cargo test --test integration soak:: -- --nocapture --test-threads 1
 //! ```
 //!
 //! - `semflow serve`: 64 clients at once mixing `/v1/embeddings`, `/v1/rerank`, `/v1/sql` and
@@ -15,7 +15,7 @@
 //!   twice, the lag returns to 0, and (in runs of 120 s or more) the last worker's memory
 //!   stays flat after the outage.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -3,7 +3,7 @@
 //! panic, never an internal error. Calls are generated: for each function and argument count,
 //! every argument position takes every value below while the others stay valid.
 
-mod common;
+use crate::common;
 
 /// Values tried in every position: NULLs, numbers at the edges, strings (empty and large),
 /// vectors (good, with NULL elements, of another type) and other types.

@@ -1,6 +1,6 @@
 //! Runs every `sql/*.slt` file against an engine with random tiny models.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -3,7 +3,7 @@
 //! the threshold, resume after SIGKILL without duplicates, the plain-text fallback, the
 //! `generate_query` SQL function, and `semflow merge`.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@
 //! - Outbound: `semflow sql` computing embed() on an HTTPS endpoint, and generate_query() on
 //!   an HTTPS generator, need `--ca-cert`.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -196,3 +196,26 @@ pub fn offsets(topic: &str, entries: &[(i32, i64)]) -> semflow::index::SourceOff
     }
     o
 }
+
+/// Runs one test alone in a fresh process of this test binary, for tests that measure the
+/// process itself (its resident memory): every test shares one binary, and the others'
+/// models and tables would count too. Returns `true` in the parent, which then has nothing
+/// left to do; `false` in the child, which runs the test's body.
+pub fn run_alone(test: &str) -> bool {
+    const CHILD: &str = "SEMFLOW_TEST_ALONE";
+    if std::env::var_os(CHILD).is_some() {
+        return false;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads", "1"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    // Indented, so the child's own "test result" line is not counted as a second test.
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("  [alone] {line}");
+    }
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{test} failed in its own process");
+    true
+}
