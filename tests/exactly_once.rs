@@ -21,14 +21,66 @@ const KILLS: usize = 10;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_neither_loses_nor_duplicates() {
     let s = setup("eo", PARTITIONS).await;
-    let log = s.dir.path().join("pipeline.log");
     let (ops, expected) = workload(7, OPERATIONS);
+    let run = kill_and_restart(&s, ops, KILLS, 11).await;
+    assert_index_equals(&s.location, &expected).await;
+    println!(
+        "exactly-once: {OPERATIONS} operations ({} final documents) over {PARTITIONS} partitions, {KILLS} SIGKILLs, {} assignments, {} records committed over all runs, caught up in {:.1} s",
+        expected.len(),
+        run.assignments,
+        run.committed,
+        run.elapsed.as_secs_f64()
+    );
+}
+
+/// The same over a table of chunks (pipelines/index-chunks.sql): updates that grow or shrink a
+/// document's chunk count and tombstones, SIGKILLs landing anywhere, maintenance rounds
+/// included (every 10 commits); every document ends with exactly its current chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_documents_survive_sigkills_exactly() {
+    const OPS: usize = 6_000;
+    let s = setup_target(
+        &common::kafka::bootstrap(),
+        "eo-chunks",
+        PARTITIONS,
+        Target::Chunks,
+    )
+    .await;
+    let (ops, expected) = chunk_workload(17, OPS);
+    let run = kill_and_restart(&s, ops, 6, 23).await;
+    assert_chunks_equal(&s.location, &expected).await;
+    println!(
+        "exactly-once, chunks: {OPS} operations ({} final documents) over {PARTITIONS} partitions, 6 SIGKILLs, {} records committed over all runs, caught up in {:.1} s",
+        expected.len(),
+        run.committed,
+        run.elapsed.as_secs_f64()
+    );
+}
+
+/// What [`kill_and_restart`] saw.
+struct Crashes {
+    assignments: usize,
+    committed: u64,
+    elapsed: Duration,
+}
+
+/// Produces `ops` while `semflow run` is SIGKILLed `kills` times at random points and
+/// restarted; then a last run catches up and stops on SIGTERM. Checks that no record was
+/// committed twice.
+async fn kill_and_restart(
+    s: &Setup,
+    ops: common::pipeline::Records,
+    kills: usize,
+    seed: u64,
+) -> Crashes {
+    let operations = ops.len() as u64;
+    let log = s.dir.path().join("pipeline.log");
     let producing = produce_in_background(&s.topic, ops);
 
     let began = Instant::now();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut reread = 0u64;
-    for kill in 0..KILLS {
+    for kill in 0..kills {
         let before = assignments(&log);
         let log_start = log_len(&log);
         let mut child = start(&s.pipeline, &log);
@@ -55,29 +107,27 @@ async fn sigkill_at_random_points_neither_loses_nor_duplicates() {
     let log_start = log_len(&log);
     let mut child = start(&s.pipeline, &log);
     wait_caught_up(
-        &s,
+        s,
         &end_offsets(&delivered, PARTITIONS),
         &mut [(&mut child, &log)],
     )
     .await;
     let elapsed = began.elapsed();
     terminate(&mut child, &log);
-    let read_total = reread + read_by_run(&log, log_start);
+    let committed = reread + read_by_run(&log, log_start);
     // A run's status line counts the records of the batches it committed. Every restart
     // resumes exactly at the offsets stored with the last commit, so no record is committed
     // twice: the runs' counts add up to at most the operations (less when a kill fell between
     // a commit and its status line). Resuming anywhere earlier would exceed it.
     assert!(
-        read_total <= OPERATIONS as u64,
-        "{read_total} records committed in total for {OPERATIONS}"
+        committed <= operations,
+        "{committed} records committed in total for {operations}"
     );
-    assert_index_equals(&s.location, &expected).await;
-    println!(
-        "exactly-once: {OPERATIONS} operations ({} final documents) over {PARTITIONS} partitions, {KILLS} SIGKILLs, {} assignments, {read_total} records committed over all runs, caught up in {:.1} s",
-        expected.len(),
-        assignments(&log),
-        elapsed.as_secs_f64()
-    );
+    Crashes {
+        assignments: assignments(&log),
+        committed,
+        elapsed,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

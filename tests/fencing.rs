@@ -52,6 +52,7 @@ async fn commit_on(
     semflow::index::write::commit(
         read.clone(),
         Some("id"),
+        None,
         change.rows,
         &change.deletes,
         change.offsets.as_ref(),

@@ -25,7 +25,9 @@ use lance::Dataset;
 use tokio::sync::Mutex;
 
 use super::offsets::{read_offsets, SourceOffsets};
-use super::write::{commit, conform, dedupe_last, storage_schema, Change, CommitStats};
+use super::write::{
+    commit, conform, dedupe_last, document_keys, storage_schema, Change, CommitStats,
+};
 use crate::error::{Error, Result};
 
 /// Marks the primary-key column in the Lance schema, so LanceDB/pylance see it too.
@@ -68,6 +70,9 @@ pub(crate) async fn open_dataset(uri: &str) -> lance::Result<Dataset> {
 pub struct LanceTable {
     uri: String,
     primary_key: Option<String>,
+    /// For tables of document chunks: the column naming each row's document. A change then
+    /// replaces whole documents (see [`Change::deletes`]).
+    document_key: Option<String>,
     /// The declared schema until the dataset exists, then the dataset's.
     schema: Arc<RwLock<SchemaRef>>,
     declared: SchemaRef,
@@ -79,6 +84,7 @@ impl fmt::Debug for LanceTable {
         f.debug_struct("LanceTable")
             .field("uri", &self.uri)
             .field("primary_key", &self.primary_key)
+            .field("document_key", &self.document_key)
             .finish()
     }
 }
@@ -129,6 +135,7 @@ impl LanceTable {
         Ok(Self {
             uri: uri.to_string(),
             primary_key,
+            document_key: None,
             schema: Arc::new(RwLock::new(schema)),
             declared,
             dataset: Arc::new(Mutex::new(existing)),
@@ -141,6 +148,30 @@ impl LanceTable {
 
     pub fn primary_key(&self) -> Option<&str> {
         self.primary_key.as_deref()
+    }
+
+    /// Makes this a table of document chunks: `column` names each row's document, and a
+    /// change's [`Change::deletes`] are documents whose rows it replaces. Needs a primary key
+    /// (the chunk's own, e.g. `doc_id || '#' || seq`).
+    pub fn with_document_key(mut self, column: String) -> Result<Self> {
+        if self.primary_key.is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: document_key needs a primary key for the chunk rows too, e.g. PRIMARY KEY (chunk_id)",
+                self.uri
+            )));
+        }
+        if self.current_schema().field_with_name(&column).is_err() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: document_key {column} is not one of its columns",
+                self.uri
+            )));
+        }
+        self.document_key = Some(column);
+        Ok(self)
+    }
+
+    pub fn document_key(&self) -> Option<&str> {
+        self.document_key.as_deref()
     }
 
     fn current_schema(&self) -> SchemaRef {
@@ -318,6 +349,7 @@ impl LanceTable {
             match commit(
                 ds,
                 self.primary_key.as_deref(),
+                self.document_key.as_deref(),
                 conformed,
                 &deletes,
                 offsets.as_ref(),
@@ -472,6 +504,7 @@ impl TableProvider for LanceTable {
         let sink = LanceSink {
             table: self.clone(),
             schema: self.current_schema(),
+            written_documents: Default::default(),
         };
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
@@ -482,13 +515,41 @@ impl TableProvider for LanceTable {
 struct LanceSink {
     table: LanceTable,
     schema: SchemaRef,
+    /// Documents this INSERT has written (tables of chunks): a document whose chunks span two
+    /// commits is replaced by the first only.
+    written_documents: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl LanceSink {
+    /// In a table of chunks, the documents `rows` replace: those not written earlier in this
+    /// INSERT. Empty for other tables, where rows upsert by primary key.
+    fn replaced_documents(&self, rows: &[RecordBatch]) -> Result<Vec<String>> {
+        let Some(column) = self.table.document_key() else {
+            return Ok(Vec::new());
+        };
+        let mut written = match self.written_documents.lock() {
+            Ok(w) => w,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut fresh = Vec::new();
+        for batch in rows {
+            for key in document_keys(batch, column)? {
+                if written.insert(key.clone()) {
+                    fresh.push(key);
+                }
+            }
+        }
+        Ok(fresh)
+    }
+
     /// Commits one chunk of the INSERT's rows; returns how many were written.
     async fn commit(&self, rows: Vec<RecordBatch>) -> datafusion::common::Result<u64> {
+        let deletes = self
+            .replaced_documents(&rows)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let change = Change {
             rows,
+            deletes,
             ..Default::default()
         };
         Ok(self.table.apply(change).await?.rows)
@@ -531,7 +592,8 @@ impl DataSink for LanceSink {
     }
 }
 
-/// `STORED AS LANCE`: options `primary_key` (or a PRIMARY KEY constraint).
+/// `STORED AS LANCE`: options `primary_key` (or a PRIMARY KEY constraint) and `document_key`
+/// (tables of chunks: the column naming each row's document).
 #[derive(Debug, Default)]
 pub struct LanceTableFactory;
 
@@ -545,13 +607,15 @@ impl TableProviderFactory for LanceTableFactory {
         let external = |e: Error| DataFusionError::External(Box::new(e));
         let declared: SchemaRef = Arc::new(cmd.schema.as_arrow().clone());
         let mut primary_key = None;
+        let mut document_key = None;
         for (key, value) in &cmd.options {
             match key.strip_prefix("format.").unwrap_or(key) {
                 "primary_key" => primary_key = Some(value.clone()),
+                "document_key" => document_key = Some(value.clone()),
                 other => {
                     return Err(external(Error::InvalidArgument(format!(
-                        "STORED AS LANCE: unknown option '{other}' (known: primary_key)"
-                    ))))
+                    "STORED AS LANCE: unknown option '{other}' (known: primary_key, document_key)"
+                ))))
                 }
             }
         }
@@ -566,9 +630,12 @@ impl TableProviderFactory for LanceTableFactory {
                 primary_key = Some(name);
             }
         }
-        let table = LanceTable::open(&cmd.location, Some(declared), primary_key)
+        let mut table = LanceTable::open(&cmd.location, Some(declared), primary_key)
             .await
             .map_err(external)?;
+        if let Some(column) = document_key {
+            table = table.with_document_key(column).map_err(external)?;
+        }
         Ok(Arc::new(table))
     }
 }

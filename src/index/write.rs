@@ -24,7 +24,10 @@ use crate::error::{Error, Result};
 #[derive(Debug, Default)]
 pub struct Change {
     pub rows: Vec<RecordBatch>,
-    /// Primary-key values, as text, of rows to delete. Disjoint from the keys in `rows`.
+    /// Keys, as text, of rows to delete: primary-key values (disjoint from the keys in
+    /// `rows`); in a table of chunks, documents, whose rows other than those in `rows` go —
+    /// so a document that shrank from 5 chunks to 3 keeps exactly its 3 new rows, and one
+    /// listed without rows (a tombstone) loses all of them.
     pub deletes: Vec<String>,
     pub offsets: Option<SourceOffsets>,
     /// For stream commits: where the batch began. The commit is refused with
@@ -41,9 +44,12 @@ pub struct CommitStats {
 }
 
 /// Commits `change` on top of `dataset` (already at the newest version) as one transaction.
+/// `deletes` are values of `document_key` when given, else of `primary_key`.
+#[allow(clippy::too_many_arguments)] // the parts of a `Change`, plus the table's two keys
 pub async fn commit(
     dataset: Arc<Dataset>,
     primary_key: Option<&str>,
+    document_key: Option<&str>,
     rows: Vec<RecordBatch>,
     deletes: &[String],
     offsets: Option<&SourceOffsets>,
@@ -60,9 +66,11 @@ pub async fn commit(
                 .when_matched(WhenMatched::UpdateAll)
                 .when_not_matched(WhenNotMatched::InsertAll);
             if !deletes.is_empty() {
-                // Keys to delete are never in this change's rows, so "not matched by source
-                // and in the delete list" removes exactly them, in the same commit.
-                let predicate = key_predicate(dataset.schema().into(), pk, deletes)?;
+                // "Not matched by source and in the delete list" removes, in the same commit,
+                // the listed primary keys (never among this change's rows) or the listed
+                // documents' rows that this change does not rewrite.
+                let column = document_key.unwrap_or(pk);
+                let predicate = key_predicate(dataset.schema().into(), column, deletes)?;
                 builder.when_not_matched_by_source(
                     WhenNotMatchedBySource::delete_if(&dataset, &predicate).map_err(lance_err)?,
                 );
@@ -88,7 +96,8 @@ pub async fn commit(
             (txn, None, 0)
         }
         (Some(pk), false, false) => {
-            let predicate = key_predicate(dataset.schema().into(), pk, deletes)?;
+            let column = document_key.unwrap_or(pk);
+            let predicate = key_predicate(dataset.schema().into(), column, deletes)?;
             let out = DeleteBuilder::new(dataset.clone(), predicate)
                 .execute_uncommitted()
                 .await
@@ -168,7 +177,7 @@ fn set_offsets(txn: &mut Transaction, offsets: &SourceOffsets) {
 fn key_predicate(schema: Schema, pk: &str, keys: &[String]) -> Result<String> {
     let field = schema
         .field_with_name(pk)
-        .map_err(|_| Error::Index(format!("primary key column {pk} is not in the table")))?;
+        .map_err(|_| Error::Index(format!("key column {pk} is not in the table")))?;
     let literals = keys
         .iter()
         .map(|k| match field.data_type() {
@@ -186,6 +195,15 @@ fn key_predicate(schema: Schema, pk: &str, keys: &[String]) -> Result<String> {
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(format!("`{pk}` IN ({})", literals.join(", ")))
+}
+
+/// The distinct non-null values of `column` in `batch` as text: the documents a batch of
+/// chunk rows belongs to.
+pub fn document_keys(batch: &RecordBatch, column: &str) -> Result<Vec<String>> {
+    let mut keys: Vec<String> = key_strings(batch, column)?.into_iter().flatten().collect();
+    keys.sort_unstable();
+    keys.dedup();
+    Ok(keys)
 }
 
 /// The primary-key values of `batch` as text (nulls as `None`).

@@ -294,6 +294,11 @@ async fn process(
     };
     histogram!("semflow_pipeline_query_seconds").record(inference_started.elapsed().as_secs_f64());
 
+    if let Target::Index(table) = &job.target {
+        if let Some(column) = table.document_key() {
+            deletes = replaced_documents(column, &deletes, &values, &failures, &output)?;
+        }
+    }
     dispose(options, producer, failures, stats).await?;
 
     if let Target::Index(table) = &job.target {
@@ -323,6 +328,36 @@ async fn process(
     stats.records += records.len() as u64;
     counter!("semflow_pipeline_records_total").increment(records.len() as u64);
     Ok(())
+}
+
+/// In a table of chunks, the documents a batch replaces: its tombstones, the keys of the
+/// records it indexed (a document that now has no chunks loses its old ones too) and the
+/// documents its rows name (records without a key). Failed records keep their old rows.
+fn replaced_documents(
+    column: &str,
+    tombstones: &[String],
+    values: &[Record],
+    failures: &[Failure],
+    output: &[RecordBatch],
+) -> Result<Vec<String>> {
+    let failed: std::collections::HashSet<(i32, i64)> = failures
+        .iter()
+        .map(|f| (f.record.partition, f.record.offset))
+        .collect();
+    let mut documents: Vec<String> = tombstones.to_vec();
+    documents.extend(
+        values
+            .iter()
+            .filter(|r| !failed.contains(&(r.partition, r.offset)))
+            .filter_map(|r| std::str::from_utf8(r.key.as_deref()?).ok())
+            .map(str::to_string),
+    );
+    for batch in output {
+        documents.extend(crate::index::write::document_keys(batch, column)?);
+    }
+    documents.sort_unstable();
+    documents.dedup();
+    Ok(documents)
 }
 
 /// Runs `plan` over `batch`. When the whole batch fails (say, one row's inference), each row

@@ -18,6 +18,53 @@ pub type Records = Vec<(Option<String>, Option<String>)>;
 
 /// The operations and the state they leave: id → body (absent when deleted).
 pub fn workload(seed: u64, operations: usize) -> (Records, BTreeMap<String, String>) {
+    workload_with(seed, operations, |rng, id, n, update| {
+        if update {
+            format!("document {id} updated at {n}")
+        } else {
+            format!(
+                "document {id} version {n} about topic {}",
+                rng.random_range(0..1000)
+            )
+        }
+    })
+}
+
+/// A workload whose bodies run from a few words to a few hundred, so each update changes how
+/// many chunks a document has.
+pub fn chunk_workload(seed: u64, operations: usize) -> (Records, BTreeMap<String, String>) {
+    const WORDS: [&str; 8] = [
+        "streams",
+        "index",
+        "chunks",
+        "vectors",
+        "ranking",
+        "offsets",
+        "commits",
+        "documents",
+    ];
+    workload_with(seed, operations, |rng, id, n, _| {
+        let words = match rng.random_range(0..4) {
+            0 => rng.random_range(1..6),
+            1 | 2 => rng.random_range(6..60),
+            _ => rng.random_range(60..200),
+        };
+        let mut body = format!("{id} at {n}:");
+        for _ in 0..words {
+            body.push(' ');
+            body.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+        }
+        body
+    })
+}
+
+/// Inserts (60%), updates (25%) and deletes (15%) of documents; `body(rng, id, n, update)`
+/// writes operation `n`'s text.
+fn workload_with(
+    seed: u64,
+    operations: usize,
+    mut body: impl FnMut(&mut rand_chacha::ChaCha8Rng, &str, usize, bool) -> String,
+) -> (Records, BTreeMap<String, String>) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut ops = Vec::with_capacity(operations);
     let mut state: BTreeMap<String, String> = BTreeMap::new();
@@ -28,18 +75,15 @@ pub fn workload(seed: u64, operations: usize) -> (Records, BTreeMap<String, Stri
         if live.len() < 50 || roll < 0.6 {
             let id = format!("doc-{next_id}");
             next_id += 1;
-            let body = format!(
-                "document {id} version {n} about topic {}",
-                rng.random_range(0..1000)
-            );
-            ops.push(upsert(&id, &body));
-            state.insert(id.clone(), body);
+            let text = body(&mut rng, &id, n, false);
+            ops.push(upsert(&id, &text));
+            state.insert(id.clone(), text);
             live.push(id);
         } else if roll < 0.85 {
             let id = live[rng.random_range(0..live.len())].clone();
-            let body = format!("document {id} updated at {n}");
-            ops.push(upsert(&id, &body));
-            state.insert(id, body);
+            let text = body(&mut rng, &id, n, true);
+            ops.push(upsert(&id, &text));
+            state.insert(id, text);
         } else {
             let id = live.swap_remove(rng.random_range(0..live.len()));
             ops.push((Some(id.clone()), None));
@@ -96,18 +140,52 @@ pub struct Setup {
     pub pipeline: PathBuf,
 }
 
+/// What the pipeline writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// One row per document, upserted by id.
+    Documents,
+    /// Chunks of at most [`CHUNK_TOKENS`] tokens, one row each, replaced per document
+    /// (`document_key`), like pipelines/index-chunks.sql.
+    Chunks,
+}
+
+/// The chunk size of [`Target::Chunks`] pipelines.
+pub const CHUNK_TOKENS: usize = 16;
+
 pub async fn setup(prefix: &str, partitions: i32) -> Setup {
     setup_on(&bootstrap(), prefix, partitions).await
 }
 
 /// [`setup`] on the broker at `bootstrap`.
 pub async fn setup_on(bootstrap: &str, prefix: &str, partitions: i32) -> Setup {
+    setup_target(bootstrap, prefix, partitions, Target::Documents).await
+}
+
+/// [`setup`] with a choice of what the pipeline writes.
+pub async fn setup_target(bootstrap: &str, prefix: &str, partitions: i32, target: Target) -> Setup {
     let topic = unique(prefix);
     create_topic_on(bootstrap, &topic, partitions).await;
     create_topic_on(bootstrap, &format!("{topic}.dlq"), 1).await;
     let dir = tempfile::tempdir().unwrap();
     let location = dir.path().join("idx").to_string_lossy().into_owned();
     let pipeline = dir.path().join("index.sql");
+    let sink = match target {
+        Target::Documents => format!(
+            "CREATE EXTERNAL TABLE idx (id TEXT NOT NULL, body TEXT, embedding FLOAT[], model TEXT, PRIMARY KEY (id))
+               STORED AS LANCE LOCATION '{location}';
+             INSERT INTO idx SELECT id, body, embed(body) AS embedding, embed_model() AS model FROM docs;"
+        ),
+        Target::Chunks => format!(
+            "CREATE EXTERNAL TABLE idx (chunk_id TEXT NOT NULL, doc_id TEXT NOT NULL, seq INT NOT NULL,
+                                        text TEXT, embedding FLOAT[], PRIMARY KEY (chunk_id))
+               STORED AS LANCE LOCATION '{location}' OPTIONS ('document_key' 'doc_id');
+             INSERT INTO idx
+             SELECT id || '#' || CAST(c['seq'] AS TEXT) AS chunk_id, id AS doc_id, c['seq'] AS seq,
+                    c['text'] AS text, embed(c['text']) AS embedding
+             FROM (SELECT id, unnest(chunk(body, {CHUNK_TOKENS})) AS c FROM docs);"
+        ),
+    };
     std::fs::write(
         &pipeline,
         format!(
@@ -115,9 +193,7 @@ pub async fn setup_on(bootstrap: &str, prefix: &str, partitions: i32) -> Setup {
              CREATE EXTERNAL TABLE docs (id TEXT NOT NULL, body TEXT) STORED AS KAFKA LOCATION '{topic}'
                OPTIONS ('bootstrap.servers' '{}', 'group.id' '{}', 'start' 'earliest', 'batch_rows' '500',
                         'batch_ms' '100', 'session.timeout.ms' '6000', 'heartbeat.interval.ms' '500');
-             CREATE EXTERNAL TABLE idx (id TEXT NOT NULL, body TEXT, embedding FLOAT[], model TEXT, PRIMARY KEY (id))
-               STORED AS LANCE LOCATION '{location}';
-             INSERT INTO idx SELECT id, body, embed(body) AS embedding, embed_model() AS model FROM docs;",
+             {sink}",
             bootstrap,
             unique(&format!("{prefix}-group"))
         ),
@@ -276,4 +352,75 @@ pub async fn assert_index_equals_dims(
         "missing {missing:?}, not deleted {extra:?}, stale {stale:?}"
     );
     assert_eq!(&actual, expected);
+}
+
+/// A table of chunks equals `expected` split as the pipeline splits it: for every live
+/// document exactly its chunks (seq 0..n, each text as `chunk()` gives it), nothing for a
+/// deleted one, no leftover chunk of a longer earlier version.
+pub async fn assert_chunks_equal(location: &str, expected: &BTreeMap<String, String>) {
+    let tokenizer = semflow::inference::tokenize::QwenTokenizer::from_file(
+        &super::tiny_model(
+            semflow::model::random::ModelKind::Embedding,
+            super::EMBED_SEED,
+        )
+        .join("tokenizer.json"),
+    )
+    .unwrap();
+    let mut wanted: BTreeMap<String, Vec<(i32, String)>> = BTreeMap::new();
+    let mut chunks = 0;
+    for (id, body) in expected {
+        let pieces =
+            semflow::udf::chunk::split(tokenizer.inner(), body, CHUNK_TOKENS, 0, false).unwrap();
+        chunks += pieces.len();
+        wanted.insert(
+            id.clone(),
+            pieces
+                .into_iter()
+                .enumerate()
+                .map(|(seq, c)| (seq as i32, c.text))
+                .collect(),
+        );
+    }
+    let results = super::tiny_engine()
+        .run_sql(&format!(
+            "CREATE EXTERNAL TABLE idx STORED AS LANCE LOCATION '{location}';
+             SELECT doc_id, seq, text, chunk_id FROM idx ORDER BY doc_id, seq"
+        ))
+        .await
+        .unwrap();
+    let mut actual: BTreeMap<String, Vec<(i32, String)>> = BTreeMap::new();
+    for batch in &results[1].batches {
+        let docs = batch.column(0).as_string::<i32>();
+        let seqs = batch
+            .column(1)
+            .as_primitive::<arrow::datatypes::Int32Type>();
+        let texts = batch.column(2).as_string::<i32>();
+        let ids = batch.column(3).as_string::<i32>();
+        for i in 0..batch.num_rows() {
+            assert_eq!(ids.value(i), format!("{}#{}", docs.value(i), seqs.value(i)));
+            actual
+                .entry(docs.value(i).to_string())
+                .or_default()
+                .push((seqs.value(i), texts.value(i).to_string()));
+        }
+    }
+    let wrong: Vec<_> = wanted
+        .iter()
+        .filter(|(id, c)| actual.get(*id) != Some(*c))
+        .map(|(id, c)| (id, c.len(), actual.get(id).map(Vec::len)))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = actual
+        .keys()
+        .filter(|k| !wanted.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        wrong.is_empty() && extra.is_empty(),
+        "documents whose chunks differ (id, chunks expected, chunks indexed): {wrong:?}; deleted documents with chunks left: {extra:?}"
+    );
+    assert!(
+        chunks > expected.len(),
+        "the workload has no multi-chunk documents"
+    );
 }
