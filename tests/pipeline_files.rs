@@ -1,7 +1,7 @@
 //! The README's walkthrough with the shipped files: produce sample documents
-//! (pipelines/sample-docs.sql), run pipelines/index.sql and pipelines/index.toml with
-//! `semflow run` (metrics endpoint on), stop them with SIGTERM, search the index
-//! (pipelines/search.sql).
+//! (pipelines/sample-docs.sql), run pipelines/index.sql, pipelines/index.toml and
+//! pipelines/index-chunks.sql with `semflow run` (metrics endpoint on), stop them with
+//! SIGTERM, search the index (pipelines/search.sql) and read the chunks.
 
 use crate::common;
 
@@ -179,4 +179,33 @@ fn readme_walkthrough_with_the_shipped_pipelines() {
         assert_eq!(lines[2], "id,title,score", "{csv}");
         assert_eq!(lines.len(), 6, "{csv}");
     }
+
+    // pipelines/index-chunks.sql: the sample documents are short, one chunk each.
+    let mut env = base.to_vec();
+    env.push(("SEMFLOW_GROUP", unique("chunks")));
+    let chunks = dir.path().join("chunks").to_string_lossy().into_owned();
+    env.push(("SEMFLOW_INDEX", chunks.clone()));
+    run_pipeline("pipelines/index-chunks.sql", &env, 5.0);
+    let query = dir.path().join("chunks.sql");
+    std::fs::write(
+        &query,
+        format!(
+            "CREATE EXTERNAL TABLE chunks STORED AS LANCE LOCATION '{chunks}';
+             SELECT chunk_id, doc_id, seq, text = body AS whole FROM chunks
+             JOIN (VALUES ('rust', 'Rust is a systems programming language focused on safety and speed.')) AS d(id, body)
+             ON doc_id = d.id;"
+        ),
+    )
+    .unwrap();
+    let out = semflow(&env)
+        .args(["sql", "-f", query.to_str().unwrap(), "--format", "csv"])
+        .output()
+        .unwrap();
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(csv.contains("rust#0,rust,0,true"), "{csv}");
 }
