@@ -49,6 +49,9 @@ pub fn render(inference: &Inference) -> Result<String> {
     Ok(handle.render())
 }
 
+/// How often recorded histogram samples are folded into their summaries.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The process-wide Prometheus recorder (installed on first use).
 pub fn recorder() -> Result<PrometheusHandle> {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
@@ -58,5 +61,16 @@ pub fn recorder() -> Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| Error::Pipeline(format!("metrics recorder: {e}")))?;
-    Ok(HANDLE.get_or_init(|| handle).clone())
+    let handle = HANDLE.get_or_init(|| handle).clone();
+    // Histograms keep every sample until drained: without this, a process nobody scrapes
+    // grows by each sample it records (install_recorder leaves the upkeep to the caller).
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            upkeep.run_upkeep();
+        })
+        .map_err(|e| Error::Pipeline(format!("metrics upkeep thread: {e}")))?;
+    Ok(handle)
 }

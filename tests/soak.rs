@@ -35,14 +35,15 @@ fn secs(var: &str, default: u64) -> Duration {
     )
 }
 
-/// Resident memory every half second until `until`, as (seconds since start, KiB).
-fn sample_rss(pid: u32, until: Instant) -> tokio::task::JoinHandle<Vec<(f64, u64)>> {
+/// Resident memory every half second until `until`: (seconds since start, all of it in KiB,
+/// its anonymous part in KiB).
+fn sample_rss(pid: u32, until: Instant) -> tokio::task::JoinHandle<Vec<(f64, u64, u64)>> {
     tokio::spawn(async move {
         let started = Instant::now();
         let mut samples = Vec::new();
         while Instant::now() < until {
-            if let Some(kib) = rss_kib(pid) {
-                samples.push((started.elapsed().as_secs_f64(), kib));
+            if let Some((rss, anon)) = rss_kib(pid) {
+                samples.push((started.elapsed().as_secs_f64(), rss, anon));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -50,15 +51,15 @@ fn sample_rss(pid: u32, until: Instant) -> tokio::task::JoinHandle<Vec<(f64, u64
     })
 }
 
-/// The median sample of the second quarter (after warm-up) and of the last quarter: medians,
-/// so a passing allocation peak does not count as growth.
-fn rss_growth(samples: &[(f64, u64)]) -> (u64, u64) {
+/// The median of `pick` over the second quarter (after warm-up) and over the last quarter:
+/// medians, so a passing allocation peak does not count as growth.
+fn rss_growth(samples: &[(f64, u64, u64)], pick: fn(&(f64, u64, u64)) -> u64) -> (u64, u64) {
     let end = samples.last().map_or(0.0, |s| s.0);
     let median = |from: f64, to: f64| {
         let mut window: Vec<u64> = samples
             .iter()
-            .filter(|(t, _)| *t >= from && *t <= to)
-            .map(|(_, k)| *k)
+            .filter(|s| s.0 >= from && s.0 <= to)
+            .map(pick)
             .collect();
         window.sort_unstable();
         window.get(window.len() / 2).copied().unwrap_or(0)
@@ -219,11 +220,14 @@ async fn serve_under_mixed_load_answers_and_stays_flat() {
         ));
         assert!(!ok.is_empty(), "no {kind} request succeeded");
     }
-    let (warm, last) = rss_growth(&rss);
+    let (rss_warm, rss_last) = rss_growth(&rss, |s| s.1);
+    let (warm, last) = rss_growth(&rss, |s| s.2);
     println!(
-        "serve soak: 64 clients for {} s: {}; RSS {} MiB after warm-up, {} MiB in the last quarter",
+        "serve soak: 64 clients for {} s: {}; RSS {} MiB after warm-up, {} MiB in the last quarter (anonymous: {} MiB, {} MiB)",
         duration.as_secs(),
         report.join("; "),
+        rss_warm / 1024,
+        rss_last / 1024,
         warm / 1024,
         last / 1024
     );
@@ -233,7 +237,7 @@ async fn serve_under_mixed_load_answers_and_stays_flat() {
     );
     assert!(
         last as f64 <= warm as f64 * 1.10,
-        "resident memory grew from {warm} KiB to {last} KiB: {rss:?}"
+        "anonymous resident memory grew from {warm} KiB to {last} KiB: {rss:?}"
     );
 }
 
@@ -322,11 +326,14 @@ async fn run_survives_kills_and_a_broker_outage_under_paced_load() {
         committed <= ops_total as u64,
         "{committed} records committed for {ops_total}: some twice"
     );
-    let (warm, last) = rss_growth(&rss);
+    let (rss_warm, rss_last) = rss_growth(&rss, |s| s.1);
+    let (warm, last) = rss_growth(&rss, |s| s.2);
     println!(
-        "run soak: {ops_total} records at {RATE}/s over {PARTITIONS} partitions in {} s, {kills} SIGKILLs, one 8 s broker outage; lag 0 {:.1} s after the last record; {committed} committed over all runs; last worker RSS (median) {} MiB in the second quarter of its steady state, {} MiB in the last ({} samples)",
+        "run soak: {ops_total} records at {RATE}/s over {PARTITIONS} partitions in {} s, {kills} SIGKILLs, one 8 s broker outage; lag 0 {:.1} s after the last record; {committed} committed over all runs; last worker RSS (median) {} MiB in the second quarter of its steady state, {} MiB in the last; anonymous {} MiB, {} MiB ({} samples)",
         duration.as_secs(),
         lag_zero_after.as_secs_f64(),
+        rss_warm / 1024,
+        rss_last / 1024,
         warm / 1024,
         last / 1024,
         rss.len()
@@ -336,7 +343,7 @@ async fn run_survives_kills_and_a_broker_outage_under_paced_load() {
     if duration >= Duration::from_secs(120) {
         assert!(
             last as f64 <= warm as f64 * 1.10,
-            "the worker's memory grew from {warm} KiB to {last} KiB: {rss:?}"
+            "the worker's anonymous memory grew from {warm} KiB to {last} KiB: {rss:?}"
         );
     } else {
         println!("run soak: memory not judged in a run shorter than 120 s");

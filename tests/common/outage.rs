@@ -126,14 +126,20 @@ impl Drop for Proxy {
     }
 }
 
-/// Resident memory of process `pid` in KiB (Linux), if it is alive.
-pub fn rss_kib(pid: u32) -> Option<u64> {
+/// Resident memory of process `pid` in KiB (Linux), if it is alive: all of it (`VmRSS`) and
+/// its anonymous part (`RssAnon`: heap and stacks, without the file-backed pages of the
+/// binary's code and memory-mapped weights, which are shared, reclaimable, and grow as code
+/// paths run for the first time — a debug binary has 350 MB of code).
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((field("VmRSS:")?, field("RssAnon:")?))
 }
