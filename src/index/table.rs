@@ -32,6 +32,9 @@ use crate::error::{Error, Result};
 
 /// Marks the primary-key column in the Lance schema, so LanceDB/pylance see it too.
 const LANCE_PRIMARY_KEY: &str = "lance-schema:unenforced-primary-key";
+/// Marks the document-key column of a table of chunks, so a table reopened without the option
+/// still replaces whole documents.
+const DOCUMENT_KEY: &str = "semflow:document-key";
 
 /// Rows per commit when a plain `INSERT … SELECT` streams a large result into the index.
 const INSERT_CHUNK_ROWS: usize = 8192;
@@ -117,14 +120,8 @@ impl LanceTable {
                 )))
             }
         };
-        let primary_key = match primary_key {
-            Some(pk) => Some(pk),
-            None => schema
-                .fields()
-                .iter()
-                .find(|f| f.metadata().get(LANCE_PRIMARY_KEY).map(String::as_str) == Some("true"))
-                .map(|f| f.name().clone()),
-        };
+        let primary_key = primary_key.or_else(|| marked(&schema, LANCE_PRIMARY_KEY));
+        let document_key = marked(&schema, DOCUMENT_KEY);
         if let Some(pk) = &primary_key {
             if schema.field_with_name(pk).is_err() {
                 return Err(Error::Index(format!(
@@ -135,7 +132,7 @@ impl LanceTable {
         Ok(Self {
             uri: uri.to_string(),
             primary_key,
-            document_key: None,
+            document_key,
             schema: Arc::new(RwLock::new(schema)),
             declared,
             dataset: Arc::new(Mutex::new(existing)),
@@ -377,7 +374,10 @@ impl LanceTable {
     async fn create(&self, sample: &[RecordBatch]) -> Result<Arc<Dataset>> {
         let mut schema = (*storage_schema(&self.declared, sample)?).clone();
         if let Some(pk) = &self.primary_key {
-            schema = mark_primary_key(schema, pk);
+            schema = mark(schema, pk, LANCE_PRIMARY_KEY);
+        }
+        if let Some(column) = &self.document_key {
+            schema = mark(schema, column, DOCUMENT_KEY);
         }
         let schema = Arc::new(schema);
         let empty = arrow::record_batch::RecordBatchIterator::new(vec![], schema);
@@ -404,15 +404,26 @@ impl LanceTable {
     }
 }
 
-fn mark_primary_key(schema: Schema, pk: &str) -> Schema {
+/// The column whose metadata has `key` set (a primary or document key), if any.
+fn marked(schema: &Schema, key: &str) -> Option<String> {
+    schema
+        .fields()
+        .iter()
+        .find(|f| f.metadata().get(key).map(String::as_str) == Some("true"))
+        .map(|f| f.name().clone())
+}
+
+/// `schema` with `key` set in the metadata of column `name` (a primary key is never null).
+fn mark(schema: Schema, name: &str, key: &str) -> Schema {
     let fields: Vec<_> = schema
         .fields()
         .iter()
         .map(|f| {
-            if f.name() == pk {
+            if f.name() == name {
                 let mut md = f.metadata().clone();
-                md.insert(LANCE_PRIMARY_KEY.into(), "true".into());
-                Arc::new(f.as_ref().clone().with_nullable(false).with_metadata(md))
+                md.insert(key.into(), "true".into());
+                let nullable = f.is_nullable() && key != LANCE_PRIMARY_KEY;
+                Arc::new(f.as_ref().clone().with_nullable(nullable).with_metadata(md))
             } else {
                 f.clone()
             }
