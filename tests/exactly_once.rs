@@ -20,6 +20,7 @@ const KILLS: usize = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_neither_loses_nor_duplicates() {
+    let _heavy = common::one_heavy_test_at_a_time().await;
     let s = setup("eo", PARTITIONS).await;
     let (ops, expected) = workload(7, OPERATIONS);
     let run = kill_and_restart(&s, ops, KILLS, 11).await;
@@ -38,6 +39,7 @@ async fn sigkill_at_random_points_neither_loses_nor_duplicates() {
 /// included (every 10 commits); every document ends with exactly its current chunks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_documents_survive_sigkills_exactly() {
+    let _heavy = common::one_heavy_test_at_a_time().await;
     const OPS: usize = 6_000;
     let s = setup_target(
         &common::kafka::bootstrap(),
@@ -132,6 +134,7 @@ async fn kill_and_restart(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_share_partitions_and_survive_losing_one() {
+    let _heavy = common::one_heavy_test_at_a_time().await;
     const OPS: usize = 8_000;
     let s = setup("pair", 4).await;
     let (log_a, log_b) = (s.dir.path().join("a.log"), s.dir.path().join("b.log"));

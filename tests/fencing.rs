@@ -208,6 +208,7 @@ async fn stored(s: &Setup, partitions: i32) -> SourceOffsets {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_worker_cannot_commit_over_its_successor() {
+    let _heavy = common::one_heavy_test_at_a_time().await;
     const OPS: usize = 12_000;
     const PARTITIONS: i32 = 2;
     let s = setup("fence", PARTITIONS).await;

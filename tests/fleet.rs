@@ -83,6 +83,7 @@ async fn served(base: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_two_workers_lose_one_of_each_and_index_everything_once() {
+    let _heavy = common::one_heavy_test_at_a_time().await;
     let s = setup("fleet", PARTITIONS).await;
     let path = |name: &str| -> PathBuf { s.dir.path().join(name) };
     let (log_a, log_b, log_sa, log_sb) = (
@@ -181,6 +182,7 @@ async fn committed(s: &Setup) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "throughput measurement for docs/scaling.md"]
 async fn fleet_throughput_with_one_and_two_servers() {
+    let _heavy = common::one_heavy_test_at_a_time().await;
     let preset = match std::env::var("FLEET_PRESET").as_deref() {
         Ok("small") => semflow::model::config::Preset::Small,
         _ => semflow::model::config::Preset::Tiny,

@@ -166,6 +166,7 @@ async fn pg_client_loop(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn serve_under_mixed_load_answers_and_stays_flat() {
+    let _heavy = common::one_heavy_test_at_a_time().await;
     const CLIENTS_PER_KIND: u64 = 16;
     let duration = secs("SEMFLOW_SOAK_SERVE_SECS", 20);
     let mut server = common::spawn_serve(&["--init", "examples/serve-init.sql"]).await;
@@ -243,6 +244,7 @@ async fn serve_under_mixed_load_answers_and_stays_flat() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_survives_kills_and_a_broker_outage_under_paced_load() {
+    let _heavy = common::one_heavy_test_at_a_time().await;
     const RATE: u64 = 200; // records per second
     const PARTITIONS: i32 = 2;
     let duration = secs("SEMFLOW_SOAK_RUN_SECS", 45);

@@ -219,3 +219,11 @@ pub fn run_alone(test: &str) -> bool {
     assert!(out.status.success(), "{test} failed in its own process");
     true
 }
+
+/// Held by the tests that run worker processes against timing (session timeouts, SIGSTOP,
+/// SIGKILL at random points, paced load): one at a time, as when each file was its own test
+/// binary, while the light tests still run beside them.
+pub async fn one_heavy_test_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
