@@ -174,7 +174,7 @@ async fn committed(s: &Setup) -> i64 {
     }
 }
 
-/// Measurement, not a check (run by hand: `scripts/with-kafka.sh cargo test --test integration fleet:: --
+/// Measurement, not a check (run by hand: `scripts/with-kafka.sh cargo test --test workers fleet:: --
 /// --ignored --nocapture`; `FLEET_PRESET=small` uses the `small` model preset instead of
 /// `tiny`, `FLEET_OPS` sets the operations): two workers in one group index pre-produced
 /// operations through one, then two `semflow serve` instances; the rate is taken between 10%

@@ -3,7 +3,8 @@
 //! file cost ~19 GB of disk and a link step each on a fresh build.
 //!
 //! Run one area with its module path, e.g. `cargo test --test integration parity::`.
-//! Shared helpers are in `common/`.
+//! Shared helpers are in `common/`. The tests that run worker processes against time are in
+//! the second binary, `tests/workers.rs`.
 
 mod common;
 
@@ -12,9 +13,6 @@ mod batching;
 mod checkpoints;
 mod cli;
 mod docker;
-mod exactly_once;
-mod fencing;
-mod fleet;
 mod fuzz_decode;
 mod fuzz_http;
 mod fuzz_inputs;
@@ -28,7 +26,6 @@ mod pipeline_files;
 mod remote;
 mod sdk;
 mod serve;
-mod soak;
 mod sql_functions;
 mod sqllogictests;
 mod synth;

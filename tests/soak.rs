@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! SEMFLOW_SOAK_SERVE_SECS=120 SEMFLOW_SOAK_RUN_SECS=300 \
-//!     scripts/with-kafka.sh cargo test --test integration soak:: -- --nocapture --test-threads 1
+//!     scripts/with-kafka.sh cargo test --test workers soak:: -- --nocapture --test-threads 1
 //! ```
 //!
 //! - `semflow serve`: 64 clients at once mixing `/v1/embeddings`, `/v1/rerank`, `/v1/sql` and
