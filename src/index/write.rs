@@ -58,6 +58,8 @@ pub async fn commit(
     let lance_err = |e: lance::Error| lance_error(dataset.uri(), e);
     let row_count: usize = rows.iter().map(|b| b.num_rows()).sum();
     let read_version = dataset.version().version;
+    // The column `deletes` name values of: documents in a table of chunks, else primary keys.
+    let delete_column = document_key.or(primary_key).unwrap_or_default();
     let (mut txn, affected, deleted) = match (primary_key, row_count > 0, deletes.is_empty()) {
         (Some(pk), true, _) => {
             let mut builder = MergeInsertBuilder::try_new(dataset.clone(), vec![pk.to_string()])
@@ -69,8 +71,7 @@ pub async fn commit(
                 // "Not matched by source and in the delete list" removes, in the same commit,
                 // the listed primary keys (never among this change's rows) or the listed
                 // documents' rows that this change does not rewrite.
-                let column = document_key.unwrap_or(pk);
-                let predicate = key_predicate(dataset.schema().into(), column, deletes)?;
+                let predicate = key_predicate(dataset.schema().into(), delete_column, deletes)?;
                 builder.when_not_matched_by_source(
                     WhenNotMatchedBySource::delete_if(&dataset, &predicate).map_err(lance_err)?,
                 );
@@ -95,9 +96,8 @@ pub async fn commit(
                 .map_err(lance_err)?;
             (txn, None, 0)
         }
-        (Some(pk), false, false) => {
-            let column = document_key.unwrap_or(pk);
-            let predicate = key_predicate(dataset.schema().into(), column, deletes)?;
+        (Some(_), false, false) => {
+            let predicate = key_predicate(dataset.schema().into(), delete_column, deletes)?;
             let out = DeleteBuilder::new(dataset.clone(), predicate)
                 .execute_uncommitted()
                 .await
