@@ -45,6 +45,22 @@ async fn ids(engine: &Engine, sql: &str) -> Vec<String> {
     out
 }
 
+/// The table the engine declared at `location` (id, body, embedding; primary key id).
+async fn open(location: &str) -> LanceTable {
+    let declared = std::sync::Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("body", DataType::Utf8, true),
+        Field::new_list(
+            "embedding",
+            Field::new_list_field(DataType::Float32, true),
+            true,
+        ),
+    ]));
+    LanceTable::open(location, Some(declared), Some("id".into()))
+        .await
+        .unwrap()
+}
+
 /// A stream commit moving one partition.
 async fn commit(
     table: &LanceTable,
@@ -82,18 +98,7 @@ async fn positions_survive_maintenance_and_cleanup_and_fresh_rows_are_found() {
         ))
         .await
         .unwrap();
-    let declared = std::sync::Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Utf8, false),
-        Field::new("body", DataType::Utf8, true),
-        Field::new_list(
-            "embedding",
-            Field::new_list_field(DataType::Float32, true),
-            true,
-        ),
-    ]));
-    let table = LanceTable::open(&location, Some(declared), Some("id".into()))
-        .await
-        .unwrap();
+    let table = open(&location).await;
 
     // Partition 2 is committed once, first; partitions 0 and 1 alternate afterwards.
     commit(&table, &engine, 0, 2, None, 7).await;
@@ -174,4 +179,158 @@ async fn positions_survive_maintenance_and_cleanup_and_fresh_rows_are_found() {
     after.set(TOPIC, 0, next[0] + 5);
     assert_eq!(table.offsets(&wanted()).await.unwrap(), after);
     commit(&table, &engine, 380, 2, Some(7), 9).await;
+}
+
+/// Rows `from..to` as generation `generation` of their documents (an upsert of the same ids
+/// changes every body).
+async fn generation(
+    engine: &Engine,
+    from: i64,
+    to: i64,
+    generation: usize,
+) -> Vec<arrow::record_batch::RecordBatch> {
+    let sql = format!(
+        "SELECT 'doc ' || v AS id, 'document ' || v || ' generation{generation}' AS body,
+                embed('document ' || v) AS embedding
+         FROM generate_series({from}, {}) AS t(v)",
+        to - 1
+    );
+    engine.run_sql(&sql).await.unwrap().remove(0).batches
+}
+
+/// A round of maintenance runs beside the stream (issue 17, part 4): stream commits that
+/// upsert rows in the very fragments being compacted go on landing while it runs — the loser
+/// of each race retries — and afterwards every row holds its newest generation, the
+/// checkpoint carries the newest positions, and search finds every document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_runs_beside_stream_commits_without_losing_any() {
+    use semflow::index::maintain::{checkpoint, rewrite};
+
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("idx").to_string_lossy().into_owned();
+    let engine = common::tiny_engine();
+    engine
+        .run_sql(&format!(
+            "CREATE EXTERNAL TABLE idx (id TEXT NOT NULL, body TEXT, embedding FLOAT[], PRIMARY KEY (id))
+               STORED AS LANCE LOCATION '{location}'"
+        ))
+        .await
+        .unwrap();
+    let table = open(&location).await;
+    // 40 small fragments of 10 documents each, indexed by vector and by text.
+    let mut next = 0i64;
+    let mut latest = std::collections::BTreeMap::new();
+    let stream = |rows, next: &mut i64| {
+        let before = if *next > 0 {
+            positions(&[(0, *next)])
+        } else {
+            SourceOffsets::default()
+        };
+        *next += 10;
+        let after = positions(&[(0, *next)]);
+        Change {
+            rows,
+            deletes: Vec::new(),
+            fence: Some(Fence::between(&before, &after)),
+            offsets: Some(after),
+        }
+    };
+    for f in 0..40 {
+        let change = stream(generation(&engine, f * 10, f * 10 + 10, 0).await, &mut next);
+        table.apply(change).await.unwrap();
+        latest.extend((f * 10..f * 10 + 10).map(|v| (v, 0)));
+    }
+    engine
+        .run_sql(
+            "CREATE INDEX ON idx USING ivf_flat (embedding) WITH (num_partitions = 2);
+             CREATE INDEX ON idx USING inverted (body)",
+        )
+        .await
+        .unwrap();
+
+    // The rewrite in a task of its own; meanwhile each stream commit upserts ten documents
+    // spread over the old fragments (ids 3, 43, 83, …: one per fragment it touches), their
+    // rows embedded beforehand so that commits follow each other quickly.
+    let mut upserts = Vec::new();
+    for g in 1..=60usize {
+        let ids: Vec<i64> = (0..10).map(|i| (g as i64 * 3 + i * 40) % 400).collect();
+        let mut rows = Vec::new();
+        for id in &ids {
+            rows.extend(generation(&engine, *id, id + 1, g).await);
+        }
+        upserts.push((g, ids, rows));
+    }
+    let rewriting = {
+        let table = table.clone();
+        tokio::spawn(async move { rewrite(&table).await })
+    };
+    let mut during = Vec::new();
+    let mut g = 0;
+    for (generation, ids, rows) in upserts {
+        if rewriting.is_finished() {
+            break;
+        }
+        g = generation;
+        latest.extend(ids.iter().map(|id| (*id, g)));
+        during.push(table.apply(stream(rows, &mut next)).await.unwrap().version);
+    }
+    let rewritten = rewriting.await.unwrap().unwrap();
+    // The rewrite's own commits are the versions in its range the stream did not make.
+    let (first, last) = rewritten.report.versions;
+    let own: Vec<u64> = (first + 1..=last).filter(|v| !during.contains(v)).collect();
+    assert!(
+        during
+            .iter()
+            .any(|v| own.first().is_some_and(|o| o < v) && own.last().is_some_and(|o| o > v)),
+        "no stream commit landed between the rewrite's commits {own:?}: {during:?}"
+    );
+    assert!(
+        rewritten.report.fragments_removed >= 40,
+        "{:?}",
+        rewritten.report
+    );
+    checkpoint(&table, &rewritten).await.unwrap();
+    println!(
+        "maintenance beside the stream: {:?}; stream commits meanwhile at versions {during:?}",
+        rewritten.report
+    );
+
+    // Every document at its newest generation, the positions where the stream left them.
+    let mut found = std::collections::BTreeMap::new();
+    for r in engine.run_sql("SELECT id, body FROM idx").await.unwrap() {
+        for b in r.batches {
+            let (id, body) = (
+                b.column(0).as_string::<i32>(),
+                b.column(1).as_string::<i32>(),
+            );
+            for i in 0..b.num_rows() {
+                found.insert(id.value(i).to_string(), body.value(i).to_string());
+            }
+        }
+    }
+    let expected: std::collections::BTreeMap<String, String> = latest
+        .iter()
+        .map(|(v, g)| (format!("doc {v}"), format!("document {v} generation{g}")))
+        .collect();
+    assert_eq!(found, expected);
+    assert_eq!(
+        table.offsets(&[(TOPIC.to_string(), 0)]).await.unwrap(),
+        positions(&[(0, next)])
+    );
+    let ds = table.latest().await.unwrap().unwrap();
+    assert_eq!(ds.count_rows(None).await.unwrap(), 400);
+    // The last generation's documents, written after the rewrite's index update began.
+    let mut hits = ids(
+        &engine,
+        &format!("SELECT id FROM full_text_search('idx', 'body', 'generation{g}')"),
+    )
+    .await;
+    hits.sort();
+    let mut newest: Vec<String> = latest
+        .iter()
+        .filter(|(_, gen)| **gen == g)
+        .map(|(v, _)| format!("doc {v}"))
+        .collect();
+    newest.sort();
+    assert_eq!(hits, newest);
 }

@@ -234,17 +234,33 @@ impl TableProvider for KnnScan {
             .iter()
             .map(|f| f.name().clone())
             .collect();
-        let mut scanner = ds.scan();
-        scanner.disable_scoring_autoprojection();
+        let mut scanner = nearest(&ds, &self.column, self.query.as_ref(), self.k, self.metric)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
         scanner.project(&columns)?;
-        scanner.nearest(&self.column, self.query.as_ref(), self.k)?;
-        scanner.distance_metric(self.metric);
-        scanner.prefilter(true);
-        // With a quantized (PQ) index, re-rank 4k candidates by their exact vectors.
-        scanner.refine(REFINE_FACTOR);
         if let Some(filter) = filters.iter().cloned().reduce(Expr::and) {
             scanner.filter_expr(filter);
         }
         Ok(scanner.create_plan().await?)
     }
+}
+
+/// Lance's top-k search for `query` over `column` as semflow runs it: through the vector
+/// index when there is one (rows it does not cover yet are searched exactly), quantized
+/// candidates re-ranked by their exact vectors, filters applied before the search.
+pub fn nearest(
+    ds: &lance::Dataset,
+    column: &str,
+    query: &dyn Array,
+    k: usize,
+    metric: MetricType,
+) -> crate::error::Result<lance::dataset::scanner::Scanner> {
+    let search = |e: lance::Error| crate::error::Error::Index(format!("{}: search: {e}", ds.uri()));
+    let mut scanner = ds.scan();
+    scanner.disable_scoring_autoprojection();
+    scanner.nearest(column, query, k).map_err(search)?;
+    scanner.distance_metric(metric);
+    scanner.prefilter(true);
+    // With a quantized (PQ) index, re-rank 4k candidates by their exact vectors.
+    scanner.refine(REFINE_FACTOR);
+    Ok(scanner)
 }

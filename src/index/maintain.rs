@@ -1,17 +1,20 @@
 //! Index maintenance under a running stream: compacting small fragments and bringing vector
 //! and full-text indexes up to date.
 //!
-//! Each maintenance commit carries every stored Kafka position forward — marked complete, so
-//! readers stop there — which keeps `cleanup_old_versions` from ever removing the last commit
-//! that holds a partition's position, whatever its retention. The commits are fenced like
-//! stream commits: if another writer moves a position between the read and the commit, the
-//! maintenance commit is refused (and simply tried again later) rather than storing an older
-//! position over a newer one.
+//! A round has two parts, so that it can run beside the stream instead of pausing it:
+//! - [`rewrite`] compacts and updates the indexes. Its commits carry no stream positions and
+//!   change no row's content, so they may land between any two stream commits; Lance rebases
+//!   them over concurrent appends, and where one touched the same fragments the loser retries
+//!   (a stream commit rebuilds its change, a compaction is planned again).
+//! - [`checkpoint`] then commits every partition's position forward, marked complete, so
+//!   readers stop there and `cleanup_old_versions` can never remove the last commit that holds
+//!   a partition's position, whatever its retention. It is one empty commit, fenced like a
+//!   stream commit: if another writer moves a position between the read and the commit it is
+//!   refused (and tried again) rather than storing an older position over a newer one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use lance::dataset::builder::DatasetBuilder;
 use lance::dataset::optimize::{compact_files, CompactionOptions};
 use lance::dataset::transaction::{Operation, TransactionBuilder};
 use lance::dataset::CommitBuilder;
@@ -38,83 +41,161 @@ pub struct MaintenanceReport {
     pub positions: usize,
 }
 
-/// Rows per fragment compaction aims for (Lance's default is 1M; streams commit small ones).
-const TARGET_ROWS_PER_FRAGMENT: usize = 1 << 20;
+/// What [`rewrite`] did, and the positions stored when it began (a checkpoint carries them
+/// for partitions whose last commit a cleanup may have removed meanwhile).
+#[derive(Debug, Clone, Default)]
+pub struct Rewritten {
+    pub report: MaintenanceReport,
+    pub positions: SourceOffsets,
+}
 
-/// Compacts `table`, updates its indexes and checkpoints its stream positions, each commit
-/// carrying the positions forward. Nothing to do leaves the table as it is.
+/// Rows per fragment compaction aims for. A fragment that reached it is left alone, so each
+/// row is rewritten a bounded number of times however large the table grows (Lance's default,
+/// 1M, would rewrite the growing fragment in every round of a stream).
+const TARGET_ROWS_PER_FRAGMENT: usize = 1 << 16;
+
+/// How often one round plans its compaction or index update again after losing a commit
+/// race to a stream commit that touched the same fragments; the last attempt holds this
+/// process's stream commits back while it runs (see [`retried`]).
+const ATTEMPTS: u32 = 3;
+
+/// Compacts `table`, updates its indexes and checkpoints its stream positions. Nothing to do
+/// leaves the table as it is.
 pub async fn maintain(table: &LanceTable) -> Result<MaintenanceReport> {
+    let rewritten = rewrite(table).await?;
+    checkpoint(table, &rewritten).await?;
+    let mut report = rewritten.report;
+    report.versions.1 = version(table).await?.unwrap_or(report.versions.1);
+    Ok(report)
+}
+
+/// Compacts small fragments and adds unindexed rows to every index, in commits that carry
+/// no stream positions (see the module comment): safe beside a running stream.
+pub async fn rewrite(table: &LanceTable) -> Result<Rewritten> {
     let Some(base) = table.latest().await? else {
-        return Ok(MaintenanceReport::default());
+        return Ok(Rewritten::default());
     };
     let before = base.version().version;
     let positions = read_all_offsets(&base).await?;
-    let properties = carried(&positions);
-    // The positions must not move while maintenance runs.
-    let fence = Fence::between(&positions, &positions);
-    let handler = Arc::new(FencedCommit::new(base.clone(), fence).await?);
-    let lance_err = |e: lance::Error| match handler.refusal() {
-        Some(refused) => refused,
-        None => Error::Index(format!("{}: maintenance: {e}", table.uri())),
-    };
-    let mut ds = DatasetBuilder::from_uri(table.uri())
-        .with_session(super::table::session())
-        .with_version(before)
-        .with_commit_handler(handler.clone())
-        .load()
-        .await
-        .map_err(lance_err)?;
-
-    let options = CompactionOptions {
-        target_rows_per_fragment: TARGET_ROWS_PER_FRAGMENT,
-        transaction_properties: Some(Arc::new(properties.clone())),
-        ..Default::default()
-    };
-    let compacted = compact_files(&mut ds, options, None)
-        .await
-        .map_err(lance_err)?;
-    let indexes = update_indexes(&mut ds, &properties)
-        .await
-        .map_err(lance_err)?;
-    if ds.version().version == before && !positions.is_empty() && !is_checkpoint(&base).await? {
-        checkpoint(&ds, &properties).await.map_err(lance_err)?;
-    }
-    let after = table
-        .latest()
-        .await?
-        .map_or(before, |d| d.version().version);
-    Ok(MaintenanceReport {
-        fragments_removed: compacted.fragments_removed,
-        fragments_added: compacted.fragments_added,
-        indexes,
-        versions: (before, after),
-        positions: positions.iter().count(),
+    let (fragments_removed, fragments_added) = retried(table, "compaction", |mut ds| async move {
+        let options = CompactionOptions {
+            target_rows_per_fragment: TARGET_ROWS_PER_FRAGMENT,
+            ..Default::default()
+        };
+        let m = compact_files(&mut ds, options, None).await?;
+        Ok((m.fragments_removed, m.fragments_added))
+    })
+    .await?;
+    let indexes = retried(table, "index update", |mut ds| async move {
+        update_indexes(&mut ds).await
+    })
+    .await?;
+    let after = version(table).await?.unwrap_or(before);
+    Ok(Rewritten {
+        report: MaintenanceReport {
+            fragments_removed,
+            fragments_added,
+            indexes,
+            versions: (before, after),
+            positions: positions.iter().count(),
+        },
+        positions,
     })
 }
 
-/// The transaction properties of a maintenance commit.
-fn carried(positions: &SourceOffsets) -> HashMap<String, String> {
-    let mut properties = HashMap::new();
-    if !positions.is_empty() {
-        properties.insert(OFFSETS_PROPERTY.to_string(), positions.to_property());
-        properties.insert(COMPLETE_PROPERTY.to_string(), "true".to_string());
+/// Runs `step` on the newest version, again when its commit lost a race to a concurrent one
+/// — a stream commit that updated or deleted rows in the fragments it rewrites. Beside a
+/// stream with dense updates that can happen every time, so the last attempt runs with this
+/// process's stream commits held back: a pause as long as one compaction of the small
+/// fragments, or one index update of the rows added since the last round.
+async fn retried<T, F, Fut>(table: &LanceTable, what: &str, step: F) -> Result<T>
+where
+    F: Fn(Dataset) -> Fut,
+    Fut: std::future::Future<Output = lance::Result<T>>,
+{
+    let failed = |e: lance::Error| Error::Index(format!("{}: {what}: {e}", table.uri()));
+    for attempt in 1..ATTEMPTS {
+        let Some(ds) = table.latest().await? else {
+            return Err(Error::Index(format!("{}: dataset vanished", table.uri())));
+        };
+        match step((*ds).clone()).await {
+            Ok(done) => return Ok(done),
+            Err(e) if is_conflict(&e) => {
+                tracing::debug!(attempt, "maintenance {what} lost a commit race: {e}");
+            }
+            Err(e) => return Err(failed(e)),
+        }
     }
-    properties
+    let last = table
+        .exclusively(|ds| async move { step((*ds).clone()).await.map_err(failed) })
+        .await?;
+    last.ok_or_else(|| Error::Index(format!("{}: dataset vanished", table.uri())))
+}
+
+fn is_conflict(e: &lance::Error) -> bool {
+    matches!(
+        e,
+        lance::Error::CommitConflict { .. }
+            | lance::Error::RetryableCommitConflict { .. }
+            | lance::Error::IncompatibleTransaction { .. }
+    )
+}
+
+async fn version(table: &LanceTable) -> Result<Option<u64>> {
+    Ok(table.latest().await?.map(|d| d.version().version))
 }
 
 /// Adds the rows each index does not cover yet (a new delta segment, or a merge).
-async fn update_indexes(
-    ds: &mut Dataset,
-    properties: &HashMap<String, String>,
-) -> lance::Result<usize> {
+async fn update_indexes(ds: &mut Dataset) -> lance::Result<usize> {
     let indexes = ds.load_indices().await?.len();
     if indexes == 0 {
         return Ok(0);
     }
-    let options =
-        lance_index::optimize::OptimizeOptions::new().transaction_properties(properties.clone());
-    ds.optimize_indices(&options).await?;
+    ds.optimize_indices(&lance_index::optimize::OptimizeOptions::new())
+        .await?;
     Ok(indexes)
+}
+
+/// Commits every partition's position forward after `rewritten` (see the module comment):
+/// the newest stored positions, plus those stored when the rewrite began for partitions no
+/// longer found. Skipped when nothing changed since a checkpoint. Refused with
+/// [`Error::Fenced`] if another writer moved a position meanwhile.
+pub async fn checkpoint(table: &LanceTable, rewritten: &Rewritten) -> Result<()> {
+    let Some(ds) = table.latest().await? else {
+        return Ok(());
+    };
+    let mut positions = read_all_offsets(&ds).await?;
+    positions.fill_from(&rewritten.positions);
+    if positions.is_empty() || is_checkpoint(&ds).await? {
+        return Ok(());
+    }
+    // The positions must not move between this read and the commit.
+    let fence = Fence::between(&positions, &positions);
+    let handler = Arc::new(FencedCommit::new(ds.clone(), fence).await?);
+    let mut txn = TransactionBuilder::new(
+        ds.version().version,
+        Operation::Append { fragments: vec![] },
+    )
+    .build();
+    txn.transaction_properties = Some(Arc::new(carried(&positions)));
+    match CommitBuilder::new(ds.clone())
+        .with_commit_handler(handler.clone())
+        .execute(txn)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => Err(handler
+            .refusal()
+            .unwrap_or_else(|| Error::Index(format!("{}: checkpoint: {e}", table.uri())))),
+    }
+}
+
+/// The transaction properties of a checkpoint.
+fn carried(positions: &SourceOffsets) -> HashMap<String, String> {
+    HashMap::from([
+        (OFFSETS_PROPERTY.to_string(), positions.to_property()),
+        (COMPLETE_PROPERTY.to_string(), "true".to_string()),
+    ])
 }
 
 /// Whether the newest commit already carries every position.
@@ -123,20 +204,6 @@ async fn is_checkpoint(ds: &Dataset) -> Result<bool> {
         recorded_at(ds, ds.version().version).await?,
         Recorded::Offsets { complete: true, .. }
     ))
-}
-
-/// An empty commit that only carries the positions forward.
-async fn checkpoint(ds: &Dataset, properties: &HashMap<String, String>) -> lance::Result<()> {
-    let mut txn = TransactionBuilder::new(
-        ds.version().version,
-        Operation::Append { fragments: vec![] },
-    )
-    .build();
-    txn.transaction_properties = Some(Arc::new(properties.clone()));
-    CommitBuilder::new(Arc::new(ds.clone()))
-        .execute(txn)
-        .await?;
-    Ok(())
 }
 
 /// Removes the versions of `table` older than `older_than` (and the files only they use); the

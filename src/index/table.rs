@@ -185,6 +185,21 @@ impl LanceTable {
         Ok(guard.clone())
     }
 
+    /// Runs `step` on the newest version while this process's own commits to the table wait
+    /// (another process's do not). For maintenance that keeps losing commit races.
+    pub async fn exclusively<T, F, Fut>(&self, step: F) -> Result<Option<T>>
+    where
+        F: FnOnce(Arc<Dataset>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut guard = self.dataset.lock().await;
+        self.refresh(&mut guard).await?;
+        match guard.clone() {
+            Some(ds) => step(ds).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
     async fn refresh(&self, slot: &mut Option<Arc<Dataset>>) -> Result<()> {
         let fresh = match slot.as_ref() {
             Some(ds) => {

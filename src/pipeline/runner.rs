@@ -15,6 +15,7 @@ use metrics::{counter, gauge, histogram};
 use super::plan::{bind, Continuous, Target};
 use crate::error::{Error, Result};
 use crate::index::fence::Fence;
+use crate::index::maintain::Rewritten;
 use crate::index::{Change, LanceTable, SourceOffsets};
 use crate::kafka::options::OnError;
 use crate::kafka::producer::{Outgoing, Producer};
@@ -74,30 +75,94 @@ impl Schedule {
     }
 }
 
-/// One maintenance round between batches. A failure is logged and counted, never fatal:
-/// ingestion goes on and the next round tries again.
-async fn maintain(table: &LanceTable, stats: &mut RunStats) {
-    let started = Instant::now();
-    match crate::index::maintain::maintain(table).await {
-        Ok(report) => {
-            stats.maintenance += 1;
-            counter!("semflow_pipeline_maintenance_total").increment(1);
-            histogram!("semflow_pipeline_maintenance_seconds")
-                .record(started.elapsed().as_secs_f64());
-            tracing::info!(
-                fragments_removed = report.fragments_removed,
-                fragments_added = report.fragments_added,
-                indexes = report.indexes,
-                positions = report.positions,
-                "index maintenance: version {} -> {} in {:.2} s",
-                report.versions.0,
-                report.versions.1,
-                started.elapsed().as_secs_f64()
-            );
+/// Index maintenance beside the stream: a round's rewrite (compaction, index updates) runs as
+/// a task of its own while batches go on committing; its checkpoint, one empty commit, lands
+/// between two batches, so it never races this worker's own commits. A failure is logged and
+/// counted, never fatal: ingestion goes on and the next round tries again.
+struct Maintenance {
+    table: LanceTable,
+    schedule: Schedule,
+    running: Option<(Instant, tokio::task::JoinHandle<Result<Rewritten>>)>,
+}
+
+impl Maintenance {
+    fn new(ctx: &SessionContext, target: &Target) -> Option<Self> {
+        match target {
+            Target::Index(table) => Some(Self {
+                table: table.clone(),
+                schedule: Schedule::from_session(ctx),
+                running: None,
+            }),
+            Target::Other => None,
         }
-        Err(e) => {
-            counter!("semflow_pipeline_maintenance_failures_total").increment(1);
-            tracing::warn!("index maintenance skipped, tried again later: {e}");
+    }
+
+    /// Counts a committed batch; starts a round when one is due and none is running.
+    fn committed(&mut self) {
+        if self.schedule.committed() && self.running.is_none() {
+            let table = self.table.clone();
+            let task = tokio::spawn(async move { crate::index::maintain::rewrite(&table).await });
+            self.running = Some((Instant::now(), task));
+        }
+    }
+
+    /// Resolves when the running round's rewrite has finished; pending while none runs.
+    async fn rewritten(maintenance: &mut Option<Self>) -> (Instant, Result<Rewritten>) {
+        let Some((started, task)) = maintenance.as_mut().and_then(|m| m.running.as_mut()) else {
+            return std::future::pending().await;
+        };
+        let result = task
+            .await
+            .unwrap_or_else(|e| Err(Error::Index(format!("maintenance task: {e}"))));
+        (*started, result)
+    }
+
+    /// Ends a round: commits the checkpoint after a successful rewrite, and reports.
+    async fn finish(
+        &mut self,
+        started: Instant,
+        rewritten: Result<Rewritten>,
+        stats: &mut RunStats,
+    ) {
+        self.running = None;
+        self.schedule.done();
+        let result = match rewritten {
+            Ok(r) => crate::index::maintain::checkpoint(&self.table, &r)
+                .await
+                .map(|()| r.report),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(report) => {
+                stats.maintenance += 1;
+                counter!("semflow_pipeline_maintenance_total").increment(1);
+                histogram!("semflow_pipeline_maintenance_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                tracing::info!(
+                    fragments_removed = report.fragments_removed,
+                    fragments_added = report.fragments_added,
+                    indexes = report.indexes,
+                    positions = report.positions,
+                    "index maintenance: version {} -> {} in {:.2} s",
+                    report.versions.0,
+                    report.versions.1,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Err(e) => {
+                counter!("semflow_pipeline_maintenance_failures_total").increment(1);
+                tracing::warn!("index maintenance skipped, tried again later: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for Maintenance {
+    /// A round still running at shutdown is abandoned: each of its commits is atomic, and
+    /// files it wrote without committing are removed by a later cleanup.
+    fn drop(&mut self) {
+        if let Some((_, task)) = &self.running {
+            task.abort();
         }
     }
 }
@@ -142,12 +207,18 @@ pub async fn run_continuous(
         _ => None,
     };
     let mut stats = RunStats::default();
-    let mut schedule = Schedule::from_session(ctx);
+    let mut maintenance = Maintenance::new(ctx, &job.target);
     tokio::pin!(shutdown);
     let result = loop {
         let batch = tokio::select! {
             biased;
             _ = &mut shutdown => break Ok(()),
+            (started, rewritten) = Maintenance::rewritten(&mut maintenance) => {
+                if let Some(m) = maintenance.as_mut() {
+                    m.finish(started, rewritten, &mut stats).await;
+                }
+                continue;
+            }
             b = consumer.next() => b,
         };
         let batch = match batch {
@@ -161,11 +232,8 @@ pub async fn run_continuous(
             Ok(()) => {
                 consumer.ack(seq, Some(positions));
                 on_batch(&stats);
-                if let Target::Index(table) = &job.target {
-                    if schedule.committed() {
-                        maintain(table, &mut stats).await;
-                        schedule.done();
-                    }
+                if let Some(m) = maintenance.as_mut() {
+                    m.committed();
                 }
             }
             Err(e @ Error::Fenced { .. }) => {
