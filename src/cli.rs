@@ -193,8 +193,10 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Workloads: w1 (queries, batch 1/8/32), w2 (fixed 128/256/512/2048 tokens),
-    /// w3 (log-normal document lengths), w5 (rerank 1 query x 100 documents), k1 (Kafka →
-    /// embed → Lance ingest; needs --kafka; not in the default set).
+    /// w3 (log-normal document lengths), w5 (rerank 1 query x 100 documents); not in the
+    /// default set: k1 (Kafka → embed → Lance ingest; needs --kafka), r1 (vector search
+    /// recall and latency while a stream updates the index, maintenance off and on), c1
+    /// (chunking throughput).
     #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w5")]
     pub workloads: Vec<String>,
     /// Timed rounds per workload (the report gives medians).
@@ -225,6 +227,30 @@ pub struct BenchArgs {
     /// K1 production rate in documents/s; 0 produces a backlog (the pipeline's peak rate).
     #[arg(long, default_value_t = 0.0)]
     pub k1_rate: f64,
+    /// R1 vectors in the table before the stream.
+    #[arg(long, default_value_t = 100_000)]
+    pub r1_rows: usize,
+    /// R1 vector length.
+    #[arg(long, default_value_t = 1024)]
+    pub r1_dims: usize,
+    /// R1 stream commits.
+    #[arg(long, default_value_t = 50)]
+    pub r1_batches: usize,
+    /// R1 upserts per commit (half replace existing vectors, half add new ones).
+    #[arg(long, default_value_t = 1000)]
+    pub r1_batch_rows: usize,
+    /// R1 search queries per measurement.
+    #[arg(long, default_value_t = 200)]
+    pub r1_queries: usize,
+    /// R1 commits between maintenance rounds on the maintained copy.
+    #[arg(long, default_value_t = 10)]
+    pub r1_maintenance_every: usize,
+    /// C1 documents.
+    #[arg(long, default_value_t = 2000)]
+    pub c1_docs: usize,
+    /// C1 chunk size in tokens.
+    #[arg(long, default_value_t = 256)]
+    pub c1_tokens: usize,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -700,6 +726,17 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
             rate: args.k1_rate.max(0.0),
             seed: args.seed,
         }),
+        retrieval: crate::bench::retrieval::RetrievalOptions {
+            rows: args.r1_rows,
+            dims: args.r1_dims,
+            batches: args.r1_batches,
+            batch_rows: args.r1_batch_rows,
+            queries: args.r1_queries,
+            maintenance_every: args.r1_maintenance_every,
+            seed: args.seed,
+        },
+        chunk_docs: args.c1_docs,
+        chunk_tokens: args.c1_tokens,
     };
     let report = crate::bench::run(&engine, &opts).await?;
     if args.json {

@@ -317,6 +317,60 @@ fn shell_reads_statements_from_stdin() {
 }
 
 #[test]
+fn bench_measures_search_under_a_stream_and_chunking() {
+    // R1 and C1 at a small scale: the report's shape and figures that must hold at any scale.
+    let out = stdout(&semflow(&[
+        "bench",
+        "--workloads",
+        "r1,c1",
+        "--rounds",
+        "1",
+        "--r1-rows",
+        "3000",
+        "--r1-dims",
+        "32",
+        "--r1-batches",
+        "6",
+        "--r1-batch-rows",
+        "100",
+        "--r1-queries",
+        "20",
+        "--r1-maintenance-every",
+        "2",
+        "--c1-docs",
+        "40",
+        "--c1-tokens",
+        "32",
+        "--json",
+    ]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let r1 = &report["retrieval"];
+    let phases = r1["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 4, "{r1}");
+    // 3000 rows, then 6 commits each adding 50 new ids (the other 50 replace old ones).
+    assert_eq!(phases[0]["rows"], 3000);
+    assert_eq!(phases[3]["rows"], 3300);
+    for p in phases {
+        let recall = p["recall_at_10"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&recall), "{p}");
+        assert!(p["p50_ms"].as_f64().unwrap() <= p["p99_ms"].as_f64().unwrap());
+    }
+    // A rebuilt index over clustered vectors finds most true neighbours even at this size.
+    assert!(phases[3]["recall_at_10"].as_f64().unwrap() > 0.5, "{r1}");
+    assert!(r1["maintenance_rounds"].as_u64().unwrap() >= 1, "{r1}");
+    // Maintenance compacted the maintained copy's one-fragment-per-commit tail.
+    assert!(
+        phases[2]["fragments"].as_u64().unwrap() < phases[1]["fragments"].as_u64().unwrap(),
+        "{r1}"
+    );
+    let c1 = &report["chunking"];
+    assert_eq!(c1["docs"], 40);
+    assert!(c1["chunks"].as_u64().unwrap() > 40, "{c1}");
+    let share = c1["chunk_share"].as_f64().unwrap();
+    assert!(share > 0.0 && share < 1.0, "{c1}");
+}
+
+#[test]
 fn bench_reports_json_and_alternates_with_a_peer() {
     // A stand-in peer speaking the protocol (the real one, scripts/peer_bench.py, needs torch):
     // one JSON measurement per workload line.

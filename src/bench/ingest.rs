@@ -156,8 +156,12 @@ pub fn documents(seed: u64, n: usize) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Registers `docs` as table `k1_source (seq, id, body)`.
-fn register_source(engine: &Engine, docs: &[(String, String)]) -> Result<()> {
+/// Registers `docs` as table `name (seq, id, body)`.
+pub(super) fn register_source(
+    engine: &Engine,
+    name: &str,
+    docs: &[(String, String)],
+) -> Result<()> {
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
     let schema = Arc::new(Schema::new(vec![
@@ -174,9 +178,7 @@ fn register_source(engine: &Engine, docs: &[(String, String)]) -> Result<()> {
         ],
     )?;
     let table = datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]])?;
-    engine
-        .context()
-        .register_table("k1_source", Arc::new(table))?;
+    engine.context().register_table(name, Arc::new(table))?;
     Ok(())
 }
 
@@ -218,7 +220,7 @@ pub async fn run(engine: &Engine, opts: &IngestOptions) -> Result<IngestResult> 
     producer.run_sql(&topic_ddl("k1_topic")).await?;
     // The documents as an in-memory table: each produce statement selects a range of it
     // (cheap to plan, unlike literal VALUES lists).
-    register_source(engine, &docs)?;
+    register_source(engine, "k1_source", &docs)?;
     let produce = |from: usize, to: usize| {
         format!("INSERT INTO k1_topic SELECT id, body FROM k1_source WHERE seq >= {from} AND seq < {to}")
     };

@@ -1,10 +1,14 @@
 //! `semflow bench`: embedding and reranking workloads (W1 queries, W2 fixed length, W3
 //! realistic documents, W5 rerank), optionally alternated round by round with a peer process
-//! (Hugging Face transformers) on the same model directories and the same token ids.
+//! (Hugging Face transformers) on the same model directories and the same token ids; and
+//! pipeline workloads: K1 (Kafka → embed → Lance), R1 (search under a stream, `retrieval`),
+//! C1 (chunking, `chunking`).
 
+pub mod chunking;
 pub mod ingest;
 pub mod machine;
 pub mod peer;
+pub mod retrieval;
 pub mod workload;
 
 use std::sync::Arc;
@@ -91,6 +95,10 @@ pub struct Report {
     pub results: Vec<WorkloadResult>,
     /// K1 (Kafka → embed → Lance), when asked for.
     pub ingest: Option<ingest::IngestResult>,
+    /// R1 (search quality and speed under a stream), when asked for.
+    pub retrieval: Option<retrieval::RetrievalResult>,
+    /// C1 (chunking throughput), when asked for.
+    pub chunking: Option<chunking::ChunkingResult>,
 }
 
 /// What to run.
@@ -107,6 +115,10 @@ pub struct BenchOptions {
     pub peer: Option<String>,
     /// K1 settings (Kafka address, documents, rate).
     pub ingest: Option<ingest::IngestOptions>,
+    pub retrieval: retrieval::RetrievalOptions,
+    /// C1: documents, and the chunks' size in tokens.
+    pub chunk_docs: usize,
+    pub chunk_tokens: usize,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -171,8 +183,8 @@ async fn workloads(inference: &Inference, opts: &BenchOptions) -> Result<Vec<Wor
                 }
             }
             "w3" => out.push(workload::w3(opts.seed, opts.docs)),
-            // K1 is not a token-id workload; `run` handles it.
-            "k1" => {}
+            // Not token-id workloads; `run` handles them.
+            "k1" | "r1" | "c1" => {}
             "w5" => {
                 let (pre, post) = inference.rerank_affixes().await?;
                 out.push(workload::w5(opts.seed, 100, |body| {
@@ -184,7 +196,7 @@ async fn workloads(inference: &Inference, opts: &BenchOptions) -> Result<Vec<Wor
             }
             other => {
                 return Err(Error::InvalidArgument(format!(
-                    "--workloads: unknown workload '{other}' (use w1, w2, w3, w5, k1)"
+                    "--workloads: unknown workload '{other}' (use w1, w2, w3, w5, k1, r1, c1)"
                 )))
             }
         }
@@ -208,7 +220,11 @@ pub async fn run(engine: &Engine, opts: &BenchOptions) -> Result<Report> {
         (false, _) => None,
     };
     let needs_rerank = opts.workloads.iter().any(|w| w.eq_ignore_ascii_case("w5"));
-    let needs_embed = opts.workloads.iter().any(|w| !w.eq_ignore_ascii_case("w5"));
+    let wants = |name: &str| opts.workloads.iter().any(|w| w.eq_ignore_ascii_case(name));
+    let needs_embed = opts
+        .workloads
+        .iter()
+        .any(|w| !w.eq_ignore_ascii_case("w5") && !w.eq_ignore_ascii_case("r1"));
     let embed_dir = if needs_embed {
         Some(inference.embed_model_dir().await?.clone())
     } else {
@@ -317,8 +333,35 @@ pub async fn run(engine: &Engine, opts: &BenchOptions) -> Result<Report> {
         }
         None => None,
     };
+    let retrieval = if wants("r1") {
+        let r = &opts.retrieval;
+        eprintln!(
+            "R1: {} vectors of {} dims, {} stream commits of {} ...",
+            r.rows, r.dims, r.batches, r.batch_rows
+        );
+        Some(retrieval::run(r).await?)
+    } else {
+        None
+    };
+    let chunking = if wants("c1") {
+        eprintln!("C1: chunking {} documents ...", opts.chunk_docs);
+        Some(
+            chunking::run(
+                engine,
+                opts.seed,
+                opts.chunk_docs,
+                opts.chunk_tokens,
+                opts.rounds,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     Ok(Report {
         ingest,
+        retrieval,
+        chunking,
         machine: Machine::detect(),
         backend: format!("{:?}", cfg.backend).to_lowercase(),
         device,
@@ -392,6 +435,25 @@ pub fn render(report: &Report) -> String {
             k.lag_p50_ms,
             k.lag_p99_ms,
             k.lag_max_ms,
+        ));
+    }
+    if let Some(r) = &report.retrieval {
+        s.push_str(&format!(
+            "\nR1 search under a stream: {} vectors x {} dims, IVF_PQ built in {:.1} s; {} commits of {} upserts: {:.1} s without maintenance, {:.1} s with it beside them ({} rounds, every {} commits)\n",
+            r.rows, r.dims, r.index_build_s, r.batches, r.batch_rows,
+            r.stream_s_without_maintenance, r.stream_s_with_maintenance, r.maintenance_rounds, r.maintenance_every,
+        ));
+        for p in &r.phases {
+            s.push_str(&format!(
+                "  {:<40} rows {:>7}  fragments {:>4}  recall@10 {:.3}  p50 {:.2} ms  p99 {:.2} ms\n",
+                p.name, p.rows, p.fragments, p.recall_at_10, p.p50_ms, p.p99_ms
+            ));
+        }
+    }
+    if let Some(c) = &report.chunking {
+        s.push_str(&format!(
+            "\nC1 chunking: {} documents, {:.2} MB into {} chunks of <= {} tokens in {:.2} s ({:.2} MB/s); with embed() of every chunk {:.2} s: chunking is {:.1}% of it\n",
+            c.docs, c.bytes as f64 / 1e6, c.chunks, c.max_tokens, c.chunk_s, c.chunk_mb_per_s, c.chunk_and_embed_s, c.chunk_share * 100.0
         ));
     }
     let find = |prefix: &str| report.results.iter().find(|r| r.name.starts_with(prefix));

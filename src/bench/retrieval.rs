@@ -1,0 +1,516 @@
+//! R1: vector search quality and speed while a stream keeps updating the index (issue 17).
+//!
+//! A table of `rows` unit vectors gets an IVF_PQ index; then `batches` stream commits each
+//! upsert `batch_rows` vectors (half replace existing ids, half are new), applied to two copies
+//! of the table: one with no maintenance, one with maintenance rounds beside the stream
+//! every `maintenance_every` commits, as `semflow run` does. Recall@10 against exact search
+//! and query latency are measured on the fresh index, on both copies after the stream, and on
+//! an index built afresh over the final rows (the baseline maintenance should stay close to).
+//!
+//! The vectors are synthetic, not model outputs: points around `CLUSTERS` random centres on
+//! the unit sphere (each at cosine ≈ 0.8 from its centre), which gives IVF realistic clusters
+//! to partition. Queries are drawn the same way.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Array, ArrayRef, FixedSizeListArray, Float32Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use lance_linalg::distance::MetricType;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::index::fence::Fence;
+use crate::index::maintain::{checkpoint, rewrite, Rewritten};
+use crate::index::{Change, LanceTable, SourceOffsets};
+
+const CLUSTERS: usize = 1000;
+const K: usize = 10;
+const TOPIC: &str = "r1";
+
+/// R1 settings.
+#[derive(Debug, Clone)]
+pub struct RetrievalOptions {
+    pub rows: usize,
+    pub dims: usize,
+    pub batches: usize,
+    pub batch_rows: usize,
+    pub queries: usize,
+    /// Stream commits between maintenance rounds on the maintained copy.
+    pub maintenance_every: usize,
+    pub seed: u64,
+}
+
+/// Search quality and speed of one state of the index.
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchPhase {
+    pub name: String,
+    pub rows: usize,
+    pub fragments: usize,
+    /// Mean recall@10 against exact search over the same rows.
+    pub recall_at_10: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// What R1 measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetrievalResult {
+    pub rows: usize,
+    pub dims: usize,
+    pub batches: usize,
+    pub batch_rows: usize,
+    pub queries: usize,
+    pub maintenance_every: usize,
+    pub index_build_s: f64,
+    pub phases: Vec<SearchPhase>,
+    /// Seconds the stream's commits took on each copy (the maintained copy's rounds run
+    /// beside them; waiting for its last round is not counted).
+    pub stream_s_without_maintenance: f64,
+    pub stream_s_with_maintenance: f64,
+    pub maintenance_rounds: usize,
+}
+
+/// The vectors the table holds, by id, kept in step with every commit (the exact answer).
+struct Truth {
+    dims: usize,
+    ids: Vec<String>,
+    slot: HashMap<String, usize>,
+    vectors: Vec<f32>,
+}
+
+impl Truth {
+    fn upsert(&mut self, id: &str, v: &[f32]) {
+        match self.slot.get(id) {
+            Some(&s) => self.vectors[s * self.dims..(s + 1) * self.dims].copy_from_slice(v),
+            None => {
+                self.slot.insert(id.to_string(), self.ids.len());
+                self.ids.push(id.to_string());
+                self.vectors.extend_from_slice(v);
+            }
+        }
+    }
+
+    /// The ids of the `K` vectors nearest to `q` (all are unit length: cosine = dot).
+    fn nearest(&self, q: &[f32]) -> Vec<String> {
+        let mut scored: Vec<(f32, usize)> = self
+            .vectors
+            .chunks_exact(self.dims)
+            .enumerate()
+            .map(|(i, v)| (v.iter().zip(q).map(|(a, b)| a * b).sum(), i))
+            .collect();
+        let k = K.min(scored.len());
+        scored.select_nth_unstable_by(k.saturating_sub(1), |a, b| b.0.total_cmp(&a.0));
+        scored[..k]
+            .iter()
+            .map(|(_, i)| self.ids[*i].clone())
+            .collect()
+    }
+}
+
+/// Seeded points around random centres on the unit sphere.
+struct Points {
+    rng: ChaCha8Rng,
+    centres: Vec<Vec<f32>>,
+    noise: Normal<f32>,
+}
+
+impl Points {
+    fn new(seed: u64, dims: usize) -> Result<Self> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let unit = Normal::new(0.0f32, 1.0).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let centres = (0..CLUSTERS)
+            .map(|_| normalized((0..dims).map(|_| unit.sample(&mut rng)).collect()))
+            .collect();
+        // Noise of norm ≈ 0.75 puts a point at cosine ≈ 0.8 from its centre.
+        let sigma = 0.75 / (dims as f32).sqrt();
+        let noise =
+            Normal::new(0.0f32, sigma).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        Ok(Self {
+            rng,
+            centres,
+            noise,
+        })
+    }
+
+    fn next(&mut self) -> Vec<f32> {
+        let c = self.rng.random_range(0..self.centres.len());
+        let v = self.centres[c]
+            .iter()
+            .map(|x| x + self.noise.sample(&mut self.rng))
+            .collect();
+        normalized(v)
+    }
+}
+
+fn normalized(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::MIN_POSITIVE);
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
+fn schema(dims: usize) -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new(
+            "embedding",
+            DataType::FixedSizeList(
+                Arc::new(Field::new("item", DataType::Float32, true)),
+                dims as i32,
+            ),
+            true,
+        ),
+    ]))
+}
+
+fn batch(dims: usize, rows: &[(String, Vec<f32>)]) -> Result<RecordBatch> {
+    let ids = StringArray::from_iter_values(rows.iter().map(|(id, _)| id.as_str()));
+    let values = Float32Array::from_iter_values(rows.iter().flat_map(|(_, v)| v.iter().copied()));
+    let vectors = FixedSizeListArray::try_new(
+        Arc::new(Field::new("item", DataType::Float32, true)),
+        dims as i32,
+        Arc::new(values),
+        None,
+    )?;
+    let columns: Vec<ArrayRef> = vec![Arc::new(ids), Arc::new(vectors)];
+    Ok(RecordBatch::try_new(schema(dims), columns)?)
+}
+
+/// One stream commit: its rows, fenced and carrying its position like a pipeline's.
+fn stream_change(rows: Vec<RecordBatch>, batch: usize, per_batch: usize) -> Change {
+    let position = |b: usize| {
+        let mut o = SourceOffsets::default();
+        o.set(TOPIC, 0, (b * per_batch) as i64);
+        o
+    };
+    let from = if batch == 0 {
+        SourceOffsets::default()
+    } else {
+        position(batch)
+    };
+    let to = position(batch + 1);
+    Change {
+        rows,
+        deletes: Vec::new(),
+        fence: Some(Fence::between(&from, &to)),
+        offsets: Some(to),
+    }
+}
+
+async fn open(dir: &Path, name: &str, dims: usize) -> Result<LanceTable> {
+    let uri = dir.join(name).to_string_lossy().into_owned();
+    LanceTable::open(&uri, Some(schema(dims)), Some("id".into())).await
+}
+
+/// A directory under the system's temporary directory, removed when dropped.
+struct ScratchDir(std::path::PathBuf);
+
+impl ScratchDir {
+    fn new() -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("semflow-bench-r1-{}", std::process::id()));
+        std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(Self(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| Error::io(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
+        let entry = entry.map_err(|e| Error::io(from, e))?;
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target).map_err(|e| Error::io(&target, e))?;
+        }
+    }
+    Ok(())
+}
+
+async fn build_index(table: &LanceTable, rows: usize, dims: usize) -> Result<f64> {
+    let started = Instant::now();
+    let partitions = ((rows as f64).sqrt() as usize).clamp(1, 256);
+    let params = lance::index::vector::VectorIndexParams::ivf_pq(
+        partitions,
+        8,
+        (dims / 16).max(1),
+        MetricType::Cosine,
+        50,
+    );
+    table
+        .create_vector_index("embedding", Some("embedding_idx".into()), &params)
+        .await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Recall@10 and latency of `queries` on `table` as it stands.
+async fn measure(
+    name: &str,
+    table: &LanceTable,
+    truth: &Truth,
+    queries: &[Vec<f32>],
+) -> Result<SearchPhase> {
+    let Some(ds) = table.latest().await? else {
+        return Err(Error::Index(format!("{}: no dataset", table.uri())));
+    };
+    let exact: Vec<Vec<String>> = queries.par_iter().map(|q| truth.nearest(q)).collect();
+    let mut latencies = Vec::with_capacity(queries.len());
+    let mut recall = 0.0;
+    for (q, exact) in queries.iter().zip(&exact) {
+        let query = Float32Array::from(q.clone());
+        let started = Instant::now();
+        let search = |e: lance::Error| Error::Index(format!("{}: search: {e}", table.uri()));
+        let mut scanner =
+            crate::index::knn::nearest(&ds, "embedding", &query, K, MetricType::Cosine)?;
+        scanner.project(&["id"]).map_err(search)?;
+        let found = scanner.try_into_batch().await.map_err(search)?;
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        let ids = found
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| Error::Index("search returned no id column".into()))?;
+        let hits = (0..ids.len())
+            .filter(|i| exact.iter().any(|e| e == ids.value(*i)))
+            .count();
+        recall += hits as f64 / K.min(exact.len()).max(1) as f64;
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pick = |q: f64| {
+        latencies[((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
+    Ok(SearchPhase {
+        name: name.to_string(),
+        rows: truth.ids.len(),
+        fragments: ds.get_fragments().len(),
+        recall_at_10: recall / queries.len().max(1) as f64,
+        p50_ms: pick(0.5),
+        p99_ms: pick(0.99),
+    })
+}
+
+/// Applies the stream's commits to `table`; with `maintenance_every > 0`, rounds of
+/// maintenance run beside them as in `semflow run` (rewrite in a task, checkpoint between
+/// commits). Returns the seconds the commits took and the rounds completed (the last one
+/// awaited after the clock stops).
+async fn stream(
+    table: &LanceTable,
+    commits: &[Vec<RecordBatch>],
+    per_batch: usize,
+    maintenance_every: usize,
+) -> Result<(f64, usize)> {
+    let mut running: Option<tokio::task::JoinHandle<Result<Rewritten>>> = None;
+    let mut rounds = 0;
+    let finish = |r: std::result::Result<Result<Rewritten>, tokio::task::JoinError>| {
+        r.map_err(|e| Error::Index(format!("maintenance task: {e}")))?
+    };
+    let started = Instant::now();
+    for (b, rows) in commits.iter().enumerate() {
+        table
+            .apply(stream_change(rows.clone(), b, per_batch))
+            .await?;
+        if running.as_ref().is_some_and(|t| t.is_finished()) {
+            if let Some(task) = running.take() {
+                checkpoint(table, &finish(task.await)?).await?;
+                rounds += 1;
+            }
+        }
+        if maintenance_every > 0 && (b + 1) % maintenance_every == 0 && running.is_none() {
+            let table = table.clone();
+            running = Some(tokio::spawn(async move { rewrite(&table).await }));
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(task) = running.take() {
+        checkpoint(table, &finish(task.await)?).await?;
+        rounds += 1;
+    }
+    Ok((seconds, rounds))
+}
+
+pub async fn run(opts: &RetrievalOptions) -> Result<RetrievalResult> {
+    if opts.rows == 0 || opts.dims == 0 || opts.queries == 0 {
+        return Err(Error::InvalidArgument(
+            "R1: --r1-rows, --r1-dims and --r1-queries must be at least 1".into(),
+        ));
+    }
+    let dir = ScratchDir::new()?;
+    let dims = opts.dims;
+    let mut points = Points::new(opts.seed, dims)?;
+    let mut truth = Truth {
+        dims,
+        ids: Vec::new(),
+        slot: HashMap::new(),
+        vectors: Vec::with_capacity(opts.rows * dims),
+    };
+    let initial: Vec<(String, Vec<f32>)> = (0..opts.rows)
+        .map(|i| (format!("v{i}"), points.next()))
+        .collect();
+    for (id, v) in &initial {
+        truth.upsert(id, v);
+    }
+    let queries: Vec<Vec<f32>> = (0..opts.queries).map(|_| points.next()).collect();
+
+    let plain = open(dir.path(), "plain", dims).await?;
+    for rows in initial.chunks(8192) {
+        plain
+            .apply(Change {
+                rows: vec![batch(dims, rows)?],
+                deletes: Vec::new(),
+                fence: None,
+                offsets: None,
+            })
+            .await?;
+    }
+    drop(initial);
+    crate::index::maintain::maintain(&plain).await?;
+    let index_build_s = build_index(&plain, opts.rows, dims).await?;
+    let mut phases = vec![measure("fresh index", &plain, &truth, &queries).await?];
+    copy_dir(&dir.path().join("plain"), &dir.path().join("maintained"))?;
+    let maintained = open(dir.path(), "maintained", dims).await?;
+
+    // The stream: half of each batch replaces existing ids, half adds new ones.
+    let mut next_id = opts.rows;
+    let mut commits = Vec::with_capacity(opts.batches);
+    for _ in 0..opts.batches {
+        let mut rows = Vec::with_capacity(opts.batch_rows);
+        for i in 0..opts.batch_rows {
+            let id = if i % 2 == 0 {
+                truth.ids[points.rng.random_range(0..truth.ids.len())].clone()
+            } else {
+                next_id += 1;
+                format!("v{next_id}")
+            };
+            let v = points.next();
+            truth.upsert(&id, &v);
+            rows.push((id, v));
+        }
+        // Within one commit the newest vector per id wins, as in a pipeline's batch.
+        let mut seen = HashMap::new();
+        for (i, (id, _)) in rows.iter().enumerate() {
+            seen.insert(id.clone(), i);
+        }
+        let rows: Vec<_> = rows
+            .into_iter()
+            .enumerate()
+            .filter(|(i, (id, _))| seen.get(id) == Some(i))
+            .map(|(_, r)| r)
+            .collect();
+        commits.push(vec![batch(dims, &rows)?]);
+    }
+    let (without, _) = stream(&plain, &commits, opts.batch_rows, 0).await?;
+    phases.push(measure("after stream, no maintenance", &plain, &truth, &queries).await?);
+    let (with, rounds) = stream(
+        &maintained,
+        &commits,
+        opts.batch_rows,
+        opts.maintenance_every,
+    )
+    .await?;
+    phases.push(
+        measure(
+            "after stream, maintenance beside it",
+            &maintained,
+            &truth,
+            &queries,
+        )
+        .await?,
+    );
+
+    // The baseline: the final rows compacted and indexed from scratch.
+    crate::index::maintain::maintain(&plain).await?;
+    build_index(&plain, truth.ids.len(), dims).await?;
+    phases.push(
+        measure(
+            "index rebuilt over the final rows",
+            &plain,
+            &truth,
+            &queries,
+        )
+        .await?,
+    );
+
+    Ok(RetrievalResult {
+        rows: opts.rows,
+        dims,
+        batches: opts.batches,
+        batch_rows: opts.batch_rows,
+        queries: opts.queries,
+        maintenance_every: opts.maintenance_every,
+        index_build_s,
+        phases,
+        stream_s_without_maintenance: without,
+        stream_s_with_maintenance: with,
+        maintenance_rounds: rounds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn points_are_unit_vectors_near_their_centres() {
+        let mut p = Points::new(7, 256).unwrap();
+        for _ in 0..20 {
+            let v = p.next();
+            let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-4);
+            let best = p
+                .centres
+                .iter()
+                .map(|c| c.iter().zip(&v).map(|(a, b)| a * b).sum::<f32>())
+                .fold(f32::MIN, f32::max);
+            assert!(
+                (0.7..0.9).contains(&best),
+                "cosine to the nearest centre {best}"
+            );
+        }
+    }
+
+    #[test]
+    fn truth_replaces_and_ranks_exactly() {
+        let mut t = Truth {
+            dims: 2,
+            ids: Vec::new(),
+            slot: HashMap::new(),
+            vectors: Vec::new(),
+        };
+        for i in 0..12 {
+            let a = i as f32 * 0.1;
+            t.upsert(&format!("v{i}"), &[a.cos(), a.sin()]);
+        }
+        // v0 moves next to the query; the other nine nearest are v1..v9 by angle.
+        t.upsert("v0", &[0.0, 1.0]);
+        let mut found = t.nearest(&[0.0, 1.0]);
+        found.sort();
+        let mut expected: Vec<String> = std::iter::once("v0".to_string())
+            .chain((3..12).map(|i| format!("v{i}")))
+            .collect();
+        expected.sort();
+        assert_eq!(found, expected);
+        assert_eq!(t.ids.len(), 12);
+    }
+}
