@@ -3,6 +3,8 @@
 //! - [`options`]: `STORED AS KAFKA` options (semflow's own, plus librdkafka pass-through).
 //! - [`record`]: records copied out of the client.
 //! - [`decode`]: records → Arrow rows (JSON fields or raw bytes, metadata columns).
+//! - [`intake`]: a micro-batch sorted into rows, deletions and failures (for scans and
+//!   pipelines alike).
 //! - [`consumer`]: the polling thread: micro-batches, pause on backpressure, positions from
 //!   the index on every assignment.
 //! - [`producer`]: produce-and-wait, for dead letters and sinks.
@@ -10,6 +12,7 @@
 
 pub mod consumer;
 pub mod decode;
+pub mod intake;
 pub mod options;
 pub mod producer;
 pub mod record;

@@ -25,7 +25,8 @@ use futures::StreamExt;
 
 use super::consumer::{Consumer, Mode};
 use super::decode::Decoder;
-use super::options::{End, Format, KafkaOptions, OnError};
+use super::intake::{intake, Reader};
+use super::options::{End, KafkaOptions, OnError};
 use super::producer::{Outgoing, Producer};
 use crate::error::{Error, Result};
 
@@ -152,37 +153,30 @@ impl PartitionStream for TopicStream {
                         Err(e) => return Some((Err(e.into()), (Some(consumer), table))),
                     };
                     consumer.ack(batch.seq, None);
-                    // Tombstones are deletions, not rows, for JSON documents.
-                    let records: Vec<_> = batch
-                        .records
-                        .into_iter()
-                        .filter(|r| r.value.is_some() || table.options.format == Format::Raw)
-                        .collect();
-                    let decoded = match table.decoder.decode(&records) {
-                        Ok(d) => d,
+                    let intake = match intake(
+                        &batch.records,
+                        &table.options,
+                        &table.decoder,
+                        Reader::Scan,
+                    ) {
+                        Ok(i) => i,
                         Err(e) => return Some((Err(e.into()), (Some(consumer), table))),
                     };
-                    if let Some(bad) = decoded.rejected.first() {
-                        let record = &records[bad.index];
+                    if let Some(bad) = intake.failures.first() {
                         if table.options.on_error == OnError::Fail {
-                            let e = Error::Kafka(format!(
-                                "record {} (key {:?}): {}",
-                                record.position(),
-                                record.key_text(),
-                                bad.reason
-                            ));
-                            return Some((Err(e.into()), (Some(consumer), table)));
+                            return Some((Err(bad.error().into()), (Some(consumer), table)));
                         }
+                        // A scan has no dead-letter side effects: it skips, and says so.
                         tracing::warn!(
-                            skipped = decoded.rejected.len(),
-                            "{}: skipping undecodable records, first {}: {}",
+                            skipped = intake.failures.len(),
+                            "{}: skipping records that are not rows, first {}: {}",
                             table.options.topic,
-                            record.position(),
+                            bad.record.position(),
                             bad.reason
                         );
                     }
-                    if decoded.batch.num_rows() > 0 {
-                        return Some((Ok(decoded.batch), (Some(consumer), table)));
+                    if intake.batch.num_rows() > 0 {
+                        return Some((Ok(intake.batch), (Some(consumer), table)));
                     }
                 }
             });

@@ -2,7 +2,6 @@
 //! offsets → acknowledge. Bad records go to the dead-letter topic (or are skipped, or stop
 //! the run, per `on_error`) before the commit that moves past them, so none is lost.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::index::fence::Fence;
 use crate::index::maintain::Rewritten;
 use crate::index::{Change, LanceTable, SourceOffsets};
+use crate::kafka::intake::{intake, Failure, Intake, Reader};
 use crate::kafka::options::OnError;
 use crate::kafka::producer::{Outgoing, Producer};
 use crate::kafka::{Consumer, MicroBatch, Mode, PositionStore, Record};
@@ -179,12 +179,6 @@ impl PositionStore for IndexPositions {
     }
 }
 
-/// A record that could not be indexed, and why.
-struct Failure {
-    record: Record,
-    reason: String,
-}
-
 /// Runs `job` until `shutdown` resolves; the batch in flight at that moment is finished and
 /// committed first.
 pub async fn run_continuous(
@@ -284,79 +278,22 @@ async fn process(
         ..
     } = batch;
 
-    // Within a batch only the newest record per key matters (an update or a delete).
-    let mut newest: HashMap<&[u8], usize> = HashMap::new();
-    for (i, r) in records.iter().enumerate() {
-        if let Some(k) = &r.key {
-            newest.insert(k.as_slice(), i);
-        }
-    }
-    let mut failures = Vec::new();
-    let mut deletes = Vec::new();
-    let mut values = Vec::new();
-    for (i, record) in records.iter().enumerate() {
-        if record
-            .key
-            .as_deref()
-            .is_some_and(|k| newest.get(k) != Some(&i))
-        {
-            continue;
-        }
-        match (&record.value, &record.key) {
-            (None, None) => failures.push(Failure {
-                record: record.clone(),
-                reason: "tombstone (null value) without a key: nothing to delete".into(),
-            }),
-            (None, Some(key)) => match std::str::from_utf8(key) {
-                Ok(k) => deletes.push(k.to_string()),
-                Err(_) => failures.push(Failure {
-                    record: record.clone(),
-                    reason: "tombstone key is not UTF-8 text".into(),
-                }),
-            },
-            (Some(v), _) if v.len() > options.max_value_bytes => failures.push(Failure {
-                record: record.clone(),
-                reason: format!(
-                    "value of {} bytes exceeds max_value_bytes ({})",
-                    v.len(),
-                    options.max_value_bytes
-                ),
-            }),
-            (Some(_), _) => values.push(record.clone()),
-        }
-    }
-    let decoded = job.source.decoder().decode(&values)?;
-    for r in &decoded.rejected {
-        failures.push(Failure {
-            record: values[r.index].clone(),
-            reason: r.reason.clone(),
-        });
-    }
-    let rows_from: Vec<&Record> = decoded.rows_from.iter().map(|i| &values[*i]).collect();
+    let Intake {
+        batch: decoded,
+        values,
+        rows_from,
+        mut deletes,
+        mut failures,
+    } = intake(&records, options, job.source.decoder(), Reader::Pipeline)?;
+    let rows_from: Vec<&Record> = rows_from.iter().map(|i| &values[*i]).collect();
 
     let inference_started = Instant::now();
     let output = match &job.target {
         Target::Index(_) => {
-            run_rows(
-                ctx,
-                &job.input,
-                decoded.batch,
-                &rows_from,
-                options,
-                &mut failures,
-            )
-            .await?
+            run_rows(ctx, &job.input, decoded, &rows_from, options, &mut failures).await?
         }
         Target::Other => {
-            run_rows(
-                ctx,
-                &job.dml,
-                decoded.batch,
-                &rows_from,
-                options,
-                &mut failures,
-            )
-            .await?;
+            run_rows(ctx, &job.dml, decoded, &rows_from, options, &mut failures).await?;
             Vec::new()
         }
     };
@@ -490,15 +427,7 @@ async fn dispose(
         return Ok(());
     }
     match (options.on_error, producer) {
-        (OnError::Fail, _) | (OnError::Dlq, None) => {
-            let f = &failures[0];
-            Err(Error::Pipeline(format!(
-                "record {} (key {:?}): {}",
-                f.record.position(),
-                f.record.key_text(),
-                f.reason
-            )))
-        }
+        (OnError::Fail, _) | (OnError::Dlq, None) => Err(failures[0].error()),
         (OnError::Skip, _) => {
             for f in &failures {
                 tracing::warn!("skipping record {}: {}", f.record.position(), f.reason);

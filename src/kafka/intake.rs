@@ -1,0 +1,150 @@
+//! What a micro-batch's records become before any SQL runs — one path for ad-hoc scans of a
+//! Kafka table and for pipelines: tombstones, values over `max_value_bytes`, and records the
+//! decoder rejects are sorted out here, each failure with its reason; [`Failure::error`] is
+//! how `on_error = 'fail'` reports one. (What else happens to failures differs: a scan skips
+//! them, a pipeline skips them or dead-letters them before its commit.)
+
+use arrow::record_batch::RecordBatch;
+
+use super::decode::Decoder;
+use super::options::{Format, KafkaOptions};
+use super::record::Record;
+use crate::error::{Error, Result};
+
+/// A record that could not become a row, and why.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub record: Record,
+    pub reason: String,
+}
+
+impl Failure {
+    /// The error that stops a scan or a pipeline with `on_error = 'fail'`.
+    pub fn error(&self) -> Error {
+        Error::Kafka(format!(
+            "record {} (key {:?}): {}",
+            self.record.position(),
+            self.record.key_text(),
+            self.reason
+        ))
+    }
+}
+
+/// Who reads the records: a scan shows every record; a pipeline applies them to an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    /// Tombstones are no rows (raw-format tables show them, with a null value).
+    Scan,
+    /// Only the newest record per key counts (an update or a delete); tombstones are
+    /// deletions of their key.
+    Pipeline,
+}
+
+/// A micro-batch sorted out.
+#[derive(Debug)]
+pub struct Intake {
+    /// The decoded rows.
+    pub batch: RecordBatch,
+    /// The records with a value that went to the decoder; `rows_from[i]` indexes row i's.
+    pub values: Vec<Record>,
+    pub rows_from: Vec<usize>,
+    /// Keys deleted by tombstones (pipelines only).
+    pub deletes: Vec<String>,
+    pub failures: Vec<Failure>,
+}
+
+/// Sorts `records` into rows, deletions and failures for `reader`.
+pub fn intake(
+    records: &[Record],
+    options: &KafkaOptions,
+    decoder: &Decoder,
+    reader: Reader,
+) -> Result<Intake> {
+    let newest = match reader {
+        Reader::Pipeline => newest_per_key(records),
+        Reader::Scan => Vec::new(),
+    };
+    let mut failures = Vec::new();
+    let mut deletes = Vec::new();
+    let mut values = Vec::new();
+    for (i, record) in records.iter().enumerate() {
+        if reader == Reader::Pipeline && !newest[i] {
+            continue;
+        }
+        let fail = |reason: String| Failure {
+            record: record.clone(),
+            reason,
+        };
+        match (&record.value, &record.key, reader) {
+            (None, _, Reader::Scan) if options.format != Format::Raw => {}
+            (None, None, Reader::Pipeline) => failures.push(fail(
+                "tombstone (null value) without a key: nothing to delete".into(),
+            )),
+            (None, Some(key), Reader::Pipeline) => match std::str::from_utf8(key) {
+                Ok(k) => deletes.push(k.to_string()),
+                Err(_) => failures.push(fail("tombstone key is not UTF-8 text".into())),
+            },
+            (Some(v), _, _) if v.len() > options.max_value_bytes => failures.push(fail(format!(
+                "value of {} bytes exceeds max_value_bytes ({})",
+                v.len(),
+                options.max_value_bytes
+            ))),
+            _ => values.push(record.clone()),
+        }
+    }
+    let decoded = decoder.decode(&values)?;
+    failures.extend(decoded.rejected.iter().map(|r| Failure {
+        record: values[r.index].clone(),
+        reason: r.reason.clone(),
+    }));
+    Ok(Intake {
+        batch: decoded.batch,
+        values,
+        rows_from: decoded.rows_from,
+        deletes,
+        failures,
+    })
+}
+
+/// Whether each record is the newest of its key in the batch (keyless records always are).
+fn newest_per_key(records: &[Record]) -> Vec<bool> {
+    let mut last = std::collections::HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        if let Some(k) = &r.key {
+            last.insert(k.as_slice(), i);
+        }
+    }
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.key.as_deref().is_none_or(|k| last.get(k) == Some(&i)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(offset: i64, key: Option<&str>, value: Option<&str>) -> Record {
+        Record {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+            timestamp: None,
+            key: key.map(|k| k.as_bytes().to_vec()),
+            value: value.map(|v| v.as_bytes().to_vec()),
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn newest_record_per_key_wins_and_keyless_records_all_count() {
+        let records = [
+            record(0, Some("a"), Some("1")),
+            record(1, None, Some("2")),
+            record(2, Some("a"), Some("3")),
+            record(3, None, Some("4")),
+        ];
+        assert_eq!(newest_per_key(&records), [false, true, true, true]);
+    }
+}
