@@ -261,77 +261,8 @@ pub struct EngineArgs {
     /// TOML file with engine settings (keys as the flags, with underscores).
     #[arg(long, env = "SEMFLOW_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Embedding model: a Hugging Face id, a local directory, or random:PRESET[:SEED]
-    /// (random weights, for trying semflow without a download). Default Qwen/Qwen3-Embedding-0.6B.
-    #[arg(long, env = "SEMFLOW_EMBED_MODEL")]
-    pub embed_model: Option<String>,
-    /// Reranker model, as --embed-model. Default Qwen/Qwen3-Reranker-0.6B.
-    #[arg(long, env = "SEMFLOW_RERANK_MODEL")]
-    pub rerank_model: Option<String>,
-    /// Inference implementation: packed (default; semflow's padding-free Qwen3 forward pass,
-    /// which batches mixed lengths together) or mistralrs (mistral.rs pipelines, which batch
-    /// only inputs of equal token length).
-    #[arg(long, env = "SEMFLOW_BACKEND")]
-    pub backend: Option<String>,
-    /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
-    #[arg(long, env = "SEMFLOW_DEVICE")]
-    pub device: Option<String>,
-    /// auto, f32, bf16 or f16. On CPU auto means f32, the only exact choice there.
-    #[arg(long, env = "SEMFLOW_DTYPE")]
-    pub dtype: Option<String>,
-    /// Entries kept in each inference cache; 0 turns caching off (repeats are recomputed).
-    #[arg(long, env = "SEMFLOW_CACHE_SIZE")]
-    pub cache_size: Option<usize>,
-    /// Sequences the model runs together at most; higher uses more memory per forward pass.
-    #[arg(long, env = "SEMFLOW_MAX_BATCH")]
-    pub max_batch: Option<usize>,
-    /// Longest input in tokens (default: the model's maximum); see SET semflow.truncate.
-    #[arg(long, env = "SEMFLOW_MAX_TOKENS")]
-    pub max_tokens: Option<usize>,
-    /// Compute embed() on OpenAI-compatible /v1/embeddings endpoints (repeatable or
-    /// comma-separated; semflow serve, vLLM, TEI…) instead of in-process; the local
-    /// --embed-model directory still provides the tokenizer. Key: SEMFLOW_ENDPOINT_API_KEY.
-    #[arg(
-        long = "embed-endpoint",
-        env = "SEMFLOW_EMBED_ENDPOINTS",
-        value_delimiter = ','
-    )]
-    pub embed_endpoints: Vec<String>,
-    /// Model name sent to the embedding endpoints.
-    #[arg(long, env = "SEMFLOW_ENDPOINT_MODEL")]
-    pub endpoint_model: Option<String>,
-    /// What embedding requests carry: tokens (default: token ids formatted and tokenized
-    /// here, exactly the local backend's input) or text (the formatted text, for servers
-    /// that accept only strings; they tokenize and append their end token themselves).
-    #[arg(long, env = "SEMFLOW_EMBED_ENDPOINT_INPUT")]
-    pub embed_endpoint_input: Option<String>,
-    /// Text mode: the endpoints' embedding dimension (default: asked of them with one request).
-    #[arg(long, env = "SEMFLOW_EMBED_ENDPOINT_DIMS")]
-    pub embed_endpoint_dims: Option<usize>,
-    /// Compute rerank() on remote endpoints (repeatable or comma-separated): a base URL up
-    /// to /v1 or a URL ending in /rerank (Cohere/Jina shape: semflow serve, TEI, vLLM), or
-    /// URLs ending in /score (vLLM). Key: SEMFLOW_RERANK_API_KEY, else SEMFLOW_ENDPOINT_API_KEY.
-    #[arg(
-        long = "rerank-endpoint",
-        env = "SEMFLOW_RERANK_ENDPOINTS",
-        value_delimiter = ','
-    )]
-    pub rerank_endpoints: Vec<String>,
-    /// Model name sent to the rerank endpoints.
-    #[arg(long, env = "SEMFLOW_RERANK_ENDPOINT_MODEL")]
-    pub rerank_endpoint_model: Option<String>,
-    /// Who builds the Qwen3 reranker prompt: server (send raw query, documents and
-    /// instruction: semflow serve), client (send the prompt split in two texts: vLLM with
-    /// Qwen3-Reranker), or auto (client for /score URLs, server for /rerank).
-    #[arg(long, env = "SEMFLOW_RERANK_FORMAT")]
-    pub rerank_format: Option<String>,
-    /// Requests in flight per remote endpoint at most (default 4).
-    #[arg(long, env = "SEMFLOW_ENDPOINT_CONCURRENCY")]
-    pub endpoint_concurrency: Option<usize>,
-    /// Seconds between health probes (GET /health) of remote endpoints; an endpoint that
-    /// fails one is out of rotation until one succeeds. 0 turns probes off (default 5).
-    #[arg(long, env = "SEMFLOW_ENDPOINT_HEALTH_INTERVAL")]
-    pub endpoint_health_interval: Option<f64>,
+    #[command(flatten)]
+    pub settings: Settings,
 }
 
 impl EngineArgs {
@@ -345,26 +276,8 @@ impl EngineArgs {
 
     /// An engine from these flags over `file` settings (read elsewhere).
     pub fn engine_with(&self, file: &Settings) -> Result<Engine> {
-        let over = Settings {
-            embed_model: self.embed_model.clone(),
-            rerank_model: self.rerank_model.clone(),
-            backend: self.backend.clone(),
-            device: self.device.clone(),
-            dtype: self.dtype.clone(),
-            cache_size: self.cache_size,
-            max_batch: self.max_batch,
-            max_tokens: self.max_tokens,
-            embed_endpoints: Some(self.embed_endpoints.clone()).filter(|e| !e.is_empty()),
-            endpoint_model: self.endpoint_model.clone(),
-            embed_endpoint_input: self.embed_endpoint_input.clone(),
-            embed_endpoint_dims: self.embed_endpoint_dims,
-            rerank_endpoints: Some(self.rerank_endpoints.clone()).filter(|e| !e.is_empty()),
-            rerank_endpoint_model: self.rerank_endpoint_model.clone(),
-            rerank_format: self.rerank_format.clone(),
-            endpoint_concurrency: self.endpoint_concurrency,
-            endpoint_health_interval: self.endpoint_health_interval,
-        };
-        Ok(Engine::new(inference_config(file, &over)?))
+        let settings = self.settings.clone().over(file.clone());
+        Ok(Engine::new(inference_config(&settings)?))
     }
 }
 

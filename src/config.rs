@@ -8,38 +8,109 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::inference::InferenceConfig;
 
-/// Engine settings, each `None` where not given: read from a TOML config file (keys as the
-/// flags, with underscores) or collected from flags and environment variables.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    pub embed_model: Option<String>,
-    pub rerank_model: Option<String>,
-    pub backend: Option<String>,
-    pub device: Option<String>,
-    pub dtype: Option<String>,
-    pub cache_size: Option<usize>,
-    pub max_batch: Option<usize>,
-    pub max_tokens: Option<usize>,
-    /// OpenAI-compatible `/v1/embeddings` base URLs that compute embed() instead of the
-    /// local model (semflow still tokenizes and formats with the local model directory).
-    pub embed_endpoints: Option<Vec<String>>,
+/// Declares [`Settings`] once: each field is a command-line flag (with its environment
+/// variable) and a config-file key at the same time, and [`Settings::over`] merges two sets
+/// field by field. Adding a setting is one field here (plus what it configures in
+/// [`inference_config`]).
+macro_rules! settings {
+    ($( $(#[$meta:meta])* $name:ident : $ty:ty, )*) => {
+        /// Engine settings, each `None` where not given: from flags and environment
+        /// variables, or from a TOML config file (keys as the flags, with underscores).
+        #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+        #[serde(deny_unknown_fields)]
+        pub struct Settings {
+            $( $(#[$meta])* pub $name: Option<$ty>, )*
+        }
+
+        impl Settings {
+            /// These settings over `under`: each one given here wins.
+            pub fn over(self, under: Settings) -> Settings {
+                Settings { $( $name: self.$name.filter(Given::given).or(under.$name), )* }
+            }
+        }
+    };
+}
+
+/// Whether a flag's value counts as given: an empty list (an empty environment variable)
+/// leaves the config file's in place.
+trait Given {
+    fn given(&self) -> bool {
+        true
+    }
+}
+impl Given for String {}
+impl Given for usize {}
+impl Given for f64 {}
+impl Given for Vec<String> {
+    fn given(&self) -> bool {
+        self.iter().any(|v| !v.trim().is_empty())
+    }
+}
+
+settings! {
+    /// Embedding model: a Hugging Face id, a local directory, or random:PRESET[:SEED]
+    /// (random weights, for trying semflow without a download). Default Qwen/Qwen3-Embedding-0.6B.
+    #[arg(long, env = "SEMFLOW_EMBED_MODEL")]
+    embed_model: String,
+    /// Reranker model, as --embed-model. Default Qwen/Qwen3-Reranker-0.6B.
+    #[arg(long, env = "SEMFLOW_RERANK_MODEL")]
+    rerank_model: String,
+    /// Inference implementation: packed (default; semflow's padding-free Qwen3 forward pass,
+    /// which batches mixed lengths together) or mistralrs (mistral.rs pipelines, which batch
+    /// only inputs of equal token length).
+    #[arg(long, env = "SEMFLOW_BACKEND")]
+    backend: String,
+    /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+    #[arg(long, env = "SEMFLOW_DEVICE")]
+    device: String,
+    /// auto, f32, bf16 or f16. On CPU auto means f32, the only exact choice there.
+    #[arg(long, env = "SEMFLOW_DTYPE")]
+    dtype: String,
+    /// Entries kept in each inference cache; 0 turns caching off (repeats are recomputed).
+    #[arg(long, env = "SEMFLOW_CACHE_SIZE")]
+    cache_size: usize,
+    /// Sequences the model runs together at most; higher uses more memory per forward pass.
+    #[arg(long, env = "SEMFLOW_MAX_BATCH")]
+    max_batch: usize,
+    /// Longest input in tokens (default: the model's maximum); see SET semflow.truncate.
+    #[arg(long, env = "SEMFLOW_MAX_TOKENS")]
+    max_tokens: usize,
+    /// Compute embed() on OpenAI-compatible /v1/embeddings endpoints (repeatable or
+    /// comma-separated; semflow serve, vLLM, TEI…) instead of in-process; the local
+    /// --embed-model directory still provides the tokenizer. Key: SEMFLOW_ENDPOINT_API_KEY.
+    #[arg(long = "embed-endpoint", env = "SEMFLOW_EMBED_ENDPOINTS", value_delimiter = ',')]
+    embed_endpoints: Vec<String>,
     /// Model name sent to the embedding endpoints.
-    pub endpoint_model: Option<String>,
-    /// What embedding requests carry: tokens (default) or text.
-    pub embed_endpoint_input: Option<String>,
-    /// Text mode: the endpoints' embedding dimension.
-    pub embed_endpoint_dims: Option<usize>,
-    /// Cohere/Jina `/rerank` or vLLM `/score` URLs that compute rerank().
-    pub rerank_endpoints: Option<Vec<String>>,
+    #[arg(long, env = "SEMFLOW_ENDPOINT_MODEL")]
+    endpoint_model: String,
+    /// What embedding requests carry: tokens (default: token ids formatted and tokenized
+    /// here, exactly the local backend's input) or text (the formatted text, for servers
+    /// that accept only strings; they tokenize and append their end token themselves).
+    #[arg(long, env = "SEMFLOW_EMBED_ENDPOINT_INPUT")]
+    embed_endpoint_input: String,
+    /// Text mode: the endpoints' embedding dimension (default: asked of them with one request).
+    #[arg(long, env = "SEMFLOW_EMBED_ENDPOINT_DIMS")]
+    embed_endpoint_dims: usize,
+    /// Compute rerank() on remote endpoints (repeatable or comma-separated): a base URL up
+    /// to /v1 or a URL ending in /rerank (Cohere/Jina shape: semflow serve, TEI, vLLM), or
+    /// URLs ending in /score (vLLM). Key: SEMFLOW_RERANK_API_KEY, else SEMFLOW_ENDPOINT_API_KEY.
+    #[arg(long = "rerank-endpoint", env = "SEMFLOW_RERANK_ENDPOINTS", value_delimiter = ',')]
+    rerank_endpoints: Vec<String>,
     /// Model name sent to the rerank endpoints.
-    pub rerank_endpoint_model: Option<String>,
-    /// Who builds the reranker prompt: auto, server or client.
-    pub rerank_format: Option<String>,
-    /// Requests in flight per endpoint at most.
-    pub endpoint_concurrency: Option<usize>,
-    /// Seconds between endpoint health probes; 0 turns them off.
-    pub endpoint_health_interval: Option<f64>,
+    #[arg(long, env = "SEMFLOW_RERANK_ENDPOINT_MODEL")]
+    rerank_endpoint_model: String,
+    /// Who builds the Qwen3 reranker prompt: server (send raw query, documents and
+    /// instruction: semflow serve), client (send the prompt split in two texts: vLLM with
+    /// Qwen3-Reranker), or auto (client for /score URLs, server for /rerank).
+    #[arg(long, env = "SEMFLOW_RERANK_FORMAT")]
+    rerank_format: String,
+    /// Requests in flight per remote endpoint at most (default 4).
+    #[arg(long, env = "SEMFLOW_ENDPOINT_CONCURRENCY")]
+    endpoint_concurrency: usize,
+    /// Seconds between health probes (GET /health) of remote endpoints; an endpoint that
+    /// fails one is out of rotation until one succeeds. 0 turns probes off (default 5).
+    #[arg(long, env = "SEMFLOW_ENDPOINT_HEALTH_INTERVAL")]
+    endpoint_health_interval: f64,
 }
 
 impl Settings {
@@ -50,100 +121,69 @@ impl Settings {
     }
 }
 
-/// Merges flag/env settings over file settings over the defaults.
-pub fn inference_config(file: &Settings, over: &Settings) -> Result<InferenceConfig> {
+/// The inference configuration `s` asks for (settings already merged: flags and
+/// environment over the config file), over the defaults.
+pub fn inference_config(s: &Settings) -> Result<InferenceConfig> {
     let mut cfg = InferenceConfig::default();
-    if let Some(m) = over
-        .embed_model
-        .clone()
-        .or_else(|| file.embed_model.clone())
-    {
-        cfg.embed_model = m;
+    let at_least = |value: usize, min: usize, flag: &str| {
+        if value < min {
+            Err(Error::InvalidArgument(format!(
+                "--{flag} must be at least {min}"
+            )))
+        } else {
+            Ok(value)
+        }
+    };
+    let urls = |list: &Option<Vec<String>>| {
+        list.as_ref()
+            .map(|l| l.iter().filter(|u| !u.trim().is_empty()).cloned().collect())
+    };
+    if let Some(m) = &s.embed_model {
+        cfg.embed_model = m.clone();
     }
-    if let Some(m) = over
-        .rerank_model
-        .clone()
-        .or_else(|| file.rerank_model.clone())
-    {
-        cfg.rerank_model = m;
+    if let Some(m) = &s.rerank_model {
+        cfg.rerank_model = m.clone();
     }
-    if let Some(b) = over.backend.as_ref().or(file.backend.as_ref()) {
+    if let Some(b) = &s.backend {
         cfg.backend = b.parse()?;
     }
-    if let Some(d) = over.device.as_ref().or(file.device.as_ref()) {
+    if let Some(d) = &s.device {
         cfg.load.device = d.parse()?;
     }
-    if let Some(d) = over.dtype.as_ref().or(file.dtype.as_ref()) {
+    if let Some(d) = &s.dtype {
         cfg.load.dtype = d.parse()?;
     }
-    if let Some(c) = over.cache_size.or(file.cache_size) {
+    if let Some(c) = s.cache_size {
         cfg.cache_capacity = c;
     }
-    if let Some(b) = over.max_batch.or(file.max_batch) {
-        if b == 0 {
-            return Err(Error::InvalidArgument(
-                "--max-batch must be at least 1".into(),
-            ));
-        }
-        cfg.load.max_batch = b;
+    if let Some(b) = s.max_batch {
+        cfg.load.max_batch = at_least(b, 1, "max-batch")?;
     }
-    if let Some(t) = over.max_tokens.or(file.max_tokens) {
-        if t < 2 {
-            return Err(Error::InvalidArgument(
-                "--max-tokens must be at least 2".into(),
-            ));
-        }
-        cfg.max_tokens = Some(t);
+    if let Some(t) = s.max_tokens {
+        cfg.max_tokens = Some(at_least(t, 2, "max-tokens")?);
     }
-    let urls = |o: &Option<Vec<String>>, f: &Option<Vec<String>>| {
-        o.clone()
-            .filter(|e| !e.is_empty())
-            .or_else(|| f.clone())
-            .map(|e| e.into_iter().filter(|u| !u.trim().is_empty()).collect())
-    };
-    if let Some(e) = urls(&over.embed_endpoints, &file.embed_endpoints) {
+    if let Some(e) = urls(&s.embed_endpoints) {
         cfg.remote.embed_endpoints = e;
     }
-    if let Some(i) = over
-        .embed_endpoint_input
-        .as_ref()
-        .or(file.embed_endpoint_input.as_ref())
-    {
+    if let Some(i) = &s.embed_endpoint_input {
         cfg.remote.embed_input = i.parse()?;
     }
-    if let Some(d) = over.embed_endpoint_dims.or(file.embed_endpoint_dims) {
-        if d == 0 {
-            return Err(Error::InvalidArgument(
-                "--embed-endpoint-dims must be at least 1".into(),
-            ));
-        }
-        cfg.remote.embed_dims = Some(d);
+    if let Some(d) = s.embed_endpoint_dims {
+        cfg.remote.embed_dims = Some(at_least(d, 1, "embed-endpoint-dims")?);
     }
-    if let Some(e) = urls(&over.rerank_endpoints, &file.rerank_endpoints) {
+    if let Some(e) = urls(&s.rerank_endpoints) {
         cfg.remote.rerank_endpoints = e;
     }
-    if let Some(m) = over
-        .rerank_endpoint_model
-        .clone()
-        .or_else(|| file.rerank_endpoint_model.clone())
-    {
-        cfg.remote.rerank_model = Some(m);
+    if let Some(m) = &s.rerank_endpoint_model {
+        cfg.remote.rerank_model = Some(m.clone());
     }
-    if let Some(f) = over.rerank_format.as_ref().or(file.rerank_format.as_ref()) {
+    if let Some(f) = &s.rerank_format {
         cfg.remote.rerank_format = f.parse()?;
     }
-    if let Some(c) = over.endpoint_concurrency.or(file.endpoint_concurrency) {
-        if c == 0 {
-            return Err(Error::InvalidArgument(
-                "--endpoint-concurrency must be at least 1".into(),
-            ));
-        }
-        cfg.remote.concurrency = c;
+    if let Some(c) = s.endpoint_concurrency {
+        cfg.remote.concurrency = at_least(c, 1, "endpoint-concurrency")?;
     }
-    if let Some(h) = over
-        .endpoint_health_interval
-        .or(file.endpoint_health_interval)
-    {
+    if let Some(h) = s.endpoint_health_interval {
         if !h.is_finite() || h < 0.0 {
             return Err(Error::InvalidArgument(format!(
                 "--endpoint-health-interval must be 0 (off) or a number of seconds, got {h}"
@@ -151,12 +191,8 @@ pub fn inference_config(file: &Settings, over: &Settings) -> Result<InferenceCon
         }
         cfg.remote.health_interval_s = h;
     }
-    if let Some(m) = over
-        .endpoint_model
-        .clone()
-        .or_else(|| file.endpoint_model.clone())
-    {
-        cfg.remote.model = Some(m);
+    if let Some(m) = &s.endpoint_model {
+        cfg.remote.model = Some(m.clone());
     }
     // The key comes from the environment only, never from files or flags.
     let key = |name: &str| std::env::var(name).ok().filter(|k| !k.is_empty());
@@ -179,7 +215,7 @@ mod tests {
             embed_model: Some("flag-model".into()),
             ..Default::default()
         };
-        let cfg = inference_config(&file, &over).unwrap();
+        let cfg = inference_config(&over.over(file.clone())).unwrap();
         assert_eq!(cfg.embed_model, "flag-model");
         assert_eq!(cfg.cache_capacity, 5);
         assert_eq!(cfg.rerank_model, "Qwen/Qwen3-Reranker-0.6B");
@@ -187,10 +223,21 @@ mod tests {
             dtype: Some("bf16".into()),
             ..Default::default()
         };
-        assert!(inference_config(&file, &bad)
+        assert!(inference_config(&bad.over(file.clone()))
             .unwrap_err()
             .to_string()
             .contains("bf16"));
         assert!(toml::from_str::<Settings>("nope = 1").is_err());
+        // An empty list (an empty environment variable) leaves the file's in place.
+        let file: Settings = toml::from_str("embed_endpoints = ['http://a/v1']").unwrap();
+        let empty = Settings {
+            embed_endpoints: Some(vec![String::new()]),
+            ..Default::default()
+        };
+        let merged = empty.over(file);
+        assert_eq!(
+            merged.embed_endpoints,
+            Some(vec!["http://a/v1".to_string()])
+        );
     }
 }
