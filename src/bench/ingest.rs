@@ -182,6 +182,83 @@ pub(super) fn register_source(
     Ok(())
 }
 
+/// Produced so far: (instant, documents), in order.
+type Produced = Arc<Mutex<Vec<(Instant, usize)>>>;
+
+/// Produces the `total` documents of `k1_source` into `k1_topic` in chunks, paced at `rate`
+/// documents/s when positive (else as a backlog). The first chunk is produced before this
+/// returns, so the topic exists when the pipeline's consumer subscribes.
+async fn start_producing(
+    producer: Engine,
+    total: usize,
+    rate: f64,
+    began: Instant,
+) -> Result<(tokio::task::JoinHandle<Result<()>>, Produced)> {
+    let produce = |from: usize, to: usize| {
+        format!("INSERT INTO k1_topic SELECT id, body FROM k1_source WHERE seq >= {from} AND seq < {to}")
+    };
+    let produced: Produced = Arc::default();
+    let chunk = if rate > 0.0 {
+        ((rate / 10.0).ceil() as usize).clamp(1, CHUNK)
+    } else {
+        CHUNK
+    };
+    let first = chunk.min(total);
+    producer.run_sql(&produce(0, first)).await?;
+    if let Ok(mut p) = produced.lock() {
+        p.push((Instant::now(), first));
+    }
+    let sqls: Vec<(usize, String)> = (first..total)
+        .step_by(chunk)
+        .map(|from| {
+            let to = (from + chunk).min(total);
+            (to - from, produce(from, to))
+        })
+        .collect();
+    let marks = produced.clone();
+    let task = tokio::spawn(async move {
+        let mut sent = first;
+        for (n, sql) in sqls {
+            if rate > 0.0 {
+                let due = began + Duration::from_secs_f64(sent as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            producer.run_sql(&sql).await?;
+            sent += n;
+            if let Ok(mut p) = marks.lock() {
+                p.push((Instant::now(), sent));
+            }
+        }
+        Ok::<_, Error>(())
+    });
+    Ok((task, produced))
+}
+
+/// K1's SQL: the topic `k1_topic` the documents are produced into, and the pipeline that
+/// reads the same topic (as `k1_docs`) into the Lance table at `location`.
+fn statements(name: &str, kafka: &str, location: &str) -> (String, String) {
+    let topic_ddl = |table: &str| {
+        format!(
+        "CREATE EXTERNAL TABLE {table} (id TEXT NOT NULL, body TEXT) STORED AS KAFKA LOCATION {topic}
+           OPTIONS ('bootstrap.servers' {kafka}, 'group.id' {group}, 'start' 'earliest', 'key' 'id',
+                    'batch_rows' '1000', 'batch_ms' '200',
+                    'session.timeout.ms' '6000', 'heartbeat.interval.ms' '1000')",
+            topic = quote(name),
+            group = quote(name),
+            kafka = quote(kafka),
+        )
+    };
+    let pipeline = format!(
+        "{};
+         CREATE EXTERNAL TABLE k1_idx (id TEXT NOT NULL, body TEXT, embedding FLOAT[], PRIMARY KEY (id))
+           STORED AS LANCE LOCATION {loc};
+         INSERT INTO k1_idx SELECT id, body, embed(body) AS embedding FROM k1_docs",
+        topic_ddl("k1_docs"),
+        loc = quote(location),
+    );
+    (topic_ddl("k1_topic"), pipeline)
+}
+
 /// Runs K1 on `engine` (a fresh topic, consumer group and index, removed afterwards).
 pub async fn run(engine: &Engine, opts: &IngestOptions) -> Result<IngestResult> {
     if opts.docs == 0 {
@@ -204,75 +281,16 @@ pub async fn run(engine: &Engine, opts: &IngestOptions) -> Result<IngestResult> 
     let name = format!("semflow-bench-k1-{}-{stamp}", std::process::id());
     let dir = std::env::temp_dir().join(&name);
     let location = dir.join("idx.lance");
-    let kafka = quote(&opts.kafka);
-    let topic_ddl = |table: &str| {
-        format!(
-        "CREATE EXTERNAL TABLE {table} (id TEXT NOT NULL, body TEXT) STORED AS KAFKA LOCATION {topic}
-           OPTIONS ('bootstrap.servers' {kafka}, 'group.id' {group}, 'start' 'earliest', 'key' 'id',
-                    'batch_rows' '1000', 'batch_ms' '200',
-                    'session.timeout.ms' '6000', 'heartbeat.interval.ms' '1000')",
-        topic = quote(&name),
-        group = quote(&name),
-    )
-    };
+    let (topic, pipeline) = statements(&name, &opts.kafka, &location.to_string_lossy());
     // The producer and the pipeline share the engine (and so the loaded model).
     let producer = engine.clone();
-    producer.run_sql(&topic_ddl("k1_topic")).await?;
+    producer.run_sql(&topic).await?;
     // The documents as an in-memory table: each produce statement selects a range of it
     // (cheap to plan, unlike literal VALUES lists).
     register_source(engine, "k1_source", &docs)?;
-    let produce = |from: usize, to: usize| {
-        format!("INSERT INTO k1_topic SELECT id, body FROM k1_source WHERE seq >= {from} AND seq < {to}")
-    };
-    // Produced so far: (instant, documents), in order.
-    let produced: Arc<Mutex<Vec<(Instant, usize)>>> = Arc::default();
-    // The first chunk creates the topic before the consumer subscribes.
-    let chunk = if opts.rate > 0.0 {
-        ((opts.rate / 10.0).ceil() as usize).clamp(1, CHUNK)
-    } else {
-        CHUNK
-    };
     let began = Instant::now();
-    let first = chunk.min(docs.len());
-    producer.run_sql(&produce(0, first)).await?;
-    if let Ok(mut p) = produced.lock() {
-        p.push((Instant::now(), first));
-    }
-    let producing = {
-        let produced = produced.clone();
-        let rate = opts.rate;
-        let sqls: Vec<(usize, String)> = (first..docs.len())
-            .step_by(chunk)
-            .map(|from| {
-                let to = (from + chunk).min(docs.len());
-                (to - from, produce(from, to))
-            })
-            .collect();
-        tokio::spawn(async move {
-            let mut sent = first;
-            for (n, sql) in sqls {
-                if rate > 0.0 {
-                    let due = began + Duration::from_secs_f64(sent as f64 / rate);
-                    tokio::time::sleep_until(due.into()).await;
-                }
-                producer.run_sql(&sql).await?;
-                sent += n;
-                if let Ok(mut p) = produced.lock() {
-                    p.push((Instant::now(), sent));
-                }
-            }
-            Ok::<_, Error>(())
-        })
-    };
+    let (producing, produced) = start_producing(producer, docs.len(), opts.rate, began).await?;
 
-    let pipeline = format!(
-        "{};
-         CREATE EXTERNAL TABLE k1_idx (id TEXT NOT NULL, body TEXT, embedding FLOAT[], PRIMARY KEY (id))
-           STORED AS LANCE LOCATION {loc};
-         INSERT INTO k1_idx SELECT id, body, embed(body) AS embedding FROM k1_docs",
-        topic_ddl("k1_docs"),
-        loc = quote(&location.to_string_lossy()),
-    );
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
     let total = docs.len() as u64;
     let mut lags: Vec<f64> = Vec::new();
@@ -315,13 +333,7 @@ pub async fn run(engine: &Engine, opts: &IngestOptions) -> Result<IngestResult> 
     }
     let seconds = (last_commit - began).as_secs_f64();
     lags.sort_by(|a, b| a.total_cmp(b));
-    let pct = |q: f64| {
-        if lags.is_empty() {
-            f64::NAN
-        } else {
-            lags[((q * lags.len() as f64).ceil() as usize).clamp(1, lags.len()) - 1]
-        }
-    };
+    let pct = |q: f64| super::percentile(&lags, q);
     Ok(IngestResult {
         docs: docs.len(),
         tokens,

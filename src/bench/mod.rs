@@ -50,12 +50,17 @@ impl Measurement {
     pub fn percentile_ms(&self, q: f64) -> f64 {
         let mut v = self.latencies_ms.clone();
         v.sort_by(|a, b| a.total_cmp(b));
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-        v[rank - 1]
+        percentile(&v, q)
     }
+}
+
+/// The `q` quantile of `sorted` by nearest rank (NaN when empty).
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
 }
 
 /// The headline numbers of one workload (medians over rounds).
@@ -119,6 +124,13 @@ pub struct BenchOptions {
     /// C1: documents, and the chunks' size in tokens.
     pub chunk_docs: usize,
     pub chunk_tokens: usize,
+}
+
+impl BenchOptions {
+    /// Whether workload `name` was asked for.
+    fn wants(&self, name: &str) -> bool {
+        self.workloads.iter().any(|w| w.eq_ignore_ascii_case(name))
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -204,13 +216,119 @@ async fn workloads(inference: &Inference, opts: &BenchOptions) -> Result<Vec<Wor
     Ok(out)
 }
 
+/// One workload: a warm-up, then `rounds` rounds alternating semflow and the peer.
+async fn measure(
+    inference: &Inference,
+    mut peer: Option<&mut Peer>,
+    w: &Workload,
+    rounds: usize,
+) -> Result<WorkloadResult> {
+    // Warm-up: the first request, at most 8 of its sequences (a one-request workload such as
+    // W3 would otherwise run twice).
+    let first = &w.requests[0];
+    let warm = Workload {
+        requests: vec![first[..first.len().min(8)].to_vec()],
+        ..w.clone()
+    };
+    run_semflow(inference, &warm).await?;
+    if let Some(p) = peer.as_deref_mut() {
+        p.run(&warm)?;
+    }
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let m = run_semflow(inference, w).await?;
+        eprintln!(
+            "{} round {}: semflow {:.1} tok/s",
+            w.name,
+            round + 1,
+            m.tokens_per_s()
+        );
+        ours.push(m);
+        if let Some(p) = peer.as_deref_mut() {
+            let m = p.run(w)?;
+            eprintln!(
+                "{} round {}: peer    {:.1} tok/s",
+                w.name,
+                round + 1,
+                m.tokens_per_s()
+            );
+            theirs.push(m);
+        }
+    }
+    let semflow = side(w.metric, &ours);
+    let peer_side = (!theirs.is_empty()).then(|| side(w.metric, &theirs));
+    let speedup = peer_side.as_ref().map(|p| match w.metric {
+        Metric::Throughput => semflow.value / p.value,
+        Metric::Latency => p.value / semflow.value,
+    });
+    Ok(WorkloadResult {
+        unit: match w.metric {
+            Metric::Throughput => "tokens/s",
+            Metric::Latency => "ms p50",
+        },
+        name: w.name.clone(),
+        metric: w.metric,
+        tokens: w.tokens(),
+        sequences: w.requests.iter().map(Vec::len).sum(),
+        semflow,
+        peer: peer_side,
+        speedup,
+        semflow_rounds: ours,
+        peer_rounds: theirs,
+    })
+}
+
+/// K1, R1 and C1, those asked for.
+async fn pipeline_workloads(
+    engine: &Engine,
+    opts: &BenchOptions,
+    ingest_opts: Option<ingest::IngestOptions>,
+) -> Result<(
+    Option<ingest::IngestResult>,
+    Option<retrieval::RetrievalResult>,
+    Option<chunking::ChunkingResult>,
+)> {
+    let ingest = match ingest_opts {
+        Some(o) => {
+            eprintln!("K1: {} documents through Kafka at {} ...", o.docs, o.kafka);
+            Some(ingest::run(engine, &o).await?)
+        }
+        None => None,
+    };
+    let retrieval = if opts.wants("r1") {
+        let r = &opts.retrieval;
+        eprintln!(
+            "R1: {} vectors of {} dims, {} stream commits of {} ...",
+            r.rows, r.dims, r.batches, r.batch_rows
+        );
+        Some(retrieval::run(r).await?)
+    } else {
+        None
+    };
+    let chunking = if opts.wants("c1") {
+        eprintln!("C1: chunking {} documents ...", opts.chunk_docs);
+        Some(
+            chunking::run(
+                engine,
+                opts.seed,
+                opts.chunk_docs,
+                opts.chunk_tokens,
+                opts.rounds,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    Ok((ingest, retrieval, chunking))
+}
+
 /// Runs the benchmark: for each workload, a warm-up, then `rounds` rounds alternating
 /// semflow and the peer (A B A B …).
 pub async fn run(engine: &Engine, opts: &BenchOptions) -> Result<Report> {
     let inference: Arc<Inference> = engine.inference().clone();
     let cfg = inference.config().clone();
-    let wants_k1 = opts.workloads.iter().any(|w| w.eq_ignore_ascii_case("k1"));
-    let ingest_opts = match (wants_k1, &opts.ingest) {
+    let ingest_opts = match (opts.wants("k1"), &opts.ingest) {
         (true, Some(o)) => Some(o.clone()),
         (true, None) => {
             return Err(Error::InvalidArgument(
@@ -219,8 +337,7 @@ pub async fn run(engine: &Engine, opts: &BenchOptions) -> Result<Report> {
         }
         (false, _) => None,
     };
-    let needs_rerank = opts.workloads.iter().any(|w| w.eq_ignore_ascii_case("w5"));
-    let wants = |name: &str| opts.workloads.iter().any(|w| w.eq_ignore_ascii_case(name));
+    let needs_rerank = opts.wants("w5");
     let needs_embed = opts
         .workloads
         .iter()
@@ -272,92 +389,9 @@ pub async fn run(engine: &Engine, opts: &BenchOptions) -> Result<Report> {
     };
     let mut results = Vec::new();
     for w in workloads(&inference, opts).await? {
-        // Warm-up: the first request, at most 8 of its sequences (a one-request workload
-        // such as W3 would otherwise run twice).
-        let first = &w.requests[0];
-        let warm = Workload {
-            requests: vec![first[..first.len().min(8)].to_vec()],
-            ..w.clone()
-        };
-        run_semflow(&inference, &warm).await?;
-        if let Some(p) = peer.as_mut() {
-            p.run(&warm)?;
-        }
-        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-        for round in 0..opts.rounds {
-            let m = run_semflow(&inference, &w).await?;
-            eprintln!(
-                "{} round {}: semflow {:.1} tok/s",
-                w.name,
-                round + 1,
-                m.tokens_per_s()
-            );
-            ours.push(m);
-            if let Some(p) = peer.as_mut() {
-                let m = p.run(&w)?;
-                eprintln!(
-                    "{} round {}: peer    {:.1} tok/s",
-                    w.name,
-                    round + 1,
-                    m.tokens_per_s()
-                );
-                theirs.push(m);
-            }
-        }
-        let semflow = side(w.metric, &ours);
-        let peer_side = (!theirs.is_empty()).then(|| side(w.metric, &theirs));
-        let speedup = peer_side.as_ref().map(|p| match w.metric {
-            Metric::Throughput => semflow.value / p.value,
-            Metric::Latency => p.value / semflow.value,
-        });
-        results.push(WorkloadResult {
-            unit: match w.metric {
-                Metric::Throughput => "tokens/s",
-                Metric::Latency => "ms p50",
-            },
-            name: w.name.clone(),
-            metric: w.metric,
-            tokens: w.tokens(),
-            sequences: w.requests.iter().map(Vec::len).sum(),
-            semflow,
-            peer: peer_side,
-            speedup,
-            semflow_rounds: ours,
-            peer_rounds: theirs,
-        });
+        results.push(measure(&inference, peer.as_mut(), &w, opts.rounds).await?);
     }
-    let ingest = match ingest_opts {
-        Some(o) => {
-            eprintln!("K1: {} documents through Kafka at {} ...", o.docs, o.kafka);
-            Some(ingest::run(engine, &o).await?)
-        }
-        None => None,
-    };
-    let retrieval = if wants("r1") {
-        let r = &opts.retrieval;
-        eprintln!(
-            "R1: {} vectors of {} dims, {} stream commits of {} ...",
-            r.rows, r.dims, r.batches, r.batch_rows
-        );
-        Some(retrieval::run(r).await?)
-    } else {
-        None
-    };
-    let chunking = if wants("c1") {
-        eprintln!("C1: chunking {} documents ...", opts.chunk_docs);
-        Some(
-            chunking::run(
-                engine,
-                opts.seed,
-                opts.chunk_docs,
-                opts.chunk_tokens,
-                opts.rounds,
-            )
-            .await?,
-        )
-    } else {
-        None
-    };
+    let (ingest, retrieval, chunking) = pipeline_workloads(engine, opts, ingest_opts).await?;
     Ok(Report {
         ingest,
         retrieval,
@@ -440,8 +474,8 @@ pub fn render(report: &Report) -> String {
     if let Some(r) = &report.retrieval {
         s.push_str(&format!(
             "\nR1 search under a stream: {} vectors x {} dims, IVF_PQ built in {:.1} s; {} commits of {} upserts: {:.1} s without maintenance, {:.1} s with it beside them ({} rounds, every {} commits)\n",
-            r.rows, r.dims, r.index_build_s, r.batches, r.batch_rows,
-            r.stream_s_without_maintenance, r.stream_s_with_maintenance, r.maintenance_rounds, r.maintenance_every,
+            r.options.rows, r.options.dims, r.index_build_s, r.options.batches, r.options.batch_rows,
+            r.stream_s_without_maintenance, r.stream_s_with_maintenance, r.maintenance_rounds, r.options.maintenance_every,
         ));
         for p in &r.phases {
             s.push_str(&format!(

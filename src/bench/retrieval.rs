@@ -36,7 +36,7 @@ const K: usize = 10;
 const TOPIC: &str = "r1";
 
 /// R1 settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RetrievalOptions {
     pub rows: usize,
     pub dims: usize,
@@ -63,12 +63,8 @@ pub struct SearchPhase {
 /// What R1 measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct RetrievalResult {
-    pub rows: usize,
-    pub dims: usize,
-    pub batches: usize,
-    pub batch_rows: usize,
-    pub queries: usize,
-    pub maintenance_every: usize,
+    #[serde(flatten)]
+    pub options: RetrievalOptions,
     pub index_build_s: f64,
     pub phases: Vec<SearchPhase>,
     /// Seconds the stream's commits took on each copy (the maintained copy's rounds run
@@ -298,9 +294,7 @@ async fn measure(
         recall += hits as f64 / K.min(exact.len()).max(1) as f64;
     }
     latencies.sort_by(|a, b| a.total_cmp(b));
-    let pick = |q: f64| {
-        latencies[((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1]
-    };
+    let pick = |q: f64| super::percentile(&latencies, q);
     Ok(SearchPhase {
         name: name.to_string(),
         rows: truth.ids.len(),
@@ -350,6 +344,59 @@ async fn stream(
     Ok((seconds, rounds))
 }
 
+/// Writes `rows` as the table's first rows, in commits of 8192.
+async fn load(table: &LanceTable, rows: &[(String, Vec<f32>)], dims: usize) -> Result<()> {
+    for chunk in rows.chunks(8192) {
+        table
+            .apply(Change {
+                rows: vec![batch(dims, chunk)?],
+                deletes: Vec::new(),
+                fence: None,
+                offsets: None,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// The stream's commits: half of each replaces existing ids, half adds new ones; `truth`
+/// follows along.
+fn stream_commits(
+    opts: &RetrievalOptions,
+    points: &mut Points,
+    truth: &mut Truth,
+) -> Result<Vec<Vec<RecordBatch>>> {
+    let mut next_id = truth.ids.len();
+    let mut commits = Vec::with_capacity(opts.batches);
+    for _ in 0..opts.batches {
+        let mut rows = Vec::with_capacity(opts.batch_rows);
+        for i in 0..opts.batch_rows {
+            let id = if i % 2 == 0 {
+                truth.ids[points.rng.random_range(0..truth.ids.len())].clone()
+            } else {
+                next_id += 1;
+                format!("v{next_id}")
+            };
+            let v = points.next();
+            truth.upsert(&id, &v);
+            rows.push((id, v));
+        }
+        // Within one commit the newest vector per id wins, as in a pipeline's batch.
+        let mut last = HashMap::new();
+        for (i, (id, _)) in rows.iter().enumerate() {
+            last.insert(id.clone(), i);
+        }
+        let rows: Vec<_> = rows
+            .into_iter()
+            .enumerate()
+            .filter(|(i, (id, _))| last.get(id) == Some(i))
+            .map(|(_, r)| r)
+            .collect();
+        commits.push(vec![batch(truth.dims, &rows)?]);
+    }
+    Ok(commits)
+}
+
 pub async fn run(opts: &RetrievalOptions) -> Result<RetrievalResult> {
     if opts.rows == 0 || opts.dims == 0 || opts.queries == 0 {
         return Err(Error::InvalidArgument(
@@ -374,16 +421,7 @@ pub async fn run(opts: &RetrievalOptions) -> Result<RetrievalResult> {
     let queries: Vec<Vec<f32>> = (0..opts.queries).map(|_| points.next()).collect();
 
     let plain = open(dir.path(), "plain", dims).await?;
-    for rows in initial.chunks(8192) {
-        plain
-            .apply(Change {
-                rows: vec![batch(dims, rows)?],
-                deletes: Vec::new(),
-                fence: None,
-                offsets: None,
-            })
-            .await?;
-    }
+    load(&plain, &initial, dims).await?;
     drop(initial);
     crate::index::maintain::maintain(&plain).await?;
     let index_build_s = build_index(&plain, opts.rows, dims).await?;
@@ -391,35 +429,7 @@ pub async fn run(opts: &RetrievalOptions) -> Result<RetrievalResult> {
     copy_dir(&dir.path().join("plain"), &dir.path().join("maintained"))?;
     let maintained = open(dir.path(), "maintained", dims).await?;
 
-    // The stream: half of each batch replaces existing ids, half adds new ones.
-    let mut next_id = opts.rows;
-    let mut commits = Vec::with_capacity(opts.batches);
-    for _ in 0..opts.batches {
-        let mut rows = Vec::with_capacity(opts.batch_rows);
-        for i in 0..opts.batch_rows {
-            let id = if i % 2 == 0 {
-                truth.ids[points.rng.random_range(0..truth.ids.len())].clone()
-            } else {
-                next_id += 1;
-                format!("v{next_id}")
-            };
-            let v = points.next();
-            truth.upsert(&id, &v);
-            rows.push((id, v));
-        }
-        // Within one commit the newest vector per id wins, as in a pipeline's batch.
-        let mut seen = HashMap::new();
-        for (i, (id, _)) in rows.iter().enumerate() {
-            seen.insert(id.clone(), i);
-        }
-        let rows: Vec<_> = rows
-            .into_iter()
-            .enumerate()
-            .filter(|(i, (id, _))| seen.get(id) == Some(i))
-            .map(|(_, r)| r)
-            .collect();
-        commits.push(vec![batch(dims, &rows)?]);
-    }
+    let commits = stream_commits(opts, &mut points, &mut truth)?;
     let (without, _) = stream(&plain, &commits, opts.batch_rows, 0).await?;
     phases.push(measure("after stream, no maintenance", &plain, &truth, &queries).await?);
     let (with, rounds) = stream(
@@ -453,12 +463,7 @@ pub async fn run(opts: &RetrievalOptions) -> Result<RetrievalResult> {
     );
 
     Ok(RetrievalResult {
-        rows: opts.rows,
-        dims,
-        batches: opts.batches,
-        batch_rows: opts.batch_rows,
-        queries: opts.queries,
-        maintenance_every: opts.maintenance_every,
+        options: opts.clone(),
         index_build_s,
         phases,
         stream_s_without_maintenance: without,

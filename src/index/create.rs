@@ -41,10 +41,49 @@ pub async fn create_index(ctx: &SessionContext, stmt: &CreateIndex) -> Result<()
         }
         return table.create_text_index(&column, name).await;
     }
-    let mut num_partitions = None;
-    let mut num_sub_vectors = None;
-    let mut metric = MetricType::Cosine;
-    for option in &stmt.with {
+    let VectorOptions {
+        num_partitions,
+        num_sub_vectors,
+        metric,
+    } = vector_options(&stmt.with)?;
+    let (rows, dims) = table.vector_shape(&column).await?;
+    let num_partitions =
+        num_partitions.unwrap_or_else(|| ((rows as f64).sqrt() as usize).clamp(1, 256));
+    let params = match kind.as_str() {
+        "ivf_pq" => {
+            let sub = num_sub_vectors.unwrap_or_else(|| default_sub_vectors(dims));
+            if !dims.is_multiple_of(sub) {
+                return Err(invalid(&format!(
+                    "num_sub_vectors = {sub} must divide the vector length {dims}"
+                )));
+            }
+            VectorIndexParams::ivf_pq(num_partitions, 8, sub, metric, 50)
+        }
+        "ivf_flat" => VectorIndexParams::ivf_flat(num_partitions, metric),
+        other => {
+            return Err(invalid(&format!(
+                "USING {other}: supported index types are ivf_pq, ivf_flat and inverted"
+            )))
+        }
+    };
+    table.create_vector_index(&column, name, &params).await
+}
+
+/// A vector index's WITH options.
+struct VectorOptions {
+    num_partitions: Option<usize>,
+    num_sub_vectors: Option<usize>,
+    metric: MetricType,
+}
+
+/// Parses `WITH (num_partitions = …, num_sub_vectors = …, metric = '…')`.
+fn vector_options(with: &[SqlExpr]) -> Result<VectorOptions> {
+    let mut o = VectorOptions {
+        num_partitions: None,
+        num_sub_vectors: None,
+        metric: MetricType::Cosine,
+    };
+    for option in with {
         let SqlExpr::BinaryOp {
             left,
             op: BinaryOperator::Eq,
@@ -76,10 +115,10 @@ pub async fn create_index(ctx: &SessionContext, stmt: &CreateIndex) -> Result<()
                 })
         };
         match name.as_str() {
-            "num_partitions" => num_partitions = Some(number()?),
-            "num_sub_vectors" => num_sub_vectors = Some(number()?),
+            "num_partitions" => o.num_partitions = Some(number()?),
+            "num_sub_vectors" => o.num_sub_vectors = Some(number()?),
             "metric" => {
-                metric = match value.to_ascii_lowercase().as_str() {
+                o.metric = match value.to_ascii_lowercase().as_str() {
                     "cosine" => MetricType::Cosine,
                     "l2" => MetricType::L2,
                     "dot" => MetricType::Dot,
@@ -97,27 +136,7 @@ pub async fn create_index(ctx: &SessionContext, stmt: &CreateIndex) -> Result<()
             }
         }
     }
-    let (rows, dims) = table.vector_shape(&column).await?;
-    let num_partitions =
-        num_partitions.unwrap_or_else(|| ((rows as f64).sqrt() as usize).clamp(1, 256));
-    let params = match kind.as_str() {
-        "ivf_pq" => {
-            let sub = num_sub_vectors.unwrap_or_else(|| default_sub_vectors(dims));
-            if !dims.is_multiple_of(sub) {
-                return Err(invalid(&format!(
-                    "num_sub_vectors = {sub} must divide the vector length {dims}"
-                )));
-            }
-            VectorIndexParams::ivf_pq(num_partitions, 8, sub, metric, 50)
-        }
-        "ivf_flat" => VectorIndexParams::ivf_flat(num_partitions, metric),
-        other => {
-            return Err(invalid(&format!(
-                "USING {other}: supported index types are ivf_pq, ivf_flat and inverted"
-            )))
-        }
-    };
-    table.create_vector_index(&column, name, &params).await
+    Ok(o)
 }
 
 /// dims/16 (at least 1), lowered to a divisor of `dims`.

@@ -55,12 +55,50 @@ pub async fn commit(
     offsets: Option<&SourceOffsets>,
     fence: Option<&Fence>,
 ) -> Result<(Dataset, CommitStats)> {
-    let lance_err = |e: lance::Error| lance_error(dataset.uri(), e);
     let row_count: usize = rows.iter().map(|b| b.num_rows()).sum();
-    let read_version = dataset.version().version;
     // The column `deletes` name values of: documents in a table of chunks, else primary keys.
     let delete_column = document_key.or(primary_key).unwrap_or_default();
-    let (mut txn, affected, deleted) = match (primary_key, row_count > 0, deletes.is_empty()) {
+    let (mut txn, mut commit, deleted) =
+        prepare(&dataset, primary_key, delete_column, rows, deletes).await?;
+    if let Some(offsets) = offsets {
+        set_offsets(&mut txn, offsets);
+    }
+    let fenced = match fence {
+        Some(fence) => {
+            let handler = Arc::new(FencedCommit::new(dataset.clone(), fence.clone()).await?);
+            commit = commit.with_commit_handler(handler.clone());
+            Some(handler)
+        }
+        None => None,
+    };
+    let new = match commit.execute(txn).await {
+        Ok(new) => new,
+        Err(e) => {
+            return Err(fenced
+                .and_then(|h| h.refusal())
+                .unwrap_or_else(|| lance_error(dataset.uri(), e)))
+        }
+    };
+    let stats = CommitStats {
+        version: new.version().version,
+        rows: row_count as u64,
+        deleted,
+    };
+    Ok((new, stats))
+}
+
+/// The change as an uncommitted transaction, the commit that will apply it (told which rows
+/// it touched, for conflict checks), and how many rows it deletes.
+async fn prepare(
+    dataset: &Arc<Dataset>,
+    primary_key: Option<&str>,
+    delete_column: &str,
+    rows: Vec<RecordBatch>,
+    deletes: &[String],
+) -> Result<(Transaction, CommitBuilder<'static>, u64)> {
+    let lance_err = |e: lance::Error| lance_error(dataset.uri(), e);
+    let has_rows = rows.iter().any(|b| b.num_rows() > 0);
+    let (txn, affected, deleted) = match (primary_key, has_rows, deletes.is_empty()) {
         (Some(pk), true, _) => {
             let mut builder = MergeInsertBuilder::try_new(dataset.clone(), vec![pk.to_string()])
                 .map_err(lance_err)?;
@@ -73,7 +111,7 @@ pub async fn commit(
                 // documents' rows that this change does not rewrite.
                 let predicate = key_predicate(dataset.schema().into(), delete_column, deletes)?;
                 builder.when_not_matched_by_source(
-                    WhenNotMatchedBySource::delete_if(&dataset, &predicate).map_err(lance_err)?,
+                    WhenNotMatchedBySource::delete_if(dataset, &predicate).map_err(lance_err)?,
                 );
             }
             let job = builder.try_build().map_err(lance_err)?;
@@ -113,40 +151,17 @@ pub async fn commit(
         (_, false, true) => {
             // Nothing to write (every record was filtered out or dead-lettered): an empty
             // append still moves the stored offsets forward.
-            let txn = TransactionBuilder::new(read_version, Operation::Append { fragments: vec![] })
-                .build();
+            let version = dataset.version().version;
+            let txn =
+                TransactionBuilder::new(version, Operation::Append { fragments: vec![] }).build();
             (txn, None, 0)
         }
     };
-    if let Some(offsets) = offsets {
-        set_offsets(&mut txn, offsets);
-    }
     let mut commit = CommitBuilder::new(dataset.clone());
     if let Some(rows) = affected {
         commit = commit.with_affected_rows(rows);
     }
-    let fenced = match fence {
-        Some(fence) => {
-            let handler = Arc::new(FencedCommit::new(dataset.clone(), fence.clone()).await?);
-            commit = commit.with_commit_handler(handler.clone());
-            Some(handler)
-        }
-        None => None,
-    };
-    let new = match commit.execute(txn).await {
-        Ok(new) => new,
-        Err(e) => {
-            return Err(fenced
-                .and_then(|h| h.refusal())
-                .unwrap_or_else(|| lance_err(e)))
-        }
-    };
-    let stats = CommitStats {
-        version: new.version().version,
-        rows: row_count as u64,
-        deleted,
-    };
-    Ok((new, stats))
+    Ok((txn, commit, deleted))
 }
 
 /// Lance's commit conflicts as [`Error::IndexConflict`] (the caller may rebuild the change on

@@ -443,67 +443,134 @@ struct Loop {
     report_progress: bool,
 }
 
+/// The polling loop's state between two polls: records gathered for the next micro-batch,
+/// the batch waiting for room in the channel, and where each partition stands.
+#[derive(Default)]
+struct Cursor {
+    seq: u64,
+    pending: Vec<Record>,
+    /// When the first record of `pending` arrived.
+    first_at: Option<Instant>,
+    /// A cut batch the channel had no room for yet.
+    ready: Option<MicroBatch>,
+    positions: SourceOffsets,
+    /// Where the next batch starts: `positions` as of the last cut or assignment.
+    starts: SourceOffsets,
+    assigned: HashSet<(String, i32)>,
+    paused: bool,
+    /// Snapshot reads: partitions read to their end.
+    done: HashSet<i32>,
+}
+
+impl Cursor {
+    /// How long the next poll may wait: a waiting batch retries soon, an open batch only
+    /// until its window closes.
+    fn poll_timeout(&self, batch_latency: Duration) -> Duration {
+        match (&self.ready, self.first_at) {
+            (Some(_), _) => Duration::from_millis(50),
+            (None, Some(t)) => batch_latency
+                .saturating_sub(t.elapsed())
+                .max(Duration::from_millis(1)),
+            (None, None) => Duration::from_millis(100),
+        }
+    }
+
+    /// Applies a rebalance; a failed group is returned as the error to report.
+    fn rebalanced(&mut self, event: Event) -> Option<Error> {
+        match event {
+            Event::Assigned(resolved, parts) => {
+                self.positions.fill_from(&resolved);
+                self.starts.fill_from(&resolved);
+                self.assigned.extend(parts);
+                self.paused = false;
+            }
+            Event::Revoked => {
+                // Eager rebalancing revokes everything; uncommitted records are re-read by
+                // whoever gets the partitions.
+                self.pending.clear();
+                self.first_at = None;
+                self.ready = None;
+                self.positions = SourceOffsets::default();
+                self.starts = SourceOffsets::default();
+                self.assigned.clear();
+                self.paused = false;
+            }
+            Event::Failed(e) => return Some(e),
+        }
+        None
+    }
+
+    /// Adds a polled record; snapshot reads (`end`) skip records past a partition's end
+    /// and note partitions read through.
+    fn take(&mut self, record: Record, end: Option<&BTreeMap<i32, i64>>) {
+        let p = record.partition;
+        if let Some(end) = end {
+            let high = end.get(&p).copied().unwrap_or(0);
+            if record.offset + 1 >= high {
+                self.done.insert(p);
+            }
+            if record.offset >= high {
+                return;
+            }
+        }
+        self.positions.set(&record.topic, p, record.offset + 1);
+        self.first_at.get_or_insert_with(Instant::now);
+        self.pending.push(record);
+    }
+
+    /// Cuts the pending records into the next batch when it is full, its window has closed,
+    /// or a snapshot read is `finished`.
+    fn cut(&mut self, options: &KafkaOptions, finished: bool) {
+        let full = self.pending.len() >= options.batch_rows;
+        let due = self
+            .first_at
+            .is_some_and(|t| t.elapsed() >= options.batch_latency);
+        if self.ready.is_some() || self.pending.is_empty() || !(full || due || finished) {
+            return;
+        }
+        self.seq += 1;
+        let mut current = self.positions.clone();
+        current.retain(|t, p| self.assigned.contains(&(t.to_string(), p)));
+        let starts = std::mem::replace(&mut self.starts, current.clone());
+        self.ready = Some(MicroBatch {
+            seq: self.seq,
+            records: std::mem::take(&mut self.pending),
+            positions: current,
+            starts,
+        });
+        self.first_at = None;
+    }
+
+    /// Records held in memory (pending and waiting).
+    fn held(&self) -> usize {
+        self.pending.len() + self.ready.as_ref().map_or(0, |b| b.records.len())
+    }
+}
+
 impl Loop {
     fn run(self) {
-        let mut seq = 0u64;
-        let mut pending: Vec<Record> = Vec::new();
-        let mut first_at: Option<Instant> = None;
-        let mut ready: Option<MicroBatch> = None;
-        let mut positions = SourceOffsets::default();
-        // Where the next batch starts: `positions` as of the last cut or assignment.
-        let mut starts = SourceOffsets::default();
-        let mut assigned: HashSet<(String, i32)> = HashSet::new();
-        let mut paused = false;
-        let mut done: HashSet<i32> = HashSet::new();
+        let mut cursor = Cursor::default();
         let mut transient = Throttled::default();
         if let Some(end) = &self.end {
             for (p, high) in end {
-                assigned.insert((self.options.topic.clone(), *p));
+                cursor.assigned.insert((self.options.topic.clone(), *p));
                 if let Ok(Some(pos)) = self.start_position(*p) {
                     if pos >= *high {
-                        done.insert(*p);
+                        cursor.done.insert(*p);
                     }
                 }
             }
         }
         loop {
-            if self.shared.stop.load(Ordering::SeqCst) {
+            if self.shared.stop.load(Ordering::SeqCst) || !self.send_ready(&mut cursor) {
                 break;
-            }
-            if let Some(batch) = ready.take() {
-                let batch_seq = batch.seq;
-                match self.tx.try_send(Ok(batch)) {
-                    Ok(()) => {
-                        self.shared.sent.store(batch_seq, Ordering::SeqCst);
-                        if paused {
-                            self.set_paused(false);
-                            paused = false;
-                        }
-                    }
-                    Err(mpsc::error::TrySendError::Full(Ok(batch))) => {
-                        ready = Some(batch);
-                        // Re-pause every time: a rebalance may have added partitions.
-                        self.set_paused(true);
-                        paused = true;
-                    }
-                    Err(_) => break,
-                }
             }
             if self.report_progress {
                 self.commit_progress();
             }
-            let timeout = match (&ready, first_at) {
-                (Some(_), _) => Duration::from_millis(50),
-                (None, Some(t)) => self
-                    .options
-                    .batch_latency
-                    .saturating_sub(t.elapsed())
-                    .max(Duration::from_millis(1)),
-                (None, None) => Duration::from_millis(100),
-            };
             let polled = self
                 .consumer
-                .poll(timeout)
+                .poll(cursor.poll_timeout(self.options.batch_latency))
                 .map(|r| r.map(|m| Record::from_message(&m)));
             // Rebalance callbacks ran inside poll: apply them before the polled record.
             let events = self
@@ -513,90 +580,65 @@ impl Loop {
                 .map(|mut e| std::mem::take(&mut *e))
                 .unwrap_or_default();
             for event in events {
-                match event {
-                    Event::Assigned(resolved, parts) => {
-                        positions.fill_from(&resolved);
-                        starts.fill_from(&resolved);
-                        assigned.extend(parts);
-                        paused = false;
-                    }
-                    Event::Revoked => {
-                        // Eager rebalancing revokes everything; uncommitted records are
-                        // re-read by whoever gets the partitions.
-                        pending.clear();
-                        first_at = None;
-                        ready = None;
-                        positions = SourceOffsets::default();
-                        starts = SourceOffsets::default();
-                        assigned.clear();
-                        paused = false;
-                    }
-                    Event::Failed(e) => {
-                        let _ = self.tx.blocking_send(Err(e));
-                        return;
-                    }
+                if let Some(e) = cursor.rebalanced(event) {
+                    let _ = self.tx.blocking_send(Err(e));
+                    return;
                 }
             }
             match polled {
-                Some(Ok(record)) => {
-                    let p = record.partition;
-                    let skip = match &self.end {
-                        Some(end) => {
-                            let high = end.get(&p).copied().unwrap_or(0);
-                            if record.offset + 1 >= high {
-                                done.insert(p);
-                            }
-                            record.offset >= high
-                        }
-                        None => false,
-                    };
-                    if !skip {
-                        positions.set(&record.topic, p, record.offset + 1);
-                        first_at.get_or_insert_with(Instant::now);
-                        pending.push(record);
-                    }
+                Some(Ok(record)) => cursor.take(record, self.end.as_ref()),
+                Some(Err(e)) if fatal(&e) => {
+                    let _ = self.tx.blocking_send(Err(Error::Kafka(format!(
+                        "consuming {}: {e}",
+                        self.options.topic
+                    ))));
+                    return;
                 }
-                Some(Err(e)) => {
-                    if fatal(&e) {
-                        let _ = self.tx.blocking_send(Err(Error::Kafka(format!(
-                            "consuming {}: {e}",
-                            self.options.topic
-                        ))));
-                        return;
-                    }
-                    transient.warn(&e);
-                }
+                Some(Err(e)) => transient.warn(&e),
                 None => {}
             }
             let finished = self
                 .end
                 .as_ref()
-                .is_some_and(|end| end.keys().all(|p| done.contains(p)));
-            let full = pending.len() >= self.options.batch_rows;
-            let due = first_at.is_some_and(|t| t.elapsed() >= self.options.batch_latency);
-            if ready.is_none() && !pending.is_empty() && (full || due || finished) {
-                seq += 1;
-                let mut current = positions.clone();
-                current.retain(|t, p| assigned.contains(&(t.to_string(), p)));
-                let batch_starts = std::mem::replace(&mut starts, current.clone());
-                ready = Some(MicroBatch {
-                    seq,
-                    records: std::mem::take(&mut pending),
-                    positions: current,
-                    starts: batch_starts,
-                });
-                first_at = None;
-            }
-            let held = pending.len() + ready.as_ref().map_or(0, |b| b.records.len());
-            self.shared.held.store(held, Ordering::SeqCst);
-            if finished && ready.is_none() && pending.is_empty() {
+                .is_some_and(|end| end.keys().all(|p| cursor.done.contains(p)));
+            cursor.cut(&self.options, finished);
+            self.shared.held.store(cursor.held(), Ordering::SeqCst);
+            if finished && cursor.held() == 0 {
                 break;
             }
         }
-        if let Some(batch) = ready.take() {
+        if let Some(batch) = cursor.ready.take() {
             if self.end.is_some() {
                 let _ = self.tx.blocking_send(Ok(batch));
             }
+        }
+    }
+
+    /// Hands the waiting batch to the channel if it has room: the source pauses while it has
+    /// none (backpressure) and resumes once a batch went through. False when the receiver is
+    /// gone.
+    fn send_ready(&self, cursor: &mut Cursor) -> bool {
+        let Some(batch) = cursor.ready.take() else {
+            return true;
+        };
+        let seq = batch.seq;
+        match self.tx.try_send(Ok(batch)) {
+            Ok(()) => {
+                self.shared.sent.store(seq, Ordering::SeqCst);
+                if cursor.paused {
+                    self.set_paused(false);
+                    cursor.paused = false;
+                }
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(Ok(batch))) => {
+                cursor.ready = Some(batch);
+                // Re-pause every time: a rebalance may have added partitions.
+                self.set_paused(true);
+                cursor.paused = true;
+                true
+            }
+            Err(_) => false,
         }
     }
 

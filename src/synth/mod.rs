@@ -162,10 +162,6 @@ fn pair_id(doc_id: &str, normalized_query: &str) -> String {
     hex::encode(&d[..16])
 }
 
-fn bump(m: &mut Manifest, key: &str, n: u64) {
-    *m.counts.entry(key.to_string()).or_default() += n;
-}
-
 /// Where a chunk's rows go.
 enum Writer {
     Parts,
@@ -173,28 +169,140 @@ enum Writer {
     Kafka(crate::kafka::producer::Producer, String),
 }
 
+impl Writer {
+    async fn open(target: &Target, negatives: usize) -> Result<Self> {
+        Ok(match target {
+            Target::Parquet(_) | Target::Jsonl(_) => Writer::Parts,
+            Target::Lance(uri) => Writer::Lance(
+                crate::index::LanceTable::open(
+                    uri,
+                    Some(output::schema(negatives)),
+                    Some("pair_id".into()),
+                )
+                .await?,
+            ),
+            Target::Kafka { bootstrap, topic } => {
+                let opts = crate::kafka::options::KafkaOptions::parse(
+                    topic,
+                    &std::collections::HashMap::from([(
+                        "bootstrap.servers".to_string(),
+                        bootstrap.clone(),
+                    )]),
+                )?;
+                Writer::Kafka(crate::kafka::producer::Producer::new(&opts)?, topic.clone())
+            }
+        })
+    }
+}
+
 const OPTS: CallOptions = CallOptions {
     truncation: Truncation::End,
     use_cache: true,
 };
 
-/// Runs a synthesis job to the end (or to the first fatal generator error).
+/// What one chunk of documents came to: added to the run's report and written into the
+/// chunk's manifest, from this one value.
+#[derive(Debug, Default)]
+struct Counts {
+    generated: u64,
+    duplicate_queries: u64,
+    below_threshold: u64,
+    false_negatives_dropped: u64,
+    dropped_incomplete: u64,
+    kept: u64,
+    negatives: u64,
+    /// Documents without a query, by kind (reported, not kept in manifests).
+    failures: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    fn named(&self) -> [(&'static str, u64); 7] {
+        [
+            ("generated", self.generated),
+            ("duplicate_queries", self.duplicate_queries),
+            ("below_threshold", self.below_threshold),
+            ("false_negatives_dropped", self.false_negatives_dropped),
+            ("dropped_incomplete", self.dropped_incomplete),
+            ("kept", self.kept),
+            ("negatives", self.negatives),
+        ]
+    }
+
+    fn record(&self, manifest: &mut Manifest) {
+        for (key, n) in self.named() {
+            *manifest.counts.entry(key.to_string()).or_default() += n;
+        }
+    }
+
+    fn add_to(self, report: &mut Report) {
+        report.generated += self.generated;
+        report.duplicate_queries += self.duplicate_queries;
+        report.below_threshold += self.below_threshold;
+        report.false_negatives_dropped += self.false_negatives_dropped;
+        report.dropped_incomplete += self.dropped_incomplete;
+        report.kept += self.kept;
+        report.negatives += self.negatives;
+        for (kind, n) in self.failures {
+            *report.failures.entry(kind).or_default() += n;
+        }
+    }
+}
+
+/// What every stage of a run reads.
+struct Run {
+    config: SynthConfig,
+    generator: Arc<Generator>,
+    inference: Arc<crate::inference::Inference>,
+    /// The embedding model's fingerprint, written into every row.
+    embedder: String,
+    /// The query instruction, written into every row; empty for none.
+    instruction: String,
+    negatives: usize,
+}
+
+impl Run {
+    /// The instruction as inference takes it.
+    fn instruction(&self) -> Option<String> {
+        Some(self.instruction.clone()).filter(|s| !s.is_empty())
+    }
+}
+
+/// A generated query that is new to this run.
+struct Fresh {
+    doc: usize,
+    generated: generate::Generated,
+    normalized: String,
+}
+
+/// A query that passed the similarity filter.
+struct Kept {
+    fresh: Fresh,
+    vector: Arc<[f32]>,
+    score: f64,
+}
+
+/// Runs a synthesis job to the end (or to the first fatal generator error), in stages:
+/// load the corpus, embed it, then per chunk of documents generate queries, filter them by
+/// similarity, mine hard negatives and write the rows (then the manifest that says so).
 pub async fn run(engine: &Engine, job: SynthJob, progress: impl Fn(&Progress)) -> Result<Report> {
     let started = Instant::now();
-    let cfg = &job.config;
-    cfg.validate()?;
+    job.config.validate()?;
     let target = Target::parse(&job.out)?;
-    let generator = Arc::new(Generator::from_config(cfg)?);
     let inference = engine.inference().clone();
     let dir = inference.embed_model_dir().await?;
-    let embedder = format!("{}@{}", dir.id, dir.weights_digest);
-    let instruction = cfg.recipe.instruction.clone();
-    let n_neg = cfg.negatives.count;
+    let run = Run {
+        generator: Arc::new(Generator::from_config(&job.config)?),
+        embedder: format!("{}@{}", dir.id, dir.weights_digest),
+        instruction: job.config.recipe.instruction.clone(),
+        negatives: job.config.negatives.count,
+        config: job.config.clone(),
+        inference,
+    };
     let identity = RunIdentity {
-        embedder: embedder.clone(),
-        instruction: instruction.clone(),
-        threshold: cfg.filter.threshold,
-        negatives: n_neg,
+        embedder: run.embedder.clone(),
+        instruction: run.instruction.clone(),
+        threshold: run.config.filter.threshold,
+        negatives: run.negatives,
     };
     let state_dir = job
         .state_dir
@@ -202,7 +310,7 @@ pub async fn run(engine: &Engine, job: SynthJob, progress: impl Fn(&Progress)) -
         .unwrap_or_else(|| target.default_state_dir());
     let mut state = State::open(&state_dir, &identity)?;
 
-    let docs = docs::load(engine, &job.docs, &cfg.docs).await?;
+    let docs = docs::load(engine, &job.docs, &run.config.docs).await?;
     let mut report = Report {
         documents: docs.rows.len(),
         skipped_inputs: docs.skipped.clone(),
@@ -215,56 +323,8 @@ pub async fn run(engine: &Engine, job: SynthJob, progress: impl Fn(&Progress)) -
     if let Some(limit) = job.limit {
         todo.truncate(limit);
     }
-
-    let writer = match &target {
-        Target::Parquet(_) | Target::Jsonl(_) => Writer::Parts,
-        Target::Lance(uri) => Writer::Lance(
-            crate::index::LanceTable::open(
-                uri,
-                Some(output::schema(n_neg)),
-                Some("pair_id".into()),
-            )
-            .await?,
-        ),
-        Target::Kafka { bootstrap, topic } => {
-            let opts = crate::kafka::options::KafkaOptions::parse(
-                topic,
-                &std::collections::HashMap::from([(
-                    "bootstrap.servers".to_string(),
-                    bootstrap.clone(),
-                )]),
-            )?;
-            Writer::Kafka(crate::kafka::producer::Producer::new(&opts)?, topic.clone())
-        }
-    };
-
-    // Document vectors: the whole corpus when mining negatives, else only what is processed.
-    let mut corpus = Corpus::default();
-    let embed_all = n_neg > 0 && !todo.is_empty();
-    let corpus_rows: Vec<usize> = if embed_all {
-        (0..docs.rows.len()).collect()
-    } else {
-        todo.clone()
-    };
-    let mut position = vec![usize::MAX; docs.rows.len()];
-    for chunk in corpus_rows.chunks(256) {
-        let inputs: Vec<EmbedInput> = chunk
-            .iter()
-            .map(|&i| EmbedInput {
-                text: docs.rows[i].1.clone(),
-                instruction: None,
-            })
-            .collect();
-        let vectors = inference.embed(inputs, chunk.to_vec(), OPTS).await?;
-        for (&i, v) in chunk.iter().zip(vectors) {
-            position[i] = corpus.ids.len();
-            corpus.ids.push(docs.rows[i].0.clone());
-            corpus.texts.push(docs.rows[i].1.clone());
-            corpus.vectors.push(v);
-        }
-    }
-    // Negatives come only from the whole corpus; a partial one would give wrong negatives.
-    let mine = embed_all;
+    let writer = Writer::open(&target, run.negatives).await?;
+    let (corpus, position, mine) = embed_corpus(&run, &docs, &todo).await?;
 
     let mut generation = Duration::ZERO;
     let mut seen: HashSet<String> = state.queries.clone();
@@ -273,189 +333,327 @@ pub async fn run(engine: &Engine, job: SynthJob, progress: impl Fn(&Progress)) -
         ..Default::default()
     };
     progress(&prog);
-    for chunk in todo.chunks(cfg.run.chunk_docs) {
-        let t = Instant::now();
-        let results: Vec<_> = futures::stream::iter(chunk.iter().map(|&i| {
-            let g = generator.clone();
-            let (id, text) = docs.rows[i].clone();
-            async move { (i, g.generate(&id, &text).await) }
-        }))
-        .buffered(cfg.generator.max_concurrency.max(1) * 2)
-        .collect()
-        .await;
-        generation += t.elapsed();
-
+    for chunk in todo.chunks(run.config.run.chunk_docs) {
+        let mut counts = Counts::default();
         let mut manifest = Manifest {
             part: state.next_part(),
             ..Default::default()
         };
-        let mut fresh = Vec::new();
-        for (i, r) in results {
-            match r {
-                Ok(g) => {
-                    report.generated += 1;
-                    bump(&mut manifest, "generated", 1);
-                    manifest.docs.push(docs.rows[i].0.clone());
-                    let norm = parse::normalize(&g.query);
-                    if !seen.insert(norm.clone()) {
-                        report.duplicate_queries += 1;
-                        bump(&mut manifest, "duplicate_queries", 1);
-                        continue;
-                    }
-                    fresh.push((i, g, norm));
-                }
-                Err(Failure::Request(e)) if e.is_fatal() => {
-                    return Err(Error::InvalidArgument(format!(
-                        "the generator at {} refused the request ({e}); check generator.base_url, generator.model and the key in ${}",
-                        cfg.generator.base_url, cfg.generator.api_key_env
-                    )));
-                }
-                Err(f) => {
-                    prog.failed += 1;
-                    *report.failures.entry(f.label()).or_default() += 1;
-                }
-            }
-        }
-
-        // Score every fresh query against its document.
-        let inputs: Vec<EmbedInput> = fresh
-            .iter()
-            .map(|(_, g, _)| EmbedInput {
-                text: g.query.clone(),
-                instruction: Some(instruction.clone()).filter(|s| !s.is_empty()),
-            })
-            .collect();
-        let rows_for_errors = (0..inputs.len()).collect();
-        let qvecs = if inputs.is_empty() {
-            Vec::new()
-        } else {
-            inference.embed(inputs, rows_for_errors, OPTS).await?
-        };
-        let mut kept = Vec::new();
-        for ((i, g, norm), qv) in fresh.into_iter().zip(qvecs) {
-            let score = crate::udf::vector::cosine_similarity(&qv, &corpus.vectors[position[i]]);
-            if negatives::keep(score, cfg.filter.threshold) {
-                kept.push((i, g, norm, qv, score));
-            } else {
-                report.below_threshold += 1;
-                bump(&mut manifest, "below_threshold", 1);
-                // A dropped query may come back for another document; it was not kept.
-                seen.remove(&norm);
-            }
-        }
-
-        // Hard negatives.
-        let mut cands: Vec<Vec<negatives::Candidate>> = kept
-            .iter()
-            .map(|(i, _, _, qv, score)| {
-                if mine {
-                    negatives::candidates(&corpus, qv, position[*i], *score, &cfg.negatives)
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect();
-        if let (Some(limit), true) = (cfg.negatives.rerank_threshold, mine) {
-            let mut inputs = Vec::new();
-            for ((_, g, _, _, _), cs) in kept.iter().zip(&cands) {
-                for c in cs {
-                    inputs.push(RerankInput {
-                        query: g.query.clone(),
-                        document: corpus.texts[c.index].clone(),
-                        instruction: Some(instruction.clone()).filter(|s| !s.is_empty()),
-                    });
-                }
-            }
-            let rows = (0..inputs.len()).collect();
-            let scores = if inputs.is_empty() {
-                Vec::new()
-            } else {
-                inference.rerank(inputs, rows, OPTS).await?
-            };
-            let mut s = scores.into_iter();
-            for cs in cands.iter_mut() {
-                let before = cs.len();
-                cs.retain(|_| s.next().is_some_and(|p| f64::from(p) <= limit));
-                let dropped = (before - cs.len()) as u64;
-                report.false_negatives_dropped += dropped;
-                bump(&mut manifest, "false_negatives_dropped", dropped);
-            }
-        }
-        let mut rows = Vec::new();
-        for ((i, g, norm, _, score), cs) in kept.into_iter().zip(cands) {
-            let take: Vec<_> = cs.into_iter().take(n_neg).collect();
-            if take.len() < n_neg && cfg.negatives.incomplete == "drop" {
-                seen.remove(&norm);
-                report.dropped_incomplete += 1;
-                bump(&mut manifest, "dropped_incomplete", 1);
-                continue;
-            }
-            report.kept += 1;
-            report.negatives += take.len() as u64;
-            bump(&mut manifest, "kept", 1);
-            bump(&mut manifest, "negatives", take.len() as u64);
-            let (doc_id, positive) = docs.rows[i].clone();
-            rows.push(PairRow {
-                pair_id: pair_id(&doc_id, &norm),
-                anchor: g.query,
-                positive,
-                negatives: take.iter().map(|c| corpus.texts[c.index].clone()).collect(),
-                negative_ids: take.iter().map(|c| corpus.ids[c.index].clone()).collect(),
-                negative_scores: take.iter().map(|c| c.score).collect(),
-                instruction: instruction.clone(),
-                score,
-                doc_id,
-                config: g.config,
-                generator_model: generator.client.model().to_string(),
-                embedder_model: embedder.clone(),
-            });
-            manifest.queries.push(norm);
-        }
+        let t = Instant::now();
+        let results = generate_queries(&run, &docs, chunk).await;
+        generation += t.elapsed();
+        let fresh = sort_out(&run, &docs, results, &mut seen, &mut counts, &mut manifest)?;
+        let kept = filter(&run, &corpus, &position, fresh, &mut seen, &mut counts).await?;
+        let negatives = mine_negatives(&run, &corpus, &position, &kept, mine, &mut counts).await?;
+        let rows = pair_rows(
+            &run,
+            &docs,
+            &corpus,
+            kept,
+            negatives,
+            &mut seen,
+            &mut counts,
+            &mut manifest,
+        );
 
         // Rows first, then the manifest that says they are there.
         manifest.rows = rows.len() as u64;
-        let batch = output::to_batch(&rows, n_neg)?;
-        match &writer {
-            Writer::Parts => {
-                let path = state.part_path(manifest.part, "parquet");
-                output::write_parquet(&path, &[batch], output::schema(n_neg))?;
-            }
-            Writer::Lance(table) => {
-                if !rows.is_empty() {
-                    table
-                        .apply(crate::index::write::Change {
-                            rows: vec![batch],
-                            ..Default::default()
-                        })
-                        .await?;
-                }
-            }
-            Writer::Kafka(producer, topic) => {
-                let records = crate::kafka::table::json_records(&batch, Some("pair_id"))?;
-                producer.send_all(topic, records).await?;
-            }
-        }
+        write_rows(&writer, &state, &manifest, &rows, run.negatives).await?;
         report.rows_written += rows.len() as u64;
+        counts.record(&mut manifest);
         state.commit(manifest)?;
+        prog.failed += counts.failures.values().sum::<u64>();
+        counts.add_to(&mut report);
         prog.done += chunk.len();
         prog.kept = report.kept;
         progress(&prog);
     }
 
     if target.keeps_parts() {
-        let mut batches = Vec::new();
-        for p in state.committed_parts()? {
-            batches.extend(output::read_parquet(&p)?);
-        }
-        match &target {
-            Target::Parquet(p) => output::write_parquet(p, &batches, output::schema(n_neg))?,
-            Target::Jsonl(p) => output::write_jsonl(p, &batches)?,
-            _ => {}
-        }
+        assemble_parts(&target, &state, run.negatives)?;
     }
-
     report.processed = todo.len();
     report.output_rows = state.previous_rows + report.rows_written;
+    finish_report(&mut report, &run.generator, started.elapsed(), generation);
+    Ok(report)
+}
+
+/// Document vectors: the whole corpus when mining negatives (a partial one would give wrong
+/// negatives), else only the documents to process. Returns the corpus, each document's
+/// position in it, and whether negatives can be mined.
+async fn embed_corpus(
+    run: &Run,
+    docs: &docs::Docs,
+    todo: &[usize],
+) -> Result<(Corpus, Vec<usize>, bool)> {
+    let mut corpus = Corpus::default();
+    let embed_all = run.negatives > 0 && !todo.is_empty();
+    let rows: Vec<usize> = if embed_all {
+        (0..docs.rows.len()).collect()
+    } else {
+        todo.to_vec()
+    };
+    let mut position = vec![usize::MAX; docs.rows.len()];
+    for chunk in rows.chunks(256) {
+        let inputs: Vec<EmbedInput> = chunk
+            .iter()
+            .map(|&i| EmbedInput {
+                text: docs.rows[i].1.clone(),
+                instruction: None,
+            })
+            .collect();
+        let vectors = run.inference.embed(inputs, chunk.to_vec(), OPTS).await?;
+        for (&i, v) in chunk.iter().zip(vectors) {
+            position[i] = corpus.ids.len();
+            corpus.ids.push(docs.rows[i].0.clone());
+            corpus.texts.push(docs.rows[i].1.clone());
+            corpus.vectors.push(v);
+        }
+    }
+    Ok((corpus, position, embed_all))
+}
+
+/// Asks the generator for one query per document of `chunk`, several at a time.
+async fn generate_queries(
+    run: &Run,
+    docs: &docs::Docs,
+    chunk: &[usize],
+) -> Vec<(usize, std::result::Result<generate::Generated, Failure>)> {
+    futures::stream::iter(chunk.iter().map(|&i| {
+        let g = run.generator.clone();
+        let (id, text) = docs.rows[i].clone();
+        async move { (i, g.generate(&id, &text).await) }
+    }))
+    .buffered(run.config.generator.max_concurrency.max(1) * 2)
+    .collect()
+    .await
+}
+
+/// Counts generated queries and failures and keeps the queries new to this run; a request
+/// the generator refuses outright (bad URL, model or key) ends the run.
+fn sort_out(
+    run: &Run,
+    docs: &docs::Docs,
+    results: Vec<(usize, std::result::Result<generate::Generated, Failure>)>,
+    seen: &mut HashSet<String>,
+    counts: &mut Counts,
+    manifest: &mut Manifest,
+) -> Result<Vec<Fresh>> {
+    let mut fresh = Vec::new();
+    for (doc, result) in results {
+        match result {
+            Ok(generated) => {
+                counts.generated += 1;
+                manifest.docs.push(docs.rows[doc].0.clone());
+                let normalized = parse::normalize(&generated.query);
+                if !seen.insert(normalized.clone()) {
+                    counts.duplicate_queries += 1;
+                    continue;
+                }
+                fresh.push(Fresh {
+                    doc,
+                    generated,
+                    normalized,
+                });
+            }
+            Err(Failure::Request(e)) if e.is_fatal() => {
+                let g = &run.config.generator;
+                return Err(Error::InvalidArgument(format!(
+                    "the generator at {} refused the request ({e}); check generator.base_url, generator.model and the key in ${}",
+                    g.base_url, g.api_key_env
+                )));
+            }
+            Err(f) => *counts.failures.entry(f.label()).or_default() += 1,
+        }
+    }
+    Ok(fresh)
+}
+
+/// Keeps the queries whose cosine similarity to their document passes the threshold.
+async fn filter(
+    run: &Run,
+    corpus: &Corpus,
+    position: &[usize],
+    fresh: Vec<Fresh>,
+    seen: &mut HashSet<String>,
+    counts: &mut Counts,
+) -> Result<Vec<Kept>> {
+    let inputs: Vec<EmbedInput> = fresh
+        .iter()
+        .map(|f| EmbedInput {
+            text: f.generated.query.clone(),
+            instruction: run.instruction(),
+        })
+        .collect();
+    let vectors = if inputs.is_empty() {
+        Vec::new()
+    } else {
+        let rows = (0..inputs.len()).collect();
+        run.inference.embed(inputs, rows, OPTS).await?
+    };
+    let mut kept = Vec::new();
+    for (fresh, vector) in fresh.into_iter().zip(vectors) {
+        let score =
+            crate::udf::vector::cosine_similarity(&vector, &corpus.vectors[position[fresh.doc]]);
+        if negatives::keep(score, run.config.filter.threshold) {
+            kept.push(Kept {
+                fresh,
+                vector,
+                score,
+            });
+        } else {
+            counts.below_threshold += 1;
+            // A dropped query may come back for another document; it was not kept.
+            seen.remove(&fresh.normalized);
+        }
+    }
+    Ok(kept)
+}
+
+/// Hard-negative candidates for each kept query, those the reranker scores above
+/// `rerank_threshold` (likely true positives) dropped.
+async fn mine_negatives(
+    run: &Run,
+    corpus: &Corpus,
+    position: &[usize],
+    kept: &[Kept],
+    mine: bool,
+    counts: &mut Counts,
+) -> Result<Vec<Vec<negatives::Candidate>>> {
+    let cfg = &run.config.negatives;
+    let mut candidates: Vec<Vec<negatives::Candidate>> = kept
+        .iter()
+        .map(|k| {
+            if mine {
+                negatives::candidates(corpus, &k.vector, position[k.fresh.doc], k.score, cfg)
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
+    let Some(limit) = cfg.rerank_threshold.filter(|_| mine) else {
+        return Ok(candidates);
+    };
+    let mut inputs = Vec::new();
+    for (k, cs) in kept.iter().zip(&candidates) {
+        for c in cs {
+            inputs.push(RerankInput {
+                query: k.fresh.generated.query.clone(),
+                document: corpus.texts[c.index].clone(),
+                instruction: run.instruction(),
+            });
+        }
+    }
+    let scores = if inputs.is_empty() {
+        Vec::new()
+    } else {
+        let rows = (0..inputs.len()).collect();
+        run.inference.rerank(inputs, rows, OPTS).await?
+    };
+    let mut s = scores.into_iter();
+    for cs in candidates.iter_mut() {
+        let before = cs.len();
+        cs.retain(|_| s.next().is_some_and(|p| f64::from(p) <= limit));
+        counts.false_negatives_dropped += (before - cs.len()) as u64;
+    }
+    Ok(candidates)
+}
+
+/// The output rows: each kept query with its document and negatives (pairs with too few
+/// negatives dropped when `negatives.incomplete = "drop"`).
+#[allow(clippy::too_many_arguments)] // the stage's inputs and the chunk's three accumulators
+fn pair_rows(
+    run: &Run,
+    docs: &docs::Docs,
+    corpus: &Corpus,
+    kept: Vec<Kept>,
+    candidates: Vec<Vec<negatives::Candidate>>,
+    seen: &mut HashSet<String>,
+    counts: &mut Counts,
+    manifest: &mut Manifest,
+) -> Vec<PairRow> {
+    let mut rows = Vec::new();
+    for (k, cs) in kept.into_iter().zip(candidates) {
+        let take: Vec<_> = cs.into_iter().take(run.negatives).collect();
+        if take.len() < run.negatives && run.config.negatives.incomplete == "drop" {
+            seen.remove(&k.fresh.normalized);
+            counts.dropped_incomplete += 1;
+            continue;
+        }
+        counts.kept += 1;
+        counts.negatives += take.len() as u64;
+        let (doc_id, positive) = docs.rows[k.fresh.doc].clone();
+        rows.push(PairRow {
+            pair_id: pair_id(&doc_id, &k.fresh.normalized),
+            anchor: k.fresh.generated.query,
+            positive,
+            negatives: take.iter().map(|c| corpus.texts[c.index].clone()).collect(),
+            negative_ids: take.iter().map(|c| corpus.ids[c.index].clone()).collect(),
+            negative_scores: take.iter().map(|c| c.score).collect(),
+            instruction: run.instruction.clone(),
+            score: k.score,
+            doc_id,
+            config: k.fresh.generated.config,
+            generator_model: run.generator.client.model().to_string(),
+            embedder_model: run.embedder.clone(),
+        });
+        manifest.queries.push(k.fresh.normalized);
+    }
+    rows
+}
+
+/// Writes a chunk's rows: a part file, a Lance commit or Kafka records.
+async fn write_rows(
+    writer: &Writer,
+    state: &State,
+    manifest: &Manifest,
+    rows: &[PairRow],
+    negatives: usize,
+) -> Result<()> {
+    let batch = output::to_batch(rows, negatives)?;
+    match writer {
+        Writer::Parts => {
+            let path = state.part_path(manifest.part, "parquet");
+            output::write_parquet(&path, &[batch], output::schema(negatives))?;
+        }
+        Writer::Lance(table) => {
+            if !rows.is_empty() {
+                table
+                    .apply(crate::index::write::Change {
+                        rows: vec![batch],
+                        ..Default::default()
+                    })
+                    .await?;
+            }
+        }
+        Writer::Kafka(producer, topic) => {
+            let records = crate::kafka::table::json_records(&batch, Some("pair_id"))?;
+            producer.send_all(topic, records).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A Parquet or JSONL output is written whole from every committed part.
+fn assemble_parts(target: &Target, state: &State, negatives: usize) -> Result<()> {
+    let mut batches = Vec::new();
+    for p in state.committed_parts()? {
+        batches.extend(output::read_parquet(&p)?);
+    }
+    match target {
+        Target::Parquet(p) => output::write_parquet(p, &batches, output::schema(negatives)),
+        Target::Jsonl(p) => output::write_jsonl(p, &batches),
+        _ => Ok(()),
+    }
+}
+
+/// The report's ratios, the generator's usage and the timings.
+fn finish_report(
+    report: &mut Report,
+    generator: &Generator,
+    elapsed: Duration,
+    generation: Duration,
+) {
     report.kept_fraction = if report.generated == 0 {
         0.0
     } else {
@@ -472,7 +670,7 @@ pub async fn run(engine: &Engine, job: SynthJob, progress: impl Fn(&Progress)) -
     report.prompt_tokens = u.prompt_tokens.load(Ordering::Relaxed);
     report.completion_tokens = u.completion_tokens.load(Ordering::Relaxed);
     report.structured_output = generator.client.structured();
-    report.elapsed_s = started.elapsed().as_secs_f64();
+    report.elapsed_s = elapsed.as_secs_f64();
     report.generation_s = generation.as_secs_f64();
     report.overhead_s = (report.elapsed_s - report.generation_s).max(0.0);
     report.overhead_ms_per_pair = if report.generated == 0 {
@@ -480,5 +678,4 @@ pub async fn run(engine: &Engine, job: SynthJob, progress: impl Fn(&Progress)) -
     } else {
         report.overhead_s * 1000.0 / report.generated as f64
     };
-    Ok(report)
 }

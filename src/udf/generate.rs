@@ -267,49 +267,7 @@ impl ScalarUDFImpl for GenerateQueryUdf {
                 results.push((row, r));
             }
         }
-        results.sort_by_key(|(row, _)| *row);
-        let mut builders: Vec<StringBuilder> =
-            FIELDS.iter().map(|_| StringBuilder::new()).collect();
-        let mut valid = vec![false; rows];
-        let mut results = results.into_iter().peekable();
-        for (row, ok) in valid.iter_mut().enumerate() {
-            let values: [Option<String>; 7] = match results.next_if(|(r, _)| *r == row) {
-                None => Default::default(),
-                Some((_, Ok(g))) => {
-                    *ok = true;
-                    [
-                        Some(g.query),
-                        Some(g.config.persona),
-                        Some(g.config.query_type),
-                        Some(g.config.difficulty),
-                        Some(g.config.length),
-                        Some(g.config.language),
-                        None,
-                    ]
-                }
-                Some((_, Err(Failure::Request(e)))) if e.is_fatal() => {
-                    return exec_err!("generate_query(): the generator refused the request: {e}");
-                }
-                Some((_, Err(f))) => {
-                    *ok = true;
-                    let mut v: [Option<String>; 7] = Default::default();
-                    v[6] = Some(f.label());
-                    v
-                }
-            };
-            for (b, v) in builders.iter_mut().zip(values) {
-                b.append_option(v);
-            }
-        }
-        let DataType::Struct(fields) = result_type() else {
-            return exec_err!("generate_query(): internal type error");
-        };
-        let columns: Vec<ArrayRef> = builders
-            .into_iter()
-            .map(|mut b| Arc::new(b.finish()) as ArrayRef)
-            .collect();
-        let nulls = valid.iter().any(|v| !v).then(|| NullBuffer::from(valid));
-        let array = StructArray::try_new(fields, columns, nulls)?;
+        let array = result_array(rows, results)?;
         if args
             .args
             .iter()
@@ -321,6 +279,57 @@ impl ScalarUDFImpl for GenerateQueryUdf {
         }
         Ok(ColumnarValue::Array(Arc::new(array)))
     }
+}
+
+/// One struct row per input row, in row order: the generated query and its settings, the
+/// failure kind in `error`, or NULL for rows without a document. A refused request (bad
+/// URL, model or key) fails the query instead.
+fn result_array(
+    rows: usize,
+    mut results: Vec<(usize, std::result::Result<Generated, Failure>)>,
+) -> Result<StructArray> {
+    results.sort_by_key(|(row, _)| *row);
+    let mut builders: Vec<StringBuilder> = FIELDS.iter().map(|_| StringBuilder::new()).collect();
+    let mut valid = vec![false; rows];
+    let mut results = results.into_iter().peekable();
+    for (row, ok) in valid.iter_mut().enumerate() {
+        let values: [Option<String>; 7] = match results.next_if(|(r, _)| *r == row) {
+            None => Default::default(),
+            Some((_, Ok(g))) => {
+                *ok = true;
+                [
+                    Some(g.query),
+                    Some(g.config.persona),
+                    Some(g.config.query_type),
+                    Some(g.config.difficulty),
+                    Some(g.config.length),
+                    Some(g.config.language),
+                    None,
+                ]
+            }
+            Some((_, Err(Failure::Request(e)))) if e.is_fatal() => {
+                return exec_err!("generate_query(): the generator refused the request: {e}");
+            }
+            Some((_, Err(f))) => {
+                *ok = true;
+                let mut v: [Option<String>; 7] = Default::default();
+                v[6] = Some(f.label());
+                v
+            }
+        };
+        for (b, v) in builders.iter_mut().zip(values) {
+            b.append_option(v);
+        }
+    }
+    let DataType::Struct(fields) = result_type() else {
+        return exec_err!("generate_query(): internal type error");
+    };
+    let columns: Vec<ArrayRef> = builders
+        .into_iter()
+        .map(|mut b| Arc::new(b.finish()) as ArrayRef)
+        .collect();
+    let nulls = valid.iter().any(|v| !v).then(|| NullBuffer::from(valid));
+    Ok(StructArray::try_new(fields, columns, nulls)?)
 }
 
 #[cfg(test)]
