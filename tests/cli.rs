@@ -9,15 +9,7 @@ use std::process::{Command, Output};
 use semflow::model::random::ModelKind;
 
 fn semflow(args: &[&str]) -> Output {
-    let embed = common::tiny_model(ModelKind::Embedding, common::EMBED_SEED);
-    let rerank = common::tiny_model(ModelKind::Reranker, common::RERANK_SEED);
-    Command::new(env!("CARGO_BIN_EXE_semflow"))
-        .args(args)
-        .env("SEMFLOW_EMBED_MODEL", embed)
-        .env("SEMFLOW_RERANK_MODEL", rerank)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap()
+    common::semflow_command().args(args).output().unwrap()
 }
 
 fn stdout(o: &Output) -> String {
@@ -53,7 +45,7 @@ fn readme_demo_searches_and_reranks() {
 #[test]
 fn readme_demo_with_random_model_spec() {
     let cache = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_semflow"))
+    let out = Command::new(common::semflow_bin())
         .args([
             "sql",
             "-f",
@@ -133,7 +125,7 @@ fn output_formats() {
 fn model_random_writes_a_loadable_directory() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m");
-    let o = Command::new(env!("CARGO_BIN_EXE_semflow"))
+    let o = Command::new(common::semflow_bin())
         .args([
             "model",
             "random",
@@ -158,7 +150,7 @@ fn model_random_writes_a_loadable_directory() {
     ] {
         assert!(Path::new(&out).join(f).exists(), "{f}");
     }
-    let o = Command::new(env!("CARGO_BIN_EXE_semflow"))
+    let o = Command::new(common::semflow_bin())
         .args([
             "sql",
             "SELECT arrow_typeof(embed('x')) AS t",
@@ -175,7 +167,7 @@ fn model_random_writes_a_loadable_directory() {
 #[test]
 fn models_load_lazily() {
     // No model is needed (or even present) for SQL that uses neither function.
-    let o = Command::new(env!("CARGO_BIN_EXE_semflow"))
+    let o = Command::new(common::semflow_bin())
         .args(["sql", "SELECT 1 + 1 AS two", "--format", "csv"])
         .args([
             "--embed-model",
@@ -220,7 +212,7 @@ fn errors_name_what_to_fix() {
 #[test]
 fn unreachable_hub_names_the_flag() {
     let home = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_semflow"))
+    let o = Command::new(common::semflow_bin())
         .args([
             "sql",
             "SELECT rerank('q', 'd')",
@@ -252,7 +244,7 @@ fn config_file_sets_models() {
         ),
     )
     .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_semflow"))
+    let o = Command::new(common::semflow_bin())
         .args([
             "sql",
             "SELECT arrow_typeof(embed('x', '', 16)) AS t",
@@ -265,7 +257,7 @@ fn config_file_sets_models() {
         .unwrap();
     assert!(stdout(&o).contains("FixedSizeList(16 x Float32)"));
     std::fs::write(&cfg, "embed_modle = 'typo'\n").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_semflow"))
+    let o = Command::new(common::semflow_bin())
         .args(["sql", "SELECT 1", "--config"])
         .arg(&cfg)
         .output()
@@ -292,7 +284,7 @@ fn shell_reads_statements_from_stdin() {
     use std::io::Write;
     let embed = common::tiny_model(ModelKind::Embedding, common::EMBED_SEED);
     let home = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_semflow"))
+    let mut child = Command::new(common::semflow_bin())
         .args(["shell", "--embed-model"])
         .arg(&embed)
         .env("HOME", home.path())

@@ -7,7 +7,7 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::kafka::{end_offsets, produce, producer};
@@ -26,15 +26,8 @@ async fn inference_server(log: &Path) -> (Child, String) {
 #[allow(clippy::zombie_processes)]
 async fn inference_server_with(log: &Path, envs: &[(&str, &str)]) -> (Child, String) {
     let file = std::fs::File::create(log).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_semflow"))
+    let mut child = common::semflow_command()
         .args(["serve", "--http-addr", "127.0.0.1:0", "--pg-addr", "off"])
-        .env(
-            "SEMFLOW_EMBED_MODEL",
-            common::tiny_model(
-                semflow::model::random::ModelKind::Embedding,
-                common::EMBED_SEED,
-            ),
-        )
         .env("SEMFLOW_LOG", "semflow=info")
         .envs(envs.iter().copied())
         .stdout(Stdio::null())

@@ -27,13 +27,9 @@ async fn semflow(
     sql: &str,
     extra: &[(&str, &str)],
 ) -> Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_semflow"));
+    let mut cmd = common::semflow_command();
     cmd.args(["sql", sql, "--format", "ndjson"])
         .env("SEMFLOW_EMBED_MODEL", model)
-        .env(
-            "SEMFLOW_RERANK_MODEL",
-            common::tiny_model(ModelKind::Reranker, common::RERANK_SEED),
-        )
         .env("HF_ENDPOINT", endpoint)
         .env("HF_HOME", home)
         .env_remove("HF_HUB_CACHE")

@@ -45,8 +45,18 @@ async fn ids(engine: &Engine, sql: &str) -> Vec<String> {
     out
 }
 
-/// The table the engine declared at `location` (id, body, embedding; primary key id).
-async fn open(location: &str) -> LanceTable {
+/// An engine with table `idx` (id, body, embedding; primary key id) declared in `dir`, and
+/// the same table opened for direct stream commits.
+async fn setup(dir: &std::path::Path) -> (Engine, LanceTable) {
+    let location = dir.join("idx").to_string_lossy().into_owned();
+    let engine = common::tiny_engine();
+    engine
+        .run_sql(&format!(
+            "CREATE EXTERNAL TABLE idx (id TEXT NOT NULL, body TEXT, embedding FLOAT[], PRIMARY KEY (id))
+               STORED AS LANCE LOCATION '{location}'"
+        ))
+        .await
+        .unwrap();
     let declared = std::sync::Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, false),
         Field::new("body", DataType::Utf8, true),
@@ -56,9 +66,21 @@ async fn open(location: &str) -> LanceTable {
             true,
         ),
     ]));
-    LanceTable::open(location, Some(declared), Some("id".into()))
+    let table = LanceTable::open(&location, Some(declared), Some("id".into()))
         .await
-        .unwrap()
+        .unwrap();
+    (engine, table)
+}
+
+/// A vector and a full-text index on `idx`.
+async fn create_indexes(engine: &Engine) {
+    engine
+        .run_sql(
+            "CREATE INDEX ON idx USING ivf_flat (embedding) WITH (num_partitions = 2);
+             CREATE INDEX ON idx USING inverted (body)",
+        )
+        .await
+        .unwrap();
 }
 
 /// A stream commit moving one partition.
@@ -89,16 +111,7 @@ async fn commit(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn positions_survive_maintenance_and_cleanup_and_fresh_rows_are_found() {
     let dir = tempfile::tempdir().unwrap();
-    let location = dir.path().join("idx").to_string_lossy().into_owned();
-    let engine = common::tiny_engine();
-    engine
-        .run_sql(&format!(
-            "CREATE EXTERNAL TABLE idx (id TEXT NOT NULL, body TEXT, embedding FLOAT[], PRIMARY KEY (id))
-               STORED AS LANCE LOCATION '{location}'"
-        ))
-        .await
-        .unwrap();
-    let table = open(&location).await;
+    let (engine, table) = setup(dir.path()).await;
 
     // Partition 2 is committed once, first; partitions 0 and 1 alternate afterwards.
     commit(&table, &engine, 0, 2, None, 7).await;
@@ -109,13 +122,7 @@ async fn positions_survive_maintenance_and_cleanup_and_fresh_rows_are_found() {
         next[p] += 5;
         commit(&table, &engine, 10 + 10 * i as i64, p as i32, from, next[p]).await;
     }
-    engine
-        .run_sql(
-            "CREATE INDEX ON idx USING ivf_flat (embedding) WITH (num_partitions = 2);
-             CREATE INDEX ON idx USING inverted (body)",
-        )
-        .await
-        .unwrap();
+    create_indexes(&engine).await;
     // Rows the indexes do not cover yet.
     for i in 30..36 {
         let p = i % 2;
@@ -141,7 +148,7 @@ async fn positions_survive_maintenance_and_cleanup_and_fresh_rows_are_found() {
     // The same history, cleaned up without maintenance, loses partition 2's position.
     let control = dir.path().join("control").to_string_lossy().into_owned();
     let copied = std::process::Command::new("cp")
-        .args(["-r", &location, &control])
+        .args(["-r", table.uri(), &control])
         .status()
         .unwrap();
     assert!(copied.success());
@@ -207,16 +214,7 @@ async fn maintenance_runs_beside_stream_commits_without_losing_any() {
     use semflow::index::maintain::{checkpoint, rewrite};
 
     let dir = tempfile::tempdir().unwrap();
-    let location = dir.path().join("idx").to_string_lossy().into_owned();
-    let engine = common::tiny_engine();
-    engine
-        .run_sql(&format!(
-            "CREATE EXTERNAL TABLE idx (id TEXT NOT NULL, body TEXT, embedding FLOAT[], PRIMARY KEY (id))
-               STORED AS LANCE LOCATION '{location}'"
-        ))
-        .await
-        .unwrap();
-    let table = open(&location).await;
+    let (engine, table) = setup(dir.path()).await;
     // 40 small fragments of 10 documents each, indexed by vector and by text.
     let mut next = 0i64;
     let mut latest = std::collections::BTreeMap::new();
@@ -240,13 +238,7 @@ async fn maintenance_runs_beside_stream_commits_without_losing_any() {
         table.apply(change).await.unwrap();
         latest.extend((f * 10..f * 10 + 10).map(|v| (v, 0)));
     }
-    engine
-        .run_sql(
-            "CREATE INDEX ON idx USING ivf_flat (embedding) WITH (num_partitions = 2);
-             CREATE INDEX ON idx USING inverted (body)",
-        )
-        .await
-        .unwrap();
+    create_indexes(&engine).await;
 
     // The rewrite in a task of its own; meanwhile each stream commit upserts ten documents
     // spread over the old fragments (ids 3, 43, 83, …: one per fragment it touches), their

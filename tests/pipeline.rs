@@ -99,6 +99,7 @@ async fn snapshot_query_metadata_columns_and_json_sink() {
             (Some("bad".into()), Some("{oops".into())),
             (Some("a".into()), None),
             doc("c", "gamma"),
+            doc("big", &"x".repeat(300)),
         ],
     )
     .await;
@@ -106,7 +107,8 @@ async fn snapshot_query_metadata_columns_and_json_sink() {
     let sql = format!(
         "CREATE EXTERNAL TABLE docs (id TEXT NOT NULL, body TEXT, _key TEXT, _partition INT, _offset BIGINT, _timestamp TIMESTAMP, _headers TEXT)
            STORED AS KAFKA LOCATION '{topic}'
-           OPTIONS ('bootstrap.servers' '{b}', 'end' 'latest-at-start', 'start' 'earliest', 'on_error' 'skip');
+           OPTIONS ('bootstrap.servers' '{b}', 'end' 'latest-at-start', 'start' 'earliest', 'on_error' 'skip',
+                    'max_value_bytes' '200');
          CREATE EXTERNAL TABLE out (id TEXT, embedding FLOAT[]) STORED AS KAFKA LOCATION '{out}'
            OPTIONS ('bootstrap.servers' '{b}', 'key' 'id');
          INSERT INTO out SELECT id, embed(body) FROM docs;
@@ -120,7 +122,19 @@ async fn snapshot_query_metadata_columns_and_json_sink() {
         .value(0);
     assert_eq!(
         inserted, 3,
-        "the undecodable record is skipped, the tombstone is not a row"
+        "the undecodable and the oversized record are skipped, the tombstone is not a row"
+    );
+    // With on_error 'fail' the scan stops at the undecodable record, naming it.
+    let strict = format!(
+        "CREATE EXTERNAL TABLE strict (id TEXT NOT NULL, body TEXT) STORED AS KAFKA LOCATION '{topic}'
+           OPTIONS ('bootstrap.servers' '{b}', 'end' 'latest-at-start', 'start' 'earliest', 'on_error' 'fail');
+         SELECT count(*) FROM strict",
+        b = bootstrap()
+    );
+    let e = engine.run_sql(&strict).await.unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("{topic}/")) && e.contains(r#"(key Some("bad"))"#),
+        "{e}"
     );
     let batch = arrow::compute::concat_batches(&results[3].schema, &results[3].batches).unwrap();
     let text = |c: usize| -> Vec<String> {
@@ -265,16 +279,9 @@ async fn pipeline_applies_updates_deletes_and_dead_letters_bad_records() {
 
 #[test]
 fn bench_k1_ingests_every_document_and_reports_rate_and_lag() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_semflow"))
+    let out = common::semflow_command()
         .args(["bench", "--workloads", "k1", "--json", "--k1-docs", "1200"])
         .args(["--kafka", &bootstrap(), "--k1-rate", "1000"])
-        .env(
-            "SEMFLOW_EMBED_MODEL",
-            common::tiny_model(
-                semflow::model::random::ModelKind::Embedding,
-                common::EMBED_SEED,
-            ),
-        )
         .output()
         .unwrap();
     assert!(

@@ -14,15 +14,7 @@ use std::time::{Duration, Instant};
 use common::kafka::{bootstrap, unique};
 
 fn semflow(env: &[(&str, String)]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_semflow"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"));
-    c.env(
-        "SEMFLOW_EMBED_MODEL",
-        common::tiny_model(
-            semflow::model::random::ModelKind::Embedding,
-            common::EMBED_SEED,
-        ),
-    );
+    let mut c = common::semflow_command();
     for (k, v) in env {
         c.env(k, v);
     }
@@ -118,11 +110,7 @@ fn run_pipeline(file: &str, env: &[(&str, String)], expect_rows: f64) {
             .collect();
         !lags.is_empty() && lags.iter().all(|l| *l == 0.0)
     });
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
+    let status = common::sigterm(&mut child);
     reader.join().unwrap();
     let log = lines.lock().unwrap().join("\n");
     assert!(status.success(), "{status}: {log}");

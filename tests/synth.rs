@@ -19,9 +19,7 @@ use serde_json::Value;
 const KEY: &str = "sk-test-secret-4242";
 
 fn command(config: &Path, docs: &Path, out: &Path, extra: &[&str]) -> Command {
-    let embed = common::tiny_model(ModelKind::Embedding, common::EMBED_SEED);
-    let rerank = common::tiny_model(ModelKind::Reranker, common::RERANK_SEED);
-    let mut c = Command::new(env!("CARGO_BIN_EXE_semflow"));
+    let mut c = common::semflow_command();
     c.args(["synth", "--docs"])
         .arg(docs)
         .arg("--out")
@@ -29,8 +27,6 @@ fn command(config: &Path, docs: &Path, out: &Path, extra: &[&str]) -> Command {
         .arg("--config")
         .arg(config)
         .args(extra)
-        .env("SEMFLOW_EMBED_MODEL", embed)
-        .env("SEMFLOW_RERANK_MODEL", rerank)
         .env("SEMFLOW_GENERATOR_API_KEY", KEY)
         .env_remove("SEMFLOW_GENERATOR_URL")
         .env("RUST_LOG", "info");
@@ -572,7 +568,7 @@ fn merge_slerps_checkpoints_that_still_load() {
     };
     let (a, b) = (model(1), model(2));
     let merge = |t: &str, out: &str| {
-        let o = Command::new(env!("CARGO_BIN_EXE_semflow"))
+        let o = Command::new(common::semflow_bin())
             .args(["merge", "--t", t])
             .arg(&a)
             .arg(&b)

@@ -335,7 +335,7 @@ async fn outbound_https_trusts_ca_cert() {
     );
     let (without, with) = without_and_with_ca(
         move || {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_semflow"));
+            let mut cmd = common::semflow_command();
             // A column, not a literal: the planner would try to fold embed('…') once per pass.
             cmd.args([
                 "sql",
@@ -382,7 +382,7 @@ async fn generator_over_https_trusts_ca_cert() {
     );
     let (without, with) = without_and_with_ca(
         move || {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_semflow"));
+            let mut cmd = common::semflow_command();
             cmd.args(["sql", &sql, "--format", "json"])
                 .env("SEMFLOW_EMBED_MODEL", &model);
             cmd

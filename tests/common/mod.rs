@@ -123,14 +123,20 @@ pub struct ServeProcess {
     pub pg: std::net::SocketAddr,
 }
 
-/// Starts `semflow serve ARGS` on free loopback ports (from the repository root) and waits
-/// for both front ends; the rest of its stderr is drained.
-pub async fn spawn_serve(args: &[&str]) -> ServeProcess {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_semflow"))
-        .arg("serve")
-        .args(args)
-        .args(["--http-addr", "127.0.0.1:0", "--pg-addr", "127.0.0.1:0"])
+/// The `semflow` binary under test: `SEMFLOW_TEST_BIN` when set (e.g. a release build, for
+/// the soak's memory figures), else the one cargo built with these tests.
+pub fn semflow_bin() -> PathBuf {
+    std::env::var_os("SEMFLOW_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_semflow").into())
+}
+
+/// `semflow` run from the repository root with the tiny random models as its embedding and
+/// reranking models (a test's own flags or environment override them).
+pub fn semflow_command() -> std::process::Command {
+    let mut command = std::process::Command::new(semflow_bin());
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env(
             "SEMFLOW_EMBED_MODEL",
             tiny_model(ModelKind::Embedding, EMBED_SEED),
@@ -138,8 +144,18 @@ pub async fn spawn_serve(args: &[&str]) -> ServeProcess {
         .env(
             "SEMFLOW_RERANK_MODEL",
             tiny_model(ModelKind::Reranker, RERANK_SEED),
-        )
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        );
+    command
+}
+
+/// Starts `semflow serve ARGS` on free loopback ports (from the repository root) and waits
+/// for both front ends; the rest of its stderr is drained.
+pub async fn spawn_serve(args: &[&str]) -> ServeProcess {
+    use std::io::BufRead;
+    let mut child = semflow_command()
+        .arg("serve")
+        .args(args)
+        .args(["--http-addr", "127.0.0.1:0", "--pg-addr", "127.0.0.1:0"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

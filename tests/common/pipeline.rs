@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray};
@@ -111,17 +111,10 @@ pub fn start_with(pipeline: &Path, log: &Path, envs: &[(&str, &str)]) -> Child {
         .append(true)
         .open(log)
         .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_semflow"))
+    super::semflow_command()
         .arg("run")
         .arg(pipeline)
         .args(["--metrics-addr", "off"])
-        .env(
-            "SEMFLOW_EMBED_MODEL",
-            super::tiny_model(
-                semflow::model::random::ModelKind::Embedding,
-                super::EMBED_SEED,
-            ),
-        )
         .env("SEMFLOW_LOG", "semflow=info")
         .envs(envs.iter().copied())
         .stdout(Stdio::null())
