@@ -26,6 +26,7 @@ use super::offsets::{
     read_all_offsets, recorded_at, Recorded, SourceOffsets, COMPLETE_PROPERTY, OFFSETS_PROPERTY,
 };
 use super::table::LanceTable;
+use super::write::is_conflict;
 use crate::error::{Error, Result};
 
 /// What one maintenance round did.
@@ -130,15 +131,6 @@ where
         .exclusively(|ds| async move { step((*ds).clone()).await.map_err(failed) })
         .await?;
     last.ok_or_else(|| Error::Index(format!("{}: dataset vanished", table.uri())))
-}
-
-fn is_conflict(e: &lance::Error) -> bool {
-    matches!(
-        e,
-        lance::Error::CommitConflict { .. }
-            | lance::Error::RetryableCommitConflict { .. }
-            | lance::Error::IncompatibleTransaction { .. }
-    )
 }
 
 async fn version(table: &LanceTable) -> Result<Option<u64>> {

@@ -167,15 +167,25 @@ async fn prepare(
 /// Lance's commit conflicts as [`Error::IndexConflict`] (the caller may rebuild the change on
 /// the newer version), anything else as [`Error::Index`].
 fn lance_error(uri: &str, e: lance::Error) -> Error {
-    match e {
-        lance::Error::CommitConflict { .. }
-        | lance::Error::RetryableCommitConflict { .. }
-        | lance::Error::IncompatibleTransaction { .. } => Error::IndexConflict {
+    if is_conflict(&e) {
+        Error::IndexConflict {
             uri: uri.to_string(),
             message: e.to_string(),
-        },
-        other => Error::Index(other.to_string()),
+        }
+    } else {
+        Error::Index(e.to_string())
     }
+}
+
+/// Whether Lance refused a commit because another one landed first (the change may be
+/// rebuilt on the newer version and tried again).
+pub(super) fn is_conflict(e: &lance::Error) -> bool {
+    matches!(
+        e,
+        lance::Error::CommitConflict { .. }
+            | lance::Error::RetryableCommitConflict { .. }
+            | lance::Error::IncompatibleTransaction { .. }
+    )
 }
 
 fn set_offsets(txn: &mut Transaction, offsets: &SourceOffsets) {
