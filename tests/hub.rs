@@ -8,8 +8,10 @@ use crate::common;
 
 use common::floats;
 
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::Arc;
 
 use common::hub::{files_of, FakeHub};
 use semflow::model::random::ModelKind;
@@ -229,12 +231,25 @@ async fn interrupted_download_resumes_where_it_stopped() {
         "the fixture must span several 10 MB chunks ({size})"
     );
     hub.commit("acme/embed", "main", C1, files);
-    hub.cut_once("model.safetensors", 25_000_000);
     let home = tempfile::tempdir().unwrap();
+    // hf-hub fetches 10 MB chunks in parallel and records how far the file is contiguous; the
+    // cut waits until the first chunk is recorded, so what resumes does not hang on which
+    // chunk the client happened to finish first.
+    let cache = home.path().to_path_buf();
+    hub.cut_once(
+        "model.safetensors",
+        25_000_000,
+        Arc::new(move || committed_part(&cache, size) >= 10_000_000),
+    );
     let err = failed(&semflow(&hub.url, home.path(), "acme/embed", SQL, &[]).await);
     assert!(
         err.contains("acme/embed") && err.contains("model.safetensors"),
         "{err}"
+    );
+    let committed = committed_part(home.path(), size);
+    assert!(
+        committed >= 10_000_000,
+        "committed before the cut: {committed}"
     );
     let before = hub.log().len();
     let out = ok(&semflow(&hub.url, home.path(), "acme/embed", SQL, &[]).await);
@@ -259,9 +274,35 @@ async fn interrupted_download_resumes_where_it_stopped() {
         .collect();
     assert!(!starts.is_empty());
     assert!(
-        starts.iter().all(|&s| s >= 10_000_000),
-        "the resumed download started over: {starts:?}"
+        starts.iter().all(|&s| s >= committed as usize),
+        "the resumed download asked again for committed bytes (< {committed}): {starts:?}"
     );
+}
+
+/// How many leading bytes of a `size`-byte download hf-hub has recorded as written: the
+/// little-endian u64 it keeps after the data in its `.sync.part` file (0 while there is none).
+fn committed_part(cache: &Path, size: usize) -> u64 {
+    let mut stack = vec![cache.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.to_string_lossy().ends_with(".sync.part") {
+                let mut tail = [0u8; 8];
+                let read = std::fs::File::open(&path).and_then(|mut f| {
+                    f.seek(SeekFrom::Start(size as u64))?;
+                    f.read_exact(&mut tail)
+                });
+                if read.is_ok() {
+                    return u64::from_le_bytes(tail);
+                }
+            }
+        }
+    }
+    0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

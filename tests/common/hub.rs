@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 /// One commit: file path → contents.
@@ -42,9 +43,20 @@ pub struct Logged {
 struct Hub {
     repos: HashMap<String, Repo>,
     log: Vec<Logged>,
-    /// (file, byte offset): the next download of that file that reaches the offset is cut there.
-    cut: Option<(String, usize)>,
+    /// The next download of a file that reaches an offset is cut there.
+    cut: Option<Cut>,
 }
+
+/// Where a download is cut, and what the cut waits for after sending the bytes before it.
+struct Cut {
+    file: String,
+    at: usize,
+    after: Hold,
+}
+
+/// A condition the cut waits for (polled, at most a minute), so a test can order the break
+/// after something the client does.
+pub type Hold = Arc<dyn Fn() -> bool + Send + Sync>;
 
 type Shared = Arc<Mutex<Hub>>;
 
@@ -87,9 +99,14 @@ impl FakeHub {
         hub.repos.entry(repo.to_string()).or_default().token = Some(token.to_string());
     }
 
-    /// Cuts the next download of `file` that reaches byte `offset`.
-    pub fn cut_once(&self, file: &str, offset: usize) {
-        self.state.lock().unwrap().cut = Some((file.to_string(), offset));
+    /// Cuts the next download of `file` that reaches byte `offset`, once the bytes before it
+    /// are sent and `after` holds.
+    pub fn cut_once(&self, file: &str, offset: usize, after: Hold) {
+        self.state.lock().unwrap().cut = Some(Cut {
+            file: file.to_string(),
+            at: offset,
+            after,
+        });
     }
 
     /// Every request answered so far, oldest first.
@@ -220,9 +237,12 @@ async fn resolve(
             HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")).unwrap(),
         );
     }
-    let cut = match &hub.cut {
-        Some((f, at)) if *f == file && start < *at && *at <= end => Some(*at - start),
-        _ => None,
+    let cut = match hub.cut.take() {
+        Some(c) if c.file == file && start < c.at && c.at <= end => Some((c.at - start, c.after)),
+        other => {
+            hub.cut = other;
+            None
+        }
     };
     let status = if range.is_some() {
         StatusCode::PARTIAL_CONTENT
@@ -230,15 +250,19 @@ async fn resolve(
         StatusCode::OK
     };
     let body = match cut {
-        Some(keep) => {
-            hub.cut = None;
-            // Half the bytes, then the connection breaks.
+        Some((keep, after)) => {
+            // The bytes before the cut, then (once `after` holds) the connection breaks.
             let head = slice[..keep].to_vec();
-            let stream = futures::stream::iter(vec![
-                Ok::<_, std::io::Error>(head),
-                Err(std::io::Error::other("connection cut by the test hub")),
-            ]);
-            Body::from_stream(stream)
+            let cut = futures::stream::once(async move {
+                for _ in 0..3_000 {
+                    if after() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(std::io::Error::other("connection cut by the test hub"))
+            });
+            Body::from_stream(futures::stream::iter([Ok::<_, std::io::Error>(head)]).chain(cut))
         }
         None => Body::from(slice),
     };
