@@ -6,6 +6,7 @@
 //! dedicated runtime ([`block_on`]), never on DataFusion's threads.
 
 pub mod cache;
+pub mod cpu_kernels;
 pub mod device;
 pub mod local;
 pub mod packed;

@@ -17,6 +17,7 @@ use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor, D};
 use candle_nn::ops::{rms_norm, silu, softmax_last_dim};
 use candle_nn::rotary_emb::rope;
 
+use super::cpu_kernels::{self, Heads, QkNorm, Rows};
 use super::device::DTypeSpec;
 use super::local::LoadOptions;
 use super::prompts::{NO_TOKEN_ID, YES_TOKEN_ID};
@@ -31,6 +32,65 @@ const QUERY_CHUNK: usize = 256;
 
 fn candle_err(e: candle_core::Error) -> Error {
     Error::Inference(format!("packed forward: {e}"))
+}
+
+/// A forward pass's sequences packed back to back.
+struct Pack {
+    /// `(offset, len)` of each sequence in the packed rows.
+    seqs: Vec<(usize, usize)>,
+    /// Each row's position within its sequence.
+    positions: Vec<usize>,
+    /// Each sequence's last row.
+    last_rows: Tensor,
+}
+
+impl Pack {
+    fn new(seqs: &[&[u32]], device: &Device) -> candle_core::Result<Self> {
+        let mut packed = Vec::with_capacity(seqs.len());
+        let mut offset = 0;
+        for s in seqs {
+            packed.push((offset, s.len()));
+            offset += s.len();
+        }
+        let positions = seqs.iter().flat_map(|s| 0..s.len()).collect();
+        let last: Vec<u32> = packed.iter().map(|&(o, l)| (o + l - 1) as u32).collect();
+        Ok(Self {
+            seqs: packed,
+            positions,
+            last_rows: Tensor::new(last, device)?,
+        })
+    }
+
+    fn longest(&self) -> usize {
+        self.seqs.iter().map(|&(_, l)| l).max().unwrap_or(0)
+    }
+}
+
+/// Rotary tables: host tables by position for the CPU kernels, else cos/sin rows per token.
+enum RopeTables {
+    Host(cpu_kernels::Rope),
+    Device { cos: Tensor, sin: Tensor },
+}
+
+/// The rotary embedding of `x` `[tokens, heads, hd]` into `[heads, tokens, hd]`.
+fn rope_tokens(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    rope(&x.transpose(0, 1)?.unsqueeze(0)?.contiguous()?, cos, sin)?.squeeze(0)
+}
+
+/// Runs `f` on the contiguous F32 host data of `t`.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    use candle_core::{CpuStorage, Storage};
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(data)) => {
+            let start = layout.start_offset();
+            Ok(f(&data[start..start + t.elem_count()]))
+        }
+        _ => Err(candle_core::Error::Msg(
+            "the CPU kernels take F32 host tensors".into(),
+        )),
+    }
 }
 
 struct Layer {
@@ -66,6 +126,8 @@ pub struct PackedQwen3 {
     inv_freq: Tensor,
     /// `[QUERY_CHUNK, QUERY_CHUNK]`: -inf above the diagonal, 0 elsewhere.
     causal: Tensor,
+    /// F32 on the CPU: attention and the norms run semflow's kernels (`cpu_kernels`).
+    cpu_f32: bool,
 }
 
 impl PackedQwen3 {
@@ -85,6 +147,9 @@ impl PackedQwen3 {
                 .map_err(|e| Error::model(&dir.id, format!("weight {prefix}{name}: {e}")))
         };
         let cfg = dir.config.clone();
+        if cfg.num_hidden_layers == 0 {
+            return Err(Error::model(&dir.id, "num_hidden_layers is 0"));
+        }
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let w = |n: &str| load(&format!("layers.{l}.{n}"));
@@ -141,6 +206,7 @@ impl PackedQwen3 {
             .map_err(candle_err)?;
         Ok(Self {
             causal,
+            cpu_f32: device.is_cpu() && dtype == DType::F32,
             norm: load("norm.weight")?,
             embed,
             layers,
@@ -156,19 +222,131 @@ impl PackedQwen3 {
         self.cfg.rms_norm_eps as f32
     }
 
-    /// Rotary tables for each packed token's position within its sequence.
-    fn rope_tables(&self, lens: &[usize]) -> candle_core::Result<(Tensor, Tensor)> {
-        let positions: Vec<f32> = lens
-            .iter()
-            .flat_map(|&l| (0..l).map(|p| p as f32))
-            .collect();
+    /// Rotary tables for `pack`: host tables for the CPU kernels, else one row per token.
+    fn rope_tables(&self, pack: &Pack) -> candle_core::Result<RopeTables> {
+        if self.cpu_f32 {
+            let longest = pack.longest();
+            let inv_freq = self.inv_freq.to_vec1::<f32>()?;
+            return Ok(RopeTables::Host(cpu_kernels::Rope::new(&inv_freq, longest)));
+        }
+        let positions: Vec<f32> = pack.positions.iter().map(|&p| p as f32).collect();
         let n = positions.len();
         let pos = Tensor::from_vec(positions, (n, 1), &self.device)?;
         let freqs = pos.broadcast_mul(&self.inv_freq.unsqueeze(0)?)?;
-        Ok((
-            freqs.cos()?.to_dtype(self.dtype)?,
-            freqs.sin()?.to_dtype(self.dtype)?,
-        ))
+        Ok(RopeTables::Device {
+            cos: freqs.cos()?.to_dtype(self.dtype)?,
+            sin: freqs.sin()?.to_dtype(self.dtype)?,
+        })
+    }
+
+    /// Attention of one layer from its fused qkv projection `[T, (heads + 2 kv) * hd]`: q/k
+    /// RMSNorm, rotary embedding, causal attention per sequence; `[rows, heads * hd]`.
+    fn attention(
+        &self,
+        qkv: &Tensor,
+        layer: &Layer,
+        pack: &Pack,
+        rope: &RopeTables,
+        rows: Rows,
+    ) -> candle_core::Result<Tensor> {
+        let shape = self.heads();
+        let eps = self.eps();
+        let (cos, sin) = match rope {
+            RopeTables::Host(rope) => return self.attention_cpu(qkv, layer, pack, rope, rows),
+            RopeTables::Device { cos, sin } => (cos, sin),
+        };
+        let Heads {
+            heads,
+            kv_heads,
+            head_dim: hd,
+        } = shape;
+        let total = pack.positions.len();
+        let q = qkv.narrow(1, 0, heads * hd)?.reshape((total, heads, hd))?;
+        let k = qkv
+            .narrow(1, heads * hd, kv_heads * hd)?
+            .reshape((total, kv_heads, hd))?;
+        let v = qkv
+            .narrow(1, (heads + kv_heads) * hd, kv_heads * hd)?
+            .reshape((total, kv_heads, hd))?;
+        // Qwen3 normalises each head's q and k before the rotary embedding.
+        let q = rms_norm(&q.contiguous()?, &layer.q_norm, eps)?;
+        let k = rms_norm(&k.contiguous()?, &layer.k_norm, eps)?;
+        // rope wants [batch, heads, tokens, hd]; positions restart per sequence via cos/sin.
+        let q = rope_tokens(&q, cos, sin)?;
+        let k = rope_tokens(&k, cos, sin)?;
+        let v = v.transpose(0, 1)?.contiguous()?; // [kv_heads, T, hd]
+        let mut attn = Vec::with_capacity(pack.seqs.len());
+        for &(off, len) in &pack.seqs {
+            attn.push(self.attend(
+                &q.narrow(1, off, len)?,
+                &k.narrow(1, off, len)?,
+                &v.narrow(1, off, len)?,
+            )?);
+        }
+        let attn = Tensor::cat(&attn, 0)?; // [T, heads * hd]
+        match rows {
+            Rows::All => Ok(attn),
+            Rows::Last => attn.index_select(&pack.last_rows, 0),
+        }
+    }
+
+    /// [`Self::attention`] on semflow's CPU kernels, straight from the qkv layout.
+    fn attention_cpu(
+        &self,
+        qkv: &Tensor,
+        layer: &Layer,
+        pack: &Pack,
+        rope: &cpu_kernels::Rope,
+        rows: Rows,
+    ) -> candle_core::Result<Tensor> {
+        let shape = self.heads();
+        let out = with_f32(qkv, |qkv| {
+            with_f32(&layer.q_norm, |q| {
+                with_f32(&layer.k_norm, |k| {
+                    let norm = QkNorm {
+                        q,
+                        k,
+                        eps: self.eps(),
+                    };
+                    let normed = cpu_kernels::qk_norm_rope(qkv, shape, &pack.positions, norm, rope);
+                    cpu_kernels::attention(&normed, shape, &pack.seqs, rows)
+                })
+            })
+        })???;
+        let n = out.len() / shape.out_width();
+        Tensor::from_vec(out, (n, shape.out_width()), &self.device)
+    }
+
+    /// `(x + delta, rms_norm(x + delta) * w)`: the residual add and the next norm.
+    fn add_norm(
+        &self,
+        x: &Tensor,
+        delta: &Tensor,
+        w: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        if self.cpu_f32 {
+            let (sum, normed) = with_f32(x, |x| {
+                with_f32(delta, |d| {
+                    with_f32(w, |w| cpu_kernels::add_rms_norm(x, d, w, self.eps()))
+                })
+            })???;
+            let shape = x.dims2()?;
+            return Ok((
+                Tensor::from_vec(sum, shape, &self.device)?,
+                Tensor::from_vec(normed, shape, &self.device)?,
+            ));
+        }
+        let sum = (x + delta)?;
+        let normed = rms_norm(&sum, w, self.eps())?;
+        Ok((sum, normed))
+    }
+
+    fn heads(&self) -> Heads {
+        Heads {
+            heads: self.cfg.num_attention_heads,
+            kv_heads: self.cfg.num_key_value_heads,
+            head_dim: self.cfg.head_dim(),
+        }
     }
 
     /// Causal attention of one sequence: q `[heads, L, hd]`, k/v `[kv_heads, L, hd]`.
@@ -229,73 +407,31 @@ impl PackedQwen3 {
 
     /// Final-normed hidden states of each sequence's last token, `[n_seqs, hidden]`.
     fn forward_last(&self, seqs: &[&[u32]]) -> candle_core::Result<Tensor> {
-        let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
-        let ids: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
-        let total = ids.len();
-        let mut offsets = Vec::with_capacity(lens.len());
-        let mut acc = 0;
-        for &l in &lens {
-            offsets.push(acc);
-            acc += l;
-        }
-        let last_rows: Vec<u32> = offsets
-            .iter()
-            .zip(&lens)
-            .map(|(o, l)| (o + l - 1) as u32)
-            .collect();
-        let last_rows = Tensor::new(last_rows, &self.device)?;
-        let (cos, sin) = self.rope_tables(&lens)?;
-        let cfg = &self.cfg;
-        let (heads, kv_heads, hd) = (
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim(),
-        );
+        let pack = Pack::new(seqs, &self.device)?;
+        let rope = self.rope_tables(&pack)?;
         let eps = self.eps();
-
+        let ids: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
         let ids = Tensor::new(ids, &self.device)?;
         let mut x = self.embed.index_select(&ids, 0)?; // [T, H]
-        let n_layers = self.layers.len();
+        let mut h = rms_norm(&x, &self.layers[0].input_norm, eps)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.input_norm, eps)?;
             let qkv = h.matmul(&layer.qkv.t()?)?;
-            let q = qkv.narrow(1, 0, heads * hd)?.reshape((total, heads, hd))?;
-            let k = qkv
-                .narrow(1, heads * hd, kv_heads * hd)?
-                .reshape((total, kv_heads, hd))?;
-            let v = qkv
-                .narrow(1, (heads + kv_heads) * hd, kv_heads * hd)?
-                .reshape((total, kv_heads, hd))?;
-            // Qwen3 normalises each head's q and k before the rotary embedding.
-            let q = rms_norm(&q.contiguous()?, &layer.q_norm, eps)?;
-            let k = rms_norm(&k.contiguous()?, &layer.k_norm, eps)?;
-            // rope wants [batch, heads, tokens, hd]; positions restart per sequence via cos/sin.
-            let q =
-                rope(&q.transpose(0, 1)?.unsqueeze(0)?.contiguous()?, &cos, &sin)?.squeeze(0)?;
-            let k =
-                rope(&k.transpose(0, 1)?.unsqueeze(0)?.contiguous()?, &cos, &sin)?.squeeze(0)?;
-            let v = v.transpose(0, 1)?.contiguous()?; // [kv_heads, T, hd]
-            let mut attn = Vec::with_capacity(lens.len());
-            for (&off, &len) in offsets.iter().zip(&lens) {
-                attn.push(self.attend(
-                    &q.narrow(1, off, len)?,
-                    &k.narrow(1, off, len)?,
-                    &v.narrow(1, off, len)?,
-                )?);
+            let last = l + 1 == self.layers.len();
+            // Pooling and the reranker read only each sequence's last position, so the last
+            // layer attends from those rows alone and drops the others.
+            let rows = if last { Rows::Last } else { Rows::All };
+            let attn = self.attention(&qkv, layer, &pack, &rope, rows)?;
+            if last {
+                x = x.index_select(&pack.last_rows, 0)?;
             }
-            let mut attn = Tensor::cat(&attn, 0)?; // [T, heads * hd]
-            if l + 1 == n_layers {
-                // Pooling and the reranker read only each sequence's last position.
-                attn = attn.index_select(&last_rows, 0)?;
-                x = x.index_select(&last_rows, 0)?;
-            }
-            x = (x + attn.matmul(&layer.o.t()?)?)?;
-            let h = rms_norm(&x, &layer.post_norm, eps)?;
-            let gate_up = h.matmul(&layer.gate_up.t()?)?;
-            let act = silu_mul(&gate_up, cfg.intermediate_size)?;
-            x = (x + act.matmul(&layer.down.t()?)?)?;
+            let (mid, normed) =
+                self.add_norm(&x, &attn.matmul(&layer.o.t()?)?, &layer.post_norm)?;
+            let gate_up = normed.matmul(&layer.gate_up.t()?)?;
+            let act = silu_mul(&gate_up, self.cfg.intermediate_size)?;
+            let next_norm = self.layers.get(l + 1).map_or(&self.norm, |n| &n.input_norm);
+            (x, h) = self.add_norm(&mid, &act.matmul(&layer.down.t()?)?, next_norm)?;
         }
-        rms_norm(&x, &self.norm, eps)
+        Ok(h)
     }
 
     /// Runs `seqs` (all non-empty); one output vector per sequence (see [`Head`]).

@@ -1,0 +1,654 @@
+//! F32 CPU kernels for the packed forward pass: the steps between the big projections that
+//! candle runs as several single-threaded passes with an intermediate each.
+//!
+//! - [`qk_norm_rope`]: Qwen3's per-head RMSNorm of q and k and the rotary embedding, in one
+//!   pass over the fused qkv projection, token rows on all cores; the result keeps the qkv
+//!   layout (`[tokens, (heads + 2 * kv_heads) * head_dim]`), so nothing is transposed.
+//! - [`attention`]: causal attention over the packed sequences, read straight from that layout
+//!   (grouped-query heads share their k/v rows, never copied), one task per (query block,
+//!   head) on all cores; scores and values go through `gemm` (AVX-512 where the CPU has it)
+//!   and the softmax through a vectorised exp. Writes `[rows, heads * head_dim]`, the o
+//!   projection's input; [`Rows::Last`] computes only each sequence's last query.
+//! - [`add_rms_norm`]: the residual add and the next RMSNorm in one pass.
+//!
+//! Loops are compiled three times (AVX-512, AVX2+FMA, baseline x86-64) and the best the CPU
+//! has is chosen at run time (`by_isa!`), so one binary runs everywhere.
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// Query rows per attention task: bounds a task's score block to 64 x sequence length.
+const QUERY_BLOCK: usize = 64;
+
+/// The instruction sets the kernels are compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+    Baseline,
+}
+
+/// The best instruction set this CPU runs (detected once).
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
+                return Isa::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Baseline
+    })
+}
+
+/// Defines `fn $name` whose body is compiled for AVX-512, AVX2+FMA and baseline x86-64 and
+/// runs the variant [`isa`] picks. The body's helpers must be `#[inline(always)]` to be
+/// compiled into each variant.
+macro_rules! by_isa {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn generic($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                fn avx512($($arg: $ty),*) {
+                    generic($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) {
+                    generic($($arg),*)
+                }
+                match isa() {
+                    // Safety: `isa` detected these features on this CPU.
+                    Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    Isa::Baseline => {}
+                }
+            }
+            generic($($arg),*)
+        }
+    };
+}
+
+/// Sum of squares with 16 independent lanes, so the loop vectorises without reordering
+/// a single serial sum.
+#[inline(always)]
+fn sum_squares(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] += c[i] * c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail.iter().map(|v| v * v).sum::<f32>()
+}
+
+/// `1 / sqrt(mean(x²) + eps)`, the RMSNorm scale of `x`.
+#[inline(always)]
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    1.0 / (sum_squares(x) / x.len() as f32 + eps).sqrt()
+}
+
+/// `e^x` for f32 without branches or calls, so a loop over it vectorises: Cephes' expf
+/// (range reduction by ln 2 in two parts, degree-5 polynomial), relative error ~1e-7;
+/// inputs are clamped to [-87.3, 88.7] (the softmax only feeds it values ≤ 0).
+#[inline(always)]
+fn fast_exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Rounds to the nearest integer by adding and removing 1.5 * 2^23.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.3, 88.7);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5e-1;
+    let y = p * r * r + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// The shape of a fused qkv row: `heads` query heads, then `kv_heads` key heads, then
+/// `kv_heads` value heads, each `head_dim` wide.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Heads {
+    /// Floats per qkv row.
+    pub fn qkv_width(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+
+    /// Floats per attention output row.
+    pub fn out_width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+/// Rotary tables, `[positions, head_dim / 2]` each.
+pub struct Rope {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    half: usize,
+}
+
+impl Rope {
+    /// Tables for positions `0..len` with the model's inverse frequencies.
+    pub fn new(inv_freq: &[f32], len: usize) -> Self {
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(len * half);
+        let mut sin = Vec::with_capacity(len * half);
+        for p in 0..len {
+            for &f in inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Self { cos, sin, half }
+    }
+}
+
+/// Qwen3's RMSNorm of each q and k head: the weights (`head_dim` each) and epsilon.
+#[derive(Debug, Clone, Copy)]
+pub struct QkNorm<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub eps: f32,
+}
+
+/// Per-head RMSNorm and the rotary embedding of each row's q and k heads; v is copied.
+/// `positions[t]` is row t's position within its sequence.
+pub fn qk_norm_rope(
+    qkv: &[f32],
+    shape: Heads,
+    positions: &[usize],
+    norm: QkNorm<'_>,
+    rope: &Rope,
+) -> Vec<f32> {
+    let width = shape.qkv_width();
+    let mut out = vec![0f32; qkv.len()];
+    out.par_chunks_mut(width)
+        .zip(qkv.par_chunks(width))
+        .zip(positions.par_iter())
+        .for_each(|((dst, src), &pos)| {
+            let (cos, sin) = (
+                &rope.cos[pos * rope.half..(pos + 1) * rope.half],
+                &rope.sin[pos * rope.half..(pos + 1) * rope.half],
+            );
+            norm_rope_row(dst, src, shape, norm, cos, sin);
+        });
+    out
+}
+
+by_isa! {
+    /// One row of [`qk_norm_rope`].
+    fn norm_rope_row(
+        dst: &mut [f32],
+        src: &[f32],
+        shape: Heads,
+        norm: QkNorm<'_>,
+        cos: &[f32],
+        sin: &[f32],
+    ) {
+        let hd = shape.head_dim;
+        let half = hd / 2;
+        let normed = shape.heads + shape.kv_heads;
+        for h in 0..normed {
+            let w = if h < shape.heads { norm.q } else { norm.k };
+            let x = &src[h * hd..(h + 1) * hd];
+            let y = &mut dst[h * hd..(h + 1) * hd];
+            let scale = rms_scale(x, norm.eps);
+            let (y1, y2) = y.split_at_mut(half);
+            let (x1, x2) = x.split_at(half);
+            let (w1, w2) = w.split_at(half);
+            for i in 0..half {
+                let a = x1[i] * scale * w1[i];
+                let b = x2[i] * scale * w2[i];
+                y1[i] = a * cos[i] - b * sin[i];
+                y2[i] = b * cos[i] + a * sin[i];
+            }
+        }
+        dst[normed * hd..].copy_from_slice(&src[normed * hd..]);
+    }
+}
+
+/// `(x + delta, rms_norm(x + delta) * w)` row by row, rows `w.len()` wide.
+pub fn add_rms_norm(x: &[f32], delta: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let width = w.len();
+    let mut sum = vec![0f32; x.len()];
+    let mut normed = vec![0f32; x.len()];
+    sum.par_chunks_mut(width)
+        .zip(normed.par_chunks_mut(width))
+        .zip(x.par_chunks(width).zip(delta.par_chunks(width)))
+        .for_each(|((s, n), (x, d))| add_norm_row(s, n, x, d, w, eps));
+    (sum, normed)
+}
+
+by_isa! {
+    /// One row of [`add_rms_norm`].
+    fn add_norm_row(sum: &mut [f32], normed: &mut [f32], x: &[f32], delta: &[f32], w: &[f32], eps: f32) {
+        for ((s, &a), &b) in sum.iter_mut().zip(x).zip(delta) {
+            *s = a + b;
+        }
+        let scale = rms_scale(sum, eps);
+        for ((n, &s), &w) in normed.iter_mut().zip(sum.iter()).zip(w) {
+            *n = s * scale * w;
+        }
+    }
+}
+
+/// Which query rows [`attention`] computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// Every token: `[tokens, heads * head_dim]`.
+    All,
+    /// Each sequence's last token: `[sequences, heads * head_dim]`.
+    Last,
+}
+
+/// One attention task: query rows `q0..q1` of the sequence at `offset` (length `len`), head
+/// `head`, written to output row `out_row` on.
+#[derive(Debug, Clone, Copy)]
+struct Task {
+    offset: usize,
+    q0: usize,
+    q1: usize,
+    head: usize,
+    out_row: usize,
+}
+
+/// A pointer to the output that tasks write disjoint blocks of.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// Safety: every task writes only its own (rows, head) block of the buffer, which outlives
+// the parallel loop.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+thread_local! {
+    /// A worker thread's score block, reused across tasks and passes.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Causal attention of each sequence `(offset, len)` of the packed `qkv` (rows laid out as
+/// [`Heads`] says, already normed and rotated), scaled by `1/sqrt(head_dim)`.
+pub fn attention(qkv: &[f32], shape: Heads, seqs: &[(usize, usize)], rows: Rows) -> Vec<f32> {
+    let tokens = qkv.len() / shape.qkv_width();
+    let mut tasks = Vec::new();
+    let mut out_rows = 0;
+    for &(offset, len) in seqs {
+        assert!(
+            offset + len <= tokens && len > 0,
+            "sequence outside the packed rows"
+        );
+        let blocks: Vec<(usize, usize)> = match rows {
+            Rows::All => (0..len)
+                .step_by(QUERY_BLOCK)
+                .map(|q0| (q0, (q0 + QUERY_BLOCK).min(len)))
+                .collect(),
+            Rows::Last => vec![(len - 1, len)],
+        };
+        for (q0, q1) in blocks {
+            for head in 0..shape.heads {
+                tasks.push(Task {
+                    offset,
+                    q0,
+                    q1,
+                    head,
+                    out_row: out_rows + q0 - blocks_start(rows, len),
+                });
+            }
+        }
+        out_rows += match rows {
+            Rows::All => len,
+            Rows::Last => 1,
+        };
+    }
+    let mut out = vec![0f32; out_rows * shape.out_width()];
+    let ptr = OutPtr(out.as_mut_ptr());
+    let out_len = out.len();
+    tasks
+        .par_iter()
+        .for_each(|task| attend_block(qkv, shape, *task, ptr, out_len));
+    out
+}
+
+/// The first query row [`attention`] computes for a sequence of `len` tokens.
+fn blocks_start(rows: Rows, len: usize) -> usize {
+    match rows {
+        Rows::All => 0,
+        Rows::Last => len - 1,
+    }
+}
+
+/// One task: scores of its query rows against the keys they see, softmax, times values.
+fn attend_block(qkv: &[f32], shape: Heads, task: Task, out: OutPtr, out_len: usize) {
+    let hd = shape.head_dim;
+    let width = shape.qkv_width() as isize;
+    let kv_head = task.head / (shape.heads / shape.kv_heads);
+    let (m, n) = (task.q1 - task.q0, task.q1);
+    let q = (task.offset + task.q0) * width as usize + task.head * hd;
+    let k = task.offset * width as usize + (shape.heads + kv_head) * hd;
+    let v = task.offset * width as usize + (shape.heads + shape.kv_heads + kv_head) * hd;
+    let out_width = shape.out_width();
+    let dst = task.out_row * out_width + task.head * hd;
+    // Every block read or written lies inside its buffer: what makes the `gemm` calls sound.
+    let last_row = |start: usize, rows: usize, stride: usize| start + (rows - 1) * stride + hd;
+    assert!(last_row(q, m, width as usize) <= qkv.len());
+    assert!(last_row(k.max(v), n, width as usize) <= qkv.len());
+    assert!(last_row(dst, m, out_width) <= out_len);
+    SCORES.with_borrow_mut(|scores| {
+        scores.resize(m * n, 0.0);
+        let scale = 1.0 / (hd as f32).sqrt();
+        // Safety: bounds checked above; `scores` is this thread's own buffer of m x n.
+        unsafe {
+            // scores[m, n] = scale * q[m, hd] · kᵀ[hd, n]
+            gemm::gemm(
+                m,
+                n,
+                hd,
+                scores.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                qkv.as_ptr().add(q),
+                1,
+                width,
+                qkv.as_ptr().add(k),
+                width,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for (i, row) in scores.chunks_exact_mut(n).enumerate() {
+            // Query i sits at position q0 + i and sees keys 0..=q0 + i.
+            softmax_causal(row, task.q0 + i + 1);
+        }
+        // Safety: as above; tasks write disjoint (rows, head) blocks of `out`.
+        unsafe {
+            // out[m, hd] = probs[m, n] · v[n, hd]
+            gemm::gemm(
+                m,
+                hd,
+                n,
+                out.0.add(dst),
+                1,
+                out_width as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                n as isize,
+                qkv.as_ptr().add(v),
+                1,
+                width,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
+}
+
+by_isa! {
+    /// Softmax over `row[..seen]`; the rest (keys after the query) is set to 0.
+    fn softmax_causal(row: &mut [f32], seen: usize) {
+        let (visible, hidden) = row.split_at_mut(seen);
+        let max = visible.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut acc = [0f32; 16];
+        let mut chunks = visible.chunks_exact_mut(16);
+        for c in &mut chunks {
+            for i in 0..16 {
+                c[i] = fast_exp(c[i] - max);
+                acc[i] += c[i];
+            }
+        }
+        let mut total: f32 = acc.iter().sum();
+        for v in chunks.into_remainder() {
+            *v = fast_exp(*v - max);
+            total += *v;
+        }
+        let inv = 1.0 / total;
+        for v in visible.iter_mut() {
+            *v *= inv;
+        }
+        hidden.fill(0.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic pseudo-random vector in [-1, 1).
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn fast_exp_matches_std() {
+        for i in -8700..=100 {
+            let x = i as f32 / 100.0;
+            let (got, want) = (fast_exp(x), x.exp());
+            assert!(
+                (got - want).abs() <= 4e-7 * want,
+                "exp({x}): {got} vs {want}"
+            );
+        }
+        assert!(fast_exp(-1000.0) < 1e-37);
+    }
+
+    #[test]
+    fn add_rms_norm_matches_the_definition() {
+        let (rows, width) = (5, 40);
+        let (x, d, w) = (
+            noise(rows * width, 1),
+            noise(rows * width, 2),
+            noise(width, 3),
+        );
+        let (sum, normed) = add_rms_norm(&x, &d, &w, 1e-6);
+        for r in 0..rows {
+            let s: Vec<f32> = (0..width)
+                .map(|i| x[r * width + i] + d[r * width + i])
+                .collect();
+            let ms = s.iter().map(|v| v * v).sum::<f32>() / width as f32;
+            let want: Vec<f32> = s
+                .iter()
+                .zip(&w)
+                .map(|(v, w)| v / (ms + 1e-6).sqrt() * w)
+                .collect();
+            assert_eq!(&sum[r * width..(r + 1) * width], &s[..]);
+            assert!(max_diff(&normed[r * width..(r + 1) * width], &want) < 1e-5);
+        }
+    }
+
+    /// Causal attention of one head computed the plain way, in f64.
+    fn reference_head(
+        qkv: &[f32],
+        shape: Heads,
+        offset: usize,
+        head: usize,
+        row: usize,
+    ) -> Vec<f32> {
+        let width = shape.qkv_width();
+        let hd = shape.head_dim;
+        let kvh = head / (shape.heads / shape.kv_heads);
+        let at = |t: usize, col: usize| qkv[(offset + t) * width + col] as f64;
+        let scores: Vec<f64> = (0..=row)
+            .map(|j| {
+                (0..hd)
+                    .map(|d| at(row, head * hd + d) * at(j, (shape.heads + kvh) * hd + d))
+                    .sum::<f64>()
+                    / (hd as f64).sqrt()
+            })
+            .collect();
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let total: f64 = e.iter().sum();
+        (0..hd)
+            .map(|d| {
+                (0..=row)
+                    .map(|j| e[j] / total * at(j, (shape.heads + shape.kv_heads + kvh) * hd + d))
+                    .sum::<f64>() as f32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn attention_matches_the_definition_for_grouped_heads_and_packed_sequences() {
+        let shape = Heads {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 16,
+        };
+        // Lengths around the query block, packed back to back.
+        let lens = [1usize, 63, 64, 65, 130];
+        let mut seqs = Vec::new();
+        let mut off = 0;
+        for &l in &lens {
+            seqs.push((off, l));
+            off += l;
+        }
+        let qkv: Vec<f32> = noise(off * shape.qkv_width(), 7)
+            .iter()
+            .map(|v| v * 3.0)
+            .collect();
+        let all = attention(&qkv, shape, &seqs, Rows::All);
+        let last = attention(&qkv, shape, &seqs, Rows::Last);
+        let ow = shape.out_width();
+        assert_eq!(all.len(), off * ow);
+        assert_eq!(last.len(), seqs.len() * ow);
+        for (s, &(offset, len)) in seqs.iter().enumerate() {
+            for row in [0, len / 2, len - 1] {
+                for head in 0..shape.heads {
+                    let want = reference_head(&qkv, shape, offset, head, row);
+                    let at = (offset + row) * ow + head * 16;
+                    assert!(
+                        max_diff(&all[at..at + 16], &want) < 1e-5,
+                        "seq {s} row {row}"
+                    );
+                    if row == len - 1 {
+                        let at = s * ow + head * 16;
+                        assert!(max_diff(&last[at..at + 16], &want) < 1e-5);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn qk_norm_rope_normalises_then_rotates_q_and_k_and_copies_v() {
+        let shape = Heads {
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 8,
+        };
+        let width = shape.qkv_width();
+        let qkv = noise(3 * width, 11);
+        let (q_w, k_w) = (noise(8, 12), noise(8, 13));
+        let inv_freq = [1.0f32, 0.1, 0.01, 0.001];
+        let rope = Rope::new(&inv_freq, 3);
+        let positions = [0usize, 1, 2];
+        let norm = QkNorm {
+            q: &q_w,
+            k: &k_w,
+            eps: 1e-6,
+        };
+        let out = qk_norm_rope(&qkv, shape, &positions, norm, &rope);
+        for (t, &p) in positions.iter().enumerate() {
+            let row = &qkv[t * width..(t + 1) * width];
+            for h in 0..3 {
+                let w = if h < 2 { &q_w } else { &k_w };
+                let x = &row[h * 8..(h + 1) * 8];
+                let ms = x.iter().map(|v| v * v).sum::<f32>() / 8.0;
+                let y: Vec<f32> = x
+                    .iter()
+                    .zip(w)
+                    .map(|(v, w)| v / (ms + 1e-6).sqrt() * w)
+                    .collect();
+                for i in 0..4 {
+                    let a = p as f32 * inv_freq[i];
+                    let want = [
+                        y[i] * a.cos() - y[i + 4] * a.sin(),
+                        y[i + 4] * a.cos() + y[i] * a.sin(),
+                    ];
+                    let got = [out[t * width + h * 8 + i], out[t * width + h * 8 + i + 4]];
+                    assert!(max_diff(&got, &want) < 1e-5, "token {t} head {h} dim {i}");
+                }
+            }
+            assert_eq!(&out[t * width + 24..(t + 1) * width], &row[24..]);
+        }
+    }
+
+    /// CI runs these tests under emulated CPUs and names the variant each must pick.
+    #[test]
+    fn dispatch_picks_the_expected_isa() {
+        let want = match std::env::var("SEMFLOW_EXPECT_ISA").as_deref() {
+            Ok("avx512") => Isa::Avx512,
+            Ok("avx2") => Isa::Avx2,
+            Ok("baseline") => Isa::Baseline,
+            _ => return,
+        };
+        assert_eq!(isa(), want);
+    }
+
+    #[test]
+    fn softmax_on_the_dispatched_isa_matches_std_exp() {
+        let row = noise(100, 5);
+        let mut fast = row.clone();
+        softmax_causal(&mut fast, 70);
+        let mut plain = row.clone();
+        let max = plain[..70]
+            .iter()
+            .cloned()
+            .fold(f32::NEG_INFINITY, f32::max);
+        let total: f32 = plain[..70].iter().map(|v| (v - max).exp()).sum();
+        for v in plain[..70].iter_mut() {
+            *v = (*v - max).exp() / total;
+        }
+        plain[70..].fill(0.0);
+        assert!(max_diff(&fast, &plain) < 1e-6, "isa {:?}", isa());
+    }
+}
