@@ -408,6 +408,37 @@ async fn token_limits_per_item_and_per_request_answer_413() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerank_limits_count_the_whole_reranker_prompt() {
+    // The Qwen3-Reranker prompt around a query and a document is ~80 tokens: a document of
+    // ~30 tokens fits 120, one of ~60 does not (though query and document alone would).
+    let (base, _stop) = start_with(HttpOptions {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        max_item_tokens: Some(120),
+        ..HttpOptions::default()
+    })
+    .await;
+    let url = format!("{base}/v1/rerank");
+    let fits = "many words ".repeat(15);
+    let (status, v) = post(
+        url.clone(),
+        json!({"query": "q", "documents": [fits]}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let over = "many words ".repeat(30);
+    let (status, v) = post(url, json!({"query": "q", "documents": [fits, over]}), None).await;
+    assert_eq!(status, 413, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("documents[1]"),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_endpoint_answers_json_and_arrow() {
     let (base, _stop) = start(None, 8).await;
     let (status, v) = post(

@@ -210,7 +210,7 @@ pub struct Stats {
 
 struct Loaded<M> {
     backend: M,
-    tokenizer: QwenTokenizer,
+    tokenizer: Arc<QwenTokenizer>,
     max_tokens: usize,
 }
 
@@ -236,6 +236,8 @@ pub struct Inference {
     rerank_dir: OnceCell<ModelDir>,
     embedder: OnceCell<Arc<Loaded<Embedder>>>,
     reranker: OnceCell<Arc<Loaded<Reranker>>>,
+    /// The reranker's tokenizer, also without its weights (request limits count prompts).
+    rerank_tokenizer: OnceCell<Arc<QwenTokenizer>>,
     remote_reranker: OnceCell<Arc<remote::RemoteReranker>>,
     embed_cache: ContentCache<Arc<[f32]>>,
     rerank_cache: ContentCache<f32>,
@@ -306,6 +308,7 @@ impl Inference {
             rerank_dir: OnceCell::new(),
             embedder: OnceCell::new(),
             reranker: OnceCell::new(),
+            rerank_tokenizer: OnceCell::new(),
             remote_reranker: OnceCell::new(),
             stats: Stats::default(),
         })
@@ -360,7 +363,8 @@ impl Inference {
             .embedder
             .get_or_try_init(|| async {
                 let dir = self.embed_model_dir().await?.clone();
-                let tokenizer = QwenTokenizer::from_file(&dir.path.join("tokenizer.json"))?;
+                let tokenizer =
+                    Arc::new(QwenTokenizer::from_file(&dir.path.join("tokenizer.json"))?);
                 tokenizer.check_special_tokens(&dir.id, false)?;
                 let max_tokens = self.token_limit_of(&dir);
                 tracing::info!(model = %dir.id, "loading embedding model");
@@ -380,8 +384,7 @@ impl Inference {
             .reranker
             .get_or_try_init(|| async {
                 let dir = self.rerank_model_dir().await?.clone();
-                let tokenizer = QwenTokenizer::from_file(&dir.path.join("tokenizer.json"))?;
-                tokenizer.check_special_tokens(&dir.id, true)?;
+                let tokenizer = self.rerank_tokenizer().await?;
                 let max_tokens = self.token_limit_of(&dir);
                 tracing::info!(model = %dir.id, "loading reranker");
                 let backend = Reranker::load(dir, &self.config).await?;
@@ -712,6 +715,35 @@ impl Inference {
     pub async fn rerank_token_ids(&self, seqs: Vec<Vec<u32>>) -> Result<Vec<f32>> {
         let model = self.reranker().await?;
         model.backend.score_ids(seqs).await
+    }
+
+    /// The reranker's tokenizer (its directory resolved, the weights not loaded).
+    async fn rerank_tokenizer(&self) -> Result<Arc<QwenTokenizer>> {
+        let tokenizer = self
+            .rerank_tokenizer
+            .get_or_try_init(|| async {
+                let dir = self.rerank_model_dir().await?;
+                let tokenizer = QwenTokenizer::from_file(&dir.path.join("tokenizer.json"))?;
+                tokenizer.check_special_tokens(&dir.id, true)?;
+                Ok::<_, Error>(Arc::new(tokenizer))
+            })
+            .await?;
+        Ok(tokenizer.clone())
+    }
+
+    /// Tokens the reranker reads for each input: its whole prompt, before any truncation.
+    pub async fn rerank_lengths(&self, inputs: &[RerankInput]) -> Result<Vec<usize>> {
+        let tokenizer = self.rerank_tokenizer().await?;
+        let (pre, post) = tokenizer.rerank_affixes();
+        let bodies = inputs
+            .iter()
+            .map(|i| prompts::rerank_body(&i.query, &i.document, i.instruction.as_deref()))
+            .collect();
+        Ok(tokenizer
+            .encode_batch(bodies)?
+            .iter()
+            .map(|body| pre.len() + body.len() + post.len())
+            .collect())
     }
 
     /// The reranker prompt's fixed token ids before and after the body (loads the model).

@@ -488,11 +488,8 @@ async fn rerank_scores(
         })
         .collect();
     if state.options.max_item_tokens.is_some() || state.options.max_request_tokens.is_some() {
-        let query = state.inference.embed_tokenize(query).await?.len();
-        let mut lengths = Vec::with_capacity(inputs.len());
-        for i in &inputs {
-            lengths.push(query + state.inference.embed_tokenize(&i.document).await?.len());
-        }
+        // Counted as the reranker reads them: the whole prompt around query and document.
+        let lengths = state.inference.rerank_lengths(&inputs).await?;
         check_tokens(&lengths, &state.options, "documents")?;
     }
     let rows = (0..inputs.len()).collect();
