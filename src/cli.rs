@@ -218,6 +218,9 @@ pub struct BenchArgs {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also write the report as JSON to this file (the table still goes to stdout).
+    #[arg(long, value_name = "FILE")]
+    pub json_out: Option<std::path::PathBuf>,
     /// Kafka bootstrap servers for K1 (Kafka → embed → Lance ingest).
     #[arg(long, env = "SEMFLOW_KAFKA")]
     pub kafka: Option<String>,
@@ -652,10 +655,13 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         chunk_tokens: args.c1_tokens,
     };
     let report = crate::bench::run(&engine, &opts).await?;
+    let json = serde_json::to_string_pretty(&report)
+        .map_err(|e| Error::InvalidArgument(format!("report: {e}")))?;
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, format!("{json}\n")).map_err(|e| Error::io(path, e))?;
+    }
     if args.json {
-        let text = serde_json::to_string_pretty(&report)
-            .map_err(|e| Error::InvalidArgument(format!("report: {e}")))?;
-        println!("{text}");
+        println!("{json}");
     } else {
         println!("{}", crate::bench::render(&report));
     }

@@ -338,17 +338,26 @@ fn bench_measures_search_under_a_stream_and_chunking() {
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     let r1 = &report["retrieval"];
     let phases = r1["phases"].as_array().unwrap();
-    assert_eq!(phases.len(), 4, "{r1}");
+    // fresh, no maintenance, maintained, 4 settings on the maintained index, rebuilt.
+    assert_eq!(phases.len(), 8, "{r1}");
     // 3000 rows, then 6 commits each adding 50 new ids (the other 50 replace old ones).
     assert_eq!(phases[0]["rows"], 3000);
-    assert_eq!(phases[3]["rows"], 3300);
+    assert_eq!(phases[7]["rows"], 3300);
+    assert_eq!(phases[6]["effort"]["effort"], 1.0);
+    assert_eq!(phases[6]["effort"]["refine"], 16);
+    // Probing every partition and re-ranking 16k candidates finds at least what the default
+    // does on the same index.
+    assert!(
+        phases[6]["recall_at_10"].as_f64().unwrap() >= phases[2]["recall_at_10"].as_f64().unwrap(),
+        "{r1}"
+    );
     for p in phases {
         let recall = p["recall_at_10"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&recall), "{p}");
         assert!(p["p50_ms"].as_f64().unwrap() <= p["p99_ms"].as_f64().unwrap());
     }
     // A rebuilt index over clustered vectors finds most true neighbours even at this size.
-    assert!(phases[3]["recall_at_10"].as_f64().unwrap() > 0.5, "{r1}");
+    assert!(phases[7]["recall_at_10"].as_f64().unwrap() > 0.5, "{r1}");
     assert!(r1["maintenance_rounds"].as_u64().unwrap() >= 1, "{r1}");
     // Maintenance compacted the maintained copy's one-fragment-per-commit tail.
     assert!(
@@ -367,6 +376,8 @@ fn bench_reports_json_and_alternates_with_a_peer() {
     // A stand-in peer speaking the protocol (the real one, scripts/peer_bench.py, needs torch):
     // one JSON measurement per workload line.
     let peer = r#"sh -c 'while read -r line; do echo "{\"seconds\":0.5,\"tokens\":1000,\"padded_tokens\":1250,\"sequences\":10,\"latencies_ms\":[500.0]}"; done' --"#;
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("report.json");
     let out = stdout(&semflow(&[
         "bench",
         "--workloads",
@@ -378,10 +389,15 @@ fn bench_reports_json_and_alternates_with_a_peer() {
         "--queries",
         "2",
         "--json",
+        "--json-out",
+        saved.to_str().unwrap(),
         "--peer",
         peer,
     ]));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
+    assert_eq!(file, report, "--json-out writes the report printed");
     let results = report["results"].as_array().unwrap();
     let names: Vec<&str> = results
         .iter()

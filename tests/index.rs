@@ -80,6 +80,38 @@ async fn top_k_vector_queries_use_lance_search_and_match_exact_results() {
     assert!(plan.contains("ANN"), "the index serves the query:\n{plan}");
     assert_eq!(ids(&engine, &knn).await[0], "doc 17");
 
+    // The session's search settings reach Lance's scanner, and bad ones are named.
+    engine
+        .run_sql("SET semflow.search_effort = 1.0; SET semflow.search_refine = 20")
+        .await
+        .unwrap();
+    let plan = explain(&engine, &knn).await;
+    // LIMIT 5 re-ranked 20 times: the index is asked for 100 candidates (20 by default).
+    assert!(plan.contains("k=100"), "{plan}");
+    assert_eq!(ids(&engine, &knn).await[0], "doc 17");
+    engine
+        .run_sql("SET semflow.search_effort = 2")
+        .await
+        .unwrap();
+    let err = engine.run_sql(&knn).await.unwrap_err().user_message();
+    assert!(
+        err.contains("semflow.search_effort must be between 0 and 1"),
+        "{err}"
+    );
+    engine
+        .run_sql("SET semflow.search_effort = 0.5; SET semflow.search_refine = 0")
+        .await
+        .unwrap();
+    let err = engine.run_sql(&knn).await.unwrap_err().user_message();
+    assert!(
+        err.contains("semflow.search_refine must be at least 1"),
+        "{err}"
+    );
+    engine
+        .run_sql("SET semflow.search_refine = 4")
+        .await
+        .unwrap();
+
     // Bad CREATE INDEX statements name what is wrong.
     let err = engine
         .run_sql("CREATE INDEX ON idx USING hnsw_sq (embedding)")

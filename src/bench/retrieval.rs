@@ -28,11 +28,32 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::index::fence::Fence;
+use crate::index::knn::SearchEffort;
 use crate::index::maintain::{checkpoint, rewrite, Rewritten};
 use crate::index::{Change, LanceTable, SourceOffsets};
 
 const CLUSTERS: usize = 1000;
 const K: usize = 10;
+const DEFAULT: SearchEffort = SearchEffort::DEFAULT;
+/// Search settings measured on the maintained index besides the default.
+const SWEEP: [SearchEffort; 4] = [
+    SearchEffort {
+        effort: 0.5,
+        refine: 16,
+    },
+    SearchEffort {
+        effort: 0.8,
+        refine: 4,
+    },
+    SearchEffort {
+        effort: 0.8,
+        refine: 16,
+    },
+    SearchEffort {
+        effort: 1.0,
+        refine: 16,
+    },
+];
 const TOPIC: &str = "r1";
 
 /// R1 settings.
@@ -52,6 +73,8 @@ pub struct RetrievalOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct SearchPhase {
     pub name: String,
+    /// The search settings the queries ran with.
+    pub effort: SearchEffort,
     pub rows: usize,
     pub fragments: usize,
     /// Mean recall@10 against exact search over the same rows.
@@ -267,6 +290,7 @@ async fn measure(
     table: &LanceTable,
     truth: &Truth,
     queries: &[Vec<f32>],
+    effort: SearchEffort,
 ) -> Result<SearchPhase> {
     let Some(ds) = table.latest().await? else {
         return Err(Error::Index(format!("{}: no dataset", table.uri())));
@@ -279,7 +303,7 @@ async fn measure(
         let started = Instant::now();
         let search = |e: lance::Error| Error::Index(format!("{}: search: {e}", table.uri()));
         let mut scanner =
-            crate::index::knn::nearest(&ds, "embedding", &query, K, MetricType::Cosine)?;
+            crate::index::knn::nearest(&ds, "embedding", &query, K, MetricType::Cosine, effort)?;
         scanner.project(&["id"]).map_err(search)?;
         let found = scanner.try_into_batch().await.map_err(search)?;
         latencies.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -297,6 +321,7 @@ async fn measure(
     let pick = |q: f64| super::percentile(&latencies, q);
     Ok(SearchPhase {
         name: name.to_string(),
+        effort,
         rows: truth.ids.len(),
         fragments: ds.get_fragments().len(),
         recall_at_10: recall / queries.len().max(1) as f64,
@@ -425,13 +450,22 @@ pub async fn run(opts: &RetrievalOptions) -> Result<RetrievalResult> {
     drop(initial);
     crate::index::maintain::maintain(&plain).await?;
     let index_build_s = build_index(&plain, opts.rows, dims).await?;
-    let mut phases = vec![measure("fresh index", &plain, &truth, &queries).await?];
+    let mut phases = vec![measure("fresh index", &plain, &truth, &queries, DEFAULT).await?];
     copy_dir(&dir.path().join("plain"), &dir.path().join("maintained"))?;
     let maintained = open(dir.path(), "maintained", dims).await?;
 
     let commits = stream_commits(opts, &mut points, &mut truth)?;
     let (without, _) = stream(&plain, &commits, opts.batch_rows, 0).await?;
-    phases.push(measure("after stream, no maintenance", &plain, &truth, &queries).await?);
+    phases.push(
+        measure(
+            "after stream, no maintenance",
+            &plain,
+            &truth,
+            &queries,
+            DEFAULT,
+        )
+        .await?,
+    );
     let (with, rounds) = stream(
         &maintained,
         &commits,
@@ -445,9 +479,19 @@ pub async fn run(opts: &RetrievalOptions) -> Result<RetrievalResult> {
             &maintained,
             &truth,
             &queries,
+            DEFAULT,
         )
         .await?,
     );
+    // What more probing and re-ranking buy on the maintained index (the settings users can
+    // raise with SET semflow.search_effort / semflow.search_refine).
+    for effort in SWEEP {
+        let name = format!(
+            "maintained, effort {} refine {}",
+            effort.effort, effort.refine
+        );
+        phases.push(measure(&name, &maintained, &truth, &queries, effort).await?);
+    }
 
     // The baseline: the final rows compacted and indexed from scratch.
     crate::index::maintain::maintain(&plain).await?;
@@ -458,6 +502,7 @@ pub async fn run(opts: &RetrievalOptions) -> Result<RetrievalResult> {
             &plain,
             &truth,
             &queries,
+            DEFAULT,
         )
         .await?,
     );

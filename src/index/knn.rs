@@ -26,7 +26,48 @@ use lance_linalg::distance::MetricType;
 use super::LanceTable;
 use crate::udf::vector::{VectorFn, VectorUdf};
 
-const REFINE_FACTOR: u32 = 4;
+/// How hard a vector search through an index works: the `semflow.search_*` settings.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct SearchEffort {
+    /// Lance's IVF search effort in [0, 1] (the share of partitions its probing starts with).
+    pub effort: f64,
+    /// Candidates re-ranked by their exact vectors, as a multiple of k.
+    pub refine: u32,
+}
+
+impl SearchEffort {
+    pub const DEFAULT: Self = Self {
+        effort: 0.5,
+        refine: 4,
+    };
+
+    /// The session's settings, checked.
+    pub fn from_options(
+        options: &crate::udf::options::SemflowOptions,
+    ) -> crate::error::Result<Self> {
+        Self {
+            effort: options.search_effort,
+            refine: options.search_refine,
+        }
+        .checked()
+    }
+
+    /// Refuses values Lance would reject or misread, naming the setting.
+    pub fn checked(self) -> crate::error::Result<Self> {
+        if !(0.0..=1.0).contains(&self.effort) {
+            return Err(crate::error::Error::InvalidArgument(format!(
+                "semflow.search_effort must be between 0 and 1, not {}",
+                self.effort
+            )));
+        }
+        if self.refine == 0 {
+            return Err(crate::error::Error::InvalidArgument(
+                "semflow.search_refine must be at least 1".into(),
+            ));
+        }
+        Ok(self)
+    }
+}
 
 /// The optimizer rule that routes top-k vector queries on Lance tables to Lance's search.
 #[derive(Debug, Default)]
@@ -211,7 +252,7 @@ impl TableProvider for KnnScan {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         _limit: Option<usize>,
@@ -234,8 +275,23 @@ impl TableProvider for KnnScan {
             .iter()
             .map(|f| f.name().clone())
             .collect();
-        let mut scanner = nearest(&ds, &self.column, self.query.as_ref(), self.k, self.metric)
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let options = state
+            .config_options()
+            .extensions
+            .get::<crate::udf::options::SemflowOptions>()
+            .cloned()
+            .unwrap_or_default();
+        let external = |e: crate::error::Error| DataFusionError::External(Box::new(e));
+        let effort = SearchEffort::from_options(&options).map_err(external)?;
+        let mut scanner = nearest(
+            &ds,
+            &self.column,
+            self.query.as_ref(),
+            self.k,
+            self.metric,
+            effort,
+        )
+        .map_err(external)?;
         scanner.project(&columns)?;
         if let Some(filter) = filters.iter().cloned().reduce(Expr::and) {
             scanner.filter_expr(filter);
@@ -245,14 +301,16 @@ impl TableProvider for KnnScan {
 }
 
 /// Lance's top-k search for `query` over `column` as semflow runs it: through the vector
-/// index when there is one (rows it does not cover yet are searched exactly), quantized
-/// candidates re-ranked by their exact vectors, filters applied before the search.
+/// index when there is one (rows it does not cover yet are searched exactly), probing and
+/// re-ranking quantized candidates by their exact vectors as `effort` says, filters applied
+/// before the search.
 pub fn nearest(
     ds: &lance::Dataset,
     column: &str,
     query: &dyn Array,
     k: usize,
     metric: MetricType,
+    effort: SearchEffort,
 ) -> crate::error::Result<lance::dataset::scanner::Scanner> {
     let search = |e: lance::Error| crate::error::Error::Index(format!("{}: search: {e}", ds.uri()));
     let mut scanner = ds.scan();
@@ -260,7 +318,7 @@ pub fn nearest(
     scanner.nearest(column, query, k).map_err(search)?;
     scanner.distance_metric(metric);
     scanner.prefilter(true);
-    // With a quantized (PQ) index, re-rank 4k candidates by their exact vectors.
-    scanner.refine(REFINE_FACTOR);
+    scanner.search_effort(effort.effort).map_err(search)?;
+    scanner.refine(effort.refine);
     Ok(scanner)
 }

@@ -23,6 +23,12 @@ extensions_options! {
         /// semflow run: …or once this many seconds have passed since the last round and
         /// something was committed (0: by commits only).
         pub maintenance_seconds: u64, default = 0
+        /// Vector search through an index: how many IVF partitions to probe, from 0 (as few
+        /// as find k rows) to 1 (all), Lance's adaptive probing (0.5 is its default).
+        pub search_effort: f64, default = crate::index::knn::SearchEffort::DEFAULT.effort
+        /// Vector search through a quantized index: re-rank this many times k candidates
+        /// by their exact vectors (1: no re-ranking beyond k).
+        pub search_refine: u32, default = crate::index::knn::SearchEffort::DEFAULT.refine
     }
 }
 
