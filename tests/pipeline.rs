@@ -277,6 +277,96 @@ async fn pipeline_applies_updates_deletes_and_dead_letters_bad_records() {
     assert_eq!(rows["d5"].0, "fifth");
 }
 
+/// A Debezium change event (JSON) for row `id` of a `docs` table.
+fn change(id: &str, op: &str, body: Option<&str>) -> (Option<String>, Option<String>) {
+    let after = body.map(|b| serde_json::json!({"id": id, "title": format!("t-{id}"), "body": b}));
+    let event = serde_json::json!({
+        "before": null, "after": after, "op": op,
+        "source": {"connector": "postgresql", "table": "docs"}, "ts_ms": 0
+    });
+    (
+        Some(serde_json::json!({"id": id}).to_string()),
+        Some(event.to_string()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debezium_change_events_upsert_and_delete() {
+    let topic = unique("cdc");
+    let group = unique("indexer");
+    create_topic(&topic, 1).await;
+    create_topic(&format!("{topic}.dlq"), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("idx").to_string_lossy().into_owned();
+    let wrapped = serde_json::json!({
+        "schema": {"type": "struct", "name": "cdc.Envelope"},
+        "payload": {"before": null, "after": {"id": "e4", "title": "t", "body": "wrapped"}, "op": "c"}
+    });
+    let records = vec![
+        change("e1", "r", Some("snapshot")),
+        change("e2", "c", Some("second")),
+        change("e3", "c", Some("third")),
+        change("e1", "u", Some("first, updated")),
+        change("e3", "d", None),
+        // Debezium's tombstone after a delete, for log compaction.
+        (Some(r#"{"id":"e3"}"#.into()), None),
+        (
+            Some(r#"{"schema":{"type":"struct"},"payload":{"id":"e4"}}"#.into()),
+            Some(wrapped.to_string()),
+        ),
+        change("e5", "t", None),
+        (
+            Some(r#"{"id":"e6","tenant":1}"#.into()),
+            change("e6", "c", Some("six")).1,
+        ),
+    ];
+    produce(&producer(), &topic, &records).await;
+    let sql = pipeline_sql(&topic, &group, &location, ", 'envelope' 'debezium'");
+    let stats = run_until(&sql, records.len() as u64).await;
+    assert_eq!(stats.records, records.len() as u64);
+    let rows = index_rows(&location).await;
+    let bodies: Vec<_> = rows
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.0.as_str()))
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            ("e1", "first, updated"),
+            ("e2", "second"),
+            ("e4", "wrapped")
+        ]
+    );
+    let dlq = read_all(&format!("{topic}.dlq"), 1);
+    let reasons: Vec<String> = dlq
+        .into_iter()
+        .map(|(_, _, headers)| {
+            headers.into_iter().collect::<BTreeMap<_, _>>()["semflow.error"].clone()
+        })
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("truncate")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("composite keys")),
+        "{reasons:?}"
+    );
+    assert_eq!(stats.dead_lettered, 2);
+
+    // The envelope needs JSON values.
+    let err = common::tiny_engine()
+        .run_sql(&format!(
+            "CREATE EXTERNAL TABLE raw_cdc STORED AS KAFKA LOCATION '{topic}' OPTIONS ('bootstrap.servers' '{}', 'format' 'raw', 'envelope' 'debezium')",
+            bootstrap()
+        ))
+        .await
+        .unwrap_err()
+        .user_message();
+    assert!(err.contains("'envelope' = 'debezium'"), "{err}");
+}
+
 #[test]
 fn bench_k1_ingests_every_document_and_reports_rate_and_lag() {
     let out = common::semflow_command()

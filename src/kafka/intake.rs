@@ -7,6 +7,7 @@
 use arrow::record_batch::RecordBatch;
 
 use super::decode::Decoder;
+use super::envelope::{unwrap_debezium, Envelope};
 use super::options::{Format, KafkaOptions};
 use super::record::Record;
 use crate::error::{Error, Result};
@@ -60,11 +61,19 @@ pub fn intake(
     decoder: &Decoder,
     reader: Reader,
 ) -> Result<Intake> {
+    let mut failures = Vec::new();
+    let unwrapped;
+    let records = match options.envelope {
+        Envelope::None => records,
+        Envelope::Debezium => {
+            unwrapped = unwrap_envelopes(records, options, &mut failures);
+            &unwrapped[..]
+        }
+    };
     let newest = match reader {
         Reader::Pipeline => newest_per_key(records),
         Reader::Scan => Vec::new(),
     };
-    let mut failures = Vec::new();
     let mut deletes = Vec::new();
     let mut values = Vec::new();
     for (i, record) in records.iter().enumerate() {
@@ -104,6 +113,36 @@ pub fn intake(
         deletes,
         failures,
     })
+}
+
+/// Change events as the plain records they stand for (upserts, tombstones); an event that
+/// cannot be applied is a failure of the record as it arrived. Oversized values are left for
+/// the size check, unread.
+fn unwrap_envelopes(
+    records: &[Record],
+    options: &KafkaOptions,
+    failures: &mut Vec<Failure>,
+) -> Vec<Record> {
+    records
+        .iter()
+        .filter_map(|record| {
+            if record
+                .value
+                .as_ref()
+                .is_some_and(|v| v.len() > options.max_value_bytes)
+            {
+                return Some(record.clone());
+            }
+            unwrap_debezium(record)
+                .map_err(|reason| {
+                    failures.push(Failure {
+                        record: record.clone(),
+                        reason,
+                    })
+                })
+                .ok()
+        })
+        .collect()
 }
 
 /// Whether each record is the newest of its key in the batch (keyless records always are).

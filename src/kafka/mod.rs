@@ -12,6 +12,7 @@
 
 pub mod consumer;
 pub mod decode;
+pub mod envelope;
 pub mod intake;
 pub mod options;
 pub mod producer;

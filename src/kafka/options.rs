@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use super::envelope::Envelope;
 use crate::error::{Error, Result};
 
 /// How message values map to columns.
@@ -51,6 +52,8 @@ pub struct KafkaOptions {
     /// librdkafka properties (`bootstrap.servers`, `group.id`, `security.protocol`, …).
     pub client: BTreeMap<String, String>,
     pub format: Format,
+    /// How values are wrapped (`'envelope' 'debezium'`: change events).
+    pub envelope: Envelope,
     pub start: Start,
     pub end: End,
     /// A micro-batch closes at this many records…
@@ -66,7 +69,7 @@ pub struct KafkaOptions {
 }
 
 const KNOWN: &str =
-    "format, start, end, batch_rows, batch_ms, on_error, dlq_topic, max_value_bytes, key";
+    "format, envelope, start, end, batch_rows, batch_ms, on_error, dlq_topic, max_value_bytes, key";
 
 impl KafkaOptions {
     /// Parses table options; `topic` is the table's LOCATION.
@@ -78,6 +81,7 @@ impl KafkaOptions {
             topic: topic.to_string(),
             client: BTreeMap::new(),
             format: Format::Json,
+            envelope: Envelope::None,
             start: Start::Committed,
             end: End::Never,
             batch_rows: 1000,
@@ -95,6 +99,13 @@ impl KafkaOptions {
                         "json" => Format::Json,
                         "raw" => Format::Raw,
                         v => return Err(bad_value("format", v, "json, raw")),
+                    }
+                }
+                Some("envelope") => {
+                    o.envelope = match value.as_str() {
+                        "none" => Envelope::None,
+                        "debezium" => Envelope::Debezium,
+                        v => return Err(bad_value("envelope", v, "none, debezium")),
                     }
                 }
                 Some("start") => {
@@ -137,6 +148,11 @@ impl KafkaOptions {
                     o.client.insert(property.to_string(), value.clone());
                 }
             }
+        }
+        if o.envelope == Envelope::Debezium && o.format != Format::Json {
+            return Err(invalid(
+                "option 'envelope' = 'debezium' reads JSON change events: use 'format' 'json'",
+            ));
         }
         if !o.client.contains_key("bootstrap.servers") {
             return Err(invalid("option 'bootstrap.servers' is required"));
@@ -219,9 +235,27 @@ mod tests {
         assert!(err(("format.format", "xml")).contains("'format' = 'xml'"));
         assert!(err(("format.batch_rows", "0")).contains("batch_rows"));
         assert!(err(("format.colour", "red")).contains("unknown option 'colour'"));
+        assert!(err(("format.envelope", "maxwell")).contains("'envelope' = 'maxwell'"));
         assert!(KafkaOptions::parse("t", &HashMap::new())
             .unwrap_err()
             .to_string()
             .contains("bootstrap.servers"));
+    }
+
+    #[test]
+    fn debezium_envelope_reads_json_only() {
+        let parse = |format: &str| {
+            KafkaOptions::parse(
+                "t",
+                &opts(&[
+                    ("bootstrap.servers", "b:9092"),
+                    ("format.envelope", "debezium"),
+                    ("format.format", format),
+                ]),
+            )
+        };
+        assert_eq!(parse("json").unwrap().envelope, Envelope::Debezium);
+        let err = parse("raw").unwrap_err().to_string();
+        assert!(err.contains("use 'format' 'json'"), "{err}");
     }
 }
