@@ -9,7 +9,11 @@
 //!   head) on all cores; scores and values go through `gemm` (AVX-512 where the CPU has it)
 //!   and the softmax through a vectorised exp. Writes `[rows, heads * head_dim]`, the o
 //!   projection's input; [`Rows::Last`] computes only each sequence's last query.
-//! - [`add_rms_norm`]: the residual add and the next RMSNorm in one pass.
+//! - [`add_rms_norm`]: the residual add and the next RMSNorm in one pass; [`silu_mul`]: the
+//!   MLP's `silu(gate) * up`.
+//! - [`linear_skinny`]: `x · wᵀ` for a few rows of x (a batch of one short query), streaming
+//!   each weight row once; gemm would first copy (pack) the whole weight, which at a few rows
+//!   costs more than the product.
 //!
 //! Loops are compiled three times (AVX-512, AVX2+FMA, baseline x86-64) and the best the CPU
 //! has is chosen at run time (`by_isa!`), so one binary runs everywhere.
@@ -284,6 +288,13 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper, not the field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 thread_local! {
     /// A worker thread's score block, reused across tasks and passes.
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -442,6 +453,132 @@ by_isa! {
     }
 }
 
+/// `silu(gate) * up` of each row of `gate_up = [gate | up]` (each `inter` wide).
+pub fn silu_mul(gate_up: &[f32], inter: usize) -> Vec<f32> {
+    let mut out = vec![0f32; gate_up.len() / 2];
+    out.par_chunks_mut(inter)
+        .zip(gate_up.par_chunks(2 * inter))
+        .for_each(|(o, gu)| silu_row(o, gu));
+    out
+}
+
+by_isa! {
+    /// One row of [`silu_mul`].
+    fn silu_row(out: &mut [f32], gate_up: &[f32]) {
+        let (gate, up) = gate_up.split_at(out.len());
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o = g / (1.0 + fast_exp(-g)) * u;
+        }
+    }
+}
+
+/// Rows of x at or below which the packed forward pass uses [`linear_skinny`] (on AVX-512).
+pub const SKINNY_ROWS: usize = 64;
+
+/// Weight rows per [`linear_skinny`] task.
+const WEIGHT_ROWS_PER_TASK: usize = 64;
+
+/// `x · wᵀ` for `x` `[m, k]` and `w` `[n, k]` (a linear layer's weight as stored): `[m, n]`.
+/// Tasks over blocks of weight rows on all cores; each weight row is read once and dotted
+/// with every row of x.
+pub fn linear_skinny(x: &[f32], m: usize, w: &[f32], n: usize) -> Vec<f32> {
+    assert!(
+        m > 0 && n > 0 && x.len().is_multiple_of(m),
+        "linear_skinny: x is not [m, k]"
+    );
+    let k = x.len() / m;
+    assert_eq!(w.len(), n * k, "linear_skinny: w is not [n, k]");
+    let mut out = vec![0f32; m * n];
+    let ptr = OutPtr(out.as_mut_ptr());
+    w.par_chunks(WEIGHT_ROWS_PER_TASK * k)
+        .enumerate()
+        .for_each(|(block, rows)| {
+            let j0 = block * WEIGHT_ROWS_PER_TASK;
+            let mut dots = vec![0f32; m * (rows.len() / k)];
+            dot_rows(&mut dots, x, rows, k);
+            // dots is [m, rows]; row i's block of out starts at i * n + j0.
+            let width = rows.len() / k;
+            for i in 0..m {
+                let src = &dots[i * width..(i + 1) * width];
+                assert!(i * n + j0 + width <= m * n);
+                // Safety: in bounds (checked above); tasks write disjoint column blocks.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(src.as_ptr(), ptr.get().add(i * n + j0), width);
+                }
+            }
+        });
+    out
+}
+
+/// `dots[i, j] = x_i · w_j` for the `k`-wide rows of `x` and `w`.
+fn dot_rows(dots: &mut [f32], x: &[f32], w: &[f32], k: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx512 {
+        // Safety: the CPU has AVX-512F (detected).
+        return unsafe { dot_rows_avx512(dots, x, w, k) };
+    }
+    let width = w.len() / k;
+    for (i, xi) in x.chunks_exact(k).enumerate() {
+        for (j, wj) in w.chunks_exact(k).enumerate() {
+            dots[i * width + j] = xi.iter().zip(wj).map(|(a, b)| a * b).sum();
+        }
+    }
+}
+
+/// [`dot_rows`] with AVX-512 FMAs: four weight rows against two rows of x at a time, eight
+/// independent accumulators to keep both FMA units busy.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_rows_avx512(dots: &mut [f32], x: &[f32], w: &[f32], k: usize) {
+    use std::arch::x86_64::*;
+    let (m, width) = (x.len() / k, w.len() / k);
+    let lanes = k / 16 * 16;
+    let dot_tail = |a: &[f32], b: &[f32]| -> f32 {
+        a[lanes..k]
+            .iter()
+            .zip(&b[lanes..k])
+            .map(|(p, q)| p * q)
+            .sum()
+    };
+    let mut j = 0;
+    while j < width {
+        let group = (width - j).min(4);
+        // Rows past the group's end repeat its last row; their sums are not stored.
+        let rows: [&[f32]; 4] =
+            std::array::from_fn(|r| &w[(j + r.min(group - 1)) * k..(j + r.min(group - 1) + 1) * k]);
+        let mut i = 0;
+        while i < m {
+            let pair = (m - i).min(2);
+            let xs: [&[f32]; 2] = std::array::from_fn(|p| {
+                &x[(i + p.min(pair - 1)) * k..(i + p.min(pair - 1) + 1) * k]
+            });
+            let mut acc = [[_mm512_setzero_ps(); 4]; 2];
+            let mut c = 0;
+            while c < lanes {
+                // Safety: c + 16 <= lanes <= k, the length of every row here.
+                let xv = [
+                    _mm512_loadu_ps(xs[0].as_ptr().add(c)),
+                    _mm512_loadu_ps(xs[1].as_ptr().add(c)),
+                ];
+                for r in 0..4 {
+                    let wv = _mm512_loadu_ps(rows[r].as_ptr().add(c));
+                    acc[0][r] = _mm512_fmadd_ps(xv[0], wv, acc[0][r]);
+                    acc[1][r] = _mm512_fmadd_ps(xv[1], wv, acc[1][r]);
+                }
+                c += 16;
+            }
+            for p in 0..pair {
+                for r in 0..group {
+                    dots[(i + p) * width + j + r] =
+                        _mm512_reduce_add_ps(acc[p][r]) + dot_tail(xs[p], rows[r]);
+                }
+            }
+            i += pair;
+        }
+        j += group;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,6 +602,48 @@ mod tests {
             .zip(b)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn linear_skinny_matches_the_definition() {
+        // Shapes around the 4-row and 2-row blocks, the 16-lane tail and the task size.
+        for (m, k, n) in [(1, 16, 4), (3, 37, 7), (2, 64, 130), (5, 100, 65)] {
+            let (x, w) = (noise(m * k, 21), noise(n * k, 22));
+            let got = linear_skinny(&x, m, &w, n);
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
+                        .sum();
+                    let g = got[i * n + j] as f64;
+                    assert!(
+                        (g - want).abs() < 1e-4,
+                        "m{m} k{k} n{n} [{i},{j}]: {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn silu_mul_matches_the_definition() {
+        let inter = 37;
+        let gate_up: Vec<f32> = noise(3 * 2 * inter, 31).iter().map(|v| v * 20.0).collect();
+        let got = silu_mul(&gate_up, inter);
+        for r in 0..3 {
+            for i in 0..inter {
+                let (g, u) = (
+                    gate_up[r * 2 * inter + i],
+                    gate_up[r * 2 * inter + inter + i],
+                );
+                let want = g / (1.0 + (-g).exp()) * u;
+                let at = got[r * inter + i];
+                assert!(
+                    (at - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "{g} {u}: {at} vs {want}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor, D};
 use candle_nn::ops::{rms_norm, silu, softmax_last_dim};
 use candle_nn::rotary_emb::rope;
 
-use super::cpu_kernels::{self, Heads, QkNorm, Rows};
+use super::cpu_kernels::{self, Heads, Isa, QkNorm, Rows};
 use super::device::DTypeSpec;
 use super::local::LoadOptions;
 use super::prompts::{NO_TOKEN_ID, YES_TOKEN_ID};
@@ -341,6 +341,29 @@ impl PackedQwen3 {
         Ok((sum, normed))
     }
 
+    /// `x · wᵀ` (a linear layer, `w` as stored `[out, in]`). A few rows on AVX-512 go
+    /// through [`cpu_kernels::linear_skinny`], which reads the weight once instead of packing it.
+    fn linear(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+        let (m, n) = (x.dim(0)?, w.dim(0)?);
+        if self.cpu_f32 && m <= cpu_kernels::SKINNY_ROWS && cpu_kernels::isa() == Isa::Avx512 {
+            let out = with_f32(x, |x| {
+                with_f32(w, |w| cpu_kernels::linear_skinny(x, m, w, n))
+            })??;
+            return Tensor::from_vec(out, (m, n), &self.device);
+        }
+        x.matmul(&w.t()?)
+    }
+
+    /// `silu(gate) * up` for `gate_up = [gate | up]` (`[rows, 2 * intermediate]`).
+    fn silu_mul(&self, gate_up: &Tensor) -> candle_core::Result<Tensor> {
+        let inter = self.cfg.intermediate_size;
+        if self.cpu_f32 {
+            let out = with_f32(gate_up, |gu| cpu_kernels::silu_mul(gu, inter))?;
+            return Tensor::from_vec(out, (gate_up.dim(0)?, inter), &self.device);
+        }
+        silu(&gate_up.narrow(1, 0, inter)?)? * gate_up.narrow(1, inter, inter)?
+    }
+
     fn heads(&self) -> Heads {
         Heads {
             heads: self.cfg.num_attention_heads,
@@ -415,7 +438,7 @@ impl PackedQwen3 {
         let mut x = self.embed.index_select(&ids, 0)?; // [T, H]
         let mut h = rms_norm(&x, &self.layers[0].input_norm, eps)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            let qkv = h.matmul(&layer.qkv.t()?)?;
+            let qkv = self.linear(&h, &layer.qkv)?;
             let last = l + 1 == self.layers.len();
             // Pooling and the reranker read only each sequence's last position, so the last
             // layer attends from those rows alone and drops the others.
@@ -425,11 +448,11 @@ impl PackedQwen3 {
                 x = x.index_select(&pack.last_rows, 0)?;
             }
             let (mid, normed) =
-                self.add_norm(&x, &attn.matmul(&layer.o.t()?)?, &layer.post_norm)?;
-            let gate_up = normed.matmul(&layer.gate_up.t()?)?;
-            let act = silu_mul(&gate_up, self.cfg.intermediate_size)?;
+                self.add_norm(&x, &self.linear(&attn, &layer.o)?, &layer.post_norm)?;
+            let gate_up = self.linear(&normed, &layer.gate_up)?;
+            let act = self.silu_mul(&gate_up)?;
             let next_norm = self.layers.get(l + 1).map_or(&self.norm, |n| &n.input_norm);
-            (x, h) = self.add_norm(&mid, &act.matmul(&layer.down.t()?)?, next_norm)?;
+            (x, h) = self.add_norm(&mid, &self.linear(&act, &layer.down)?, next_norm)?;
         }
         Ok(h)
     }
@@ -457,35 +480,6 @@ impl PackedQwen3 {
         };
         out.and_then(|t| t.to_vec2()).map_err(candle_err)
     }
-}
-
-/// `silu(gate) * up` for `gate_up = [gate | up]` (`[rows, 2 * inter]`). On CPU in F32 this is
-/// one pass over the data on all cores; candle's elementwise ops run on one thread and
-/// allocate three intermediates (they were ~20% of the forward pass in a profile).
-fn silu_mul(gate_up: &Tensor, inter: usize) -> candle_core::Result<Tensor> {
-    use candle_core::{CpuStorage, Storage};
-    use rayon::prelude::*;
-    let fused =
-        gate_up.dtype() == DType::F32 && gate_up.device().is_cpu() && gate_up.is_contiguous();
-    if fused {
-        let rows = gate_up.dim(0)?;
-        let (storage, layout) = gate_up.storage_and_layout();
-        if let Storage::Cpu(CpuStorage::F32(data)) = &*storage {
-            let data = &data[layout.start_offset()..layout.start_offset() + rows * 2 * inter];
-            let mut out = vec![0f32; rows * inter];
-            out.par_chunks_mut(inter)
-                .zip(data.par_chunks(2 * inter))
-                .for_each(|(o, gu)| {
-                    let (g, u) = gu.split_at(inter);
-                    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                        *o = g / (1.0 + (-g).exp()) * u;
-                    }
-                });
-            drop(storage);
-            return Tensor::from_vec(out, (rows, inter), gate_up.device());
-        }
-    }
-    silu(&gate_up.narrow(1, 0, inter)?)? * gate_up.narrow(1, inter, inter)?
 }
 
 struct Job {
