@@ -27,7 +27,7 @@
 //! | data sources | [`kafka`], [`index`] | topics as tables and the pipeline consumer; Lance datasets as tables with rows and Kafka offsets in one commit |
 //! | SQL functions | [`udf`] | `embed`, `rerank`, `chunk`, `generate_query`, vector functions, `semflow.*` settings |
 //! | services | [`generation`], [`config`], [`telemetry`] | the LLM client and recipe behind query generation; engine settings from flags, env and TOML; Prometheus metrics |
-//! | inference | [`inference`] | dedupe, caching, Qwen3 formats, tokenization, batching; backends `packed` (candle), `local` (mistral.rs), `remote` (endpoint pools) |
+//! | inference | [`inference`] | dedupe, caching, Qwen3 formats, tokenization, batching; backends `packed` (candle, with `cpu_kernels` on CPU), `local` (mistral.rs), `remote` (endpoint pools) |
 //! | models | [`model`] | model directories: configs, presets, random weights, the Hugging Face hub, fingerprints, merging |
 //! | leaves | [`error`], [`text`], [`tls`] | the library's error type; SQL literals and `${VAR}` substitution; TLS certificates for listeners and trusted roots for outbound HTTPS |
 

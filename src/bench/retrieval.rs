@@ -28,9 +28,9 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::index::fence::Fence;
-use crate::index::knn::SearchEffort;
 use crate::index::maintain::{checkpoint, rewrite, Rewritten};
 use crate::index::{Change, LanceTable, SourceOffsets};
+use crate::udf::options::SearchEffort;
 
 const CLUSTERS: usize = 1000;
 const K: usize = 10;

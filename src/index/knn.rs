@@ -24,50 +24,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use lance_linalg::distance::MetricType;
 
 use super::LanceTable;
+use crate::udf::options::{SearchEffort, SemflowOptions};
 use crate::udf::vector::{VectorFn, VectorUdf};
-
-/// How hard a vector search through an index works: the `semflow.search_*` settings.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct SearchEffort {
-    /// Lance's IVF search effort in [0, 1] (the share of partitions its probing starts with).
-    pub effort: f64,
-    /// Candidates re-ranked by their exact vectors, as a multiple of k.
-    pub refine: u32,
-}
-
-impl SearchEffort {
-    pub const DEFAULT: Self = Self {
-        effort: 0.5,
-        refine: 4,
-    };
-
-    /// The session's settings, checked.
-    pub fn from_options(
-        options: &crate::udf::options::SemflowOptions,
-    ) -> crate::error::Result<Self> {
-        Self {
-            effort: options.search_effort,
-            refine: options.search_refine,
-        }
-        .checked()
-    }
-
-    /// Refuses values Lance would reject or misread, naming the setting.
-    pub fn checked(self) -> crate::error::Result<Self> {
-        if !(0.0..=1.0).contains(&self.effort) {
-            return Err(crate::error::Error::InvalidArgument(format!(
-                "semflow.search_effort must be between 0 and 1, not {}",
-                self.effort
-            )));
-        }
-        if self.refine == 0 {
-            return Err(crate::error::Error::InvalidArgument(
-                "semflow.search_refine must be at least 1".into(),
-            ));
-        }
-        Ok(self)
-    }
-}
 
 /// The optimizer rule that routes top-k vector queries on Lance tables to Lance's search.
 #[derive(Debug, Default)]
@@ -278,7 +236,7 @@ impl TableProvider for KnnScan {
         let options = state
             .config_options()
             .extensions
-            .get::<crate::udf::options::SemflowOptions>()
+            .get::<SemflowOptions>()
             .cloned()
             .unwrap_or_default();
         let external = |e: crate::error::Error| DataFusionError::External(Box::new(e));

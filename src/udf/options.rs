@@ -25,13 +25,56 @@ extensions_options! {
         pub maintenance_seconds: u64, default = 0
         /// Vector search through an index: how many IVF partitions to probe, from 0 (as few
         /// as find k rows) to 1 (all), Lance's adaptive probing (0.5 is its default).
-        pub search_effort: f64, default = crate::index::knn::SearchEffort::DEFAULT.effort
+        pub search_effort: f64, default = SearchEffort::DEFAULT.effort
         /// Vector search through a quantized index: re-rank this many times k candidates
         /// by their exact vectors (1: no re-ranking beyond k).
-        pub search_refine: u32, default = crate::index::knn::SearchEffort::DEFAULT.refine
+        pub search_refine: u32, default = SearchEffort::DEFAULT.refine
     }
 }
 
 impl ConfigExtension for SemflowOptions {
     const PREFIX: &'static str = "semflow";
+}
+
+/// How hard a vector search through an index works: the `semflow.search_*` settings.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct SearchEffort {
+    /// Lance's IVF search effort in [0, 1] (the share of partitions its probing starts with).
+    pub effort: f64,
+    /// Candidates re-ranked by their exact vectors, as a multiple of k.
+    pub refine: u32,
+}
+
+impl SearchEffort {
+    pub const DEFAULT: Self = Self {
+        effort: 0.5,
+        refine: 4,
+    };
+
+    /// The session's settings, checked.
+    pub fn from_options(
+        options: &crate::udf::options::SemflowOptions,
+    ) -> crate::error::Result<Self> {
+        Self {
+            effort: options.search_effort,
+            refine: options.search_refine,
+        }
+        .checked()
+    }
+
+    /// Refuses values Lance would reject or misread, naming the setting.
+    pub fn checked(self) -> crate::error::Result<Self> {
+        if !(0.0..=1.0).contains(&self.effort) {
+            return Err(crate::error::Error::InvalidArgument(format!(
+                "semflow.search_effort must be between 0 and 1, not {}",
+                self.effort
+            )));
+        }
+        if self.refine == 0 {
+            return Err(crate::error::Error::InvalidArgument(
+                "semflow.search_refine must be at least 1".into(),
+            ));
+        }
+        Ok(self)
+    }
 }
