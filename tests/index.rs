@@ -86,7 +86,7 @@ async fn top_k_vector_queries_use_lance_search_and_match_exact_results() {
         .await
         .unwrap();
     let plan = explain(&engine, &knn).await;
-    // LIMIT 5 re-ranked 20 times: the index is asked for 100 candidates (20 by default).
+    // LIMIT 5 re-ranked 20 times: the index is asked for 100 candidates (80 by default).
     assert!(plan.contains("k=100"), "{plan}");
     assert_eq!(ids(&engine, &knn).await[0], "doc 17");
     engine

@@ -506,6 +506,16 @@ pub async fn run(opts: &RetrievalOptions) -> Result<RetrievalResult> {
         )
         .await?,
     );
+    phases.push(
+        measure(
+            "index rebuilt, refine 4",
+            &plain,
+            &truth,
+            &queries,
+            SWEEP[0],
+        )
+        .await?,
+    );
 
     Ok(RetrievalResult {
         options: opts.clone(),
