@@ -18,6 +18,13 @@ fn doc(id: &str, body: &str) -> (Option<String>, Option<String>) {
     )
 }
 
+/// (id, body) of each row that [`index_rows`] read, by id.
+fn id_bodies(rows: &BTreeMap<String, (String, String, usize)>) -> Vec<(&str, &str)> {
+    rows.iter()
+        .map(|(k, v)| (k.as_str(), v.0.as_str()))
+        .collect()
+}
+
 /// (id, body, model) rows of a Lance table, plus the embedding length of each.
 async fn index_rows(location: &str) -> BTreeMap<String, (String, String, usize)> {
     let engine = common::tiny_engine();
@@ -180,10 +187,7 @@ async fn lance_table_upserts_by_primary_key() {
         0
     );
     let rows = index_rows(&location).await;
-    let bodies: Vec<_> = rows
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.0.as_str()))
-        .collect();
+    let bodies = id_bodies(&rows);
     assert_eq!(bodies, [("a", "one"), ("b", "two v2"), ("c", "three")]);
     for (_, model, dims) in rows.values() {
         assert!(model.contains('@'), "model fingerprint recorded: {model}");
@@ -234,10 +238,7 @@ async fn pipeline_applies_updates_deletes_and_dead_letters_bad_records() {
     assert_eq!(stats.records, records.len() as u64);
 
     let rows = index_rows(&location).await;
-    let bodies: Vec<_> = rows
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.0.as_str()))
-        .collect();
+    let bodies = id_bodies(&rows);
     // b3's nested body is kept as JSON text (TEXT columns take any JSON value)…
     assert_eq!(
         bodies,
@@ -325,10 +326,7 @@ async fn debezium_change_events_upsert_and_delete() {
     let stats = run_until(&sql, records.len() as u64).await;
     assert_eq!(stats.records, records.len() as u64);
     let rows = index_rows(&location).await;
-    let bodies: Vec<_> = rows
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.0.as_str()))
-        .collect();
+    let bodies = id_bodies(&rows);
     assert_eq!(
         bodies,
         [
