@@ -18,6 +18,20 @@ fn doc(id: &str, body: &str) -> (Option<String>, Option<String>) {
     )
 }
 
+/// A fresh topic (`partitions`) with its dead-letter topic, a consumer group and a directory
+/// for the index: (topic, group, the directory, the index location).
+async fn dead_lettering_pipeline(
+    name: &str,
+    partitions: i32,
+) -> (String, String, tempfile::TempDir, String) {
+    let topic = unique(name);
+    create_topic(&topic, partitions).await;
+    create_topic(&format!("{topic}.dlq"), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("idx").to_string_lossy().into_owned();
+    (topic, unique("indexer"), dir, location)
+}
+
 /// (id, body) of each row that [`index_rows`] read, by id.
 fn id_bodies(rows: &BTreeMap<String, (String, String, usize)>) -> Vec<(&str, &str)> {
     rows.iter()
@@ -207,12 +221,7 @@ async fn lance_table_upserts_by_primary_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipeline_applies_updates_deletes_and_dead_letters_bad_records() {
-    let topic = unique("docs");
-    let group = unique("indexer");
-    create_topic(&topic, 2).await;
-    create_topic(&format!("{topic}.dlq"), 1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let location = dir.path().join("idx").to_string_lossy().into_owned();
+    let (topic, group, _dir, location) = dead_lettering_pipeline("docs", 2).await;
     let p = producer();
     let mut records = vec![
         doc("d1", "first"),
@@ -293,12 +302,7 @@ fn change(id: &str, op: &str, body: Option<&str>) -> (Option<String>, Option<Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debezium_change_events_upsert_and_delete() {
-    let topic = unique("cdc");
-    let group = unique("indexer");
-    create_topic(&topic, 1).await;
-    create_topic(&format!("{topic}.dlq"), 1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let location = dir.path().join("idx").to_string_lossy().into_owned();
+    let (topic, group, _dir, location) = dead_lettering_pipeline("cdc", 1).await;
     let wrapped = serde_json::json!({
         "schema": {"type": "struct", "name": "cdc.Envelope"},
         "payload": {"before": null, "after": {"id": "e4", "title": "t", "body": "wrapped"}, "op": "c"}
