@@ -311,28 +311,23 @@ pub fn attention(qkv: &[f32], shape: Heads, seqs: &[(usize, usize)], rows: Rows)
             offset + len <= tokens && len > 0,
             "sequence outside the packed rows"
         );
-        let blocks: Vec<(usize, usize)> = match rows {
-            Rows::All => (0..len)
-                .step_by(QUERY_BLOCK)
-                .map(|q0| (q0, (q0 + QUERY_BLOCK).min(len)))
-                .collect(),
-            Rows::Last => vec![(len - 1, len)],
+        // The first query row computed; blocks of QUERY_BLOCK rows from there to the end.
+        let first = match rows {
+            Rows::All => 0,
+            Rows::Last => len - 1,
         };
-        for (q0, q1) in blocks {
+        for q0 in (first..len).step_by(QUERY_BLOCK) {
             for head in 0..shape.heads {
                 tasks.push(Task {
                     offset,
                     q0,
-                    q1,
+                    q1: (q0 + QUERY_BLOCK).min(len),
                     head,
-                    out_row: out_rows + q0 - blocks_start(rows, len),
+                    out_row: out_rows + q0 - first,
                 });
             }
         }
-        out_rows += match rows {
-            Rows::All => len,
-            Rows::Last => 1,
-        };
+        out_rows += len - first;
     }
     let mut out = vec![0f32; out_rows * shape.out_width()];
     let ptr = OutPtr(out.as_mut_ptr());
@@ -341,14 +336,6 @@ pub fn attention(qkv: &[f32], shape: Heads, seqs: &[(usize, usize)], rows: Rows)
         .par_iter()
         .for_each(|task| attend_block(qkv, shape, *task, ptr, out_len));
     out
-}
-
-/// The first query row [`attention`] computes for a sequence of `len` tokens.
-fn blocks_start(rows: Rows, len: usize) -> usize {
-    match rows {
-        Rows::All => 0,
-        Rows::Last => len - 1,
-    }
 }
 
 /// One task: scores of its query rows against the keys they see, softmax, times values.
