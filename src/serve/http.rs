@@ -69,22 +69,15 @@ impl Default for HttpOptions {
 
 /// Refuses to expose an unauthenticated or unencrypted server beyond this machine.
 pub fn check_exposure(options: &HttpOptions) -> Result<()> {
-    if options.addr.ip().is_loopback() {
-        return Ok(());
-    }
-    if options.token.is_none() && !options.insecure_no_auth {
-        return Err(Error::InvalidArgument(format!(
-            "serve: binding {} exposes the API beyond this machine; set an API token (--api-token or SEMFLOW_API_TOKEN) or pass --insecure-no-auth",
-            options.addr
-        )));
-    }
-    if options.tls.is_none() && !options.insecure_no_tls {
-        return Err(Error::InvalidArgument(format!(
-            "serve: binding {} would send tokens and data in clear text beyond this machine; pass --tls-cert and --tls-key (or --insecure-no-tls behind a TLS-terminating proxy)",
-            options.addr
-        )));
-    }
-    Ok(())
+    super::access::check_exposure(super::access::Exposure {
+        flag: "--http-addr",
+        addr: options.addr,
+        authenticated: options.token.is_some(),
+        how_to_authenticate: "set an API token (--api-token or SEMFLOW_API_TOKEN)",
+        insecure_no_auth: options.insecure_no_auth,
+        encrypted: options.tls.is_some(),
+        insecure_no_tls: options.insecure_no_tls,
+    })
 }
 
 struct AppState {
@@ -231,7 +224,7 @@ async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: N
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        if !super::access::constant_time_eq(given.as_bytes(), token.as_bytes()) {
             return ApiError {
                 status: StatusCode::UNAUTHORIZED,
                 message: "missing or wrong bearer token".into(),
@@ -285,14 +278,6 @@ async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next)
 fn record_batch(route: &'static str, items: usize, tokens: usize) {
     metrics::histogram!("semflow_http_batch_items", "route" => route).record(items as f64);
     metrics::counter!("semflow_http_tokens_total", "route" => route).increment(tokens as u64);
-}
-
-/// Equal-length inputs take the same time whatever their contents.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn record(request: Request, next: Next) -> Response {
@@ -946,12 +931,5 @@ mod tests {
         o.token = None;
         o.insecure_no_auth = true;
         assert!(check_exposure(&o).is_ok());
-    }
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
     }
 }

@@ -4,7 +4,9 @@
 //! - [`http`]: the axum server — routes, limits, bearer-token auth, metrics, `/v1/sql`.
 //! - [`chat`]: `/v1/chat/completions` on a self-hosted Qwen3 model (`--chat-model`).
 //! - [`pg`]: the Postgres wire protocol (psql, drivers) over the same session.
+//! - [`access`]: what every listener requires beyond loopback (auth, TLS), token checks.
 
+pub mod access;
 pub mod api;
 pub mod chat;
 pub mod http;

@@ -64,22 +64,15 @@ impl Default for PgOptions {
 /// Refuses a non-loopback address without a password or without TLS unless explicitly
 /// allowed.
 pub fn check_exposure(options: &PgOptions) -> Result<()> {
-    if options.addr.ip().is_loopback() {
-        return Ok(());
-    }
-    if options.password.is_none() && !options.insecure_no_auth {
-        return Err(Error::InvalidArgument(format!(
-            "--pg-addr {} is reachable from other machines: set a password (SEMFLOW_PG_PASSWORD or --pg-password) or pass --insecure-no-auth",
-            options.addr
-        )));
-    }
-    if options.tls.is_none() && !options.insecure_no_tls {
-        return Err(Error::InvalidArgument(format!(
-            "--pg-addr {} would carry queries and results in clear text beyond this machine; pass --tls-cert and --tls-key (or --insecure-no-tls)",
-            options.addr
-        )));
-    }
-    Ok(())
+    super::access::check_exposure(super::access::Exposure {
+        flag: "--pg-addr",
+        addr: options.addr,
+        authenticated: options.password.is_some(),
+        how_to_authenticate: "set a password (SEMFLOW_PG_PASSWORD or --pg-password)",
+        insecure_no_auth: options.insecure_no_auth,
+        encrypted: options.tls.is_some(),
+        insecure_no_tls: options.insecure_no_tls,
+    })
 }
 
 /// The SQLSTATE for a DataFusion error (by its root cause).
