@@ -6,7 +6,10 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::{EmptyRecordBatchStream, SendableRecordBatchStream};
 use datafusion::sql::parser::{DFParser, Statement};
+use datafusion::sql::sqlparser::ast::{CreateIndex, Statement as SqlStatement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
 use crate::error::Result;
@@ -79,22 +82,11 @@ impl Engine {
 
     /// Plans and runs one parsed statement to completion.
     pub async fn execute(&self, statement: Statement) -> Result<StatementResult> {
-        if let Statement::Statement(inner) = &statement {
-            if let datafusion::sql::sqlparser::ast::Statement::CreateIndex(create) = inner.as_ref()
-            {
-                crate::index::create::create_index(&self.ctx, create).await?;
-                let schema: SchemaRef = Arc::new(arrow::datatypes::Schema::empty());
-                return Ok(StatementResult {
-                    schema,
-                    batches: vec![],
-                });
-            }
-        }
-        let state = self.ctx.state();
-        let plan = state.statement_to_plan(statement).await?;
-        let df = self.ctx.execute_logical_plan(plan).await?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await?;
+        let (schema, rows) = Planned::new(&self.ctx, statement)
+            .await?
+            .execute(&self.ctx)
+            .await?;
+        let batches = datafusion::physical_plan::common::collect(rows).await?;
         Ok(StatementResult { schema, batches })
     }
 
@@ -105,5 +97,60 @@ impl Engine {
             out.push(self.execute(statement).await?);
         }
         Ok(out)
+    }
+}
+
+/// One parsed statement planned in a session, not yet run: a DataFusion plan, or semflow's
+/// own `CREATE INDEX` (which DataFusion does not plan).
+#[derive(Debug)]
+pub enum Planned {
+    Plan(Box<LogicalPlan>),
+    CreateIndex(Box<CreateIndex>),
+}
+
+impl Planned {
+    pub async fn new(ctx: &SessionContext, statement: Statement) -> Result<Self> {
+        if let Statement::Statement(inner) = &statement {
+            if let SqlStatement::CreateIndex(create) = inner.as_ref() {
+                return Ok(Self::CreateIndex(Box::new(create.clone())));
+            }
+        }
+        Ok(Self::Plan(Box::new(
+            ctx.state().statement_to_plan(statement).await?,
+        )))
+    }
+
+    /// The schema of the rows it will return, known before it runs. DDL and session
+    /// statements (`CREATE TABLE`, `SET`…) run when executed and return no rows.
+    pub fn schema(&self) -> SchemaRef {
+        match self {
+            Self::Plan(plan)
+                if !matches!(**plan, LogicalPlan::Ddl(_) | LogicalPlan::Statement(_)) =>
+            {
+                Arc::new(plan.schema().as_arrow().clone())
+            }
+            _ => Arc::new(arrow::datatypes::Schema::empty()),
+        }
+    }
+
+    /// Runs it in `ctx`: the schema of its rows as the run settled it (`EXECUTE` learns its
+    /// prepared statement's only now), and the rows, streamed as they are computed.
+    pub async fn execute(
+        self,
+        ctx: &SessionContext,
+    ) -> Result<(SchemaRef, SendableRecordBatchStream)> {
+        match self {
+            Self::Plan(plan) => {
+                let df = ctx.execute_logical_plan(*plan).await?;
+                let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+                Ok((schema, df.execute_stream().await?))
+            }
+            Self::CreateIndex(create) => {
+                crate::index::create::create_index(ctx, &create).await?;
+                let schema: SchemaRef = Arc::new(arrow::datatypes::Schema::empty());
+                let rows = Box::pin(EmptyRecordBatchStream::new(schema.clone()));
+                Ok((schema, rows))
+            }
+        }
     }
 }
