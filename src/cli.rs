@@ -166,6 +166,11 @@ pub struct ServeArgs {
     /// the variable).
     #[arg(long, env = "SEMFLOW_PG_PASSWORD", hide_env_values = true)]
     pub pg_password: Option<String>,
+    /// Arrow Flight SQL address (gRPC; "off" disables it), e.g. 127.0.0.1:50051. Clients
+    /// authenticate with --api-token (bearer, or Basic with the token as password); anything
+    /// but loopback needs it (or --insecure-no-auth) and TLS (or --insecure-no-tls).
+    #[arg(long, env = "SEMFLOW_FLIGHT_ADDR", default_value = "off")]
+    pub flight_addr: String,
     /// A Qwen3 causal LM (directory or random:PRESET[:SEED]) served at
     /// POST /v1/chat/completions, with JSON-schema constrained decoding.
     #[arg(long, env = "SEMFLOW_CHAT_MODEL")]
@@ -558,9 +563,28 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         crate::serve::pg::check_exposure(&options)?;
         Some(options)
     };
+    let token = args.api_token.filter(|t| !t.is_empty());
+    let flight = if args.flight_addr == "off" {
+        None
+    } else {
+        let options = crate::serve::flight::FlightOptions {
+            addr: args.flight_addr.parse().map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "--flight-addr {}: expected HOST:PORT or off",
+                    args.flight_addr
+                ))
+            })?,
+            token: token.clone(),
+            insecure_no_auth: args.insecure_no_auth,
+            tls: tls.clone(),
+            insecure_no_tls: args.insecure_no_tls,
+        };
+        crate::serve::flight::check_exposure(&options)?;
+        Some(options)
+    };
     let options = crate::serve::http::HttpOptions {
         addr,
-        token: args.api_token.filter(|t| !t.is_empty()),
+        token,
         insecure_no_auth: args.insecure_no_auth,
         tls: tls.clone(),
         insecure_no_tls: args.insecure_no_tls,
@@ -601,7 +625,19 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             None => Ok(()),
         }
     };
-    tokio::try_join!(http, pg).map(|_| ())
+    let flight = async {
+        match flight {
+            Some(o) => {
+                let scheme = if o.tls.is_some() { "grpc+tls" } else { "grpc" };
+                crate::serve::flight::serve(&engine, o, shutdown.clone(), |a| {
+                    eprintln!("serving {scheme}://{a} (Arrow Flight SQL)")
+                })
+                .await
+            }
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(http, pg, flight).map(|_| ())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

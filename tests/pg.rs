@@ -230,6 +230,7 @@ async fn readme_serve_command_runs_both_front_ends() {
         mut child,
         http,
         pg,
+        ..
     } = common::spawn_serve(&["--init", "examples/serve-init.sql"]).await;
     let client = connect(pg, None).await.unwrap();
     let rows = client

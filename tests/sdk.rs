@@ -6,59 +6,10 @@
 
 use crate::common;
 
-use common::floats;
+use common::{close, floats, sql_vectors};
 
-use std::process::Command;
-
-use arrow::array::{Array, AsArray};
+use arrow::array::AsArray;
 use arrow::datatypes::Float32Type;
-use semflow::Engine;
-use serde_json::Value;
-
-/// Runs tests/clients/sdk.py; `None` when the SDKs are missing and not required.
-async fn run_clients(base: &str) -> Option<Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/sdk.py");
-    let python = std::env::var("SEMFLOW_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let base = base.to_string();
-    let out =
-        tokio::task::spawn_blocking(move || Command::new(python).args([script, &base]).output())
-            .await
-            .unwrap();
-    let required = std::env::var("SEMFLOW_TEST_SDKS").as_deref() == Ok("required");
-    match out {
-        Ok(o) if o.status.success() => Some(serde_json::from_slice(&o.stdout).unwrap()),
-        Ok(o) if !required && String::from_utf8_lossy(&o.stderr).contains("No module named") => {
-            eprintln!("cohere/openai SDKs not installed: skipped (pip install cohere openai)");
-            None
-        }
-        Ok(o) => panic!("SDK clients failed: {}", String::from_utf8_lossy(&o.stderr)),
-        Err(e) if !required => {
-            eprintln!("python3 not found ({e}): skipped");
-            None
-        }
-        Err(e) => panic!("python3: {e}"),
-    }
-}
-
-async fn sql_vectors(engine: &Engine, sql: &str) -> Vec<Vec<f64>> {
-    let result = engine.run_sql(sql).await.unwrap();
-    let batch = &result[0].batches[0];
-    let list = batch.column(0).as_fixed_size_list();
-    (0..list.len())
-        .map(|i| {
-            let v = list.value(i);
-            v.as_primitive::<Float32Type>()
-                .values()
-                .iter()
-                .map(|x| *x as f64)
-                .collect()
-        })
-        .collect()
-}
-
-fn close(a: &[f64], b: &[f64]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-6)
-}
 
 const DOCS: &str = "(VALUES (0, 'Graphene is a single layer of carbon atoms.'), \
      (1, 'The capital of France is Paris.'), (2, 'Copper conducts heat.')) AS d(id, t)";
@@ -67,7 +18,14 @@ const DOCS: &str = "(VALUES (0, 'Graphene is a single layer of carbon atoms.'), 
 async fn cohere_v2_and_openai_sdks_get_the_engines_answers() {
     let engine = common::tiny_engine();
     let base = format!("http://{}", common::serve_http(engine.clone()).await);
-    let Some(got) = run_clients(&base).await else {
+    let Some(got) = common::python_client(
+        "sdk.py",
+        vec![base],
+        "SEMFLOW_TEST_SDKS",
+        "pip install cohere openai",
+    )
+    .await
+    else {
         return;
     };
     let docs = sql_vectors(&engine, &format!("SELECT embed(t) FROM {DOCS} ORDER BY id")).await;

@@ -4,6 +4,7 @@
 //! - Postgres: `psql` with `sslmode=verify-full` and `channel_binding=require` (SCRAM-SHA-256-
 //!   PLUS), tokio-postgres over rustls with `sslmode=require`, and SCRAM without TLS on
 //!   loopback; wrong passwords are refused.
+//! - Flight SQL: the ADBC driver over `grpc+tls://` trusting the CA.
 //! - Outbound: `semflow sql` computing embed() on an HTTPS endpoint, and generate_query() on
 //!   an HTTPS generator, need `--ca-cert`.
 
@@ -182,6 +183,23 @@ async fn https_serves_trusting_clients_only() {
     // The server is still there for the next client.
     let again = client.get(format!("{base}/health")).send().await.unwrap();
     assert!(again.status().is_success());
+}
+
+/// Flight SQL over TLS: the ADBC driver trusting the test CA runs the whole Flight client
+/// (tests/flight.rs) on `grpc+tls://`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_sql_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    let engine = common::tiny_engine();
+    let tls = Some(server_tls(&certs));
+    let addr = common::serve_flight(engine.clone(), Some(crate::flight::TOKEN), tls).await;
+    let uri = format!("grpc+tls://localhost:{}", addr.port());
+    let ca = certs.ca.display().to_string();
+    let Some(got) = crate::flight::flight_client(uri, Some(ca)).await else {
+        return;
+    };
+    crate::flight::check_flight_answers(&engine, &got).await;
 }
 
 fn psql(addr: SocketAddr, conninfo: &str, password: &str, sql: &str) -> std::process::Output {

@@ -4,10 +4,12 @@
 //! - [`http`]: the axum server — routes, limits, bearer-token auth, metrics, `/v1/sql`.
 //! - [`chat`]: `/v1/chat/completions` on a self-hosted Qwen3 model (`--chat-model`).
 //! - [`pg`]: the Postgres wire protocol (psql, drivers) over the same session.
+//! - [`flight`]: Arrow Flight SQL (ADBC, JDBC, pyarrow) over gRPC.
 //! - [`access`]: what every listener requires beyond loopback (auth, TLS), token checks.
 
 pub mod access;
 pub mod api;
 pub mod chat;
+pub mod flight;
 pub mod http;
 pub mod pg;

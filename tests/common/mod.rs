@@ -12,6 +12,8 @@ pub mod raw_http;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Float32Type;
 use semflow::inference::BackendKind;
 use semflow::model::config::Preset;
 use semflow::model::random::{write_random_model, ModelKind, RandomModelSpec, WeightDtype};
@@ -101,6 +103,92 @@ pub async fn serve_http(engine: Engine) -> std::net::SocketAddr {
     rx.await.unwrap()
 }
 
+/// `semflow serve`'s Flight SQL front end over `engine`, in-process on 127.0.0.1:0, with
+/// `token` and `tls` as given; returns its address.
+pub async fn serve_flight(
+    engine: Engine,
+    token: Option<&str>,
+    tls: Option<semflow::tls::ServerTls>,
+) -> std::net::SocketAddr {
+    use semflow::serve::flight::{serve, FlightOptions};
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let options = FlightOptions {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        token: token.map(String::from),
+        tls,
+        ..FlightOptions::default()
+    };
+    tokio::spawn(async move {
+        serve(&engine, options, std::future::pending(), move |a| {
+            let _ = tx.send(a);
+        })
+        .await
+        .unwrap();
+    });
+    rx.await.unwrap()
+}
+
+/// Runs the Python client `tests/clients/SCRIPT ARGS` (python3, or SEMFLOW_TEST_PYTHON) and
+/// parses the JSON it prints. `None`, with a message, when a module it imports is missing —
+/// unless the environment variable `required` is "required" (CI installs the clients), then
+/// the test fails; `install` says how to get them.
+pub async fn python_client(
+    script: &str,
+    args: Vec<String>,
+    required: &str,
+    install: &str,
+) -> Option<serde_json::Value> {
+    let script = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var("SEMFLOW_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .args(args)
+            .output()
+    })
+    .await
+    .unwrap();
+    let required = std::env::var(required).as_deref() == Ok("required");
+    match out {
+        Ok(o) if o.status.success() => Some(serde_json::from_slice(&o.stdout).unwrap()),
+        Ok(o) if !required && String::from_utf8_lossy(&o.stderr).contains("No module named") => {
+            eprintln!("Python clients not installed: skipped ({install})");
+            None
+        }
+        Ok(o) => panic!(
+            "Python client failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) if !required => {
+            eprintln!("python3 not found ({e}): skipped");
+            None
+        }
+        Err(e) => panic!("python3: {e}"),
+    }
+}
+
+/// The vectors in the first column of `sql`'s first batch.
+pub async fn sql_vectors(engine: &Engine, sql: &str) -> Vec<Vec<f64>> {
+    let result = engine.run_sql(sql).await.unwrap();
+    let batch = &result[0].batches[0];
+    let list = batch.column(0).as_fixed_size_list();
+    (0..list.len())
+        .map(|i| {
+            let v = list.value(i);
+            v.as_primitive::<Float32Type>()
+                .values()
+                .iter()
+                .map(|x| *x as f64)
+                .collect()
+        })
+        .collect()
+}
+
+/// Vectors equal to 1e-6 in every component.
+pub fn close(a: &[f64], b: &[f64]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-6)
+}
+
 /// Whether `psql` can be run; CI (SEMFLOW_TEST_PSQL=required) fails instead of skipping.
 pub fn psql_available() -> bool {
     let required = std::env::var("SEMFLOW_TEST_PSQL").as_deref() == Ok("required");
@@ -121,6 +209,8 @@ pub struct ServeProcess {
     pub child: std::process::Child,
     pub http: std::net::SocketAddr,
     pub pg: std::net::SocketAddr,
+    /// The Flight SQL address, when ARGS turned it on (`--flight-addr 127.0.0.1:0`).
+    pub flight: Option<std::net::SocketAddr>,
 }
 
 /// The `semflow` binary under test: `SEMFLOW_TEST_BIN` when set (e.g. a release build, for
@@ -160,10 +250,11 @@ pub async fn spawn_serve(args: &[&str]) -> ServeProcess {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let (http, pg) = tokio::task::spawn_blocking(move || {
+    let want_flight = args.contains(&"--flight-addr");
+    let (http, pg, flight) = tokio::task::spawn_blocking(move || {
         let mut lines = std::io::BufReader::new(stderr).lines();
-        let (mut http, mut pg) = (None, None);
-        while http.is_none() || pg.is_none() {
+        let (mut http, mut pg, mut flight) = (None, None, None);
+        while http.is_none() || pg.is_none() || (want_flight && flight.is_none()) {
             let line = lines.next().expect("serve exited").unwrap();
             if let Some(a) = line.strip_prefix("serving http://") {
                 http = a.parse().ok();
@@ -171,14 +262,22 @@ pub async fn spawn_serve(args: &[&str]) -> ServeProcess {
             if let Some(a) = line.strip_prefix("serving postgres://") {
                 pg = a.split_whitespace().next().and_then(|a| a.parse().ok());
             }
+            if let Some(a) = line.strip_prefix("serving grpc://") {
+                flight = a.split_whitespace().next().and_then(|a| a.parse().ok());
+            }
         }
         // Keep draining so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        (http.unwrap(), pg.unwrap())
+        (http.unwrap(), pg.unwrap(), flight)
     })
     .await
     .unwrap();
-    ServeProcess { child, http, pg }
+    ServeProcess {
+        child,
+        http,
+        pg,
+        flight,
+    }
 }
 
 /// SIGTERM to `child`; it must exit cleanly.
