@@ -177,9 +177,10 @@ fn json_decoder_takes_any_input_without_panicking() {
             })
             .collect();
         tried += records.len();
-        let decoded = std::panic::catch_unwind(|| decoder.decode(&records))
-            .unwrap_or_else(|_| panic!("the decoder panicked in batch {batch}"))
-            .unwrap_or_else(|e| panic!("batch {batch} failed as a whole: {e}"));
+        let decoded =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decoder.decode(&records)))
+                .unwrap_or_else(|_| panic!("the decoder panicked in batch {batch}"))
+                .unwrap_or_else(|e| panic!("batch {batch} failed as a whole: {e}"));
         assert_eq!(decoded.batch.num_rows(), decoded.rows_from.len());
         assert_eq!(
             decoded.rows_from.len() + decoded.rejected.len(),

@@ -369,6 +369,114 @@ async fn debezium_change_events_upsert_and_delete() {
     assert!(err.contains("'envelope' = 'debezium'"), "{err}");
 }
 
+/// Registry-framed Avro produced by Confluent's own serializers (tests/clients/
+/// avro_produce.py) into a pipeline, a scan and a Debezium pipeline. Skipped with a message
+/// when confluent-kafka[avro] is missing, unless SEMFLOW_TEST_AVRO=required (CI installs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_from_the_schema_registry_upserts_evolves_and_unwraps_debezium() {
+    let registry = common::registry::FakeRegistry::start().await;
+    let (topic, group, _dir, location) = dead_lettering_pipeline("avro", 1).await;
+    let (cdc, cdc_group, _cdc_dir, cdc_location) = dead_lettering_pipeline("avro-cdc", 1).await;
+    let args = vec![bootstrap(), registry.url(), topic.clone(), cdc.clone()];
+    let Some(produced) = common::python_client(
+        "avro_produce.py",
+        args,
+        "SEMFLOW_TEST_AVRO",
+        "pip install 'confluent-kafka[avro]'",
+    )
+    .await
+    else {
+        return;
+    };
+    let avro = format!(", 'schema.registry.url' '{}'", registry.url());
+    // pipeline_sql declares JSON values; these are Avro.
+    let as_avro = |sql: String| sql.replace("'format' 'json'", "'format' 'avro'");
+
+    let records = produced["docs"].as_u64().unwrap();
+    let stats = run_until(
+        &as_avro(pipeline_sql(&topic, &group, &location, &avro)),
+        records,
+    )
+    .await;
+    assert_eq!(stats.records, records);
+    let rows = index_rows(&location).await;
+    assert_eq!(
+        id_bodies(&rows),
+        [
+            ("d1", "Graphene, updated."),
+            ("d3", "Copper conducts heat."),
+            ("d4", "Kafka topics carry Avro.")
+        ]
+    );
+    // The one value that is not Avro is dead-lettered as it was sent, with the reason.
+    let dlq = read_all(&format!("{topic}.dlq"), 1);
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    let (_, value, headers) = &dlq[0];
+    assert_eq!(
+        value.as_deref(),
+        Some(r#"{"id": "bad", "body": "JSON, not Avro"}"#)
+    );
+    let reason = &headers.iter().cloned().collect::<BTreeMap<_, _>>()["semflow.error"];
+    assert!(reason.contains("not registry-framed Avro"), "{reason}");
+    // Two value schemas (v1, v2), each fetched once.
+    let fetches = registry.fetches();
+    assert_eq!(fetches.len(), 2, "{fetches:?}");
+    assert!(fetches.values().all(|n| *n == 1), "{fetches:?}");
+
+    // A scan reads both schema versions: fields v1 lacks are NULL, logical types convert.
+    let scan = common::tiny_engine()
+        .run_sql(&format!(
+            "CREATE EXTERNAL TABLE docs (id TEXT NOT NULL, tags TEXT[], at TIMESTAMP) STORED AS KAFKA
+               LOCATION '{topic}' OPTIONS ('bootstrap.servers' '{}', 'format' 'avro',
+               'schema.registry.url' '{}', 'end' 'latest-at-start', 'on_error' 'skip');
+             SELECT id, array_to_string(tags, ',') AS tags, CAST(at AS TEXT) AS at_text
+               FROM docs ORDER BY id, at_text NULLS FIRST",
+            bootstrap(),
+            registry.url()
+        ))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for batch in &scan.last().unwrap().batches {
+        let text = |c: usize, i: usize| {
+            let column =
+                arrow::compute::cast(batch.column(c), &arrow::datatypes::DataType::Utf8).unwrap();
+            let column = column.as_string::<i32>();
+            column.is_valid(i).then(|| column.value(i).to_string())
+        };
+        for i in 0..batch.num_rows() {
+            seen.push((text(0, i).unwrap(), text(1, i), text(2, i)));
+        }
+    }
+    let row = |id: &str, tags: Option<&str>, at: Option<&str>| {
+        (id.to_string(), tags.map(String::from), at.map(String::from))
+    };
+    assert_eq!(
+        seen,
+        [
+            row("d1", None, None),
+            row("d1", Some(""), Some("2023-11-14T22:13:20")),
+            row("d2", None, None),
+            row("d3", None, None),
+            row("d4", Some("a,b"), Some("2023-11-14T22:13:20.123")),
+        ]
+    );
+
+    // Debezium envelopes in Avro, with Avro keys.
+    let records = produced["cdc"].as_u64().unwrap();
+    let sql = pipeline_sql(
+        &cdc,
+        &cdc_group,
+        &cdc_location,
+        &format!("{avro}, 'envelope' 'debezium'"),
+    );
+    let stats = run_until(&as_avro(sql), records).await;
+    assert_eq!(stats.records, records);
+    let rows = index_rows(&cdc_location).await;
+    assert_eq!(id_bodies(&rows), [("e1", "first, updated")]);
+    assert_eq!(stats.dead_lettered, 0);
+}
+
 #[test]
 fn bench_k1_ingests_every_document_and_reports_rate_and_lag() {
     let out = common::semflow_command()

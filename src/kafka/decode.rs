@@ -1,6 +1,7 @@
 //! Records → Arrow rows. Metadata columns (`_key`, `_partition`, `_offset`, `_timestamp`,
 //! `_headers`) are filled when the table declares them; the other columns come from the
-//! value: JSON object fields by name (`json`), or the whole value/key (`raw`). A record that
+//! value: JSON object fields by name (`json`; `avro` values arrive here as JSON), or the
+//! whole value/key (`raw`). A record that
 //! does not fit is reported with the reason instead of failing the batch.
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::common::ScalarValue;
 use serde_json::Value;
 
+use super::avro::Registry;
 use super::options::Format;
 use super::record::Record;
 use crate::error::{Error, Result};
@@ -35,6 +37,8 @@ enum Source {
 pub struct Decoder {
     schema: SchemaRef,
     sources: Vec<Source>,
+    /// `'format' 'avro'`: where writer schemas come from (values become JSON first).
+    registry: Option<Arc<Registry>>,
 }
 
 /// A record that could not become a row, and why.
@@ -61,11 +65,27 @@ impl Decoder {
             .iter()
             .map(|f| source_for(f, format))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { schema, sources })
+        Ok(Self {
+            schema,
+            sources,
+            registry: None,
+        })
+    }
+
+    /// Reads registry-framed Avro through `registry` (see [`super::avro`]).
+    pub fn with_registry(self, registry: Arc<Registry>) -> Self {
+        Self {
+            registry: Some(registry),
+            ..self
+        }
     }
 
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    pub fn registry(&self) -> Option<&Arc<Registry>> {
+        self.registry.as_ref()
     }
 
     /// Decodes `records`; tombstones must have been taken out by the caller.
@@ -233,7 +253,7 @@ fn source_for(field: &Field, format: Format) -> Result<Source> {
                 "STORED AS KAFKA: format 'raw' fills columns value, key and the metadata columns (_key, _partition, _offset, _timestamp, _headers), not {name}"
             ))),
         },
-        Format::Json => {
+        Format::Json | Format::Avro => {
             if json_supported(t) {
                 Ok(Source::Field)
             } else {

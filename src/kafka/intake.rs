@@ -1,11 +1,12 @@
 //! What a micro-batch's records become before any SQL runs — one path for ad-hoc scans of a
-//! Kafka table and for pipelines: tombstones, values over `max_value_bytes`, and records the
+//! Kafka table and for pipelines: Avro read as JSON, change events unwrapped, tombstones, values over `max_value_bytes`, and records the
 //! decoder rejects are sorted out here, each failure with its reason; [`Failure::error`] is
 //! how `on_error = 'fail'` reports one. (What else happens to failures differs: a scan skips
 //! them, a pipeline skips them or dead-letters them before its commit.)
 
 use arrow::record_batch::RecordBatch;
 
+use super::avro::Registry;
 use super::decode::Decoder;
 use super::envelope::{unwrap_debezium, Envelope};
 use super::options::{Format, KafkaOptions};
@@ -54,14 +55,26 @@ pub struct Intake {
     pub failures: Vec<Failure>,
 }
 
-/// Sorts `records` into rows, deletions and failures for `reader`.
-pub fn intake(
+/// Sorts `records` into rows, deletions and failures for `reader`. Registry-framed Avro
+/// becomes JSON first and change events their plain records; dead letters still carry the
+/// records as they arrived.
+pub async fn intake(
     records: &[Record],
     options: &KafkaOptions,
     decoder: &Decoder,
     reader: Reader,
 ) -> Result<Intake> {
+    let arrived = records;
     let mut failures = Vec::new();
+    let transcoded;
+    let records = match decoder.registry() {
+        None => records,
+        Some(registry) => {
+            let keys_as_json = options.envelope == Envelope::Debezium;
+            transcoded = from_avro(registry, records, keys_as_json, options, &mut failures).await?;
+            &transcoded[..]
+        }
+    };
     let unwrapped;
     let records = match options.envelope {
         Envelope::None => records,
@@ -106,6 +119,9 @@ pub fn intake(
         record: values[r.index].clone(),
         reason: r.reason.clone(),
     }));
+    if !std::ptr::eq(arrived, records) {
+        as_arrived(&mut failures, arrived);
+    }
     Ok(Intake {
         batch: decoded.batch,
         values,
@@ -113,6 +129,56 @@ pub fn intake(
         deletes,
         failures,
     })
+}
+
+/// Registry-framed Avro values (and keys) as JSON records; a record that cannot be read is
+/// a failure. Oversized values are left for the size check, unread.
+async fn from_avro(
+    registry: &Registry,
+    records: &[Record],
+    keys_as_json: bool,
+    options: &KafkaOptions,
+    failures: &mut Vec<Failure>,
+) -> Result<Vec<Record>> {
+    let oversized = |r: &Record| {
+        r.value
+            .as_ref()
+            .is_some_and(|v| v.len() > options.max_value_bytes)
+    };
+    let readable: Vec<Record> = records.iter().filter(|r| !oversized(r)).cloned().collect();
+    let mut read = registry.to_json(&readable, keys_as_json).await?.into_iter();
+    // In batch order: downstream, the newest record of a key wins.
+    let mut out = Vec::with_capacity(records.len());
+    for record in records {
+        if oversized(record) {
+            out.push(record.clone());
+            continue;
+        }
+        match read.next() {
+            Some(Ok(json)) => out.push(json),
+            Some(Err(reason)) => failures.push(Failure {
+                record: record.clone(),
+                reason,
+            }),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Failures of rewritten records (Avro read as JSON, unwrapped change events) carry the
+/// record as it arrived, so a dead letter can be replayed as it was sent.
+fn as_arrived(failures: &mut [Failure], arrived: &[Record]) {
+    let by_position: std::collections::HashMap<(&str, i32, i64), &Record> = arrived
+        .iter()
+        .map(|r| ((r.topic.as_str(), r.partition, r.offset), r))
+        .collect();
+    for failure in failures {
+        let r = &failure.record;
+        if let Some(original) = by_position.get(&(r.topic.as_str(), r.partition, r.offset)) {
+            failure.record = (*original).clone();
+        }
+    }
 }
 
 /// Change events as the plain records they stand for (upserts, tombstones); an event that

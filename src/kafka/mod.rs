@@ -2,6 +2,8 @@
 //!
 //! - [`options`]: `STORED AS KAFKA` options (semflow's own, plus librdkafka pass-through).
 //! - [`record`]: records copied out of the client.
+//! - [`avro`]: registry-framed Avro values read as JSON (writer schemas by id from the
+//!   schema registry, cached).
 //! - [`decode`]: records → Arrow rows (JSON fields or raw bytes, metadata columns).
 //! - [`intake`]: a micro-batch sorted into rows, deletions and failures (for scans and
 //!   pipelines alike).
@@ -10,6 +12,7 @@
 //! - [`producer`]: produce-and-wait, for dead letters and sinks.
 //! - [`table`]: the table provider (stream or snapshot scans, JSON sink).
 
+pub mod avro;
 pub mod consumer;
 pub mod decode;
 pub mod envelope;

@@ -15,6 +15,8 @@ pub enum Format {
     Json,
     /// The value (and key) as text or bytes in columns `value` (and `key`).
     Raw,
+    /// Registry-framed Avro (Confluent wire format); record fields fill columns by name.
+    Avro,
 }
 
 /// Where reading starts when no stored position exists.
@@ -66,6 +68,8 @@ pub struct KafkaOptions {
     pub max_value_bytes: usize,
     /// The column whose value keys messages written to a KAFKA sink table.
     pub key_column: Option<String>,
+    /// `'schema.registry.url'`: where `'format' 'avro'` finds writer schemas by id.
+    pub schema_registry: Option<String>,
 }
 
 const KNOWN: &str =
@@ -90,6 +94,7 @@ impl KafkaOptions {
             dlq_topic: format!("{topic}.dlq"),
             max_value_bytes: 1 << 20,
             key_column: None,
+            schema_registry: None,
         };
         for (key, value) in options {
             let own = key.strip_prefix("format.");
@@ -98,7 +103,8 @@ impl KafkaOptions {
                     o.format = match value.as_str() {
                         "json" => Format::Json,
                         "raw" => Format::Raw,
-                        v => return Err(bad_value("format", v, "json, raw")),
+                        "avro" => Format::Avro,
+                        v => return Err(bad_value("format", v, "json, raw, avro")),
                     }
                 }
                 Some("envelope") => {
@@ -143,16 +149,30 @@ impl KafkaOptions {
                         "unknown option '{other}' (semflow options: {KNOWN}; librdkafka properties have dots, e.g. 'bootstrap.servers' or 'kafka.security.protocol')"
                     )))
                 }
+                None if key == "schema.registry.url" => o.schema_registry = Some(value.clone()),
                 None => {
                     let property = key.strip_prefix("kafka.").unwrap_or(key);
                     o.client.insert(property.to_string(), value.clone());
                 }
             }
         }
-        if o.envelope == Envelope::Debezium && o.format != Format::Json {
+        if o.envelope == Envelope::Debezium && o.format == Format::Raw {
             return Err(invalid(
-                "option 'envelope' = 'debezium' reads JSON change events: use 'format' 'json'",
+                "option 'envelope' = 'debezium' reads change events: use 'format' 'json' or 'avro'",
             ));
+        }
+        match (o.format, &o.schema_registry) {
+            (Format::Avro, None) => {
+                return Err(invalid(
+                    "'format' 'avro' reads registry-framed Avro: set 'schema.registry.url' (e.g. 'http://registry:8081')",
+                ))
+            }
+            (Format::Json | Format::Raw, Some(_)) => {
+                return Err(invalid(
+                    "option 'schema.registry.url' is only read with 'format' 'avro'",
+                ))
+            }
+            _ => {}
         }
         if !o.client.contains_key("bootstrap.servers") {
             return Err(invalid("option 'bootstrap.servers' is required"));
@@ -243,19 +263,47 @@ mod tests {
     }
 
     #[test]
-    fn debezium_envelope_reads_json_only() {
-        let parse = |format: &str| {
-            KafkaOptions::parse(
-                "t",
-                &opts(&[
-                    ("bootstrap.servers", "b:9092"),
-                    ("format.envelope", "debezium"),
-                    ("format.format", format),
-                ]),
-            )
+    fn debezium_envelope_reads_json_or_avro() {
+        let parse = |format: &str, extra: &[(&str, &str)]| {
+            let mut pairs = vec![
+                ("bootstrap.servers", "b:9092"),
+                ("format.envelope", "debezium"),
+                ("format.format", format),
+            ];
+            pairs.extend(extra);
+            KafkaOptions::parse("t", &opts(&pairs))
         };
-        assert_eq!(parse("json").unwrap().envelope, Envelope::Debezium);
-        let err = parse("raw").unwrap_err().to_string();
-        assert!(err.contains("use 'format' 'json'"), "{err}");
+        assert_eq!(parse("json", &[]).unwrap().envelope, Envelope::Debezium);
+        let registry = [("schema.registry.url", "http://r:8081")];
+        assert_eq!(
+            parse("avro", &registry).unwrap().envelope,
+            Envelope::Debezium
+        );
+        let err = parse("raw", &[]).unwrap_err().to_string();
+        assert!(err.contains("use 'format' 'json' or 'avro'"), "{err}");
+    }
+
+    #[test]
+    fn avro_needs_a_registry_and_the_registry_needs_avro() {
+        let parse = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("bootstrap.servers", "b:9092")];
+            all.extend(pairs);
+            KafkaOptions::parse("t", &opts(&all))
+        };
+        let o = parse(&[
+            ("format.format", "avro"),
+            ("schema.registry.url", "http://r:8081"),
+        ])
+        .unwrap();
+        assert_eq!(o.format, Format::Avro);
+        assert_eq!(o.schema_registry.as_deref(), Some("http://r:8081"));
+        // Not a librdkafka property.
+        assert!(!o.client.contains_key("schema.registry.url"));
+        let err = parse(&[("format.format", "avro")]).unwrap_err().to_string();
+        assert!(err.contains("'schema.registry.url'"), "{err}");
+        let err = parse(&[("schema.registry.url", "http://r:8081")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("only read with 'format' 'avro'"), "{err}");
     }
 }

@@ -45,7 +45,10 @@ impl KafkaTable {
                 options.topic
             )));
         }
-        let decoder = Decoder::new(schema, options.format)?;
+        let mut decoder = Decoder::new(schema, options.format)?;
+        if let Some(url) = &options.schema_registry {
+            decoder = decoder.with_registry(Arc::new(super::avro::Registry::new(url)?));
+        }
         Ok(Self { options, decoder })
     }
 
@@ -153,15 +156,13 @@ impl PartitionStream for TopicStream {
                         Err(e) => return Some((Err(e.into()), (Some(consumer), table))),
                     };
                     consumer.ack(batch.seq, None);
-                    let intake = match intake(
-                        &batch.records,
-                        &table.options,
-                        &table.decoder,
-                        Reader::Scan,
-                    ) {
-                        Ok(i) => i,
-                        Err(e) => return Some((Err(e.into()), (Some(consumer), table))),
-                    };
+                    let intake =
+                        match intake(&batch.records, &table.options, &table.decoder, Reader::Scan)
+                            .await
+                        {
+                            Ok(i) => i,
+                            Err(e) => return Some((Err(e.into()), (Some(consumer), table))),
+                        };
                     if let Some(bad) = intake.failures.first() {
                         if table.options.on_error == OnError::Fail {
                             return Some((Err(bad.error().into()), (Some(consumer), table)));

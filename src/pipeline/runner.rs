@@ -284,7 +284,7 @@ async fn process(
         rows_from,
         mut deletes,
         mut failures,
-    } = intake(&records, options, job.source.decoder(), Reader::Pipeline)?;
+    } = intake(&records, options, job.source.decoder(), Reader::Pipeline).await?;
     let rows_from: Vec<&Record> = rows_from.iter().map(|i| &values[*i]).collect();
 
     let inference_started = Instant::now();

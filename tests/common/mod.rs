@@ -8,6 +8,7 @@ pub mod layouts;
 pub mod outage;
 pub mod pipeline;
 pub mod raw_http;
+pub mod registry;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -1,0 +1,477 @@
+//! Registry-framed Avro (`'format' 'avro'`): Confluent's wire format — magic byte 0, the
+//! writer schema's registry id (4 bytes, big-endian), the Avro binary body. Each value is read
+//! with its own writer schema (fetched once per id from `'schema.registry.url'`, then cached),
+//! so a topic whose schema evolves across ids decodes record by record; columns then pick
+//! fields by name exactly as for JSON, which is what the values become here: one decoding
+//! path after this step, shared with Debezium envelopes (`after`/`before` as records).
+//!
+//! Logical types become what the JSON path reads unambiguously: timestamps as RFC 3339 text
+//! (milliseconds precision kept as numbers), dates and times as ISO text, UUIDs as text, bytes
+//! and fixed as base64. Decimals and durations are refused with the field named.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use apache_avro::types::Value as Avro;
+use apache_avro::Schema;
+use base64::Engine as _;
+use serde_json::{Map, Value as Json};
+
+use super::record::Record;
+use crate::error::{Error, Result};
+
+/// Confluent's magic byte, then a 4-byte schema id.
+const MAGIC: u8 = 0;
+const HEADER: usize = 5;
+
+/// The schema registry semflow reads writer schemas from, with the schemas seen so far.
+#[derive(Debug)]
+pub struct Registry {
+    url: String,
+    client: reqwest::Client,
+    schemas: Mutex<HashMap<u32, Arc<Schema>>>,
+}
+
+impl Registry {
+    pub fn new(url: &str) -> Result<Self> {
+        let url = url.trim_end_matches('/').to_string();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(Error::InvalidArgument(format!(
+                "STORED AS KAFKA: option 'schema.registry.url' = '{url}' must be an http:// or https:// URL"
+            )));
+        }
+        let client = crate::tls::http_client()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("schema registry client: {e}")))?;
+        Ok(Self {
+            url,
+            client,
+            schemas: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn cached(&self, id: u32) -> Option<Arc<Schema>> {
+        self.schemas.lock().ok()?.get(&id).cloned()
+    }
+
+    /// Fetches the schemas of `ids` not seen yet. An id the registry does not know is left
+    /// out (its records fail one by one); an unreachable registry fails the whole batch, so
+    /// nothing is dead-lettered for an outage.
+    async fn fetch_missing(&self, ids: impl IntoIterator<Item = u32>) -> Result<()> {
+        for id in ids {
+            if self.cached(id).is_some() {
+                continue;
+            }
+            let url = format!("{}/schemas/ids/{id}", self.url);
+            let response = self
+                .client
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| Error::Kafka(format!("schema registry {url}: {e}")))?;
+            let status = response.status();
+            if status == reqwest::StatusCode::NOT_FOUND {
+                continue;
+            }
+            if !status.is_success() {
+                return Err(Error::Kafka(format!(
+                    "schema registry {url}: HTTP {status}"
+                )));
+            }
+            let body: Json = response
+                .json()
+                .await
+                .map_err(|e| Error::Kafka(format!("schema registry {url}: {e}")))?;
+            let schema = parse_registry_schema(id, &body);
+            if let Ok(mut schemas) = self.schemas.lock() {
+                // A schema the registry serves but semflow cannot read is cached as absent,
+                // so each of its records fails with the reason below instead of refetching.
+                match schema {
+                    Ok(schema) => {
+                        schemas.insert(id, Arc::new(schema));
+                    }
+                    Err(reason) => tracing::warn!("{reason}"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Each record with its framed Avro value (and key, when framed) as JSON; records that
+    /// cannot be read get the reason instead. Keys become document-key text, or stay JSON
+    /// objects for an envelope that reads them itself (`keys_as_json`).
+    pub async fn to_json(
+        &self,
+        records: &[Record],
+        keys_as_json: bool,
+    ) -> Result<Vec<std::result::Result<Record, String>>> {
+        let ids = records
+            .iter()
+            .flat_map(|r| [r.value.as_deref(), r.key.as_deref()])
+            .flatten()
+            .filter_map(|bytes| frame(bytes).ok().map(|(id, _)| id));
+        let mut unique: Vec<u32> = ids.collect();
+        unique.sort_unstable();
+        unique.dedup();
+        self.fetch_missing(unique).await?;
+        Ok(records
+            .iter()
+            .map(|r| self.record_to_json(r, keys_as_json))
+            .collect())
+    }
+
+    fn record_to_json(
+        &self,
+        record: &Record,
+        keys_as_json: bool,
+    ) -> std::result::Result<Record, String> {
+        let mut out = record.clone();
+        if let Some(value) = &record.value {
+            let json = self.decode(value).map_err(|e| format!("value: {e}"))?;
+            out.value = Some(json.to_string().into_bytes());
+        }
+        // Keys are often plain strings; only framed keys whose schema is known are decoded.
+        if let Some(key) = &record.key {
+            if let Ok((id, _)) = frame(key) {
+                if self.cached(id).is_some() {
+                    let json = self.decode(key).map_err(|e| format!("key: {e}"))?;
+                    let text = match keys_as_json {
+                        true => json.to_string(),
+                        false => key_text(json),
+                    };
+                    out.key = Some(text.into_bytes());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> std::result::Result<Json, String> {
+        let (id, body) = frame(bytes)?;
+        let schema = self
+            .cached(id)
+            .ok_or_else(|| format!("schema id {id} is not in the registry at {}", self.url))?;
+        let mut body = body;
+        let value = apache_avro::from_avro_datum(&schema, &mut body, None)
+            .map_err(|e| format!("not Avro of schema id {id}: {e}"))?;
+        if !body.is_empty() {
+            return Err(format!(
+                "{} bytes left over after a record of schema id {id}",
+                body.len()
+            ));
+        }
+        to_json(value, "")
+    }
+}
+
+/// The registry's answer to `GET /schemas/ids/{id}`: an Avro schema as JSON text.
+fn parse_registry_schema(id: u32, body: &Json) -> std::result::Result<Schema, String> {
+    let kind = body
+        .get("schemaType")
+        .and_then(Json::as_str)
+        .unwrap_or("AVRO");
+    if kind != "AVRO" {
+        return Err(format!("schema id {id} is {kind}, not AVRO"));
+    }
+    if body
+        .get("references")
+        .and_then(Json::as_array)
+        .is_some_and(|r| !r.is_empty())
+    {
+        return Err(format!(
+            "schema id {id} references other subjects, which semflow does not resolve yet"
+        ));
+    }
+    let text = body
+        .get("schema")
+        .and_then(Json::as_str)
+        .ok_or_else(|| format!("schema id {id}: the registry's answer has no 'schema'"))?;
+    Schema::parse_str(text).map_err(|e| format!("schema id {id}: {e}"))
+}
+
+/// Splits Confluent's framing: the schema id and the Avro body.
+fn frame(bytes: &[u8]) -> std::result::Result<(u32, &[u8]), String> {
+    match bytes {
+        [MAGIC, a, b, c, d, body @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), body)),
+        [] => Err("empty, not registry-framed Avro".into()),
+        [first, ..] if bytes.len() < HEADER || *first != MAGIC => Err(format!(
+            "not registry-framed Avro (starts with byte {first:#04x}, expected magic byte 0 and a 4-byte schema id)"
+        )),
+        _ => Err("not registry-framed Avro".into()),
+    }
+}
+
+/// A key as the document key text: a string or number as it is, a record of one field as
+/// that field (Debezium and Connect key records), anything else as its JSON text.
+fn key_text(json: Json) -> String {
+    match json {
+        Json::String(s) => s,
+        Json::Object(map) if map.len() == 1 => match map.into_iter().next() {
+            Some((_, Json::String(s))) => s,
+            Some((_, other)) => other.to_string(),
+            None => String::new(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// One Avro value as JSON the decoder reads (see the module notes); `path` names the field
+/// in errors.
+fn to_json(value: Avro, path: &str) -> std::result::Result<Json, String> {
+    let at = |name: &str| {
+        if path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    let text = |s: String| Ok(Json::String(s));
+    match value {
+        Avro::Null => Ok(Json::Null),
+        Avro::Boolean(b) => Ok(Json::Bool(b)),
+        Avro::Int(n) => Ok(n.into()),
+        Avro::Long(n) => Ok(n.into()),
+        Avro::Float(f) => Ok(float(f as f64)),
+        Avro::Double(f) => Ok(float(f)),
+        Avro::String(s) | Avro::Enum(_, s) => text(s),
+        Avro::Bytes(b) | Avro::Fixed(_, b) => {
+            text(base64::engine::general_purpose::STANDARD.encode(b))
+        }
+        Avro::Uuid(u) => text(u.to_string()),
+        Avro::Union(_, inner) => to_json(*inner, path),
+        Avro::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| to_json(v, &format!("{path}[{i}]")))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map(Json::Array),
+        Avro::Map(entries) => entries
+            .into_iter()
+            .map(|(k, v)| Ok((k.clone(), to_json(v, &at(&k))?)))
+            .collect::<std::result::Result<Map<_, _>, String>>()
+            .map(Json::Object),
+        Avro::Record(fields) => fields
+            .into_iter()
+            .map(|(k, v)| Ok((k.clone(), to_json(v, &at(&k))?)))
+            .collect::<std::result::Result<Map<_, _>, String>>()
+            .map(Json::Object),
+        // Integers are read as milliseconds since the epoch, so milliseconds stay numbers.
+        Avro::TimestampMillis(ms) => Ok(ms.into()),
+        Avro::TimestampMicros(us) => instant(chrono::DateTime::from_timestamp_micros(us), true),
+        Avro::TimestampNanos(ns) => instant(Some(chrono::DateTime::from_timestamp_nanos(ns)), true),
+        Avro::LocalTimestampMillis(ms) => {
+            instant(chrono::DateTime::from_timestamp_millis(ms), false)
+        }
+        Avro::LocalTimestampMicros(us) => {
+            instant(chrono::DateTime::from_timestamp_micros(us), false)
+        }
+        Avro::LocalTimestampNanos(ns) => {
+            instant(Some(chrono::DateTime::from_timestamp_nanos(ns)), false)
+        }
+        Avro::Date(days) => chrono::NaiveDate::from_ymd_opt(1970, 1, 1)
+            .and_then(|epoch| epoch.checked_add_signed(chrono::Duration::days(days as i64)))
+            .map(|d| Json::String(d.format("%Y-%m-%d").to_string()))
+            .ok_or_else(|| format!("{path}: date {days} days from 1970 is out of range")),
+        Avro::TimeMillis(ms) => time_of_day(ms as i64 * 1_000, path),
+        Avro::TimeMicros(us) => time_of_day(us, path),
+        Avro::Decimal(_) | Avro::BigDecimal(_) => Err(format!(
+            "{}: Avro decimal is not supported yet (send it as a string or double)",
+            if path.is_empty() { "value" } else { path }
+        )),
+        Avro::Duration(_) => Err(format!(
+            "{}: Avro duration is not supported yet",
+            if path.is_empty() { "value" } else { path }
+        )),
+    }
+}
+
+/// Finite floats as numbers; NaN and infinities as the text float parsing reads back.
+fn float(f: f64) -> Json {
+    serde_json::Number::from_f64(f)
+        .map(Json::Number)
+        .unwrap_or_else(|| Json::String(f.to_string()))
+}
+
+fn instant(
+    at: Option<chrono::DateTime<chrono::Utc>>,
+    utc: bool,
+) -> std::result::Result<Json, String> {
+    let at = at.ok_or("timestamp out of range")?;
+    Ok(Json::String(if utc {
+        at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    } else {
+        at.naive_utc().format("%Y-%m-%dT%H:%M:%S%.f").to_string()
+    }))
+}
+
+fn time_of_day(micros: i64, path: &str) -> std::result::Result<Json, String> {
+    let seconds = micros.div_euclid(1_000_000);
+    let nanos = (micros.rem_euclid(1_000_000) * 1_000) as u32;
+    chrono::NaiveTime::from_num_seconds_from_midnight_opt(seconds as u32, nanos)
+        .filter(|_| (0..86_400).contains(&seconds))
+        .map(|t| Json::String(t.format("%H:%M:%S%.f").to_string()))
+        .ok_or_else(|| format!("{path}: time of day {micros} µs is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(id: u32, schema: &Schema, value: Avro) -> Vec<u8> {
+        let mut bytes = vec![MAGIC];
+        bytes.extend(id.to_be_bytes());
+        bytes.extend(apache_avro::to_avro_datum(schema, value).unwrap());
+        bytes
+    }
+
+    fn registry_with(schemas: &[(u32, &Schema)]) -> Registry {
+        let registry = Registry::new("http://127.0.0.1:1").unwrap();
+        for (id, schema) in schemas {
+            registry
+                .schemas
+                .lock()
+                .unwrap()
+                .insert(*id, Arc::new((*schema).clone()));
+        }
+        registry
+    }
+
+    fn record(key: Option<Vec<u8>>, value: Vec<u8>) -> Record {
+        Record {
+            topic: "t".into(),
+            partition: 0,
+            offset: 7,
+            timestamp: None,
+            key,
+            value: Some(value),
+            headers: vec![],
+        }
+    }
+
+    #[test]
+    fn values_of_evolving_schemas_become_json_objects() {
+        let v1 = Schema::parse_str(
+            r#"{"type":"record","name":"Doc","fields":[
+                {"name":"id","type":"string"},{"name":"n","type":"long"}]}"#,
+        )
+        .unwrap();
+        let v2 = Schema::parse_str(
+            r#"{"type":"record","name":"Doc","fields":[
+                {"name":"id","type":"string"},
+                {"name":"tags","type":{"type":"array","items":"string"}},
+                {"name":"at","type":{"type":"long","logicalType":"timestamp-micros"}},
+                {"name":"day","type":{"type":"int","logicalType":"date"}},
+                {"name":"note","type":["null","string"],"default":null}]}"#,
+        )
+        .unwrap();
+        let registry = registry_with(&[(1, &v1), (2, &v2)]);
+        let first = framed(
+            1,
+            &v1,
+            Avro::Record(vec![
+                ("id".into(), Avro::String("a".into())),
+                ("n".into(), Avro::Long(3)),
+            ]),
+        );
+        let second = framed(
+            2,
+            &v2,
+            Avro::Record(vec![
+                ("id".into(), Avro::String("b".into())),
+                ("tags".into(), Avro::Array(vec![Avro::String("x".into())])),
+                ("at".into(), Avro::TimestampMicros(1_700_000_000_123_456)),
+                ("day".into(), Avro::Date(19_000)),
+                ("note".into(), Avro::Union(0, Box::new(Avro::Null))),
+            ]),
+        );
+        let json = |bytes: &[u8]| -> Json {
+            let record = registry
+                .record_to_json(&record(None, bytes.to_vec()), false)
+                .unwrap();
+            serde_json::from_slice(record.value.as_deref().unwrap()).unwrap()
+        };
+        assert_eq!(json(&first), serde_json::json!({"id": "a", "n": 3}));
+        assert_eq!(
+            json(&second),
+            serde_json::json!({"id": "b", "tags": ["x"],
+                "at": "2023-11-14T22:13:20.123456Z", "day": "2022-01-08", "note": null})
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_problem() {
+        let s = Schema::parse_str(r#""string""#).unwrap();
+        let registry = registry_with(&[(1, &s)]);
+        let fail = |bytes: Vec<u8>| {
+            registry
+                .record_to_json(&record(None, bytes), false)
+                .unwrap_err()
+        };
+        assert!(fail(b"{\"id\":1}".to_vec()).contains("magic byte 0"));
+        assert!(fail(vec![0, 0, 0, 0, 9, 2, b'x']).contains("schema id 9 is not in the registry"));
+        let mut trailing = framed(1, &s, Avro::String("x".into()));
+        trailing.push(1);
+        assert!(fail(trailing).contains("left over"));
+        let decimal = Schema::parse_str(
+            r#"{"type":"record","name":"P","fields":[{"name":"price","type":
+                {"type":"bytes","logicalType":"decimal","precision":9,"scale":2}}]}"#,
+        )
+        .unwrap();
+        let registry = registry_with(&[(3, &decimal)]);
+        let bytes = framed(
+            3,
+            &decimal,
+            Avro::Record(vec![(
+                "price".into(),
+                Avro::Decimal(apache_avro::Decimal::from(vec![1u8, 2])),
+            )]),
+        );
+        let err = registry
+            .record_to_json(&record(None, bytes), false)
+            .unwrap_err();
+        assert!(err.contains("price") && err.contains("decimal"), "{err}");
+    }
+
+    #[test]
+    fn framed_keys_become_document_keys() {
+        let key = Schema::parse_str(
+            r#"{"type":"record","name":"Key","fields":[{"name":"id","type":"long"}]}"#,
+        )
+        .unwrap();
+        let value = Schema::parse_str(r#""string""#).unwrap();
+        let registry = registry_with(&[(4, &key), (5, &value)]);
+        let framed_key = framed(4, &key, Avro::Record(vec![("id".into(), Avro::Long(42))]));
+        let body = framed(5, &value, Avro::String("hi".into()));
+        let out = registry
+            .record_to_json(&record(Some(framed_key.clone()), body.clone()), false)
+            .unwrap();
+        assert_eq!(out.key.as_deref(), Some(&b"42"[..]));
+        // Debezium reads its key record itself.
+        let out = registry
+            .record_to_json(&record(Some(framed_key), body.clone()), true)
+            .unwrap();
+        assert_eq!(out.key.as_deref(), Some(&br#"{"id":42}"#[..]));
+        assert_eq!(out.value.as_deref(), Some(&b"\"hi\""[..]));
+        // Plain string keys pass through.
+        let out = registry
+            .record_to_json(&record(Some(b"doc-1".to_vec()), body), false)
+            .unwrap();
+        assert_eq!(out.key.as_deref(), Some(&b"doc-1"[..]));
+    }
+
+    #[test]
+    fn registry_answers() {
+        let ok = serde_json::json!({"schema": "\"long\""});
+        assert!(parse_registry_schema(1, &ok).is_ok());
+        let proto = serde_json::json!({"schema": "syntax = \"proto3\";", "schemaType": "PROTOBUF"});
+        assert!(parse_registry_schema(1, &proto)
+            .unwrap_err()
+            .contains("PROTOBUF"));
+        let refs = serde_json::json!({"schema": "\"long\"", "references": [{"name": "x"}]});
+        assert!(parse_registry_schema(1, &refs)
+            .unwrap_err()
+            .contains("references"));
+        assert!(Registry::new("registry:8081").is_err());
+    }
+}

@@ -1,0 +1,111 @@
+//! A schema registry on 127.0.0.1:0 speaking the REST subset Confluent's serializers and
+//! semflow use (no registry installs here: Confluent's is Java and not on PyPI):
+//! `POST /subjects/{subject}/versions` registers a schema (the same text gets the same id),
+//! `GET /schemas/ids/{id}` serves it, `GET /subjects/{subject}/versions/latest` the newest.
+//! It counts the `GET /schemas/ids/…` requests, so tests can check that readers cache.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+#[derive(Default)]
+struct Shared {
+    /// Schema texts by id (ids start at 1).
+    schemas: Vec<String>,
+    /// Subject → ids registered under it, oldest first.
+    subjects: HashMap<String, Vec<u32>>,
+    /// `GET /schemas/ids/{id}` requests per id.
+    fetches: HashMap<u32, usize>,
+}
+
+pub struct FakeRegistry {
+    pub addr: SocketAddr,
+    shared: Arc<Mutex<Shared>>,
+}
+
+type Reply = (StatusCode, Json<Value>);
+
+fn not_found(what: &str) -> Reply {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error_code": 40403, "message": format!("{what} not found")})),
+    )
+}
+
+async fn register(
+    State(shared): State<Arc<Mutex<Shared>>>,
+    Path(subject): Path<String>,
+    Json(body): Json<Value>,
+) -> Reply {
+    let Some(text) = body["schema"].as_str() else {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"error_code": 42201, "message": "no schema"})),
+        );
+    };
+    let mut s = shared.lock().unwrap();
+    let id = match s.schemas.iter().position(|t| t == text) {
+        Some(i) => i as u32 + 1,
+        None => {
+            s.schemas.push(text.to_string());
+            s.schemas.len() as u32
+        }
+    };
+    let versions = s.subjects.entry(subject).or_default();
+    if !versions.contains(&id) {
+        versions.push(id);
+    }
+    (StatusCode::OK, Json(json!({"id": id})))
+}
+
+async fn schema_by_id(State(shared): State<Arc<Mutex<Shared>>>, Path(id): Path<u32>) -> Reply {
+    let mut s = shared.lock().unwrap();
+    *s.fetches.entry(id).or_default() += 1;
+    match s.schemas.get((id as usize).wrapping_sub(1)) {
+        Some(text) => (StatusCode::OK, Json(json!({"schema": text}))),
+        None => not_found(&format!("schema {id}")),
+    }
+}
+
+async fn latest(State(shared): State<Arc<Mutex<Shared>>>, Path(subject): Path<String>) -> Reply {
+    let s = shared.lock().unwrap();
+    let Some(versions) = s.subjects.get(&subject) else {
+        return not_found(&format!("subject {subject}"));
+    };
+    let (version, id) = (versions.len(), *versions.last().unwrap());
+    let text = &s.schemas[id as usize - 1];
+    (
+        StatusCode::OK,
+        Json(json!({"subject": subject, "version": version, "id": id, "schema": text})),
+    )
+}
+
+impl FakeRegistry {
+    pub async fn start() -> Self {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let app = Router::new()
+            .route("/subjects/{subject}/versions", post(register))
+            .route("/subjects/{subject}/versions/latest", get(latest))
+            .route("/schemas/ids/{id}", get(schema_by_id))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { addr, shared }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// How often each schema id was fetched.
+    pub fn fetches(&self) -> HashMap<u32, usize> {
+        self.shared.lock().unwrap().fetches.clone()
+    }
+}
