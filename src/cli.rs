@@ -201,7 +201,7 @@ pub struct BenchArgs {
     /// w3 (log-normal document lengths), w5 (rerank 1 query x 100 documents); not in the
     /// default set: k1 (Kafka → embed → Lance ingest; needs --kafka), r1 (vector search
     /// recall and latency while a stream updates the index, maintenance off and on), c1
-    /// (chunking throughput).
+    /// (chunking throughput), d1 (Kafka record decoding, JSON vs registry-framed Avro).
     #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w5")]
     pub workloads: Vec<String>,
     /// Timed rounds per workload (the report gives medians).
@@ -259,6 +259,9 @@ pub struct BenchArgs {
     /// C1 chunk size in tokens.
     #[arg(long, default_value_t = 256)]
     pub c1_tokens: usize,
+    /// D1 records (each format).
+    #[arg(long, default_value_t = 20000)]
+    pub d1_records: usize,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -689,6 +692,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         },
         chunk_docs: args.c1_docs,
         chunk_tokens: args.c1_tokens,
+        decode_records: args.d1_records,
     };
     let report = crate::bench::run(&engine, &opts).await?;
     let json = serde_json::to_string_pretty(&report)

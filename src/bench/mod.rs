@@ -2,9 +2,10 @@
 //! realistic documents, W5 rerank), optionally alternated round by round with a peer process
 //! (Hugging Face transformers) on the same model directories and the same token ids; and
 //! pipeline workloads: K1 (Kafka → embed → Lance), R1 (search under a stream, `retrieval`),
-//! C1 (chunking, `chunking`).
+//! C1 (chunking, `chunking`), D1 (decoding JSON vs Avro records, `decode`).
 
 pub mod chunking;
+pub mod decode;
 pub mod ingest;
 pub mod machine;
 pub mod peer;
@@ -104,6 +105,8 @@ pub struct Report {
     pub retrieval: Option<retrieval::RetrievalResult>,
     /// C1 (chunking throughput), when asked for.
     pub chunking: Option<chunking::ChunkingResult>,
+    /// D1 (Kafka record decoding, JSON vs Avro), when asked for.
+    pub decode: Option<decode::DecodeResult>,
 }
 
 /// What to run.
@@ -124,6 +127,8 @@ pub struct BenchOptions {
     /// C1: documents, and the chunks' size in tokens.
     pub chunk_docs: usize,
     pub chunk_tokens: usize,
+    /// D1: records of each format.
+    pub decode_records: usize,
 }
 
 impl BenchOptions {
@@ -196,7 +201,7 @@ async fn workloads(inference: &Inference, opts: &BenchOptions) -> Result<Vec<Wor
             }
             "w3" => out.push(workload::w3(opts.seed, opts.docs)),
             // Not token-id workloads; `run` handles them.
-            "k1" | "r1" | "c1" => {}
+            "k1" | "r1" | "c1" | "d1" => {}
             "w5" => {
                 let (pre, post) = inference.rerank_affixes().await?;
                 out.push(workload::w5(opts.seed, 100, |body| {
@@ -208,7 +213,7 @@ async fn workloads(inference: &Inference, opts: &BenchOptions) -> Result<Vec<Wor
             }
             other => {
                 return Err(Error::InvalidArgument(format!(
-                    "--workloads: unknown workload '{other}' (use w1, w2, w3, w5, k1, r1, c1)"
+                    "--workloads: unknown workload '{other}' (use w1, w2, w3, w5, k1, r1, c1, d1)"
                 )))
             }
         }
@@ -392,10 +397,20 @@ pub async fn run(engine: &Engine, opts: &BenchOptions) -> Result<Report> {
         results.push(measure(&inference, peer.as_mut(), &w, opts.rounds).await?);
     }
     let (ingest, retrieval, chunking) = pipeline_workloads(engine, opts, ingest_opts).await?;
+    let decode = if opts.wants("d1") {
+        eprintln!(
+            "D1: decoding {} records as JSON and as Avro ...",
+            opts.decode_records
+        );
+        Some(decode::run(opts.seed, opts.decode_records, opts.rounds).await?)
+    } else {
+        None
+    };
     Ok(Report {
         ingest,
         retrieval,
         chunking,
+        decode,
         machine: Machine::detect(),
         backend: format!("{:?}", cfg.backend).to_lowercase(),
         device,
@@ -488,6 +503,12 @@ pub fn render(report: &Report) -> String {
         s.push_str(&format!(
             "\nC1 chunking: {} documents, {:.2} MB into {} chunks of <= {} tokens in {:.2} s ({:.2} MB/s); with embed() of every chunk {:.2} s: chunking is {:.1}% of it\n",
             c.docs, c.bytes as f64 / 1e6, c.chunks, c.max_tokens, c.chunk_s, c.chunk_mb_per_s, c.chunk_and_embed_s, c.chunk_share * 100.0
+        ));
+    }
+    if let Some(d) = &report.decode {
+        s.push_str(&format!(
+            "\nD1 decoding {} records: JSON {:.0} records/s ({:.1} MB), Avro {:.0} records/s ({:.1} MB): Avro/JSON {:.2}\n",
+            d.records, d.json_records_per_s, d.json_bytes as f64 / 1e6, d.avro_records_per_s, d.avro_bytes as f64 / 1e6, d.avro_vs_json
         ));
     }
     let find = |prefix: &str| report.results.iter().find(|r| r.name.starts_with(prefix));
