@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use apache_avro::types::Value as Avro;
 use apache_avro::Schema;
+use arrow::record_batch::RecordBatch;
 use base64::Engine as _;
 use serde_json::{Map, Value as Json};
 
@@ -49,6 +50,41 @@ impl Registry {
             client,
             schemas: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Registers `schema` under `subject` (`POST /subjects/{subject}/versions`, as Confluent's
+    /// serializers do) and returns its id; the registry answers the same id for the same
+    /// schema, and refuses one incompatible with the subject's (the error says why).
+    pub async fn register(&self, subject: &str, schema: &Schema) -> Result<u32> {
+        let url = format!("{}/subjects/{subject}/versions", self.url);
+        // The full schema: Avro's canonical form drops logical types.
+        let text = serde_json::to_string(schema)
+            .map_err(|e| Error::Kafka(format!("schema for {subject}: {e}")))?;
+        let body = serde_json::json!({ "schema": text });
+        let response = self
+            .client
+            .post(&url)
+            .header("content-type", "application/vnd.schemaregistry.v1+json")
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| Error::Kafka(format!("schema registry {url}: {e}")))?;
+        let status = response.status();
+        let answer: Json = response
+            .json()
+            .await
+            .map_err(|e| Error::Kafka(format!("schema registry {url}: HTTP {status}: {e}")))?;
+        let id = answer
+            .get("id")
+            .and_then(Json::as_u64)
+            .filter(|_| status.is_success());
+        let Some(id) = id.and_then(|id| u32::try_from(id).ok()) else {
+            return Err(Error::Kafka(format!(
+                "schema registry {url} refused the schema: HTTP {status}: {answer}"
+            )));
+        };
+        self.insert(id, schema.clone());
+        Ok(id)
     }
 
     /// Knows `schema` as `id` without asking the registry (benchmarks and tests).
@@ -170,6 +206,132 @@ impl Registry {
         }
         to_json(value, "")
     }
+}
+
+/// The Avro schema semflow registers for rows of `table` written to `topic`: a record of the
+/// table's columns, nullable ones as `["null", T]` with a null default (so readers of later
+/// versions can drop or add them).
+pub fn writer_schema(topic: &str, table: &arrow::datatypes::Schema) -> Result<Schema> {
+    let name: String = topic
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let name = match name.chars().next() {
+        Some(c) if c.is_ascii_alphabetic() => name,
+        _ => format!("t_{name}"),
+    };
+    let fields = table
+        .fields()
+        .iter()
+        .map(|f| {
+            let t = avro_type(f.data_type()).map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "KAFKA sink {topic}: column {} ({}) cannot be written as Avro: {e}",
+                    f.name(),
+                    f.data_type()
+                ))
+            })?;
+            Ok(match f.is_nullable() {
+                true => serde_json::json!({"name": f.name(), "type": ["null", t], "default": null}),
+                false => serde_json::json!({"name": f.name(), "type": t}),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let record = serde_json::json!({"type": "record", "name": name, "namespace": "semflow", "fields": fields});
+    Schema::parse(&record).map_err(|e| Error::InvalidArgument(format!("KAFKA sink {topic}: {e}")))
+}
+
+/// An Arrow type as an Avro type (JSON schema fragment).
+fn avro_type(t: &arrow::datatypes::DataType) -> std::result::Result<Json, String> {
+    use arrow::datatypes::{DataType as T, TimeUnit};
+    Ok(match t {
+        T::Utf8 | T::LargeUtf8 | T::Utf8View => "string".into(),
+        T::Boolean => "boolean".into(),
+        T::Int8 | T::Int16 | T::Int32 | T::UInt8 | T::UInt16 => "int".into(),
+        T::Int64 | T::UInt32 => "long".into(),
+        T::Float32 => "float".into(),
+        T::Float64 => "double".into(),
+        T::Date32 => serde_json::json!({"type": "int", "logicalType": "date"}),
+        T::Timestamp(TimeUnit::Second | TimeUnit::Millisecond, _) => {
+            serde_json::json!({"type": "long", "logicalType": "timestamp-millis"})
+        }
+        T::Timestamp(TimeUnit::Microsecond | TimeUnit::Nanosecond, _) => {
+            serde_json::json!({"type": "long", "logicalType": "timestamp-micros"})
+        }
+        T::List(item) | T::LargeList(item) | T::FixedSizeList(item, _) => {
+            let items = avro_type(item.data_type())?;
+            let items = match item.is_nullable() {
+                true => serde_json::json!(["null", items]),
+                false => items,
+            };
+            serde_json::json!({"type": "array", "items": items})
+        }
+        other => return Err(format!("no Avro mapping for {other}")),
+    })
+}
+
+/// Rows of `batch` as registry-framed Avro of `schema`, registered as `id`. Timestamps and
+/// dates go as the numbers Avro's logical types hold; the rest through Arrow's JSON rows,
+/// resolved against the schema.
+pub fn encode_rows(batch: &RecordBatch, schema: &Schema, id: u32) -> Result<Vec<Vec<u8>>> {
+    let batch = with_avro_numbers(batch)?;
+    let mut lines = Vec::new();
+    {
+        let mut writer = arrow::json::LineDelimitedWriter::new(&mut lines);
+        writer.write(&batch)?;
+        writer.finish()?;
+    }
+    lines
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+        .map(|(row, line)| {
+            let json: Json = serde_json::from_slice(line)
+                .map_err(|e| Error::Kafka(format!("row {row} as JSON: {e}")))?;
+            let value = Avro::from(json)
+                .resolve(schema)
+                .map_err(|e| Error::Kafka(format!("row {row} as Avro: {e}")))?;
+            let mut framed = vec![MAGIC];
+            framed.extend(id.to_be_bytes());
+            framed.extend(
+                apache_avro::to_avro_datum(schema, value)
+                    .map_err(|e| Error::Kafka(format!("row {row} as Avro: {e}")))?,
+            );
+            Ok(framed)
+        })
+        .collect()
+}
+
+/// Timestamps as epoch milliseconds or microseconds (per [`avro_type`]), dates as days.
+fn with_avro_numbers(batch: &RecordBatch) -> Result<RecordBatch> {
+    use arrow::datatypes::{DataType as T, Field, TimeUnit};
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        let number = match field.data_type() {
+            T::Timestamp(TimeUnit::Second | TimeUnit::Millisecond, _) => {
+                Some((T::Timestamp(TimeUnit::Millisecond, None), T::Int64))
+            }
+            T::Timestamp(TimeUnit::Microsecond | TimeUnit::Nanosecond, _) => {
+                Some((T::Timestamp(TimeUnit::Microsecond, None), T::Int64))
+            }
+            T::Date32 => Some((T::Date32, T::Int32)),
+            _ => None,
+        };
+        match number {
+            Some((unit, n)) => {
+                let in_unit = arrow::compute::cast(column, &unit)?;
+                columns.push(arrow::compute::cast(&in_unit, &n)?);
+                fields.push(Field::new(field.name(), n, field.is_nullable()));
+            }
+            None => {
+                columns.push(column.clone());
+                fields.push(field.as_ref().clone());
+            }
+        }
+    }
+    let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+    Ok(RecordBatch::try_new(schema, columns)?)
 }
 
 /// The registry's answer to `GET /schemas/ids/{id}`: an Avro schema as JSON text.
@@ -461,6 +623,73 @@ mod tests {
             .record_to_json(&record(Some(b"doc-1".to_vec()), body), false)
             .unwrap();
         assert_eq!(out.key.as_deref(), Some(&b"doc-1"[..]));
+    }
+
+    #[test]
+    fn rows_written_as_avro_read_back() {
+        use arrow::array::{
+            ArrayRef, Date32Array, FixedSizeListArray, Float32Array, Int32Array, StringArray,
+            TimestampMillisecondArray,
+        };
+        use arrow::datatypes::{DataType, Field, TimeUnit};
+        let vector = Arc::new(Field::new_list_field(DataType::Float32, true));
+        let table = arrow::datatypes::Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("body", DataType::Utf8, true),
+            Field::new("n", DataType::Int32, true),
+            Field::new("at", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+            Field::new("day", DataType::Date32, true),
+            Field::new("v", DataType::FixedSizeList(vector.clone(), 2), true),
+        ]);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec!["a", "b"])),
+            Arc::new(StringArray::from(vec![Some("hello"), None])),
+            Arc::new(Int32Array::from(vec![Some(7), None])),
+            Arc::new(TimestampMillisecondArray::from(vec![
+                Some(1_700_000_000_123),
+                None,
+            ])),
+            Arc::new(Date32Array::from(vec![Some(19_000), None])),
+            Arc::new(FixedSizeListArray::new(
+                vector,
+                2,
+                Arc::new(Float32Array::from(vec![0.5, -1.0, 0.25, 2.0])),
+                None,
+            )),
+        ];
+        let batch = RecordBatch::try_new(Arc::new(table.clone()), columns).unwrap();
+        let schema = writer_schema("my-topic.v1", &table).unwrap();
+        assert!(schema
+            .canonical_form()
+            .contains(r#""name":"semflow.my_topic_v1""#));
+        let rows = encode_rows(&batch, &schema, 9).unwrap();
+        let registry = registry_with(&[(9, &schema)]);
+        let read = |bytes: &[u8]| {
+            let r = registry
+                .record_to_json(&record(None, bytes.to_vec()), false)
+                .unwrap();
+            serde_json::from_slice::<Json>(r.value.as_deref().unwrap()).unwrap()
+        };
+        assert_eq!(
+            read(&rows[0]),
+            serde_json::json!({"id": "a", "body": "hello", "n": 7, "at": 1_700_000_000_123i64,
+                "day": "2022-01-08", "v": [0.5, -1.0]})
+        );
+        assert_eq!(
+            read(&rows[1]),
+            serde_json::json!({"id": "b", "body": null, "n": null, "at": null, "day": null,
+                "v": [0.25, 2.0]})
+        );
+        let decimal = arrow::datatypes::Schema::new(vec![Field::new(
+            "price",
+            DataType::Decimal128(9, 2),
+            true,
+        )]);
+        let err = writer_schema("t", &decimal).unwrap_err().to_string();
+        assert!(
+            err.contains("column price") && err.contains("Avro"),
+            "{err}"
+        );
     }
 
     #[test]

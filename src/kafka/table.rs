@@ -106,6 +106,7 @@ impl TableProvider for KafkaTable {
         let sink = KafkaSink {
             options: self.options.clone(),
             schema: self.schema(),
+            registry: self.decoder.registry().cloned(),
         };
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
@@ -185,13 +186,16 @@ impl PartitionStream for TopicStream {
     }
 }
 
-/// INSERT INTO a Kafka table: one JSON object per row (vectors as arrays), keyed by the
-/// `key` option's column. At-least-once: a failed statement may have produced some rows;
-/// consumers that upsert by key make retries harmless.
+/// INSERT INTO a Kafka table: one JSON object per row (vectors as arrays), or with
+/// `'format' 'avro'` one registry-framed Avro record (the table's schema, registered under
+/// `<topic>-value` on the first write); keyed by the `key` option's column as text.
+/// At-least-once: a failed statement may have produced some rows; consumers that upsert by
+/// key make retries harmless.
 #[derive(Debug)]
 struct KafkaSink {
     options: KafkaOptions,
     schema: SchemaRef,
+    registry: Option<Arc<super::avro::Registry>>,
 }
 
 impl DisplayAs for KafkaSink {
@@ -212,12 +216,36 @@ impl DataSink for KafkaSink {
         _context: &Arc<TaskContext>,
     ) -> datafusion::common::Result<u64> {
         let producer = Producer::new(&self.options)?;
+        let topic = &self.options.topic;
+        let avro = match &self.registry {
+            Some(registry) => {
+                let schema = super::avro::writer_schema(topic, &self.schema)?;
+                let id = registry
+                    .register(&format!("{topic}-value"), &schema)
+                    .await?;
+                Some((schema, id))
+            }
+            None => None,
+        };
         let mut written = 0u64;
         while let Some(batch) = data.next().await {
             let batch = batch?;
-            let records = json_records(&batch, self.options.key_column.as_deref())?;
+            let keys = row_keys(&batch, self.options.key_column.as_deref())?;
+            let values = match &avro {
+                Some((schema, id)) => super::avro::encode_rows(&batch, schema, *id)?,
+                None => json_rows(&batch)?,
+            };
+            let records: Vec<Outgoing> = values
+                .into_iter()
+                .zip(keys)
+                .map(|(value, key)| Outgoing {
+                    key,
+                    value: Some(value),
+                    headers: vec![],
+                })
+                .collect();
             written += records.len() as u64;
-            producer.send_all(&self.options.topic, records).await?;
+            producer.send_all(topic, records).await?;
         }
         Ok(written)
     }
@@ -225,28 +253,31 @@ impl DataSink for KafkaSink {
 
 /// Rows of `batch` as JSON objects, keyed by `key_column`'s text.
 pub fn json_records(batch: &RecordBatch, key_column: Option<&str>) -> Result<Vec<Outgoing>> {
+    let keys = row_keys(batch, key_column)?;
+    Ok(json_rows(batch)?
+        .into_iter()
+        .zip(keys)
+        .map(|(value, key)| Outgoing {
+            key,
+            value: Some(value),
+            headers: vec![],
+        })
+        .collect())
+}
+
+/// Each row of `batch` as a JSON object (vectors as arrays).
+fn json_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
     let mut buf = Vec::new();
     {
         let mut writer = arrow::json::LineDelimitedWriter::new(&mut buf);
         writer.write(batch)?;
         writer.finish()?;
     }
-    let lines: Vec<&[u8]> = buf
+    let lines: Vec<Vec<u8>> = buf
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
         .collect();
-    let keys = match key_column {
-        Some(name) => {
-            let column = batch.column_by_name(name).ok_or_else(|| {
-                Error::InvalidArgument(format!("KAFKA sink: key column {name} is not in the rows"))
-            })?;
-            let f = ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())?;
-            (0..batch.num_rows())
-                .map(|i| (!column.is_null(i)).then(|| f.value(i).to_string().into_bytes()))
-                .collect()
-        }
-        None => vec![None; batch.num_rows()],
-    };
     if lines.len() != batch.num_rows() {
         return Err(Error::Kafka(format!(
             "encoding rows as JSON gave {} lines for {} rows",
@@ -254,14 +285,20 @@ pub fn json_records(batch: &RecordBatch, key_column: Option<&str>) -> Result<Vec
             batch.num_rows()
         )));
     }
-    Ok(lines
-        .into_iter()
-        .zip(keys)
-        .map(|(line, key)| Outgoing {
-            key,
-            value: Some(line.to_vec()),
-            headers: vec![],
-        })
+    Ok(lines)
+}
+
+/// Each row's message key: `key_column`'s text (none without a key column, or for NULL).
+fn row_keys(batch: &RecordBatch, key_column: Option<&str>) -> Result<Vec<Option<Vec<u8>>>> {
+    let Some(name) = key_column else {
+        return Ok(vec![None; batch.num_rows()]);
+    };
+    let column = batch.column_by_name(name).ok_or_else(|| {
+        Error::InvalidArgument(format!("KAFKA sink: key column {name} is not in the rows"))
+    })?;
+    let f = ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())?;
+    Ok((0..batch.num_rows())
+        .map(|i| (!column.is_null(i)).then(|| f.value(i).to_string().into_bytes()))
         .collect())
 }
 
