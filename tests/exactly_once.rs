@@ -1,6 +1,7 @@
 //! Exactly-once indexing under crashes, against a real broker:
 //! - `semflow run` is SIGKILLed at random points while 20,000 operations (inserts, updates,
-//!   deletes) flow through a 3-partition topic, restarted each time;
+//!   deletes) flow through a 3-partition topic, restarted each time (also over chunk tables
+//!   and as Debezium change events);
 //! - two workers in one consumer group share a 4-partition topic and one is SIGKILLed midway
 //!   (tests/fleet.rs does the same with an inference fleet).
 //!
@@ -53,6 +54,33 @@ async fn chunked_documents_survive_sigkills_exactly() {
     assert_chunks_equal(&s.location, &expected).await;
     println!(
         "exactly-once, chunks: {OPS} operations ({} final documents) over {PARTITIONS} partitions, 6 SIGKILLs, {} records committed over all runs, caught up in {:.1} s",
+        expected.len(),
+        run.committed,
+        run.elapsed.as_secs_f64()
+    );
+}
+
+/// The same with Debezium change events (`'envelope' 'debezium'`): creates, updates,
+/// deletes and their tombstones, SIGKILLs anywhere; the index equals the source table's
+/// final state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debezium_change_events_survive_sigkills_exactly() {
+    let _heavy = common::one_heavy_test_at_a_time().await;
+    const OPS: usize = 6_000;
+    let s = setup_source(
+        &common::kafka::bootstrap(),
+        "eo-cdc",
+        PARTITIONS,
+        Target::Documents,
+        ", 'envelope' 'debezium'",
+    )
+    .await;
+    let (ops, expected) = workload(29, OPS);
+    let events = as_debezium(&ops);
+    let run = kill_and_restart(&s, events, 6, 31).await;
+    assert_index_equals(&s.location, &expected).await;
+    println!(
+        "exactly-once, Debezium: {OPS} operations ({} final rows) over {PARTITIONS} partitions, 6 SIGKILLs, {} records committed over all runs, caught up in {:.1} s",
         expected.len(),
         run.committed,
         run.elapsed.as_secs_f64()

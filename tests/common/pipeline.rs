@@ -100,6 +100,34 @@ pub fn upsert(id: &str, body: &str) -> (Option<String>, Option<String>) {
     )
 }
 
+/// The same operations as Debezium change events: key `{"id": …}`; an insert is op `c`, an
+/// update `u` (with `before`), a delete `d` followed by Debezium's tombstone.
+pub fn as_debezium(ops: &Records) -> Records {
+    let mut bodies: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    let mut events = Vec::with_capacity(ops.len() * 2);
+    for (key, value) in ops {
+        let Some(id) = key else { continue };
+        let event_key = Some(serde_json::json!({ "id": id }).to_string());
+        let before = bodies.get(id).cloned();
+        match value {
+            Some(v) => {
+                let after: serde_json::Value = serde_json::from_str(v).unwrap();
+                let op = if before.is_some() { "u" } else { "c" };
+                let event = serde_json::json!({"before": before, "after": after, "op": op});
+                events.push((event_key, Some(event.to_string())));
+                bodies.insert(id.clone(), after);
+            }
+            None => {
+                let event = serde_json::json!({"before": before, "after": null, "op": "d"});
+                events.push((event_key.clone(), Some(event.to_string())));
+                events.push((event_key, None));
+                bodies.remove(id);
+            }
+        }
+    }
+    events
+}
+
 pub fn start(pipeline: &Path, log: &Path) -> Child {
     start_with(pipeline, log, &[])
 }
@@ -157,6 +185,17 @@ pub async fn setup_on(bootstrap: &str, prefix: &str, partitions: i32) -> Setup {
 
 /// [`setup`] with a choice of what the pipeline writes.
 pub async fn setup_target(bootstrap: &str, prefix: &str, partitions: i32, target: Target) -> Setup {
+    setup_source(bootstrap, prefix, partitions, target, "").await
+}
+
+/// [`setup_target`] with more options for the Kafka table (e.g. `, 'envelope' 'debezium'`).
+pub async fn setup_source(
+    bootstrap: &str,
+    prefix: &str,
+    partitions: i32,
+    target: Target,
+    source_options: &str,
+) -> Setup {
     let topic = unique(prefix);
     create_topic_on(bootstrap, &topic, partitions).await;
     create_topic_on(bootstrap, &format!("{topic}.dlq"), 1).await;
@@ -185,7 +224,8 @@ pub async fn setup_target(bootstrap: &str, prefix: &str, partitions: i32, target
             "SET semflow.maintenance_commits = ${{SEMFLOW_TEST_MAINTENANCE:-10}};
              CREATE EXTERNAL TABLE docs (id TEXT NOT NULL, body TEXT) STORED AS KAFKA LOCATION '{topic}'
                OPTIONS ('bootstrap.servers' '{}', 'group.id' '{}', 'start' 'earliest', 'batch_rows' '500',
-                        'batch_ms' '100', 'session.timeout.ms' '6000', 'heartbeat.interval.ms' '500');
+                        'batch_ms' '100', 'session.timeout.ms' '6000', 'heartbeat.interval.ms' '500'
+                        {source_options});
              {sink}",
             bootstrap,
             unique(&format!("{prefix}-group"))
