@@ -13,11 +13,11 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::kafka::avro::Registry;
 use crate::kafka::decode::Decoder;
 use crate::kafka::intake::{intake, Reader};
 use crate::kafka::options::{Format, KafkaOptions};
 use crate::kafka::record::Record;
+use crate::kafka::registry::{Registry, WriterSchema};
 
 const BATCH: usize = 1000;
 const SCHEMA_ID: u32 = 1;
@@ -95,10 +95,10 @@ fn decoder(format: Format) -> Result<(KafkaOptions, Decoder)> {
     if format == Format::Avro {
         options.insert("format.format".into(), "avro".into());
         options.insert("schema.registry.url".into(), "http://127.0.0.1:1".into());
-        let registry = Registry::new("http://127.0.0.1:1")?;
+        let registry = Registry::new("http://127.0.0.1:1", Format::Avro)?;
         let schema = apache_avro::Schema::parse_str(AVRO_SCHEMA)
             .map_err(|e| Error::InvalidArgument(format!("D1 schema: {e}")))?;
-        registry.insert(SCHEMA_ID, schema);
+        registry.insert(SCHEMA_ID, WriterSchema::Avro(schema));
         decoder = decoder.with_registry(Arc::new(registry));
     }
     Ok((KafkaOptions::parse("d1", &options)?, decoder))

@@ -1,16 +1,12 @@
-//! Registry-framed Avro (`'format' 'avro'`): Confluent's wire format — magic byte 0, the
-//! writer schema's registry id (4 bytes, big-endian), the Avro binary body. Each value is read
-//! with its own writer schema (fetched once per id from `'schema.registry.url'`, then cached),
-//! so a topic whose schema evolves across ids decodes record by record; columns then pick
-//! fields by name exactly as for JSON, which is what the values become here: one decoding
-//! path after this step, shared with Debezium envelopes (`after`/`before` as records).
+//! Avro records for Kafka tables (`'format' 'avro'`): a value read with its writer schema
+//! becomes the JSON object the one decoding path reads ([`super::registry`] finds the schema),
+//! and rows written to a Kafka table become Avro of a schema derived from the table.
 //!
 //! Logical types become what the JSON path reads unambiguously: timestamps as RFC 3339 text
 //! (milliseconds precision kept as numbers), dates and times as ISO text, UUIDs as text, bytes
 //! and fixed as base64. Decimals and durations are refused with the field named.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use apache_avro::types::Value as Avro;
 use apache_avro::Schema;
@@ -18,194 +14,17 @@ use arrow::record_batch::RecordBatch;
 use base64::Engine as _;
 use serde_json::{Map, Value as Json};
 
-use super::record::Record;
+use super::registry::MAGIC;
 use crate::error::{Error, Result};
 
-/// Confluent's magic byte, then a 4-byte schema id.
-const MAGIC: u8 = 0;
-const HEADER: usize = 5;
-
-/// The schema registry semflow reads writer schemas from, with the schemas seen so far.
-#[derive(Debug)]
-pub struct Registry {
-    url: String,
-    client: reqwest::Client,
-    schemas: Mutex<HashMap<u32, Arc<Schema>>>,
-}
-
-impl Registry {
-    pub fn new(url: &str) -> Result<Self> {
-        let url = url.trim_end_matches('/').to_string();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(Error::InvalidArgument(format!(
-                "STORED AS KAFKA: option 'schema.registry.url' = '{url}' must be an http:// or https:// URL"
-            )));
-        }
-        let client = crate::tls::http_client()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .map_err(|e| Error::InvalidArgument(format!("schema registry client: {e}")))?;
-        Ok(Self {
-            url,
-            client,
-            schemas: Mutex::new(HashMap::new()),
-        })
+/// A registry-framed value's Avro body (after magic byte and id), read with `schema`.
+pub fn decode(schema: &Schema, mut body: &[u8]) -> std::result::Result<Json, String> {
+    let value = apache_avro::from_avro_datum(schema, &mut body, None)
+        .map_err(|e| format!("not Avro of its schema: {e}"))?;
+    if !body.is_empty() {
+        return Err(format!("{} bytes left over after the record", body.len()));
     }
-
-    /// Registers `schema` under `subject` (`POST /subjects/{subject}/versions`, as Confluent's
-    /// serializers do) and returns its id; the registry answers the same id for the same
-    /// schema, and refuses one incompatible with the subject's (the error says why).
-    pub async fn register(&self, subject: &str, schema: &Schema) -> Result<u32> {
-        let url = format!("{}/subjects/{subject}/versions", self.url);
-        // The full schema: Avro's canonical form drops logical types.
-        let text = serde_json::to_string(schema)
-            .map_err(|e| Error::Kafka(format!("schema for {subject}: {e}")))?;
-        let body = serde_json::json!({ "schema": text });
-        let response = self
-            .client
-            .post(&url)
-            .header("content-type", "application/vnd.schemaregistry.v1+json")
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| Error::Kafka(format!("schema registry {url}: {e}")))?;
-        let status = response.status();
-        let answer: Json = response
-            .json()
-            .await
-            .map_err(|e| Error::Kafka(format!("schema registry {url}: HTTP {status}: {e}")))?;
-        let id = answer
-            .get("id")
-            .and_then(Json::as_u64)
-            .filter(|_| status.is_success());
-        let Some(id) = id.and_then(|id| u32::try_from(id).ok()) else {
-            return Err(Error::Kafka(format!(
-                "schema registry {url} refused the schema: HTTP {status}: {answer}"
-            )));
-        };
-        self.insert(id, schema.clone());
-        Ok(id)
-    }
-
-    /// Knows `schema` as `id` without asking the registry (benchmarks and tests).
-    pub fn insert(&self, id: u32, schema: Schema) {
-        if let Ok(mut schemas) = self.schemas.lock() {
-            schemas.insert(id, Arc::new(schema));
-        }
-    }
-
-    fn cached(&self, id: u32) -> Option<Arc<Schema>> {
-        self.schemas.lock().ok()?.get(&id).cloned()
-    }
-
-    /// Fetches the schemas of `ids` not seen yet. An id the registry does not know is left
-    /// out (its records fail one by one); an unreachable registry fails the whole batch, so
-    /// nothing is dead-lettered for an outage.
-    async fn fetch_missing(&self, ids: impl IntoIterator<Item = u32>) -> Result<()> {
-        for id in ids {
-            if self.cached(id).is_some() {
-                continue;
-            }
-            let url = format!("{}/schemas/ids/{id}", self.url);
-            let response = self
-                .client
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| Error::Kafka(format!("schema registry {url}: {e}")))?;
-            let status = response.status();
-            if status == reqwest::StatusCode::NOT_FOUND {
-                continue;
-            }
-            if !status.is_success() {
-                return Err(Error::Kafka(format!(
-                    "schema registry {url}: HTTP {status}"
-                )));
-            }
-            let body: Json = response
-                .json()
-                .await
-                .map_err(|e| Error::Kafka(format!("schema registry {url}: {e}")))?;
-            let schema = parse_registry_schema(id, &body);
-            if let Ok(mut schemas) = self.schemas.lock() {
-                // A schema the registry serves but semflow cannot read is cached as absent,
-                // so each of its records fails with the reason below instead of refetching.
-                match schema {
-                    Ok(schema) => {
-                        schemas.insert(id, Arc::new(schema));
-                    }
-                    Err(reason) => tracing::warn!("{reason}"),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Each record with its framed Avro value (and key, when framed) as JSON; records that
-    /// cannot be read get the reason instead. Keys become document-key text, or stay JSON
-    /// objects for an envelope that reads them itself (`keys_as_json`).
-    pub async fn to_json(
-        &self,
-        records: &[Record],
-        keys_as_json: bool,
-    ) -> Result<Vec<std::result::Result<Record, String>>> {
-        let ids = records
-            .iter()
-            .flat_map(|r| [r.value.as_deref(), r.key.as_deref()])
-            .flatten()
-            .filter_map(|bytes| frame(bytes).ok().map(|(id, _)| id));
-        let mut unique: Vec<u32> = ids.collect();
-        unique.sort_unstable();
-        unique.dedup();
-        self.fetch_missing(unique).await?;
-        Ok(records
-            .iter()
-            .map(|r| self.record_to_json(r, keys_as_json))
-            .collect())
-    }
-
-    fn record_to_json(
-        &self,
-        record: &Record,
-        keys_as_json: bool,
-    ) -> std::result::Result<Record, String> {
-        let mut out = record.clone();
-        if let Some(value) = &record.value {
-            let json = self.decode(value).map_err(|e| format!("value: {e}"))?;
-            out.value = Some(json.to_string().into_bytes());
-        }
-        // Keys are often plain strings; only framed keys whose schema is known are decoded.
-        if let Some(key) = &record.key {
-            if let Ok((id, _)) = frame(key) {
-                if self.cached(id).is_some() {
-                    let json = self.decode(key).map_err(|e| format!("key: {e}"))?;
-                    let text = match keys_as_json {
-                        true => json.to_string(),
-                        false => key_text(json),
-                    };
-                    out.key = Some(text.into_bytes());
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn decode(&self, bytes: &[u8]) -> std::result::Result<Json, String> {
-        let (id, body) = frame(bytes)?;
-        let schema = self
-            .cached(id)
-            .ok_or_else(|| format!("schema id {id} is not in the registry at {}", self.url))?;
-        let mut body = body;
-        let value = apache_avro::from_avro_datum(&schema, &mut body, None)
-            .map_err(|e| format!("not Avro of schema id {id}: {e}"))?;
-        if !body.is_empty() {
-            return Err(format!(
-                "{} bytes left over after a record of schema id {id}",
-                body.len()
-            ));
-        }
-        to_json(value, "")
-    }
+    to_json(value, "")
 }
 
 /// The Avro schema semflow registers for rows of `table` written to `topic`: a record of the
@@ -334,57 +153,6 @@ fn with_avro_numbers(batch: &RecordBatch) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
-/// The registry's answer to `GET /schemas/ids/{id}`: an Avro schema as JSON text.
-fn parse_registry_schema(id: u32, body: &Json) -> std::result::Result<Schema, String> {
-    let kind = body
-        .get("schemaType")
-        .and_then(Json::as_str)
-        .unwrap_or("AVRO");
-    if kind != "AVRO" {
-        return Err(format!("schema id {id} is {kind}, not AVRO"));
-    }
-    if body
-        .get("references")
-        .and_then(Json::as_array)
-        .is_some_and(|r| !r.is_empty())
-    {
-        return Err(format!(
-            "schema id {id} references other subjects, which semflow does not resolve yet"
-        ));
-    }
-    let text = body
-        .get("schema")
-        .and_then(Json::as_str)
-        .ok_or_else(|| format!("schema id {id}: the registry's answer has no 'schema'"))?;
-    Schema::parse_str(text).map_err(|e| format!("schema id {id}: {e}"))
-}
-
-/// Splits Confluent's framing: the schema id and the Avro body.
-fn frame(bytes: &[u8]) -> std::result::Result<(u32, &[u8]), String> {
-    match bytes {
-        [MAGIC, a, b, c, d, body @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), body)),
-        [] => Err("empty, not registry-framed Avro".into()),
-        [first, ..] if bytes.len() < HEADER || *first != MAGIC => Err(format!(
-            "not registry-framed Avro (starts with byte {first:#04x}, expected magic byte 0 and a 4-byte schema id)"
-        )),
-        _ => Err("not registry-framed Avro".into()),
-    }
-}
-
-/// A key as the document key text: a string or number as it is, a record of one field as
-/// that field (Debezium and Connect key records), anything else as its JSON text.
-fn key_text(json: Json) -> String {
-    match json {
-        Json::String(s) => s,
-        Json::Object(map) if map.len() == 1 => match map.into_iter().next() {
-            Some((_, Json::String(s))) => s,
-            Some((_, other)) => other.to_string(),
-            None => String::new(),
-        },
-        other => other.to_string(),
-    }
-}
-
 /// One Avro value as JSON the decoder reads (see the module notes); `path` names the field
 /// in errors.
 fn to_json(value: Avro, path: &str) -> std::result::Result<Json, String> {
@@ -486,33 +254,9 @@ fn time_of_day(micros: i64, path: &str) -> std::result::Result<Json, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn framed(id: u32, schema: &Schema, value: Avro) -> Vec<u8> {
-        let mut bytes = vec![MAGIC];
-        bytes.extend(id.to_be_bytes());
-        bytes.extend(apache_avro::to_avro_datum(schema, value).unwrap());
-        bytes
-    }
-
-    fn registry_with(schemas: &[(u32, &Schema)]) -> Registry {
-        let registry = Registry::new("http://127.0.0.1:1").unwrap();
-        for (id, schema) in schemas {
-            registry.insert(*id, (*schema).clone());
-        }
-        registry
-    }
-
-    fn record(key: Option<Vec<u8>>, value: Vec<u8>) -> Record {
-        Record {
-            topic: "t".into(),
-            partition: 0,
-            offset: 7,
-            timestamp: None,
-            key,
-            value: Some(value),
-            headers: vec![],
-        }
-    }
+    use crate::kafka::options::Format;
+    use crate::kafka::registry::tests::{framed, read_value, registry_with};
+    use crate::kafka::registry::WriterSchema;
 
     #[test]
     fn values_of_evolving_schemas_become_json_objects() {
@@ -530,7 +274,13 @@ mod tests {
                 {"name":"note","type":["null","string"],"default":null}]}"#,
         )
         .unwrap();
-        let registry = registry_with(&[(1, &v1), (2, &v2)]);
+        let registry = registry_with(
+            Format::Avro,
+            vec![
+                (1, WriterSchema::Avro(v1.clone())),
+                (2, WriterSchema::Avro(v2.clone())),
+            ],
+        );
         let first = framed(
             1,
             &v1,
@@ -550,12 +300,7 @@ mod tests {
                 ("note".into(), Avro::Union(0, Box::new(Avro::Null))),
             ]),
         );
-        let json = |bytes: &[u8]| -> Json {
-            let record = registry
-                .record_to_json(&record(None, bytes.to_vec()), false)
-                .unwrap();
-            serde_json::from_slice(record.value.as_deref().unwrap()).unwrap()
-        };
+        let json = |bytes: &[u8]| read_value(&registry, bytes);
         assert_eq!(json(&first), serde_json::json!({"id": "a", "n": 3}));
         assert_eq!(
             json(&second),
@@ -565,64 +310,19 @@ mod tests {
     }
 
     #[test]
-    fn bad_values_name_the_problem() {
-        let s = Schema::parse_str(r#""string""#).unwrap();
-        let registry = registry_with(&[(1, &s)]);
-        let fail = |bytes: Vec<u8>| {
-            registry
-                .record_to_json(&record(None, bytes), false)
-                .unwrap_err()
-        };
-        assert!(fail(b"{\"id\":1}".to_vec()).contains("magic byte 0"));
-        assert!(fail(vec![0, 0, 0, 0, 9, 2, b'x']).contains("schema id 9 is not in the registry"));
-        let mut trailing = framed(1, &s, Avro::String("x".into()));
-        trailing.push(1);
-        assert!(fail(trailing).contains("left over"));
+    fn decimals_are_refused_naming_the_field() {
         let decimal = Schema::parse_str(
             r#"{"type":"record","name":"P","fields":[{"name":"price","type":
                 {"type":"bytes","logicalType":"decimal","precision":9,"scale":2}}]}"#,
         )
         .unwrap();
-        let registry = registry_with(&[(3, &decimal)]);
-        let bytes = framed(
-            3,
-            &decimal,
-            Avro::Record(vec![(
-                "price".into(),
-                Avro::Decimal(apache_avro::Decimal::from(vec![1u8, 2])),
-            )]),
-        );
-        let err = registry
-            .record_to_json(&record(None, bytes), false)
-            .unwrap_err();
+        let value = Avro::Record(vec![(
+            "price".into(),
+            Avro::Decimal(apache_avro::Decimal::from(vec![1u8, 2])),
+        )]);
+        let body = apache_avro::to_avro_datum(&decimal, value).unwrap();
+        let err = decode(&decimal, &body).unwrap_err();
         assert!(err.contains("price") && err.contains("decimal"), "{err}");
-    }
-
-    #[test]
-    fn framed_keys_become_document_keys() {
-        let key = Schema::parse_str(
-            r#"{"type":"record","name":"Key","fields":[{"name":"id","type":"long"}]}"#,
-        )
-        .unwrap();
-        let value = Schema::parse_str(r#""string""#).unwrap();
-        let registry = registry_with(&[(4, &key), (5, &value)]);
-        let framed_key = framed(4, &key, Avro::Record(vec![("id".into(), Avro::Long(42))]));
-        let body = framed(5, &value, Avro::String("hi".into()));
-        let out = registry
-            .record_to_json(&record(Some(framed_key.clone()), body.clone()), false)
-            .unwrap();
-        assert_eq!(out.key.as_deref(), Some(&b"42"[..]));
-        // Debezium reads its key record itself.
-        let out = registry
-            .record_to_json(&record(Some(framed_key), body.clone()), true)
-            .unwrap();
-        assert_eq!(out.key.as_deref(), Some(&br#"{"id":42}"#[..]));
-        assert_eq!(out.value.as_deref(), Some(&b"\"hi\""[..]));
-        // Plain string keys pass through.
-        let out = registry
-            .record_to_json(&record(Some(b"doc-1".to_vec()), body), false)
-            .unwrap();
-        assert_eq!(out.key.as_deref(), Some(&b"doc-1"[..]));
     }
 
     #[test]
@@ -663,13 +363,8 @@ mod tests {
             .canonical_form()
             .contains(r#""name":"semflow.my_topic_v1""#));
         let rows = encode_rows(&batch, &schema, 9).unwrap();
-        let registry = registry_with(&[(9, &schema)]);
-        let read = |bytes: &[u8]| {
-            let r = registry
-                .record_to_json(&record(None, bytes.to_vec()), false)
-                .unwrap();
-            serde_json::from_slice::<Json>(r.value.as_deref().unwrap()).unwrap()
-        };
+        let registry = registry_with(Format::Avro, vec![(9, WriterSchema::Avro(schema))]);
+        let read = |bytes: &[u8]| read_value(&registry, bytes);
         assert_eq!(
             read(&rows[0]),
             serde_json::json!({"id": "a", "body": "hello", "n": 7, "at": 1_700_000_000_123i64,
@@ -690,20 +385,5 @@ mod tests {
             err.contains("column price") && err.contains("Avro"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn registry_answers() {
-        let ok = serde_json::json!({"schema": "\"long\""});
-        assert!(parse_registry_schema(1, &ok).is_ok());
-        let proto = serde_json::json!({"schema": "syntax = \"proto3\";", "schemaType": "PROTOBUF"});
-        assert!(parse_registry_schema(1, &proto)
-            .unwrap_err()
-            .contains("PROTOBUF"));
-        let refs = serde_json::json!({"schema": "\"long\"", "references": [{"name": "x"}]});
-        assert!(parse_registry_schema(1, &refs)
-            .unwrap_err()
-            .contains("references"));
-        assert!(Registry::new("registry:8081").is_err());
     }
 }

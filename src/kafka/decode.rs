@@ -1,6 +1,7 @@
 //! Records → Arrow rows. Metadata columns (`_key`, `_partition`, `_offset`, `_timestamp`,
 //! `_headers`) are filled when the table declares them; the other columns come from the
-//! value: JSON object fields by name (`json`; `avro` values arrive here as JSON), or the
+//! value: JSON object fields by name (`json`; `avro` and `protobuf` values arrive here as
+//! JSON), or the
 //! whole value/key (`raw`). A record that
 //! does not fit is reported with the reason instead of failing the batch.
 
@@ -12,9 +13,9 @@ use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::common::ScalarValue;
 use serde_json::Value;
 
-use super::avro::Registry;
 use super::options::Format;
 use super::record::Record;
+use super::registry::Registry;
 use crate::error::{Error, Result};
 
 /// How one column is filled.
@@ -37,7 +38,8 @@ enum Source {
 pub struct Decoder {
     schema: SchemaRef,
     sources: Vec<Source>,
-    /// `'format' 'avro'`: where writer schemas come from (values become JSON first).
+    /// `'format' 'avro'`/`'protobuf'`: where writer schemas come from (values become JSON
+    /// first).
     registry: Option<Arc<Registry>>,
 }
 
@@ -72,7 +74,7 @@ impl Decoder {
         })
     }
 
-    /// Reads registry-framed Avro through `registry` (see [`super::avro`]).
+    /// Reads registry-framed values through `registry` (see [`super::registry`]).
     pub fn with_registry(self, registry: Arc<Registry>) -> Self {
         Self {
             registry: Some(registry),
@@ -253,7 +255,7 @@ fn source_for(field: &Field, format: Format) -> Result<Source> {
                 "STORED AS KAFKA: format 'raw' fills columns value, key and the metadata columns (_key, _partition, _offset, _timestamp, _headers), not {name}"
             ))),
         },
-        Format::Json | Format::Avro => {
+        Format::Json | Format::Avro | Format::Protobuf => {
             if json_supported(t) {
                 Ok(Source::Field)
             } else {

@@ -6,11 +6,11 @@
 
 use arrow::record_batch::RecordBatch;
 
-use super::avro::Registry;
 use super::decode::Decoder;
 use super::envelope::{unwrap_debezium, Envelope};
 use super::options::{Format, KafkaOptions};
 use super::record::Record;
+use super::registry::Registry;
 use crate::error::{Error, Result};
 
 /// A record that could not become a row, and why.
@@ -55,8 +55,8 @@ pub struct Intake {
     pub failures: Vec<Failure>,
 }
 
-/// Sorts `records` into rows, deletions and failures for `reader`. Registry-framed Avro
-/// becomes JSON first and change events their plain records; dead letters still carry the
+/// Sorts `records` into rows, deletions and failures for `reader`. Registry-framed Avro or
+/// Protobuf becomes JSON first and change events their plain records; dead letters still carry the
 /// records as they arrived.
 pub async fn intake(
     records: &[Record],
@@ -71,7 +71,8 @@ pub async fn intake(
         None => records,
         Some(registry) => {
             let keys_as_json = options.envelope == Envelope::Debezium;
-            transcoded = from_avro(registry, records, keys_as_json, options, &mut failures).await?;
+            transcoded =
+                from_registry(registry, records, keys_as_json, options, &mut failures).await?;
             &transcoded[..]
         }
     };
@@ -131,9 +132,9 @@ pub async fn intake(
     })
 }
 
-/// Registry-framed Avro values (and keys) as JSON records; a record that cannot be read is
-/// a failure. Oversized values are left for the size check, unread.
-async fn from_avro(
+/// Registry-framed values (and keys) as JSON records; a record that cannot be read is a
+/// failure. Oversized values are left for the size check, unread.
+async fn from_registry(
     registry: &Registry,
     records: &[Record],
     keys_as_json: bool,

@@ -2,8 +2,9 @@
 //!
 //! - [`options`]: `STORED AS KAFKA` options (semflow's own, plus librdkafka pass-through).
 //! - [`record`]: records copied out of the client.
-//! - [`avro`]: registry-framed Avro values read as JSON (writer schemas by id from the
-//!   schema registry, cached).
+//! - [`registry`]: registry-framed values (Confluent wire format) read as JSON, writer
+//!   schemas by id from the schema registry (cached); [`avro`] and [`protobuf`] decode them,
+//!   and `avro` also writes Kafka sink rows.
 //! - [`decode`]: records → Arrow rows (JSON fields or raw bytes, metadata columns).
 //! - [`intake`]: a micro-batch sorted into rows, deletions and failures (for scans and
 //!   pipelines alike).
@@ -19,7 +20,9 @@ pub mod envelope;
 pub mod intake;
 pub mod options;
 pub mod producer;
+pub mod protobuf;
 pub mod record;
+pub mod registry;
 pub mod table;
 
 pub use consumer::{Consumer, MicroBatch, Mode, PositionStore};

@@ -17,6 +17,8 @@ pub enum Format {
     Raw,
     /// Registry-framed Avro (Confluent wire format); record fields fill columns by name.
     Avro,
+    /// Registry-framed Protobuf (Confluent wire format); message fields fill columns by name.
+    Protobuf,
 }
 
 /// Where reading starts when no stored position exists.
@@ -104,7 +106,8 @@ impl KafkaOptions {
                         "json" => Format::Json,
                         "raw" => Format::Raw,
                         "avro" => Format::Avro,
-                        v => return Err(bad_value("format", v, "json, raw, avro")),
+                        "protobuf" => Format::Protobuf,
+                        v => return Err(bad_value("format", v, "json, raw, avro, protobuf")),
                     }
                 }
                 Some("envelope") => {
@@ -158,18 +161,18 @@ impl KafkaOptions {
         }
         if o.envelope == Envelope::Debezium && o.format == Format::Raw {
             return Err(invalid(
-                "option 'envelope' = 'debezium' reads change events: use 'format' 'json' or 'avro'",
+                "option 'envelope' = 'debezium' reads change events: use 'format' 'json', 'avro' or 'protobuf'",
             ));
         }
         match (o.format, &o.schema_registry) {
-            (Format::Avro, None) => {
+            (Format::Avro | Format::Protobuf, None) => {
                 return Err(invalid(
-                    "'format' 'avro' reads registry-framed Avro: set 'schema.registry.url' (e.g. 'http://registry:8081')",
+                    "'format' 'avro' and 'protobuf' read registry-framed values: set 'schema.registry.url' (e.g. 'http://registry:8081')",
                 ))
             }
             (Format::Json | Format::Raw, Some(_)) => {
                 return Err(invalid(
-                    "option 'schema.registry.url' is only read with 'format' 'avro'",
+                    "option 'schema.registry.url' is only read with 'format' 'avro' or 'protobuf'",
                 ))
             }
             _ => {}
@@ -280,7 +283,10 @@ mod tests {
             Envelope::Debezium
         );
         let err = parse("raw", &[]).unwrap_err().to_string();
-        assert!(err.contains("use 'format' 'json' or 'avro'"), "{err}");
+        assert!(
+            err.contains("use 'format' 'json', 'avro' or 'protobuf'"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -305,5 +311,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("only read with 'format' 'avro'"), "{err}");
+        let o = parse(&[
+            ("format.format", "protobuf"),
+            ("schema.registry.url", "http://r:8081"),
+        ])
+        .unwrap();
+        assert_eq!(o.format, Format::Protobuf);
     }
 }

@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 
 #[derive(Default)]
 struct Shared {
-    /// Schema texts by id (ids start at 1).
-    schemas: Vec<String>,
+    /// Schema texts and types by id (ids start at 1).
+    schemas: Vec<(String, String)>,
     /// Subject → ids registered under it, oldest first.
     subjects: HashMap<String, Vec<u32>>,
     /// `GET /schemas/ids/{id}` requests per id.
@@ -49,11 +49,12 @@ async fn register(
             Json(json!({"error_code": 42201, "message": "no schema"})),
         );
     };
+    let kind = body["schemaType"].as_str().unwrap_or("AVRO").to_string();
     let mut s = shared.lock().unwrap();
-    let id = match s.schemas.iter().position(|t| t == text) {
+    let id = match s.schemas.iter().position(|(t, k)| t == text && *k == kind) {
         Some(i) => i as u32 + 1,
         None => {
-            s.schemas.push(text.to_string());
+            s.schemas.push((text.to_string(), kind));
             s.schemas.len() as u32
         }
     };
@@ -68,7 +69,12 @@ async fn schema_by_id(State(shared): State<Arc<Mutex<Shared>>>, Path(id): Path<u
     let mut s = shared.lock().unwrap();
     *s.fetches.entry(id).or_default() += 1;
     match s.schemas.get((id as usize).wrapping_sub(1)) {
-        Some(text) => (StatusCode::OK, Json(json!({"schema": text}))),
+        // The registry leaves schemaType out for Avro.
+        Some((text, kind)) if kind == "AVRO" => (StatusCode::OK, Json(json!({"schema": text}))),
+        Some((text, kind)) => (
+            StatusCode::OK,
+            Json(json!({"schema": text, "schemaType": kind})),
+        ),
         None => not_found(&format!("schema {id}")),
     }
 }
@@ -79,10 +85,12 @@ async fn latest(State(shared): State<Arc<Mutex<Shared>>>, Path(subject): Path<St
         return not_found(&format!("subject {subject}"));
     };
     let (version, id) = (versions.len(), *versions.last().unwrap());
-    let text = &s.schemas[id as usize - 1];
+    let (text, kind) = &s.schemas[id as usize - 1];
     (
         StatusCode::OK,
-        Json(json!({"subject": subject, "version": version, "id": id, "schema": text})),
+        Json(
+            json!({"subject": subject, "version": version, "id": id, "schema": text, "schemaType": kind}),
+        ),
     )
 }
 
