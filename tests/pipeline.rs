@@ -32,6 +32,13 @@ async fn dead_lettering_pipeline(
     (topic, unique("indexer"), dir, location)
 }
 
+/// Runs one of the Python scripts that use Confluent's serializers (tests/clients/); `None`
+/// when confluent-kafka[avro,protobuf] is missing, unless SEMFLOW_TEST_AVRO=required.
+async fn confluent_client(script: &str, args: Vec<String>) -> Option<serde_json::Value> {
+    let install = "pip install 'confluent-kafka[avro,protobuf]'";
+    common::python_client(script, args, "SEMFLOW_TEST_AVRO", install).await
+}
+
 /// (id, body) of each row that [`index_rows`] read, by id.
 fn id_bodies(rows: &BTreeMap<String, (String, String, usize)>) -> Vec<(&str, &str)> {
     rows.iter()
@@ -409,14 +416,7 @@ async fn avro_from_the_schema_registry_upserts_evolves_and_unwraps_debezium() {
     let (topic, group, _dir, location) = dead_lettering_pipeline("avro", 1).await;
     let (cdc, cdc_group, _cdc_dir, cdc_location) = dead_lettering_pipeline("avro-cdc", 1).await;
     let args = vec![bootstrap(), registry.url(), topic.clone(), cdc.clone()];
-    let Some(produced) = common::python_client(
-        "avro_produce.py",
-        args,
-        "SEMFLOW_TEST_AVRO",
-        "pip install 'confluent-kafka[avro]'",
-    )
-    .await
-    else {
+    let Some(produced) = confluent_client("avro_produce.py", args).await else {
         return;
     };
     let avro = format!(", 'schema.registry.url' '{}'", registry.url());
@@ -501,14 +501,7 @@ async fn protobuf_from_the_schema_registry_upserts_and_deletes() {
     let registry = common::registry::FakeRegistry::start().await;
     let (topic, group, _dir, location) = dead_lettering_pipeline("protobuf", 1).await;
     let args = vec![bootstrap(), registry.url(), topic.clone()];
-    let Some(produced) = common::python_client(
-        "protobuf_produce.py",
-        args,
-        "SEMFLOW_TEST_AVRO",
-        "pip install 'confluent-kafka[protobuf]'",
-    )
-    .await
-    else {
+    let Some(produced) = confluent_client("protobuf_produce.py", args).await else {
         return;
     };
     let records = produced["records"].as_u64().unwrap();
@@ -571,14 +564,7 @@ async fn avro_sink_rows_read_by_confluents_deserializer() {
         .await
         .unwrap();
     let args = vec![bootstrap(), registry.url(), topic.clone(), "2".into()];
-    let Some(read) = common::python_client(
-        "avro_consume.py",
-        args,
-        "SEMFLOW_TEST_AVRO",
-        "pip install 'confluent-kafka[avro]'",
-    )
-    .await
-    else {
+    let Some(read) = confluent_client("avro_consume.py", args).await else {
         return;
     };
     assert_eq!(

@@ -241,15 +241,7 @@ impl DataSink for KafkaSink {
                 Some((schema, id)) => super::avro::encode_rows(&batch, schema, *id)?,
                 None => json_rows(&batch)?,
             };
-            let records: Vec<Outgoing> = values
-                .into_iter()
-                .zip(keys)
-                .map(|(value, key)| Outgoing {
-                    key,
-                    value: Some(value),
-                    headers: vec![],
-                })
-                .collect();
+            let records = keyed(values, keys);
             written += records.len() as u64;
             producer.send_all(topic, records).await?;
         }
@@ -259,8 +251,12 @@ impl DataSink for KafkaSink {
 
 /// Rows of `batch` as JSON objects, keyed by `key_column`'s text.
 pub fn json_records(batch: &RecordBatch, key_column: Option<&str>) -> Result<Vec<Outgoing>> {
-    let keys = row_keys(batch, key_column)?;
-    Ok(json_rows(batch)?
+    Ok(keyed(json_rows(batch)?, row_keys(batch, key_column)?))
+}
+
+/// Encoded rows with their keys, as messages.
+fn keyed(values: Vec<Vec<u8>>, keys: Vec<Option<Vec<u8>>>) -> Vec<Outgoing> {
+    values
         .into_iter()
         .zip(keys)
         .map(|(value, key)| Outgoing {
@@ -268,7 +264,7 @@ pub fn json_records(batch: &RecordBatch, key_column: Option<&str>) -> Result<Vec
             value: Some(value),
             headers: vec![],
         })
-        .collect())
+        .collect()
 }
 
 /// Each row of `batch` as a JSON object (vectors as arrays).
