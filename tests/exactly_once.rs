@@ -116,10 +116,7 @@ async fn kill_and_restart(
         let mut child = start(&s.pipeline, &log);
         // Kill at a random point after the run got its partitions (until then it only waits
         // for the group to expire the previous, killed member).
-        let joined = Instant::now();
-        while assignments(&log) == before && joined.elapsed() < Duration::from_secs(60) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_joined(&log, before).await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..3000))).await;
         if let Some(status) = child.try_wait().unwrap() {
             panic!(
@@ -133,9 +130,13 @@ async fn kill_and_restart(
     }
     let delivered = producing.await.unwrap();
 
-    // A last run catches up; then SIGTERM must finish cleanly.
+    // A last run catches up; then SIGTERM must finish cleanly. It must have started first:
+    // when the killed runs already committed everything, "caught up" holds at once, and a
+    // SIGTERM during the process's start-up (before any handler exists) would kill it.
     let log_start = log_len(&log);
+    let before = assignments(&log);
     let mut child = start(&s.pipeline, &log);
+    wait_joined(&log, before).await;
     wait_caught_up(
         s,
         &end_offsets(&delivered, PARTITIONS),
@@ -157,6 +158,14 @@ async fn kill_and_restart(
         assignments: assignments(&log),
         committed,
         elapsed,
+    }
+}
+
+/// Waits (up to 60 s) until the log shows more partition assignments than `before`.
+async fn wait_joined(log: &std::path::Path, before: usize) {
+    let started = Instant::now();
+    while assignments(log) == before && started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
