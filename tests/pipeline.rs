@@ -595,6 +595,38 @@ async fn avro_sink_rows_read_by_confluents_deserializer() {
     );
 }
 
+/// A registry that wants credentials: `'schema.registry.basic.auth.user.info'` sends them;
+/// without them (or wrong) the statement fails naming the registry's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_registry_credentials_are_sent() {
+    let registry = common::registry::FakeRegistry::start_with_auth(Some(("key", "s3:cret"))).await;
+    let topic = unique("avro-auth");
+    create_topic(&topic, 1).await;
+    let sql = |credentials: &str| {
+        format!(
+            "CREATE EXTERNAL TABLE out (id TEXT NOT NULL) STORED AS KAFKA LOCATION '{topic}'
+               OPTIONS ('bootstrap.servers' '{}', 'format' 'avro', 'schema.registry.url' '{}'{credentials});
+             INSERT INTO out VALUES ('a')",
+            bootstrap(),
+            registry.url()
+        )
+    };
+    for credentials in ["", ", 'schema.registry.basic.auth.user.info' 'key:wrong'"] {
+        let err = common::tiny_engine()
+            .run_sql(&sql(credentials))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HTTP 401"), "{err}");
+    }
+    common::tiny_engine()
+        .run_sql(&sql(
+            ", 'schema.registry.basic.auth.user.info' 'key:s3:cret'",
+        ))
+        .await
+        .unwrap();
+}
+
 #[test]
 fn bench_k1_ingests_every_document_and_reports_rate_and_lag() {
     let out = common::semflow_command()

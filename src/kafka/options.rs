@@ -72,6 +72,9 @@ pub struct KafkaOptions {
     pub key_column: Option<String>,
     /// `'schema.registry.url'`: where `'format' 'avro'` finds writer schemas by id.
     pub schema_registry: Option<String>,
+    /// `'schema.registry.basic.auth.user.info'` (`KEY:SECRET`, as Confluent's clients take
+    /// it): HTTP Basic credentials for the registry.
+    pub schema_registry_auth: Option<(String, String)>,
 }
 
 const KNOWN: &str =
@@ -97,6 +100,7 @@ impl KafkaOptions {
             max_value_bytes: 1 << 20,
             key_column: None,
             schema_registry: None,
+            schema_registry_auth: None,
         };
         for (key, value) in options {
             let own = key.strip_prefix("format.");
@@ -153,6 +157,14 @@ impl KafkaOptions {
                     )))
                 }
                 None if key == "schema.registry.url" => o.schema_registry = Some(value.clone()),
+                None if key == "schema.registry.basic.auth.user.info" => {
+                    let Some((user, secret)) = value.split_once(':') else {
+                        return Err(invalid(
+                            "option 'schema.registry.basic.auth.user.info' must be KEY:SECRET",
+                        ));
+                    };
+                    o.schema_registry_auth = Some((user.to_string(), secret.to_string()));
+                }
                 None => {
                     let property = key.strip_prefix("kafka.").unwrap_or(key);
                     o.client.insert(property.to_string(), value.clone());
@@ -314,8 +326,24 @@ mod tests {
         let o = parse(&[
             ("format.format", "protobuf"),
             ("schema.registry.url", "http://r:8081"),
+            ("schema.registry.basic.auth.user.info", "key:se:cret"),
         ])
         .unwrap();
         assert_eq!(o.format, Format::Protobuf);
+        assert_eq!(
+            o.schema_registry_auth,
+            Some(("key".to_string(), "se:cret".to_string()))
+        );
+        assert!(!o
+            .client
+            .contains_key("schema.registry.basic.auth.user.info"));
+        let err = parse(&[
+            ("format.format", "avro"),
+            ("schema.registry.url", "http://r:8081"),
+            ("schema.registry.basic.auth.user.info", "no-colon"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("KEY:SECRET"), "{err}");
     }
 }

@@ -43,14 +43,26 @@ impl WriterSchema {
 }
 
 /// The schema registry a table reads writer schemas from, with the schemas seen so far.
-#[derive(Debug)]
 pub struct Registry {
     url: String,
     /// The table's format: a schema of another kind is refused for its records.
     format: Format,
     client: reqwest::Client,
+    /// HTTP Basic credentials (`schema.registry.basic.auth.user.info`).
+    auth: Option<(String, String)>,
     /// Schemas by id; `Err` for one the registry serves but semflow cannot read (why).
     schemas: Mutex<HashMap<u32, std::result::Result<Arc<WriterSchema>, String>>>,
+}
+
+impl std::fmt::Debug for Registry {
+    // Never the credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("url", &self.url)
+            .field("format", &self.format)
+            .field("auth", &self.auth.as_ref().map(|(user, _)| user))
+            .finish()
+    }
 }
 
 impl Registry {
@@ -69,8 +81,23 @@ impl Registry {
             url,
             format,
             client,
+            auth: None,
             schemas: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Sends `auth` (user, secret) as HTTP Basic credentials with every request.
+    pub fn with_basic_auth(self, auth: Option<(String, String)>) -> Self {
+        Self { auth, ..self }
+    }
+
+    /// A request to the registry, with its credentials.
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let request = self.client.request(method, url);
+        match &self.auth {
+            Some((user, secret)) => request.basic_auth(user, Some(secret)),
+            None => request,
+        }
     }
 
     /// Registers the Avro `schema` under `subject` (`POST /subjects/{subject}/versions`, as
@@ -83,8 +110,7 @@ impl Registry {
             .map_err(|e| Error::Kafka(format!("schema for {subject}: {e}")))?;
         let body = serde_json::json!({ "schema": text });
         let response = self
-            .client
-            .post(&url)
+            .request(reqwest::Method::POST, &url)
             .header("content-type", "application/vnd.schemaregistry.v1+json")
             .json(&body)
             .send()
@@ -134,8 +160,7 @@ impl Registry {
             }
             let url = format!("{}/schemas/ids/{id}", self.url);
             let response = self
-                .client
-                .get(&url)
+                .request(reqwest::Method::GET, &url)
                 .send()
                 .await
                 .map_err(|e| Error::Kafka(format!("schema registry {url}: {e}")))?;

@@ -47,7 +47,8 @@ impl KafkaTable {
         }
         let mut decoder = Decoder::new(schema, options.format)?;
         if let Some(url) = &options.schema_registry {
-            let registry = super::registry::Registry::new(url, options.format)?;
+            let registry = super::registry::Registry::new(url, options.format)?
+                .with_basic_auth(options.schema_registry_auth.clone());
             decoder = decoder.with_registry(Arc::new(registry));
         }
         Ok(Self { options, decoder })

@@ -96,11 +96,44 @@ async fn latest(State(shared): State<Arc<Mutex<Shared>>>, Path(subject): Path<St
 
 impl FakeRegistry {
     pub async fn start() -> Self {
+        Self::start_with_auth(None).await
+    }
+
+    /// The same registry requiring HTTP Basic `(user, secret)` on every request (401 else).
+    pub async fn start_with_auth(auth: Option<(&str, &str)>) -> Self {
+        use base64::Engine as _;
         let shared = Arc::new(Mutex::new(Shared::default()));
+        let expected = auth.map(|(user, secret)| {
+            let pair = format!("{user}:{secret}");
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            )
+        });
+        let check = move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let expected = expected.clone();
+            async move {
+                let given = request
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok());
+                match &expected {
+                    Some(want) if given != Some(want.as_str()) => {
+                        let body = json!({"error_code": 401, "message": "Unauthorized"});
+                        axum::response::IntoResponse::into_response((
+                            StatusCode::UNAUTHORIZED,
+                            Json(body),
+                        ))
+                    }
+                    _ => next.run(request).await,
+                }
+            }
+        };
         let app = Router::new()
             .route("/subjects/{subject}/versions", post(register))
             .route("/subjects/{subject}/versions/latest", get(latest))
             .route("/schemas/ids/{id}", get(schema_by_id))
+            .layer(axum::middleware::from_fn(check))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
