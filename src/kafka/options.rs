@@ -50,7 +50,7 @@ pub enum OnError {
     Fail,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaOptions {
     pub topic: String,
     /// librdkafka properties (`bootstrap.servers`, `group.id`, `security.protocol`, …).
@@ -75,6 +75,49 @@ pub struct KafkaOptions {
     /// `'schema.registry.basic.auth.user.info'` (`KEY:SECRET`, as Confluent's clients take
     /// it): HTTP Basic credentials for the registry.
     pub schema_registry_auth: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for KafkaOptions {
+    // Secrets (SASL/SSL passwords and keys, registry credentials) are never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let client: BTreeMap<&str, &str> = self
+            .client
+            .iter()
+            .map(|(k, v)| (k.as_str(), if is_secret(k) { "<redacted>" } else { v }))
+            .collect();
+        f.debug_struct("KafkaOptions")
+            .field("topic", &self.topic)
+            .field("client", &client)
+            .field("format", &self.format)
+            .field("envelope", &self.envelope)
+            .field("start", &self.start)
+            .field("end", &self.end)
+            .field("batch_rows", &self.batch_rows)
+            .field("batch_latency", &self.batch_latency)
+            .field("on_error", &self.on_error)
+            .field("dlq_topic", &self.dlq_topic)
+            .field("max_value_bytes", &self.max_value_bytes)
+            .field("key_column", &self.key_column)
+            .field("schema_registry", &self.schema_registry)
+            .field(
+                "schema_registry_auth",
+                &self.schema_registry_auth.as_ref().map(|(user, _)| user),
+            )
+            .finish()
+    }
+}
+
+/// librdkafka properties whose values are credentials.
+fn is_secret(property: &str) -> bool {
+    [
+        "password",
+        "secret",
+        "sasl.jaas",
+        "ssl.key.pem",
+        "oauthbearer.config",
+    ]
+    .iter()
+    .any(|s| property.contains(s))
 }
 
 const KNOWN: &str =
@@ -298,6 +341,28 @@ mod tests {
         assert!(
             err.contains("use 'format' 'json', 'avro' or 'protobuf'"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let o = KafkaOptions::parse(
+            "t",
+            &opts(&[
+                ("bootstrap.servers", "b:9092"),
+                ("sasl.password", "hunter2"),
+                ("kafka.ssl.key.password", "hunter3"),
+                ("format.format", "avro"),
+                ("schema.registry.url", "http://r:8081"),
+                ("schema.registry.basic.auth.user.info", "key:hunter4"),
+            ]),
+        )
+        .unwrap();
+        let text = format!("{o:?}");
+        assert!(!text.contains("hunter"), "{text}");
+        assert!(
+            text.contains("b:9092") && text.contains("<redacted>"),
+            "{text}"
         );
     }
 
