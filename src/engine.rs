@@ -65,8 +65,7 @@ impl Engine {
     /// anywhere are seen everywhere), the functions and the inference service, while the
     /// settings and planner rules it changes stay its own.
     pub fn fork_session(&self) -> SessionContext {
-        let state = SessionStateBuilder::new_from_existing(self.ctx.state()).build();
-        SessionContext::new_with_state(state)
+        fork(&self.ctx)
     }
 
     pub fn inference(&self) -> &Arc<Inference> {
@@ -98,6 +97,12 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// A session of its own forked from `ctx` (see [`Engine::fork_session`]).
+pub fn fork(ctx: &SessionContext) -> SessionContext {
+    let state = SessionStateBuilder::new_from_existing(ctx.state()).build();
+    SessionContext::new_with_state(state)
 }
 
 /// One parsed statement planned in a session, not yet run: a DataFusion plan, or semflow's

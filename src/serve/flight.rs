@@ -41,7 +41,7 @@ use datafusion::sql::parser::Statement;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tonic::metadata::MetadataMap;
-use tonic::transport::server::{Connected, TcpIncoming};
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::access::{check_exposure as check_access, constant_time_eq, Exposure};
@@ -116,7 +116,7 @@ pub async fn serve(
             let incoming = futures::stream::unfold(listener, |mut listener| async move {
                 use axum::serve::Listener as _;
                 let (stream, _) = listener.accept().await;
-                Some((Ok::<_, std::io::Error>(TlsConn(stream)), listener))
+                Some((Ok::<_, std::io::Error>(stream), listener))
             });
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
@@ -159,49 +159,6 @@ fn authorize(token: Option<&str>, metadata: &MetadataMap) -> std::result::Result
         _ => Err(Status::unauthenticated(
             "missing or wrong credentials: send `authorization: Bearer <token>` (or Basic with the token as password)",
         )),
-    }
-}
-
-/// A TLS connection as tonic's server takes it.
-struct TlsConn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
-
-impl Connected for TlsConn {
-    type ConnectInfo = ();
-
-    fn connect_info(&self) -> Self::ConnectInfo {}
-}
-
-impl tokio::io::AsyncRead for TlsConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for TlsConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -343,9 +300,7 @@ impl FlightSql {
         let Some(last) = statements.pop() else {
             return Err(Status::invalid_argument("no statement"));
         };
-        let ctx = SessionContext::new_with_state(
-            datafusion::execution::SessionStateBuilder::new_from_existing(self.ctx.state()).build(),
-        );
+        let ctx = crate::engine::fork(&self.ctx);
         for set in statements {
             if !is_set(&set) {
                 return Err(Status::invalid_argument(format!(
