@@ -1,4 +1,5 @@
-//! Writing query results: an aligned table for people, CSV/JSON/NDJSON/Parquet for programs.
+//! Writing query results: an aligned table for people, CSV/JSON/NDJSON/Parquet for programs,
+//! Arrow IPC streams for the network front ends.
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::Ordering;
@@ -92,6 +93,16 @@ fn stringify_nested(
         out.push(RecordBatch::try_new(new_schema.clone(), cols)?);
     }
     Ok((new_schema, out))
+}
+
+/// `batches` as one Arrow IPC stream (`/v1/sql`'s `arrow` format, Flight's bound parameters).
+pub fn arrow_ipc_stream(schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let mut writer = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema)?;
+    for batch in batches {
+        writer.write(batch)?;
+    }
+    // Finishes the stream (end-of-stream marker) and hands the bytes back.
+    Ok(writer.into_inner()?)
 }
 
 /// Writes `batches` in `format` to `out`.

@@ -581,19 +581,7 @@ impl FlightSqlService for FlightSql {
         let Some(schema) = batches.first().map(RecordBatch::schema) else {
             return Err(Status::invalid_argument("parameters: no rows"));
         };
-        let mut ipc = Vec::new();
-        {
-            let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &schema)
-                .map_err(|e| Status::internal(e.to_string()))?;
-            for batch in &batches {
-                writer
-                    .write(batch)
-                    .map_err(|e| Status::internal(e.to_string()))?;
-            }
-            writer
-                .finish()
-                .map_err(|e| Status::internal(e.to_string()))?;
-        }
+        let ipc = crate::output::arrow_ipc_stream(&schema, &batches).map_err(status)?;
         handle.parameters = Some(ipc);
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(handle.encode_to_vec().into()),

@@ -845,15 +845,7 @@ async fn sql(
         return Err(ApiError::bad("sql", "no statement"));
     };
     if arrow_format {
-        let mut buf = Vec::new();
-        {
-            let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &schema)
-                .map_err(|e| sql_error(e.into()))?;
-            for b in &batches {
-                w.write(b).map_err(|e| sql_error(e.into()))?;
-            }
-            w.finish().map_err(|e| sql_error(e.into()))?;
-        }
+        let buf = crate::output::arrow_ipc_stream(&schema, &batches).map_err(sql_error)?;
         return Ok((
             [(header::CONTENT_TYPE, "application/vnd.apache.arrow.stream")],
             buf,
