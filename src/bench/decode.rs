@@ -17,7 +17,7 @@ use crate::kafka::decode::Decoder;
 use crate::kafka::intake::{intake, Reader};
 use crate::kafka::options::{Format, KafkaOptions};
 use crate::kafka::record::Record;
-use crate::kafka::registry::{Registry, WriterSchema};
+use crate::kafka::registry::{enframe, Registry, WriterSchema};
 
 const BATCH: usize = 1000;
 const SCHEMA_ID: u32 = 1;
@@ -71,13 +71,9 @@ fn records(seed: u64, docs: usize) -> Result<(Vec<Record>, Vec<Record>)> {
             ("n".into(), Avro::Long(i as i64)),
             ("at".into(), Avro::TimestampMillis(at)),
         ]);
-        let mut framed = vec![0];
-        framed.extend(SCHEMA_ID.to_be_bytes());
-        framed.extend(
-            apache_avro::to_avro_datum(&schema, datum)
-                .map_err(|e| Error::InvalidArgument(format!("D1 record: {e}")))?,
-        );
-        avro.push(record(i, framed));
+        let body = apache_avro::to_avro_datum(&schema, datum)
+            .map_err(|e| Error::InvalidArgument(format!("D1 record: {e}")))?;
+        avro.push(record(i, enframe(SCHEMA_ID, &body)));
     }
     Ok((json, avro))
 }

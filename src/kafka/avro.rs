@@ -14,7 +14,8 @@ use arrow::record_batch::RecordBatch;
 use base64::Engine as _;
 use serde_json::{Map, Value as Json};
 
-use super::registry::MAGIC;
+use super::producer::json_rows;
+use super::registry::enframe;
 use crate::error::{Error, Result};
 
 /// A registry-framed value's Avro body (after magic byte and id), read with `schema`.
@@ -93,16 +94,8 @@ fn avro_type(t: &arrow::datatypes::DataType) -> std::result::Result<Json, String
 /// dates go as the numbers Avro's logical types hold; the rest through Arrow's JSON rows,
 /// resolved against the schema.
 pub fn encode_rows(batch: &RecordBatch, schema: &Schema, id: u32) -> Result<Vec<Vec<u8>>> {
-    let batch = with_avro_numbers(batch)?;
-    let mut lines = Vec::new();
-    {
-        let mut writer = arrow::json::LineDelimitedWriter::new(&mut lines);
-        writer.write(&batch)?;
-        writer.finish()?;
-    }
-    lines
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
+    json_rows(&with_avro_numbers(batch)?)?
+        .iter()
         .enumerate()
         .map(|(row, line)| {
             let json: Json = serde_json::from_slice(line)
@@ -110,13 +103,9 @@ pub fn encode_rows(batch: &RecordBatch, schema: &Schema, id: u32) -> Result<Vec<
             let value = Avro::from(json)
                 .resolve(schema)
                 .map_err(|e| Error::Kafka(format!("row {row} as Avro: {e}")))?;
-            let mut framed = vec![MAGIC];
-            framed.extend(id.to_be_bytes());
-            framed.extend(
-                apache_avro::to_avro_datum(schema, value)
-                    .map_err(|e| Error::Kafka(format!("row {row} as Avro: {e}")))?,
-            );
-            Ok(framed)
+            let body = apache_avro::to_avro_datum(schema, value)
+                .map_err(|e| Error::Kafka(format!("row {row} as Avro: {e}")))?;
+            Ok(enframe(id, &body))
         })
         .collect()
 }

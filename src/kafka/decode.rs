@@ -1,9 +1,8 @@
 //! Records → Arrow rows. Metadata columns (`_key`, `_partition`, `_offset`, `_timestamp`,
 //! `_headers`) are filled when the table declares them; the other columns come from the
 //! value: JSON object fields by name (`json`; `avro` and `protobuf` values arrive here as
-//! JSON), or the
-//! whole value/key (`raw`). A record that
-//! does not fit is reported with the reason instead of failing the batch.
+//! JSON), or the whole value/key (`raw`). A record that does not fit is reported with the
+//! reason instead of failing the batch.
 
 use std::sync::Arc;
 

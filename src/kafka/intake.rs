@@ -1,7 +1,8 @@
 //! What a micro-batch's records become before any SQL runs — one path for ad-hoc scans of a
-//! Kafka table and for pipelines: Avro read as JSON, change events unwrapped, tombstones, values over `max_value_bytes`, and records the
-//! decoder rejects are sorted out here, each failure with its reason; [`Failure::error`] is
-//! how `on_error = 'fail'` reports one. (What else happens to failures differs: a scan skips
+//! Kafka table and for pipelines: registry-framed values read as JSON, change events
+//! unwrapped, tombstones, values over `max_value_bytes`, and records the decoder rejects are
+//! sorted out here, each failure with its reason; [`Failure::error`] is how
+//! `on_error = 'fail'` reports one. (What else happens to failures differs: a scan skips
 //! them, a pipeline skips them or dead-letters them before its commit.)
 
 use arrow::record_batch::RecordBatch;
@@ -56,8 +57,8 @@ pub struct Intake {
 }
 
 /// Sorts `records` into rows, deletions and failures for `reader`. Registry-framed Avro or
-/// Protobuf becomes JSON first and change events their plain records; dead letters still carry the
-/// records as they arrived.
+/// Protobuf becomes JSON first and change events their plain records; dead letters still
+/// carry the records as they arrived.
 pub async fn intake(
     records: &[Record],
     options: &KafkaOptions,
@@ -65,6 +66,7 @@ pub async fn intake(
     reader: Reader,
 ) -> Result<Intake> {
     let arrived = records;
+    let rewritten = decoder.registry().is_some() || options.envelope != Envelope::None;
     let mut failures = Vec::new();
     let transcoded;
     let records = match decoder.registry() {
@@ -120,7 +122,7 @@ pub async fn intake(
         record: values[r.index].clone(),
         reason: r.reason.clone(),
     }));
-    if !std::ptr::eq(arrived, records) {
+    if rewritten {
         as_arrived(&mut failures, arrived);
     }
     Ok(Intake {
@@ -146,8 +148,9 @@ async fn from_registry(
             .as_ref()
             .is_some_and(|v| v.len() > options.max_value_bytes)
     };
-    let readable: Vec<Record> = records.iter().filter(|r| !oversized(r)).cloned().collect();
-    let mut read = registry.to_json(&readable, keys_as_json).await?.into_iter();
+    registry
+        .fetch_schemas(records.iter().filter(|r| !oversized(r)))
+        .await?;
     // In batch order: downstream, the newest record of a key wins.
     let mut out = Vec::with_capacity(records.len());
     for record in records {
@@ -155,13 +158,12 @@ async fn from_registry(
             out.push(record.clone());
             continue;
         }
-        match read.next() {
-            Some(Ok(json)) => out.push(json),
-            Some(Err(reason)) => failures.push(Failure {
+        match registry.record_to_json(record, keys_as_json) {
+            Ok(json) => out.push(json),
+            Err(reason) => failures.push(Failure {
                 record: record.clone(),
                 reason,
             }),
-            None => break,
         }
     }
     Ok(out)

@@ -8,6 +8,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use arrow::record_batch::RecordBatch;
+
 use super::options::KafkaOptions;
 use crate::error::{Error, Result};
 
@@ -17,6 +19,29 @@ pub struct Outgoing {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Each row of `batch` as a JSON object (vectors as arrays).
+pub fn json_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    let mut buf = Vec::new();
+    {
+        let mut writer = arrow::json::LineDelimitedWriter::new(&mut buf);
+        writer.write(batch)?;
+        writer.finish()?;
+    }
+    let lines: Vec<Vec<u8>> = buf
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    if lines.len() != batch.num_rows() {
+        return Err(Error::Kafka(format!(
+            "encoding rows as JSON gave {} lines for {} rows",
+            lines.len(),
+            batch.num_rows()
+        )));
+    }
+    Ok(lines)
 }
 
 pub struct Producer {

@@ -15,7 +15,7 @@ use super::record::Record;
 use crate::error::{Error, Result};
 
 /// Confluent's magic byte, then a 4-byte schema id.
-pub const MAGIC: u8 = 0;
+const MAGIC: u8 = 0;
 const HEADER: usize = 5;
 
 /// A writer schema as the registry serves it.
@@ -188,53 +188,64 @@ impl Registry {
         Ok(())
     }
 
-    /// Each record with its framed value (and key, when framed) as JSON; records that cannot
-    /// be read get the reason instead. Keys become document-key text, or stay JSON objects
-    /// for an envelope that reads them itself (`keys_as_json`).
-    pub async fn to_json(
+    /// Fetches the writer schemas `records` name (values and framed keys) that are not
+    /// known yet, so [`Registry::record_to_json`] can read them.
+    pub async fn fetch_schemas<'a>(
         &self,
-        records: &[Record],
-        keys_as_json: bool,
-    ) -> Result<Vec<std::result::Result<Record, String>>> {
+        records: impl IntoIterator<Item = &'a Record>,
+    ) -> Result<()> {
         let ids = records
-            .iter()
+            .into_iter()
             .flat_map(|r| [r.value.as_deref(), r.key.as_deref()])
             .flatten()
             .filter_map(|bytes| frame(bytes).ok().map(|(id, _)| id));
         let mut unique: Vec<u32> = ids.collect();
         unique.sort_unstable();
         unique.dedup();
-        self.fetch_missing(unique).await?;
-        Ok(records
-            .iter()
-            .map(|r| self.record_to_json(r, keys_as_json))
-            .collect())
+        self.fetch_missing(unique).await
     }
 
-    fn record_to_json(
+    /// `record` with its framed value (and key, when framed) as JSON, or why it cannot be
+    /// read; schemas come from [`Registry::fetch_schemas`]. Keys become document-key text, or
+    /// stay JSON objects for an envelope that reads them itself (`keys_as_json`).
+    pub fn record_to_json(
         &self,
         record: &Record,
         keys_as_json: bool,
     ) -> std::result::Result<Record, String> {
-        let mut out = record.clone();
-        if let Some(value) = &record.value {
-            let json = self.decode(value).map_err(|e| format!("value: {e}"))?;
-            out.value = Some(json.to_string().into_bytes());
-        }
-        // Keys are often plain strings; only framed keys whose schema is known are decoded.
-        if let Some(key) = &record.key {
-            if let Ok((id, _)) = frame(key) {
-                if matches!(self.cached(id), Some(Ok(_))) {
-                    let json = self.decode(key).map_err(|e| format!("key: {e}"))?;
-                    let text = match keys_as_json {
-                        true => json.to_string(),
-                        false => key_text(json),
-                    };
-                    out.key = Some(text.into_bytes());
-                }
+        let value = match &record.value {
+            Some(value) => {
+                let json = self.decode(value).map_err(|e| format!("value: {e}"))?;
+                Some(json.to_string().into_bytes())
             }
-        }
-        Ok(out)
+            None => None,
+        };
+        let key = match &record.key {
+            // Keys are often plain strings; only framed keys whose schema is known are read.
+            Some(key) if self.knows_framing_of(key) => {
+                let json = self.decode(key).map_err(|e| format!("key: {e}"))?;
+                let text = match keys_as_json {
+                    true => json.to_string(),
+                    false => key_text(json),
+                };
+                Some(text.into_bytes())
+            }
+            other => other.clone(),
+        };
+        Ok(Record {
+            topic: record.topic.clone(),
+            partition: record.partition,
+            offset: record.offset,
+            timestamp: record.timestamp,
+            key,
+            value,
+            headers: record.headers.clone(),
+        })
+    }
+
+    /// Whether `bytes` are framed with a schema id this client can read.
+    fn knows_framing_of(&self, bytes: &[u8]) -> bool {
+        frame(bytes).is_ok_and(|(id, _)| matches!(self.cached(id), Some(Ok(_))))
     }
 
     fn decode(&self, bytes: &[u8]) -> std::result::Result<Json, String> {
@@ -298,6 +309,15 @@ fn parse_registry_schema(id: u32, body: &Json) -> std::result::Result<WriterSche
     }
 }
 
+/// `body` in Confluent's framing for schema `id` (what [`frame`] splits).
+pub fn enframe(id: u32, body: &[u8]) -> Vec<u8> {
+    let mut framed = Vec::with_capacity(HEADER + body.len());
+    framed.push(MAGIC);
+    framed.extend(id.to_be_bytes());
+    framed.extend(body);
+    framed
+}
+
 /// Splits Confluent's framing: the schema id and the body.
 fn frame(bytes: &[u8]) -> std::result::Result<(u32, &[u8]), String> {
     match bytes {
@@ -332,10 +352,7 @@ pub(crate) mod tests {
 
     /// `value` as registry-framed Avro of `schema` registered as `id`.
     pub fn framed(id: u32, schema: &Schema, value: Avro) -> Vec<u8> {
-        let mut bytes = vec![MAGIC];
-        bytes.extend(id.to_be_bytes());
-        bytes.extend(apache_avro::to_avro_datum(schema, value).unwrap());
-        bytes
+        enframe(id, &apache_avro::to_avro_datum(schema, value).unwrap())
     }
 
     /// A registry client that already knows `schemas` (nothing is fetched).

@@ -27,7 +27,7 @@ use super::consumer::{Consumer, Mode};
 use super::decode::Decoder;
 use super::intake::{intake, Reader};
 use super::options::{End, KafkaOptions, OnError};
-use super::producer::{Outgoing, Producer};
+use super::producer::{json_rows, Outgoing, Producer};
 use crate::error::{Error, Result};
 
 /// A Kafka topic as a table.
@@ -266,29 +266,6 @@ fn keyed(values: Vec<Vec<u8>>, keys: Vec<Option<Vec<u8>>>) -> Vec<Outgoing> {
             headers: vec![],
         })
         .collect()
-}
-
-/// Each row of `batch` as a JSON object (vectors as arrays).
-fn json_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
-    let mut buf = Vec::new();
-    {
-        let mut writer = arrow::json::LineDelimitedWriter::new(&mut buf);
-        writer.write(batch)?;
-        writer.finish()?;
-    }
-    let lines: Vec<Vec<u8>> = buf
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect();
-    if lines.len() != batch.num_rows() {
-        return Err(Error::Kafka(format!(
-            "encoding rows as JSON gave {} lines for {} rows",
-            lines.len(),
-            batch.num_rows()
-        )));
-    }
-    Ok(lines)
 }
 
 /// Each row's message key: `key_column`'s text (none without a key column, or for NULL).
