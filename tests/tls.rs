@@ -93,20 +93,6 @@ fn server_tls(certs: &Certs) -> ServerTls {
     ServerTls::load(&certs.cert, &certs.key).unwrap()
 }
 
-/// Runs a server in the background and waits for the address it bound: `serve` gets the
-/// callback that reports it.
-async fn spawn_bound<F>(serve: impl FnOnce(Box<dyn FnOnce(SocketAddr) + Send>) -> F) -> SocketAddr
-where
-    F: std::future::Future<Output = semflow::Result<()>> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let server = serve(Box::new(move |a| {
-        let _ = tx.send(a);
-    }));
-    tokio::spawn(async move { server.await.unwrap() });
-    rx.await.unwrap()
-}
-
 async fn https_server(certs: &Certs) -> SocketAddr {
     let engine = common::tiny_engine();
     let options = HttpOptions {
@@ -115,7 +101,7 @@ async fn https_server(certs: &Certs) -> SocketAddr {
         tls: Some(server_tls(certs)),
         ..HttpOptions::default()
     };
-    spawn_bound(|bound| async move {
+    common::spawn_bound(|bound| async move {
         semflow::serve::http::serve(&engine, options, std::future::pending(), bound).await
     })
     .await
@@ -129,7 +115,7 @@ async fn pg_server(certs: Option<&Certs>) -> SocketAddr {
         tls: certs.map(server_tls),
         ..PgOptions::default()
     };
-    spawn_bound(|bound| async move {
+    common::spawn_bound(|bound| async move {
         semflow::serve::pg::serve(&engine, options, std::future::pending(), bound).await
     })
     .await

@@ -89,19 +89,12 @@ pub fn floats(v: &serde_json::Value) -> Vec<f64> {
 /// `semflow serve`'s HTTP API over `engine`, in-process on 127.0.0.1:0; returns its address.
 pub async fn serve_http(engine: Engine) -> std::net::SocketAddr {
     use semflow::serve::http::{serve, HttpOptions};
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let options = HttpOptions {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            ..HttpOptions::default()
-        };
-        serve(&engine, options, std::future::pending(), move |a| {
-            let _ = tx.send(a);
-        })
+    let options = HttpOptions {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        ..HttpOptions::default()
+    };
+    spawn_bound(|bound| async move { serve(&engine, options, std::future::pending(), bound).await })
         .await
-        .unwrap();
-    });
-    rx.await.unwrap()
 }
 
 /// `semflow serve`'s Flight SQL front end over `engine`, in-process on 127.0.0.1:0, with
@@ -112,20 +105,29 @@ pub async fn serve_flight(
     tls: Option<semflow::tls::ServerTls>,
 ) -> std::net::SocketAddr {
     use semflow::serve::flight::{serve, FlightOptions};
-    let (tx, rx) = tokio::sync::oneshot::channel();
     let options = FlightOptions {
         addr: "127.0.0.1:0".parse().unwrap(),
         token: token.map(String::from),
         tls,
         ..FlightOptions::default()
     };
-    tokio::spawn(async move {
-        serve(&engine, options, std::future::pending(), move |a| {
-            let _ = tx.send(a);
-        })
+    spawn_bound(|bound| async move { serve(&engine, options, std::future::pending(), bound).await })
         .await
-        .unwrap();
-    });
+}
+
+/// Runs a server in the background and waits for the address it bound: `serve` gets the
+/// callback that reports it.
+pub async fn spawn_bound<F>(
+    serve: impl FnOnce(Box<dyn FnOnce(std::net::SocketAddr) + Send>) -> F,
+) -> std::net::SocketAddr
+where
+    F: std::future::Future<Output = semflow::Result<()>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let server = serve(Box::new(move |a| {
+        let _ = tx.send(a);
+    }));
+    tokio::spawn(async move { server.await.unwrap() });
     rx.await.unwrap()
 }
 
