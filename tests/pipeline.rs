@@ -106,10 +106,12 @@ async fn index_rows(location: &str) -> BTreeMap<String, (String, String, usize)>
     rows
 }
 
+/// The docs → idx pipeline over `topic`; `extra` adds Kafka table options (the format is
+/// JSON, the default, unless `extra` names another).
 fn pipeline_sql(topic: &str, group: &str, location: &str, extra: &str) -> String {
     format!(
         "CREATE EXTERNAL TABLE docs (id TEXT NOT NULL, title TEXT, body TEXT) STORED AS KAFKA LOCATION '{topic}'
-           OPTIONS ('bootstrap.servers' '{}', 'group.id' '{group}', 'format' 'json', 'start' 'earliest',
+           OPTIONS ('bootstrap.servers' '{}', 'group.id' '{group}', 'start' 'earliest',
                     'batch_ms' '50', 'session.timeout.ms' '6000', 'heartbeat.interval.ms' '500' {extra});
          CREATE EXTERNAL TABLE idx (id TEXT NOT NULL, title TEXT, body TEXT, embedding FLOAT[], model TEXT, PRIMARY KEY (id))
            STORED AS LANCE LOCATION '{location}';
@@ -419,16 +421,13 @@ async fn avro_from_the_schema_registry_upserts_evolves_and_unwraps_debezium() {
     let Some(produced) = confluent_client("avro_produce.py", args).await else {
         return;
     };
-    let avro = format!(", 'schema.registry.url' '{}'", registry.url());
-    // pipeline_sql declares JSON values; these are Avro.
-    let as_avro = |sql: String| sql.replace("'format' 'json'", "'format' 'avro'");
+    let avro = format!(
+        ", 'format' 'avro', 'schema.registry.url' '{}'",
+        registry.url()
+    );
 
     let records = produced["docs"].as_u64().unwrap();
-    let stats = run_until(
-        &as_avro(pipeline_sql(&topic, &group, &location, &avro)),
-        records,
-    )
-    .await;
+    let stats = run_until(&pipeline_sql(&topic, &group, &location, &avro), records).await;
     assert_eq!(stats.records, records);
     let rows = index_rows(&location).await;
     assert_eq!(
@@ -486,7 +485,7 @@ async fn avro_from_the_schema_registry_upserts_evolves_and_unwraps_debezium() {
         &cdc_location,
         &format!("{avro}, 'envelope' 'debezium'"),
     );
-    let stats = run_until(&as_avro(sql), records).await;
+    let stats = run_until(&sql, records).await;
     assert_eq!(stats.records, records);
     let rows = index_rows(&cdc_location).await;
     assert_eq!(id_bodies(&rows), [("e1", "first, updated")]);
@@ -505,10 +504,11 @@ async fn protobuf_from_the_schema_registry_upserts_and_deletes() {
         return;
     };
     let records = produced["records"].as_u64().unwrap();
-    let options = format!(", 'schema.registry.url' '{}'", registry.url());
-    // pipeline_sql declares JSON values; these are Protobuf.
-    let sql = pipeline_sql(&topic, &group, &location, &options)
-        .replace("'format' 'json'", "'format' 'protobuf'");
+    let options = format!(
+        ", 'format' 'protobuf', 'schema.registry.url' '{}'",
+        registry.url()
+    );
+    let sql = pipeline_sql(&topic, &group, &location, &options);
     let stats = run_until(&sql, records).await;
     assert_eq!(stats.records, records);
     let dlq = read_all(&format!("{topic}.dlq"), 1);
