@@ -146,10 +146,11 @@ pub struct ServeArgs {
     /// Largest request body in bytes (more: 413).
     #[arg(long, default_value_t = 8 << 20)]
     pub max_body_bytes: usize,
-    /// Requests running inference at once.
+    /// Requests (HTTP calls, Postgres queries, Flight SQL statements together) running at once.
     #[arg(long, default_value_t = 4)]
     pub max_concurrency: usize,
-    /// Requests waiting for a slot; beyond this, 429 with Retry-After.
+    /// Requests waiting for a slot; beyond this, HTTP 429 with Retry-After, SQLSTATE 53000
+    /// over Postgres and Flight SQL.
     #[arg(long, default_value_t = 64)]
     pub max_queue: usize,
     /// Longest input item in tokens; longer items get 413 instead of being truncated.
@@ -547,6 +548,8 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         ))
     })?;
     let tls = crate::tls::server_tls(args.tls_cert.as_ref(), args.tls_key.as_ref())?;
+    // One budget for all listeners: they share the model and the cores.
+    let admission = crate::serve::admission::Admission::new(args.max_concurrency, args.max_queue);
     let pg = if args.pg_addr == "off" {
         None
     } else {
@@ -562,6 +565,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             insecure_no_auth: args.insecure_no_auth,
             tls: tls.clone(),
             insecure_no_tls: args.insecure_no_tls,
+            admission: admission.clone(),
         };
         crate::serve::pg::check_exposure(&options)?;
         Some(options)
@@ -581,6 +585,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             insecure_no_auth: args.insecure_no_auth,
             tls: tls.clone(),
             insecure_no_tls: args.insecure_no_tls,
+            admission: admission.clone(),
         };
         crate::serve::flight::check_exposure(&options)?;
         Some(options)
@@ -593,8 +598,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         insecure_no_tls: args.insecure_no_tls,
         max_items: args.max_items.max(1),
         max_body_bytes: args.max_body_bytes.max(1),
-        max_concurrency: args.max_concurrency.max(1),
-        max_queue: args.max_queue,
+        admission,
         max_item_tokens: args.max_item_tokens,
         max_request_tokens: args.max_request_tokens,
         chat: match &args.chat_model {

@@ -265,8 +265,7 @@ async fn over_capacity_requests_get_429_with_retry_after() {
         addr: "127.0.0.1:0".parse().unwrap(),
         max_items: 10_000,
         max_body_bytes: 4 << 20,
-        max_concurrency: 1,
-        max_queue: 0,
+        admission: semflow::serve::admission::Admission::new(1, 0),
         ..HttpOptions::default()
     })
     .await;
@@ -620,10 +619,102 @@ async fn metrics_report_requests_latency_batches_tokens_queue_and_cache() {
         "semflow_http_request_seconds",
         "semflow_http_batch_items",
         "semflow_http_tokens_total",
-        "semflow_http_queue_depth",
+        "semflow_queue_depth",
         "semflow_inference_embed_inputs",
         "semflow_inference_embed_inferred",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }
+}
+
+/// HTTP, Postgres and Flight SQL draw on one budget: with its only slot taken (here by the
+/// test itself) each refuses at once in its own protocol's words, and answers once it is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listener_draws_on_one_admission_budget() {
+    use arrow_flight::sql::client::FlightSqlServiceClient;
+    use semflow::serve::admission::Admission;
+    let engine = common::tiny_engine();
+    let admission = Admission::new(1, 0);
+    let http = {
+        let (engine, admission) = (engine.clone(), admission.clone());
+        common::spawn_bound(|bound| async move {
+            let options = HttpOptions {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                admission,
+                ..HttpOptions::default()
+            };
+            serve(&engine, options, std::future::pending(), bound).await
+        })
+        .await
+    };
+    let pg = {
+        let (engine, admission) = (engine.clone(), admission.clone());
+        common::spawn_bound(|bound| async move {
+            let options = semflow::serve::pg::PgOptions {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                admission,
+                ..Default::default()
+            };
+            semflow::serve::pg::serve(&engine, options, std::future::pending(), bound).await
+        })
+        .await
+    };
+    let flight = {
+        let (engine, admission) = (engine.clone(), admission.clone());
+        common::spawn_bound(|bound| async move {
+            let options = semflow::serve::flight::FlightOptions {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                admission,
+                ..Default::default()
+            };
+            semflow::serve::flight::serve(&engine, options, std::future::pending(), bound).await
+        })
+        .await
+    };
+    let conf = format!("host={} port={} user=semflow", pg.ip(), pg.port());
+    let (pg, conn) = tokio_postgres::connect(&conf, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let channel = tonic::transport::Endpoint::new(format!("http://{flight}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut flight = FlightSqlServiceClient::new(channel);
+    let embed = || {
+        post(
+            format!("http://{http}/v1/embeddings"),
+            json!({"input": "hi"}),
+            None,
+        )
+    };
+    let sql = "SELECT embed('hello', '', 4) AS v";
+
+    let held = admission.enter("test").await.unwrap();
+    assert_eq!(embed().await.0, 429);
+    let err = pg.query(sql, &[]).await.unwrap_err();
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "53000", "{}", db.message());
+    let info = flight.execute(sql.into(), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    match flight.do_get(ticket.clone()).await {
+        Err(arrow_flight::error::FlightError::Tonic(status)) => {
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+        }
+        other => panic!("expected RESOURCE_EXHAUSTED, got {:?}", other.map(|_| ())),
+    }
+
+    drop(held);
+    assert_eq!(embed().await.0, 200);
+    assert_eq!(pg.query(sql, &[]).await.unwrap().len(), 1);
+    use futures::TryStreamExt;
+    let batches: Vec<_> = flight
+        .do_get(ticket)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
 }

@@ -59,6 +59,8 @@ pub struct FlightOptions {
     pub tls: Option<crate::tls::ServerTls>,
     /// Allow a non-loopback address without TLS.
     pub insecure_no_tls: bool,
+    /// Statements running at once and waiting, shared with the other listeners.
+    pub admission: super::admission::Admission,
 }
 
 impl Default for FlightOptions {
@@ -69,6 +71,7 @@ impl Default for FlightOptions {
             insecure_no_auth: false,
             tls: None,
             insecure_no_tls: false,
+            admission: super::admission::Admission::default(),
         }
     }
 }
@@ -95,7 +98,11 @@ pub async fn serve(
     on_bound: impl FnOnce(SocketAddr),
 ) -> Result<()> {
     check_exposure(&options)?;
-    let service = FlightSql::new(engine.fork_session(), options.token.clone())?;
+    let service = FlightSql::new(
+        engine.fork_session(),
+        options.token.clone(),
+        options.admission.clone(),
+    )?;
     let token = options.token.clone();
     let service = FlightServiceServer::with_interceptor(service, move |request: Request<()>| {
         authorize(token.as_deref(), request.metadata())?;
@@ -264,12 +271,17 @@ struct FlightSql {
     ctx: SessionContext,
     token: Option<String>,
     sql_info: SqlInfoData,
+    admission: super::admission::Admission,
 }
 
 type DoGetStream = <FlightSql as FlightService>::DoGetStream;
 
 impl FlightSql {
-    fn new(ctx: SessionContext, token: Option<String>) -> Result<Self> {
+    fn new(
+        ctx: SessionContext,
+        token: Option<String>,
+        admission: super::admission::Admission,
+    ) -> Result<Self> {
         let mut info = SqlInfoDataBuilder::new();
         info.append(SqlInfo::FlightSqlServerName, "semflow");
         info.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
@@ -286,6 +298,7 @@ impl FlightSql {
             ctx,
             token,
             sql_info,
+            admission,
         })
     }
 
@@ -327,6 +340,14 @@ impl FlightSql {
         Ok(Prepared { ctx, planned })
     }
 
+    /// A slot in the server's shared budget, or RESOURCE_EXHAUSTED at once.
+    async fn admit(&self) -> std::result::Result<super::admission::Permit, Status> {
+        self.admission
+            .enter("flight")
+            .await
+            .map_err(|refused| Status::resource_exhausted(format!("{refused} (SQLSTATE 53000)")))
+    }
+
     /// Runs a prepared request and streams its rows as Flight data, declared with the schema
     /// the plan advertised (the physical stream may differ in nullability, and strict clients
     /// such as ADBC compare).
@@ -335,6 +356,7 @@ impl FlightSql {
         prepared: Prepared,
     ) -> std::result::Result<Response<DoGetStream>, Status> {
         let schema = prepared.planned.schema();
+        let permit = self.admit().await?;
         let (_, rows) = prepared
             .planned
             .execute(&prepared.ctx)
@@ -342,6 +364,8 @@ impl FlightSql {
             .map_err(status)?;
         let declared = schema.clone();
         let rows = rows.map(move |batch| {
+            // Held until the last batch is sent: rows are computed as the client reads.
+            let _held = &permit;
             let batch = batch.map_err(|e| FlightError::ExternalError(Box::new(e)))?;
             conform(&declared, batch).map_err(FlightError::Arrow)
         });
@@ -350,6 +374,7 @@ impl FlightSql {
 
     /// Runs a prepared request to the end; the rows it changed (DML) or -1 (unknown).
     async fn update(&self, prepared: Prepared) -> std::result::Result<i64, Status> {
+        let _permit = self.admit().await?;
         let (_, rows) = prepared
             .planned
             .execute(&prepared.ctx)

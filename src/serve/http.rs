@@ -35,10 +35,9 @@ pub struct HttpOptions {
     pub max_items: usize,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
-    /// Requests running inference at once; more wait in a queue…
-    pub max_concurrency: usize,
-    /// …of at most this many; beyond it requests get 429 with `Retry-After`.
-    pub max_queue: usize,
+    /// Requests running at once and waiting, shared with the other listeners; beyond it
+    /// requests get 429 with `Retry-After`.
+    pub admission: super::admission::Admission,
     /// Longest input item in tokens (embeddings: the formatted input; rerank: query plus
     /// document); beyond it 413 instead of truncation. `None`: truncate at the model's limit.
     pub max_item_tokens: Option<usize>,
@@ -58,8 +57,7 @@ impl Default for HttpOptions {
             insecure_no_tls: false,
             max_items: 2048,
             max_body_bytes: 8 << 20,
-            max_concurrency: 4,
-            max_queue: 64,
+            admission: super::admission::Admission::default(),
             max_item_tokens: None,
             max_request_tokens: None,
             chat: None,
@@ -85,10 +83,6 @@ struct AppState {
     /// The engine, for /v1/sql.
     engine: crate::Engine,
     options: HttpOptions,
-    /// Running + queued requests.
-    admitted: Arc<tokio::sync::Semaphore>,
-    /// Running requests.
-    running: Arc<tokio::sync::Semaphore>,
 }
 
 /// The router, for tests and embedding in other servers.
@@ -98,16 +92,10 @@ pub fn router(engine: &crate::Engine, options: HttpOptions) -> Router {
         tracing::warn!("metrics disabled: {e}");
     }
     let inference = engine.inference().clone();
-    let admitted = Arc::new(tokio::sync::Semaphore::new(
-        options.max_concurrency.max(1) + options.max_queue,
-    ));
-    let running = Arc::new(tokio::sync::Semaphore::new(options.max_concurrency.max(1)));
     let state = Arc::new(AppState {
         inference,
         engine: engine.clone(),
         options,
-        admitted,
-        running,
     });
     let inference_routes = Router::new()
         .route("/v1/embeddings", post(embeddings))
@@ -236,41 +224,31 @@ async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: N
     next.run(request).await
 }
 
-/// Bounded concurrency: up to `max_concurrency` requests run, up to `max_queue` more wait;
-/// the rest are refused at once with 429 and `Retry-After` instead of waiting unboundedly.
+/// Bounded concurrency (shared with the other listeners): refused requests get 429 with
+/// `Retry-After` at once instead of waiting unboundedly.
 async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let Ok(_admitted) = state.admitted.clone().try_acquire_owned() else {
-        metrics::counter!("semflow_http_rejected_total").increment(1);
-        let mut response = ApiError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            message: "the server is at capacity; retry later".into(),
-            param: None,
+    use super::admission::Refused;
+    let _permit = match state.options.admission.enter("http").await {
+        Ok(permit) => permit,
+        Err(refused) => {
+            let status = match refused {
+                Refused::Busy => StatusCode::TOO_MANY_REQUESTS,
+                Refused::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            let mut response = ApiError {
+                status,
+                message: refused.to_string(),
+                param: None,
+            }
+            .into_response();
+            if refused == Refused::Busy {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            }
+            return response;
         }
-        .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return response;
     };
-    let queued = state.options.max_concurrency.max(1) + state.options.max_queue
-        - state.admitted.available_permits();
-    metrics::gauge!("semflow_http_in_flight").set(queued as f64);
-    let depth = |s: &AppState| {
-        let running = s.options.max_concurrency.max(1) - s.running.available_permits();
-        let admitted =
-            s.options.max_concurrency.max(1) + s.options.max_queue - s.admitted.available_permits();
-        admitted.saturating_sub(running) as f64
-    };
-    metrics::gauge!("semflow_http_queue_depth").set(depth(&state));
-    let Ok(_running) = state.running.clone().acquire_owned().await else {
-        return ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: "the server is shutting down".into(),
-            param: None,
-        }
-        .into_response();
-    };
-    metrics::gauge!("semflow_http_queue_depth").set(depth(&state));
     next.run(request).await
 }
 

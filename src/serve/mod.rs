@@ -5,9 +5,11 @@
 //! - [`chat`]: `/v1/chat/completions` on a self-hosted Qwen3 model (`--chat-model`).
 //! - [`pg`]: the Postgres wire protocol (psql, drivers) over the same session.
 //! - [`flight`]: Arrow Flight SQL (ADBC, JDBC, pyarrow) over gRPC.
+//! - [`admission`]: the one budget of running and queued requests all listeners draw on.
 //! - [`access`]: what every listener requires beyond loopback (auth, TLS), token checks.
 
 pub mod access;
+pub mod admission;
 pub mod api;
 pub mod chat;
 pub mod flight;

@@ -18,7 +18,7 @@ use datafusion::sql::sqlparser::ast::Statement;
 use datafusion_postgres::hooks::{HookClient, QueryHook};
 use datafusion_postgres::pgwire;
 use datafusion_postgres::{DfSessionService, Parser};
-use futures::Sink;
+use futures::{Sink, StreamExt};
 use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramAuth, SCRAM_ITERATIONS};
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::{
@@ -47,6 +47,8 @@ pub struct PgOptions {
     pub tls: Option<crate::tls::ServerTls>,
     /// Allow a non-loopback address without TLS.
     pub insecure_no_tls: bool,
+    /// Queries running at once and waiting, shared with the other listeners.
+    pub admission: super::admission::Admission,
 }
 
 impl Default for PgOptions {
@@ -57,6 +59,7 @@ impl Default for PgOptions {
             insecure_no_auth: false,
             tls: None,
             insecure_no_tls: false,
+            admission: super::admission::Admission::default(),
         }
     }
 }
@@ -224,9 +227,37 @@ impl QueryHook for CreateIndexHook {
     }
 }
 
-/// datafusion-postgres's session service with SQLSTATEs on its errors.
+/// datafusion-postgres's session service with SQLSTATEs on its errors and admission control.
 struct Service {
     inner: DfSessionService,
+    admission: super::admission::Admission,
+}
+
+impl Service {
+    async fn admit(&self) -> PgWireResult<Arc<super::admission::Permit>> {
+        self.admission
+            .enter("postgres")
+            .await
+            .map(Arc::new)
+            .map_err(|refused| user_error("53000", refused.to_string()))
+    }
+}
+
+/// Keeps `permit` until the rows of `response` have been sent: rows are computed (and
+/// `embed()` runs) while pgwire reads the stream, after `do_query` returned.
+fn hold(response: Response, permit: &Arc<super::admission::Permit>) -> Response {
+    match response {
+        Response::Query(mut query) => {
+            let permit = permit.clone();
+            let rows = std::mem::replace(&mut query.data_rows, Box::pin(futures::stream::empty()));
+            query.data_rows = Box::pin(rows.map(move |row| {
+                let _held = &permit;
+                row
+            }));
+            Response::Query(query)
+        }
+        other => other,
+    }
 }
 
 #[async_trait]
@@ -238,9 +269,11 @@ impl SimpleQueryHandler for Service {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        SimpleQueryHandler::do_query(&self.inner, client, query)
+        let permit = self.admit().await?;
+        let responses = SimpleQueryHandler::do_query(&self.inner, client, query)
             .await
-            .map_err(with_sqlstate)
+            .map_err(with_sqlstate)?;
+        Ok(responses.into_iter().map(|r| hold(r, &permit)).collect())
     }
 }
 
@@ -265,9 +298,11 @@ impl ExtendedQueryHandler for Service {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        ExtendedQueryHandler::do_query(&self.inner, client, portal, max_rows)
+        let permit = self.admit().await?;
+        let response = ExtendedQueryHandler::do_query(&self.inner, client, portal, max_rows)
             .await
-            .map_err(with_sqlstate)
+            .map_err(with_sqlstate)?;
+        Ok(hold(response, &permit))
     }
 }
 
@@ -409,6 +444,7 @@ pub async fn serve(
     ];
     let service = Arc::new(Service {
         inner: DfSessionService::new_with_hooks(ctx, hooks),
+        admission: options.admission.clone(),
     });
     let password = options
         .password
