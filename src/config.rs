@@ -111,6 +111,11 @@ settings! {
     /// fails one is out of rotation until one succeeds. 0 turns probes off (default 5).
     #[arg(long, env = "SEMFLOW_ENDPOINT_HEALTH_INTERVAL")]
     endpoint_health_interval: f64,
+    /// More models by name, NAME=MODEL (repeatable; comma-separated in SEMFLOW_MODELS):
+    /// `embed(text, instruction, dims, 'NAME')`, `rerank(q, d, instruction, 'NAME')`,
+    /// `embed_model('NAME')`, and the HTTP API's `model` field.
+    #[arg(long = "model", env = "SEMFLOW_MODELS", value_delimiter = ',')]
+    models: Vec<String>,
 }
 
 impl Settings {
@@ -190,6 +195,9 @@ pub fn inference_config(s: &Settings) -> Result<InferenceConfig> {
             )));
         }
         cfg.remote.health_interval_s = h;
+    }
+    if let Some(m) = &s.models {
+        cfg.models = crate::inference::named::parse_all(m)?;
     }
     if let Some(m) = &s.endpoint_model {
         cfg.remote.model = Some(m.clone());

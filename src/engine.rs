@@ -13,7 +13,7 @@ use datafusion::sql::sqlparser::ast::{CreateIndex, Statement as SqlStatement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
 use crate::error::Result;
-use crate::inference::{Inference, InferenceConfig};
+use crate::inference::{Inference, InferenceConfig, Models};
 
 /// The `semflow.*` session settings (declared beside the functions that read them).
 pub use crate::udf::options::SemflowOptions;
@@ -30,7 +30,7 @@ pub struct StatementResult {
 #[derive(Clone)]
 pub struct Engine {
     ctx: SessionContext,
-    inference: Arc<Inference>,
+    models: Arc<Models>,
 }
 
 impl Engine {
@@ -40,8 +40,8 @@ impl Engine {
             .with_information_schema(true)
             .with_option_extension(SemflowOptions::default());
         let ctx = SessionContext::new_with_config(session_config);
-        let inference = Inference::new(config);
-        crate::udf::register_all(&ctx, &inference);
+        let models = Models::new(config);
+        crate::udf::register_all(&ctx, &models);
         {
             let state = ctx.state_ref();
             let mut state = state.write();
@@ -54,7 +54,7 @@ impl Engine {
             "full_text_search",
             Arc::new(crate::index::fts::FullTextSearchFunction),
         );
-        Self { ctx, inference }
+        Self { ctx, models }
     }
 
     pub fn context(&self) -> &SessionContext {
@@ -68,8 +68,14 @@ impl Engine {
         fork(&self.ctx)
     }
 
+    /// The default model's inference service.
     pub fn inference(&self) -> &Arc<Inference> {
-        &self.inference
+        self.models.default_model()
+    }
+
+    /// The default and the named (`--model NAME=SPEC`) inference services.
+    pub fn models(&self) -> &Arc<Models> {
+        &self.models
     }
 
     /// Splits `sql` into statements (`;`-separated).

@@ -53,4 +53,4 @@ pub mod udf;
 
 pub use engine::Engine;
 pub use error::{Error, Result};
-pub use inference::InferenceConfig;
+pub use inference::{InferenceConfig, NamedModel};

@@ -20,6 +20,7 @@ mod fuzz_inputs;
 mod hub;
 mod index;
 mod maintenance;
+mod models;
 mod parity;
 mod pg;
 mod pipeline;

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod cpu_kernels;
 pub mod device;
 pub mod local;
+pub mod named;
 pub mod packed;
 pub mod prompts;
 pub mod remote;
@@ -28,6 +29,8 @@ use self::packed::PackedWorker;
 use self::tokenize::{QwenTokenizer, TooLong, Truncation};
 use crate::error::{Error, Result};
 use crate::model::dir::{Files, ModelDir, Role};
+
+pub use self::named::{Models, NamedModel};
 
 /// Which implementation runs the models (`--backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -155,6 +158,8 @@ pub struct InferenceConfig {
     pub max_tokens: Option<usize>,
     /// Remote embedding endpoints (empty: the local backend).
     pub remote: remote::RemoteConfig,
+    /// More models by name (`--model NAME=SPEC`), each with these settings.
+    pub models: Vec<NamedModel>,
 }
 
 impl Default for InferenceConfig {
@@ -171,6 +176,7 @@ impl Default for InferenceConfig {
             cache_capacity: 100_000,
             max_tokens: None,
             remote: remote::RemoteConfig::default(),
+            models: Vec::new(),
         }
     }
 }

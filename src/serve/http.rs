@@ -79,10 +79,19 @@ pub fn check_exposure(options: &HttpOptions) -> Result<()> {
 }
 
 struct AppState {
-    inference: Arc<Inference>,
+    /// The default model and the named ones a request's `model` field can pick.
+    models: Arc<crate::inference::Models>,
     /// The engine, for /v1/sql.
     engine: crate::Engine,
     options: HttpOptions,
+}
+
+impl AppState {
+    /// The model a request's `model` field names with `--model NAME=SPEC`; any other value
+    /// (OpenAI and Cohere clients send names of their own) gets the default model.
+    fn model(&self, requested: Option<&str>) -> &Arc<Inference> {
+        self.models.by_request(requested)
+    }
 }
 
 /// The router, for tests and embedding in other servers.
@@ -91,9 +100,8 @@ pub fn router(engine: &crate::Engine, options: HttpOptions) -> Router {
     if let Err(e) = crate::telemetry::recorder() {
         tracing::warn!("metrics disabled: {e}");
     }
-    let inference = engine.inference().clone();
     let state = Arc::new(AppState {
-        inference,
+        models: engine.models().clone(),
         engine: engine.clone(),
         options,
     });
@@ -271,7 +279,7 @@ async fn record(request: Request, next: Next) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> std::result::Result<String, ApiError> {
-    Ok(crate::telemetry::render(&state.inference)?)
+    Ok(crate::telemetry::render(state.models.default_model())?)
 }
 
 const OPTIONS: CallOptions = CallOptions {
@@ -284,6 +292,7 @@ async fn embeddings(
     body: std::result::Result<Json<EmbeddingsRequest>, axum::extract::rejection::JsonRejection>,
 ) -> std::result::Result<Json<EmbeddingsResponse>, ApiError> {
     let Json(req) = body.map_err(rejection)?;
+    let inference = state.model(req.model.as_deref());
     let (texts, token_ids) = match req.input {
         EmbeddingInput::One(t) => (vec![t], None),
         EmbeddingInput::Many(t) => (t, None),
@@ -305,7 +314,7 @@ async fn embeddings(
             ))
         }
     };
-    let dir = state.inference.embed_model_dir().await?;
+    let dir = inference.embed_model_dir().await?;
     let hidden = dir.config.hidden_size;
     let model = req.model.clone().unwrap_or_else(|| dir.id.clone());
     let dims = matryoshka_dims(req.dimensions, hidden, "dimensions")?;
@@ -327,8 +336,7 @@ async fn embeddings(
         check_tokens(&lengths, &state.options, "input")?;
         prompt_tokens = lengths.iter().sum();
         let truncation = call_options(&state.options).truncation;
-        let vectors = state
-            .inference
+        let vectors = inference
             .embed_ids(seqs, truncation)
             .await
             .map_err(|e| match e {
@@ -339,6 +347,7 @@ async fn embeddings(
     } else {
         let (vectors, tokens) = embed_texts(
             &state,
+            inference,
             texts,
             instruction,
             call_options(&state.options),
@@ -403,6 +412,7 @@ fn matryoshka_dims(
 /// returns the vectors and the tokens counted (each input's, plus its `<|endoftext|>`).
 async fn embed_texts(
     state: &AppState,
+    inference: &Inference,
     texts: Vec<String>,
     instruction: Option<String>,
     opts: CallOptions,
@@ -410,12 +420,9 @@ async fn embed_texts(
 ) -> std::result::Result<(Vec<Arc<[f32]>>, usize), ApiError> {
     let mut lengths = Vec::with_capacity(texts.len());
     for t in &texts {
-        let formatted = state
-            .inference
-            .embedding_text(t, instruction.as_deref())
-            .await?;
+        let formatted = inference.embedding_text(t, instruction.as_deref()).await?;
         // + the <|endoftext|> the model appends; counted before any truncation.
-        lengths.push(state.inference.embed_tokenize(&formatted).await?.len() + 1);
+        lengths.push(inference.embed_tokenize(&formatted).await?.len() + 1);
     }
     check_tokens(&lengths, &state.options, param)?;
     let inputs: Vec<EmbedInput> = texts
@@ -426,13 +433,14 @@ async fn embed_texts(
         })
         .collect();
     let rows = (0..inputs.len()).collect();
-    let vectors = state.inference.embed(inputs, rows, opts).await?;
+    let vectors = inference.embed(inputs, rows, opts).await?;
     Ok((vectors, lengths.iter().sum()))
 }
 
 /// P(yes) of each document for `query`, under the server's token limits.
 async fn rerank_scores(
     state: &AppState,
+    inference: &Inference,
     query: &str,
     documents: &[RerankDocument],
     instruction: Option<String>,
@@ -452,13 +460,13 @@ async fn rerank_scores(
         .collect();
     if state.options.max_item_tokens.is_some() || state.options.max_request_tokens.is_some() {
         // Counted as the reranker reads them: the whole prompt around query and document.
-        let lengths = state.inference.rerank_lengths(&inputs).await?;
+        let lengths = inference.rerank_lengths(&inputs).await?;
         check_tokens(&lengths, &state.options, "documents")?;
     }
     let rows = (0..inputs.len()).collect();
     let opts = call_options(&state.options);
     let items = inputs.len();
-    let scores = state.inference.rerank(inputs, rows, opts).await?;
+    let scores = inference.rerank(inputs, rows, opts).await?;
     // Rerank tokens are in the inference counters (semflow_inference_rerank_tokens).
     record_batch(route, items, 0);
     Ok(scores)
@@ -477,9 +485,11 @@ async fn rerank(
     body: std::result::Result<Json<RerankRequest>, axum::extract::rejection::JsonRejection>,
 ) -> std::result::Result<Json<RerankResponse>, ApiError> {
     let Json(req) = body.map_err(rejection)?;
+    let inference = state.model(req.model.as_deref());
     let instruction = req.instruction.clone().filter(|i| !i.is_empty());
     let scores = rerank_scores(
         &state,
+        inference,
         &req.query,
         &req.documents,
         instruction,
@@ -488,7 +498,7 @@ async fn rerank(
     .await?;
     let model = match req.model.clone() {
         Some(m) => m,
-        None => state.inference.rerank_model_name().await?,
+        None => inference.rerank_model_name().await?,
     };
     let order = ranked(&scores, req.top_n);
     let with_documents = req.return_documents.unwrap_or(false);
@@ -529,13 +539,9 @@ async fn cohere_rerank(
     body: std::result::Result<Json<CohereRerankRequest>, axum::extract::rejection::JsonRejection>,
 ) -> std::result::Result<Json<CohereRerankResponse>, ApiError> {
     let Json(req) = body.map_err(rejection)?;
+    let inference = state.model(req.model.as_deref());
     if let Some(max) = req.max_tokens_per_doc {
-        if let Some(limit) = state
-            .inference
-            .rerank_token_limit()
-            .await?
-            .filter(|l| max < *l)
-        {
+        if let Some(limit) = inference.rerank_token_limit().await?.filter(|l| max < *l) {
             return Err(ApiError::bad(
                 "max_tokens_per_doc",
                 format!("max_tokens_per_doc below the model's limit ({limit}) is not supported; documents are cut at {limit} tokens"),
@@ -545,6 +551,7 @@ async fn cohere_rerank(
     let instruction = req.instruction.clone().filter(|i| !i.is_empty());
     let scores = rerank_scores(
         &state,
+        inference,
         &req.query,
         &req.documents,
         instruction,
@@ -575,6 +582,7 @@ async fn cohere_embed(
     body: std::result::Result<Json<CohereEmbedRequest>, axum::extract::rejection::JsonRejection>,
 ) -> std::result::Result<Json<CohereEmbedResponse>, ApiError> {
     let Json(req) = body.map_err(rejection)?;
+    let inference = state.model(req.model.as_deref());
     if req.images.is_some() {
         return Err(ApiError::bad("images", "semflow embeds text only"));
     }
@@ -631,11 +639,11 @@ async fn cohere_embed(
             ))
         }
     }
-    let dir = state.inference.embed_model_dir().await?;
+    let dir = inference.embed_model_dir().await?;
     let hidden = dir.config.hidden_size;
     let dims = matryoshka_dims(req.output_dimension, hidden, "output_dimension")?;
     if let Some(max) = req.max_tokens {
-        let limit = state.inference.embed_token_limit().await?;
+        let limit = inference.embed_token_limit().await?;
         if max < limit {
             return Err(ApiError::bad(
                 "max_tokens",
@@ -643,7 +651,8 @@ async fn cohere_embed(
             ));
         }
     }
-    let (vectors, tokens) = embed_texts(&state, texts.clone(), instruction, opts, "texts").await?;
+    let (vectors, tokens) =
+        embed_texts(&state, inference, texts.clone(), instruction, opts, "texts").await?;
     record_batch("/v2/embed", texts.len(), tokens);
     let vectors: Vec<Vec<f32>> = vectors.iter().map(|v| truncate_dims(v, dims)).collect();
     let base64 = types
@@ -668,6 +677,7 @@ async fn score(
     body: std::result::Result<Json<ScoreRequest>, axum::extract::rejection::JsonRejection>,
 ) -> std::result::Result<Json<ScoreResponse>, ApiError> {
     let Json(req) = body.map_err(rejection)?;
+    let inference = state.model(req.model.as_deref());
     if req.truncate_prompt_tokens.is_some() {
         return Err(ApiError::bad(
             "truncate_prompt_tokens",
@@ -690,11 +700,10 @@ async fn score(
     too_many(pairs.len(), state.options.max_items, "text_2")?;
     let model = match req.model.clone() {
         Some(m) => m,
-        None => state.inference.rerank_model_name().await?,
+        None => inference.rerank_model_name().await?,
     };
     let items = pairs.len();
-    let scores = state
-        .inference
+    let scores = inference
         .score_raw_pairs(pairs, call_options(&state.options).truncation)
         .await?;
     record_batch("/v1/score", items, 0);

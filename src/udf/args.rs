@@ -9,21 +9,92 @@ use datafusion::logical_expr::ColumnarValue;
 use super::options::SemflowOptions;
 use crate::inference::CallOptions;
 
-/// The inference service as a UDF field: UDFs must be `Eq + Hash`, and two functions are the
-/// same exactly when they call the same service.
-#[derive(Debug, Clone)]
-pub struct InferenceRef(pub std::sync::Arc<crate::inference::Inference>);
+/// A shared service as a UDF field: UDFs must be `Eq + Hash`, and two functions are the same
+/// exactly when they call the same service.
+#[derive(Debug)]
+pub struct ByPtr<T>(pub std::sync::Arc<T>);
 
-impl PartialEq for InferenceRef {
+/// The inference service of one model.
+pub type InferenceRef = ByPtr<crate::inference::Inference>;
+/// The engine's models, default and named.
+pub type ModelsRef = ByPtr<crate::inference::Models>;
+
+impl<T> Clone for ByPtr<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+impl<T> PartialEq for ByPtr<T> {
     fn eq(&self, other: &Self) -> bool {
         std::sync::Arc::ptr_eq(&self.0, &other.0)
     }
 }
-impl Eq for InferenceRef {}
-impl std::hash::Hash for InferenceRef {
+impl<T> Eq for ByPtr<T> {}
+impl<T> std::hash::Hash for ByPtr<T> {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (std::sync::Arc::as_ptr(&self.0) as usize).hash(state);
+        (std::sync::Arc::as_ptr(&self.0) as *const () as usize).hash(state);
     }
+}
+
+/// A variadic signature whose arguments can also be passed by name (`model => 'v2'`).
+pub fn named_signature(parameters: &[&str]) -> datafusion::logical_expr::Signature {
+    use datafusion::logical_expr::{Signature, Volatility};
+    Signature::user_defined(Volatility::Immutable)
+        .with_parameter_names(parameters.to_vec())
+        // Only fixed-arity signatures can refuse names; a user-defined one takes any.
+        .unwrap_or_else(|_| Signature::user_defined(Volatility::Immutable))
+}
+
+/// The model a call names in its argument at `position` (1-based): a string constant, or
+/// NULL / absent for the default. Read at plan time, when the result type depends on it.
+pub fn model_name_at_plan(
+    function: &str,
+    position: usize,
+    argument: Option<&Option<&ScalarValue>>,
+) -> Result<Option<String>> {
+    match argument {
+        None => Ok(None),
+        Some(Some(v)) => match v {
+            ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s) => {
+                Ok(s.clone())
+            }
+            ScalarValue::Null => Ok(None),
+            other => plan_err!(
+                "{function}(): argument {position} (model) must be a model name, got {}",
+                other.data_type()
+            ),
+        },
+        Some(None) => {
+            plan_err!("{function}(): argument {position} (model) must be a constant, not a column")
+        }
+    }
+}
+
+/// The model a call names in its argument at `position` (1-based), at execution.
+pub fn model_name(
+    function: &str,
+    position: usize,
+    argument: Option<&ColumnarValue>,
+) -> Result<Option<String>> {
+    match argument {
+        None => Ok(None),
+        Some(ColumnarValue::Scalar(s)) => scalar_string(s),
+        Some(ColumnarValue::Array(_)) => datafusion::common::exec_err!(
+            "{function}(): argument {position} (model) must be a constant, not a column"
+        ),
+    }
+}
+
+/// The service for `name` on `models`, as a DataFusion error naming the function.
+pub fn model_service(
+    models: &crate::inference::Models,
+    function: &str,
+    name: Option<&str>,
+) -> Result<std::sync::Arc<crate::inference::Inference>> {
+    models
+        .get(name)
+        .cloned()
+        .map_err(|e| datafusion::error::DataFusionError::Plan(format!("{function}(): {e}")))
 }
 
 /// Is `t` acceptable where a string is expected (NULL literals included)?
@@ -41,7 +112,10 @@ pub fn expect_string(
     name: &str,
     t: &DataType,
 ) -> Result<DataType> {
-    if is_string(t) {
+    if *t == DataType::Null {
+        // Kept untyped: a cast would hide the constant from planning (`embed_model(NULL)`).
+        Ok(DataType::Null)
+    } else if is_string(t) {
         Ok(DataType::Utf8)
     } else {
         plan_err!("{function}(): argument {position} ({name}) must be a string, got {t}")

@@ -172,7 +172,7 @@ impl std::hash::Hash for ChunkUdf {
 impl ChunkUdf {
     pub fn new(inference: Arc<Inference>) -> Self {
         Self {
-            inference: InferenceRef(inference),
+            inference: super::args::ByPtr(inference),
             signature: Signature::user_defined(Volatility::Immutable),
             tokenizer: OnceLock::new(),
         }

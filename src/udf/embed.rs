@@ -1,4 +1,7 @@
-//! `embed(text [, instruction [, dims]])` → `FixedSizeList<Float32, dims>`, L2-normalised.
+//! `embed(text [, instruction [, dims [, model]]])` → `FixedSizeList<Float32, dims>`,
+//! L2-normalised. `model` names a `--model NAME=SPEC` (NULL: the default model); NULL `dims`
+//! keeps the model's full dimension. Named arguments work after the positional ones:
+//! `embed(body, '', 256, model => 'v2')`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,24 +11,30 @@ use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
 use datafusion::logical_expr::{
-    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
-use super::args::{call_options, expect_string, InferenceRef, StringArg};
-use crate::inference::{block_on, truncate_dims, EmbedInput, Inference};
+use super::args::{
+    call_options, expect_string, model_name, model_name_at_plan, model_service, ModelsRef,
+    StringArg,
+};
+use crate::inference::{block_on, truncate_dims, EmbedInput, Models};
 
 /// The `embed` SQL function.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct EmbedUdf {
-    inference: InferenceRef,
+    models: ModelsRef,
     signature: Signature,
 }
 
+/// `embed`'s parameters, for named arguments.
+const PARAMETERS: [&str; 4] = ["text", "instruction", "dims", "model"];
+
 impl EmbedUdf {
-    pub fn new(inference: Arc<Inference>) -> Self {
+    pub fn new(models: Arc<Models>) -> Self {
         Self {
-            inference: InferenceRef(inference),
-            signature: Signature::user_defined(Volatility::Immutable),
+            models: super::args::ByPtr(models),
+            signature: super::args::named_signature(&PARAMETERS),
         }
     }
 }
@@ -47,8 +56,8 @@ struct ModelInfo {
 }
 
 impl EmbedUdf {
-    fn model_info(&self) -> Result<ModelInfo> {
-        let inference = self.inference.0.clone();
+    fn model_info(&self, model: Option<&str>) -> Result<ModelInfo> {
+        let inference = model_service(&self.models.0, "embed", model)?;
         let info = block_on(async move {
             inference.embed_model_dir().await.map(|d| ModelInfo {
                 id: d.id.clone(),
@@ -70,9 +79,9 @@ impl ScalarUDFImpl for EmbedUdf {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        if arg_types.is_empty() || arg_types.len() > 3 {
+        if arg_types.is_empty() || arg_types.len() > 4 {
             return plan_err!(
-                "embed() takes 1 to 3 arguments (text [, instruction [, dims]]), got {}",
+                "embed() takes 1 to 4 arguments (text [, instruction [, dims [, model]]]), got {}",
                 arg_types.len()
             );
         }
@@ -81,10 +90,16 @@ impl ScalarUDFImpl for EmbedUdf {
             out.push(expect_string("embed", 2, "instruction", t)?);
         }
         if let Some(t) = arg_types.get(2) {
-            if !t.is_integer() {
+            if *t == DataType::Null {
+                out.push(DataType::Null);
+            } else if t.is_integer() {
+                out.push(DataType::Int64);
+            } else {
                 return plan_err!("embed(): argument 3 (dims) must be an integer, got {t}");
             }
-            out.push(DataType::Int64);
+        }
+        if let Some(t) = arg_types.get(3) {
+            out.push(expect_string("embed", 4, "model", t)?);
         }
         Ok(out)
     }
@@ -95,9 +110,12 @@ impl ScalarUDFImpl for EmbedUdf {
     }
 
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
-        let info = self.model_info()?;
+        let model = model_name_at_plan("embed", 4, args.scalar_arguments.get(3))?;
+        let info = self.model_info(model.as_deref())?;
         let dims = match args.scalar_arguments.get(2) {
-            None => info.hidden,
+            None | Some(Some(ScalarValue::Int64(None))) | Some(Some(ScalarValue::Null)) => {
+                info.hidden
+            }
             Some(Some(v)) => match v {
                 ScalarValue::Int8(Some(_))
                 | ScalarValue::Int16(Some(_))
@@ -121,7 +139,7 @@ impl ScalarUDFImpl for EmbedUdf {
                 }
                 other => {
                     return plan_err!(
-                    "embed(): argument 3 (dims) must be a non-NULL integer constant, got {other}"
+                    "embed(): argument 3 (dims) must be an integer constant (NULL: the model's dimension), got {other}"
                 )
                 }
             },
@@ -174,6 +192,7 @@ impl ScalarUDFImpl for EmbedUdf {
             .args
             .iter()
             .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let model = model_name("embed", 4, args.args.get(3))?;
         let text = StringArg::new(&args.args[0])?;
         let instruction = match args.args.get(1) {
             Some(v) => StringArg::new(v)?,
@@ -197,7 +216,7 @@ impl ScalarUDFImpl for EmbedUdf {
         let vectors = if inputs.is_empty() {
             Vec::new()
         } else {
-            let inference = self.inference.0.clone();
+            let inference = model_service(&self.models.0, "embed", model.as_deref())?;
             let rows_for_errors = row_ids.clone();
             block_on(async move { inference.embed(inputs, rows_for_errors, opts).await })??
         };

@@ -17,17 +17,17 @@ use std::sync::Arc;
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::ScalarUDF;
 
-use crate::inference::Inference;
+use crate::inference::Models;
 
-/// Registers every semflow function on `ctx`.
-pub fn register_all(ctx: &SessionContext, inference: &Arc<Inference>) {
-    ctx.register_udf(ScalarUDF::from(embed::EmbedUdf::new(inference.clone())));
-    ctx.register_udf(ScalarUDF::from(rerank::RerankUdf::new(inference.clone())));
+/// Registers every semflow function on `ctx`: `embed`, `rerank` and `embed_model` reach every
+/// model, the rest the default one.
+pub fn register_all(ctx: &SessionContext, models: &Arc<Models>) {
+    let inference = models.default_model();
+    ctx.register_udf(ScalarUDF::from(embed::EmbedUdf::new(models.clone())));
+    ctx.register_udf(ScalarUDF::from(rerank::RerankUdf::new(models.clone())));
     ctx.register_udf(ScalarUDF::from(chunk::ChunkUdf::new(inference.clone())));
     ctx.register_udf(ScalarUDF::from(generate::GenerateQueryUdf::default()));
-    ctx.register_udf(ScalarUDF::from(model::EmbedModelUdf::new(
-        inference.clone(),
-    )));
+    ctx.register_udf(ScalarUDF::from(model::EmbedModelUdf::new(models.clone())));
     for kind in vector::VectorFn::ALL {
         ctx.register_udf(ScalarUDF::from(vector::VectorUdf::new(kind)));
     }

@@ -1,5 +1,6 @@
-//! `embed_model()` → the embedding model's fingerprint, `<model id>@<weights digest>`, so
-//! indexed rows can record which model produced their vectors.
+//! `embed_model([name])` → the embedding model's fingerprint, `<model id>@<weights digest>`,
+//! so indexed rows can record which model produced their vectors; `name` picks a
+//! `--model NAME=SPEC` (none or NULL: the default model).
 
 use std::sync::Arc;
 
@@ -9,21 +10,21 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use super::args::InferenceRef;
-use crate::inference::{block_on, Inference};
+use super::args::{expect_string, model_name, model_service, ModelsRef};
+use crate::inference::{block_on, Models};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct EmbedModelUdf {
-    inference: InferenceRef,
+    models: ModelsRef,
     signature: Signature,
 }
 
 impl EmbedModelUdf {
-    pub fn new(inference: Arc<Inference>) -> Self {
+    pub fn new(models: Arc<Models>) -> Self {
         Self {
-            inference: InferenceRef(inference),
-            // The model cannot change within a session.
-            signature: Signature::exact(vec![], Volatility::Stable),
+            models: super::args::ByPtr(models),
+            // The models cannot change within a session.
+            signature: Signature::user_defined(Volatility::Stable),
         }
     }
 }
@@ -37,15 +38,24 @@ impl ScalarUDFImpl for EmbedModelUdf {
         &self.signature
     }
 
-    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        if !arg_types.is_empty() {
-            return plan_err!("embed_model() takes no arguments");
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        match arg_types {
+            [] => Ok(vec![]),
+            [t] => Ok(vec![expect_string("embed_model", 1, "model", t)?]),
+            _ => plan_err!(
+                "embed_model() takes 0 or 1 arguments ([model]), got {}",
+                arg_types.len()
+            ),
         }
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
         Ok(DataType::Utf8)
     }
 
-    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let inference = self.inference.0.clone();
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let name = model_name("embed_model", 1, args.args.first())?;
+        let inference = model_service(&self.models.0, "embed_model", name.as_deref())?;
         let id = block_on(async move {
             inference
                 .embed_model_dir()

@@ -1,29 +1,36 @@
-//! `rerank(query, document [, instruction])` → `Float32` P(yes) from Qwen3-Reranker.
+//! `rerank(query, document [, instruction [, model]])` → `Float32` P(yes) from Qwen3-Reranker;
+//! `model` names a `--model NAME=SPEC` (NULL: the default reranker).
 
 use std::sync::Arc;
 
 use arrow::array::Float32Array;
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{plan_err, Result, ScalarValue};
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
-use super::args::{call_options, expect_string, InferenceRef, StringArg};
-use crate::inference::{block_on, Inference, RerankInput};
+use super::args::{
+    call_options, expect_string, model_name, model_name_at_plan, model_service, named_signature,
+    ModelsRef, StringArg,
+};
+use crate::inference::{block_on, Models, RerankInput};
 
 /// The `rerank` SQL function.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct RerankUdf {
-    inference: InferenceRef,
+    models: ModelsRef,
     signature: Signature,
 }
 
+/// `rerank`'s parameters, for named arguments.
+const PARAMETERS: [&str; 4] = ["query", "document", "instruction", "model"];
+
 impl RerankUdf {
-    pub fn new(inference: Arc<Inference>) -> Self {
+    pub fn new(models: Arc<Models>) -> Self {
         Self {
-            inference: InferenceRef(inference),
-            signature: Signature::user_defined(Volatility::Immutable),
+            models: super::args::ByPtr(models),
+            signature: named_signature(&PARAMETERS),
         }
     }
 }
@@ -38,22 +45,29 @@ impl ScalarUDFImpl for RerankUdf {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        if arg_types.len() < 2 || arg_types.len() > 3 {
+        if arg_types.len() < 2 || arg_types.len() > 4 {
             return plan_err!(
-                "rerank() takes 2 or 3 arguments (query, document [, instruction]), got {}",
+                "rerank() takes 2 to 4 arguments (query, document [, instruction [, model]]), got {}",
                 arg_types.len()
             );
         }
-        let names = ["query", "document", "instruction"];
         arg_types
             .iter()
+            .zip(PARAMETERS)
             .enumerate()
-            .map(|(i, t)| expect_string("rerank", i + 1, names[i], t))
+            .map(|(i, (t, name))| expect_string("rerank", i + 1, name, t))
             .collect()
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
         Ok(DataType::Float32)
+    }
+
+    /// Checks the model's name while planning, so a typo fails before any row is read.
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        let model = model_name_at_plan("rerank", 4, args.scalar_arguments.get(3))?;
+        model_service(&self.models.0, "rerank", model.as_deref())?;
+        Ok(Arc::new(Field::new(self.name(), DataType::Float32, true)))
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
@@ -62,6 +76,11 @@ impl ScalarUDFImpl for RerankUdf {
             .args
             .iter()
             .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let inference = model_service(
+            &self.models.0,
+            "rerank",
+            model_name("rerank", 4, args.args.get(3))?.as_deref(),
+        )?;
         let query = StringArg::new(&args.args[0])?;
         let document = StringArg::new(&args.args[1])?;
         let instruction = match args.args.get(2) {
@@ -87,7 +106,6 @@ impl ScalarUDFImpl for RerankUdf {
         let scores = if inputs.is_empty() {
             Vec::new()
         } else {
-            let inference = self.inference.0.clone();
             let rows_for_errors = row_ids.clone();
             block_on(async move { inference.rerank(inputs, rows_for_errors, opts).await })??
         };
