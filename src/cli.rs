@@ -48,6 +48,54 @@ pub enum Command {
     /// Compact a Lance index, bring its vector and full-text indexes up to date and carry
     /// its stream positions forward; optionally remove old versions.
     Optimize(OptimizeArgs),
+    /// Rebuild an index's vectors with this engine's embedding model (--embed-model) into a
+    /// new dataset, resuming an interrupted run; with --swap, point the alias at it.
+    Reindex(ReindexArgs),
+    /// Point an index alias (a *.alias file, usable as a Lance table's LOCATION) at a
+    /// dataset, atomically; creates the alias if needed.
+    Alias(AliasArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReindexArgs {
+    /// The index to rebuild: a Lance dataset or an alias (*.alias).
+    #[arg(long)]
+    pub from: String,
+    /// Where the rebuilt dataset goes (new, or an interrupted run's to resume).
+    #[arg(long)]
+    pub to: String,
+    /// The column with the text the vectors are made from.
+    #[arg(long, default_value = "body")]
+    pub text_column: String,
+    /// The vector column to rebuild.
+    #[arg(long, default_value = "embedding")]
+    pub vector_column: String,
+    /// A text column recording each row's model (`embed_model() AS model`), to set to the
+    /// new model's fingerprint.
+    #[arg(long)]
+    pub model_column: Option<String>,
+    /// Instruction or prompt name to embed with (default: none, as for documents).
+    #[arg(long)]
+    pub instruction: Option<String>,
+    /// Keep the first N components (Matryoshka); default the model's dimension.
+    #[arg(long)]
+    pub dims: Option<usize>,
+    /// Rows per commit (the most work an interruption repeats).
+    #[arg(long, default_value_t = 512)]
+    pub batch_rows: usize,
+    /// When done, point the alias --from at the new dataset.
+    #[arg(long)]
+    pub swap: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AliasArgs {
+    /// The alias file (ends in .alias).
+    pub alias: PathBuf,
+    /// The Lance dataset it should point to (relative: to the alias's directory).
+    pub target: String,
 }
 
 #[derive(Debug, Args)]
@@ -342,6 +390,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => run_serve(args).await,
         Command::Synth(args) => run_synth(args).await,
         Command::Optimize(args) => run_optimize(args).await,
+        Command::Reindex(args) => run_reindex(args).await,
+        Command::Alias(args) => run_alias(args),
         Command::Merge(args) => {
             let weights = crate::model::merge::weights(args.models.len(), args.t, args.weights)?;
             let stats = crate::model::merge::merge(&args.models, &weights, &args.out)?;
@@ -377,6 +427,53 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn run_reindex(args: ReindexArgs) -> Result<()> {
+    let engine = args.engine.engine()?;
+    let options = crate::reindex::ReindexOptions {
+        from: args.from,
+        to: args.to,
+        text_column: args.text_column,
+        vector_column: args.vector_column,
+        model_column: args.model_column,
+        instruction: args.instruction,
+        dims: args.dims,
+        batch_rows: args.batch_rows,
+        swap: args.swap,
+    };
+    let report = crate::reindex::reindex(engine.inference(), &options).await?;
+    let resumed = if report.resumed_at > 0 {
+        format!(" (resumed at row {})", report.resumed_at)
+    } else {
+        String::new()
+    };
+    println!(
+        "reindexed {} rows of {}@{} into {} with {} in {:.1} s{resumed}",
+        report.rows,
+        report.source,
+        report.source_version,
+        report.target,
+        report.model,
+        report.seconds
+    );
+    if report.swapped {
+        println!("{} now points to {}", options.from, report.target);
+    }
+    Ok(())
+}
+
+fn run_alias(args: AliasArgs) -> Result<()> {
+    let path = args.alias.to_string_lossy();
+    if !crate::index::alias::is_alias(&path) {
+        return Err(Error::InvalidArgument(format!(
+            "{path}: an alias file name ends in .{}",
+            crate::index::alias::EXTENSION
+        )));
+    }
+    crate::index::alias::point(&args.alias, &args.target)?;
+    println!("{path} -> {}", args.target);
+    Ok(())
 }
 
 async fn run_optimize(args: OptimizeArgs) -> Result<()> {

@@ -119,6 +119,60 @@ pub enum Planned {
     CreateIndex(Box<CreateIndex>),
 }
 
+/// Plans one statement in `ctx`. An INSERT that DataFusion refuses is explained when the
+/// cause is vectors of another model than the target index's (the refusal then only says the
+/// vector sizes differ).
+pub async fn plan_statement(ctx: &SessionContext, statement: Statement) -> Result<LogicalPlan> {
+    let insert = match &statement {
+        Statement::Statement(inner) => match inner.as_ref() {
+            SqlStatement::Insert(insert) => Some(insert.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    match ctx.state().statement_to_plan(statement).await {
+        Ok(plan) => Ok(plan),
+        Err(e) => match insert {
+            Some(insert) => Err(vector_model_mismatch(ctx, &insert)
+                .await
+                .unwrap_or_else(|| e.into())),
+            None => Err(e.into()),
+        },
+    }
+}
+
+/// The error naming both models when `insert` writes vectors of another model into a vector
+/// column that records its model; `None` when that is not the problem (or cannot be told).
+async fn vector_model_mismatch(
+    ctx: &SessionContext,
+    insert: &datafusion::sql::sqlparser::ast::Insert,
+) -> Option<crate::Error> {
+    use crate::udf::embed::vector_model;
+    use datafusion::sql::sqlparser::ast::TableObject;
+    let TableObject::TableName(name) = &insert.table else {
+        return None;
+    };
+    let target = ctx.table_provider(name.to_string()).await.ok()?.schema();
+    let source = insert.source.clone()?;
+    let query = Statement::Statement(Box::new(SqlStatement::Query(source)));
+    let plan = ctx.state().statement_to_plan(query).await.ok()?;
+    let source = plan.schema().as_arrow().clone();
+    let columns: Vec<String> = if insert.columns.is_empty() {
+        target.fields().iter().map(|f| f.name().clone()).collect()
+    } else {
+        insert.columns.iter().map(|c| c.to_string()).collect()
+    };
+    columns
+        .iter()
+        .zip(source.fields())
+        .find_map(|(column, incoming)| {
+            let stored = vector_model(target.field_with_name(column).ok()?)?;
+            let incoming = vector_model(incoming)?;
+            (stored != incoming)
+                .then(|| crate::index::write::model_mismatch(column, &stored, &incoming))
+        })
+}
+
 impl Planned {
     pub async fn new(ctx: &SessionContext, statement: Statement) -> Result<Self> {
         if let Statement::Statement(inner) = &statement {
@@ -126,9 +180,7 @@ impl Planned {
                 return Ok(Self::CreateIndex(Box::new(create.clone())));
             }
         }
-        Ok(Self::Plan(Box::new(
-            ctx.state().statement_to_plan(statement).await?,
-        )))
+        Ok(Self::Plan(Box::new(plan_statement(ctx, statement).await?)))
     }
 
     /// The schema of the rows it will return, known before it runs. DDL and session

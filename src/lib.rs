@@ -22,9 +22,9 @@
 //! | layer | modules | what they do |
 //! | --- | --- | --- |
 //! | commands | [`cli`] (and `main`), [`shell`], [`bench`] | the `semflow` command line, the interactive shell, `semflow bench` |
-//! | jobs and front ends | [`synth`], [`pipeline`], [`serve`], [`output`] | `semflow synth` (queries, cosine filter, hard negatives, resumable rows); `semflow run` (continuous INSERT loop, dead letters); `semflow serve` (HTTP, Postgres wire, Arrow Flight SQL); result formats and the statement spinner |
+//! | jobs and front ends | [`synth`], [`pipeline`], [`reindex`], [`serve`], [`output`] | `semflow synth` (queries, cosine filter, hard negatives, resumable rows); `semflow run` (continuous INSERT loop, dead letters); `semflow reindex` (re-embedding an index with a new model, resumable, alias swap); `semflow serve` (HTTP, Postgres wire, Arrow Flight SQL); result formats and the statement spinner |
 //! | SQL engine | [`engine`] | the DataFusion session with every function and table factory registered |
-//! | data sources | [`kafka`], [`index`] | topics as tables (JSON, raw, registry-framed Avro/Protobuf, Debezium envelopes) and the pipeline consumer; Lance datasets as tables with rows and Kafka offsets in one commit |
+//! | data sources | [`kafka`], [`index`] | topics as tables (JSON, raw, registry-framed Avro/Protobuf, Debezium envelopes) and the pipeline consumer; Lance datasets as tables with rows and Kafka offsets in one commit, aliases |
 //! | SQL functions | [`udf`] | `embed`, `rerank`, `chunk`, `generate_query`, vector functions, `semflow.*` settings |
 //! | services | [`generation`], [`config`], [`telemetry`] | the LLM client and recipe behind query generation; engine settings from flags, env and TOML; Prometheus metrics |
 //! | inference | [`inference`] | dedupe, caching, Qwen3 formats, tokenization, batching; backends `packed` (candle, with `cpu_kernels` on CPU), `local` (mistral.rs), `remote` (endpoint pools) |
@@ -43,6 +43,7 @@ pub mod kafka;
 pub mod model;
 pub mod output;
 pub mod pipeline;
+pub mod reindex;
 pub mod serve;
 pub mod shell;
 pub mod synth;

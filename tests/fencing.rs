@@ -39,6 +39,7 @@ fn change(ids: &[&str], from: &[(i32, i64)], to: &[(i32, i64)]) -> Change {
         rows: rows(ids),
         deletes: Vec::new(),
         offsets: Some(offsets(to)),
+        properties: Vec::new(),
         fence: Some(Fence::between(&offsets(from), &offsets(to))),
     }
 }
@@ -55,7 +56,7 @@ async fn commit_on(
         None,
         change.rows,
         &change.deletes,
-        change.offsets.as_ref(),
+        &semflow::index::write::commit_properties(change.offsets.as_ref(), change.properties),
         change.fence.as_ref(),
     )
     .await

@@ -25,6 +25,7 @@ mod parity;
 mod pg;
 mod pipeline;
 mod pipeline_files;
+mod reindex;
 mod remote;
 mod sdk;
 mod serve;

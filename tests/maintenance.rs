@@ -103,6 +103,7 @@ async fn commit(
             deletes: Vec::new(),
             fence: Some(Fence::between(&before, &after)),
             offsets: Some(after),
+            properties: Vec::new(),
         })
         .await
         .unwrap();
@@ -148,7 +149,7 @@ async fn positions_survive_maintenance_and_cleanup_and_fresh_rows_are_found() {
     // The same history, cleaned up without maintenance, loses partition 2's position.
     let control = dir.path().join("control").to_string_lossy().into_owned();
     let copied = std::process::Command::new("cp")
-        .args(["-r", table.uri(), &control])
+        .args(["-r", &table.uri(), &control])
         .status()
         .unwrap();
     assert!(copied.success());
@@ -231,6 +232,7 @@ async fn maintenance_runs_beside_stream_commits_without_losing_any() {
             deletes: Vec::new(),
             fence: Some(Fence::between(&before, &after)),
             offsets: Some(after),
+            properties: Vec::new(),
         }
     };
     for f in 0..40 {

@@ -226,6 +226,7 @@ fn stream_change(rows: Vec<RecordBatch>, batch: usize, per_batch: usize) -> Chan
         deletes: Vec::new(),
         fence: Some(Fence::between(&from, &to)),
         offsets: Some(to),
+        properties: Vec::new(),
     }
 }
 
@@ -379,6 +380,7 @@ async fn load(table: &LanceTable, rows: &[(String, Vec<f32>)], dims: usize) -> R
                 deletes: Vec::new(),
                 fence: None,
                 offsets: None,
+                properties: Vec::new(),
             })
             .await?;
     }

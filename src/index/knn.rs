@@ -8,7 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef};
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Field, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::Transformed;
@@ -25,7 +25,7 @@ use lance_linalg::distance::MetricType;
 
 use super::LanceTable;
 use crate::udf::options::{SearchEffort, SemflowOptions};
-use crate::udf::vector::{VectorFn, VectorUdf};
+use crate::udf::vector::{check_same_model, VectorFn, VectorUdf};
 
 /// The optimizer rule that routes top-k vector queries on Lance tables to Lance's search.
 #[derive(Debug, Default)]
@@ -112,9 +112,9 @@ fn rewrite_sort(sort: &Sort, k: usize) -> Result<Option<Sort>> {
     if order.asc == descending {
         return Ok(None);
     }
-    let (column, query) = match f.args.as_slice() {
-        [Expr::Column(c), Expr::Literal(v, _)] | [Expr::Literal(v, _), Expr::Column(c)] => {
-            (c.name.clone(), v.clone())
+    let (column, query, query_metadata) = match f.args.as_slice() {
+        [Expr::Column(c), Expr::Literal(v, m)] | [Expr::Literal(v, m), Expr::Column(c)] => {
+            (c.name.clone(), v.clone(), m.clone())
         }
         _ => return Ok(None),
     };
@@ -127,8 +127,15 @@ fn rewrite_sort(sort: &Sort, k: usize) -> Result<Option<Sort>> {
     let Some(table) = provider.downcast_ref::<LanceTable>() else {
         return Ok(None);
     };
-    if table.schema().field_with_name(&column).is_err() {
+    let schema = table.schema();
+    let Ok(column_field) = schema.field_with_name(&column) else {
         return Ok(None);
+    };
+    // The query vector was folded to a constant; its metadata still names its model.
+    if let Some(metadata) = &query_metadata {
+        let query_field =
+            metadata.add_to_field(Field::new("query", query.data_type().clone(), true));
+        check_same_model(udf.kind().name(), column_field, &query_field)?;
     }
     let knn = Arc::new(KnnScan {
         table: table.clone(),

@@ -9,6 +9,7 @@
 //! - [`create`]: `CREATE INDEX … USING ivf_pq|ivf_flat|inverted`.
 //! - [`fts`]: `full_text_search()`: BM25 keyword search over an inverted index.
 
+pub mod alias;
 pub mod create;
 pub mod fence;
 pub mod fts;

@@ -26,7 +26,8 @@ use tokio::sync::Mutex;
 
 use super::offsets::{read_offsets, SourceOffsets};
 use super::write::{
-    commit, conform, dedupe_last, document_keys, storage_schema, Change, CommitStats,
+    check_vector_models, commit, commit_properties, conform, dedupe_last, document_keys,
+    storage_schema, Change, CommitStats,
 };
 use crate::error::{Error, Result};
 
@@ -71,7 +72,7 @@ pub(crate) async fn open_dataset(uri: &str) -> lance::Result<Dataset> {
 /// A Lance dataset (possibly not created yet) behind a SQL table. Clones share state.
 #[derive(Clone)]
 pub struct LanceTable {
-    uri: String,
+    location: Arc<Location>,
     primary_key: Option<String>,
     /// For tables of document chunks: the column naming each row's document. A change then
     /// replaces whole documents (see [`Change::deletes`]).
@@ -82,10 +83,17 @@ pub struct LanceTable {
     dataset: Arc<Mutex<Option<Arc<Dataset>>>>,
 }
 
+/// Where the dataset is: its URI, or an alias file naming it (which may change).
+#[derive(Debug)]
+struct Location {
+    alias: Option<std::path::PathBuf>,
+    target: RwLock<String>,
+}
+
 impl fmt::Debug for LanceTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LanceTable")
-            .field("uri", &self.uri)
+            .field("location", &self.location)
             .field("primary_key", &self.primary_key)
             .field("document_key", &self.document_key)
             .finish()
@@ -100,6 +108,12 @@ impl LanceTable {
         declared: Option<SchemaRef>,
         primary_key: Option<String>,
     ) -> Result<Self> {
+        let alias = super::alias::is_alias(uri).then(|| std::path::PathBuf::from(uri));
+        let target = match &alias {
+            Some(path) => super::alias::resolve(path)?,
+            None => uri.to_string(),
+        };
+        let uri = target.as_str();
         let existing = match open_dataset(uri).await {
             Ok(ds) => Some(Arc::new(ds)),
             Err(lance::Error::DatasetNotFound { .. }) => None,
@@ -130,7 +144,10 @@ impl LanceTable {
             }
         }
         Ok(Self {
-            uri: uri.to_string(),
+            location: Arc::new(Location {
+                alias,
+                target: RwLock::new(target.clone()),
+            }),
             primary_key,
             document_key,
             schema: Arc::new(RwLock::new(schema)),
@@ -139,8 +156,62 @@ impl LanceTable {
         })
     }
 
-    pub fn uri(&self) -> &str {
-        &self.uri
+    /// The dataset's URI (an alias's current target).
+    pub fn uri(&self) -> String {
+        match self.location.target.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The alias file the table follows, when its LOCATION is one.
+    pub fn alias(&self) -> Option<&std::path::Path> {
+        self.location.alias.as_deref()
+    }
+
+    /// Follows the alias to a new target when it changed: `slot` is emptied so the caller
+    /// opens the new dataset.
+    fn follow_alias(&self, slot: &mut Option<Arc<Dataset>>) -> Result<()> {
+        let Some(alias) = &self.location.alias else {
+            return Ok(());
+        };
+        let target = super::alias::resolve(alias)?;
+        if target != self.uri() {
+            tracing::info!(alias = %alias.display(), %target, "index alias moved");
+            match self.location.target.write() {
+                Ok(mut t) => *t = target,
+                Err(poisoned) => *poisoned.into_inner() = target,
+            }
+            *slot = None;
+        }
+        Ok(())
+    }
+
+    /// [`Self::follow_alias`] from synchronous code (planning): when the alias moved, opens
+    /// the new target right away so its schema is the one planned with. Skipped while a
+    /// commit holds the table (that commit's refresh follows the alias).
+    fn follow_alias_now(&self) -> Result<()> {
+        let Some(alias) = &self.location.alias else {
+            return Ok(());
+        };
+        let target = super::alias::resolve(alias)?;
+        if target == self.uri() {
+            return Ok(());
+        }
+        let Ok(mut guard) = self.dataset.try_lock() else {
+            return Ok(());
+        };
+        let opening = target.clone();
+        let ds = crate::inference::block_on(async move { open_dataset(&opening).await })?
+            .map_err(|e| Error::Index(format!("{}: {target}: {e}", alias.display())))?;
+        tracing::info!(alias = %alias.display(), %target, "index alias moved");
+        match self.location.target.write() {
+            Ok(mut t) => *t = target,
+            Err(poisoned) => *poisoned.into_inner() = target,
+        }
+        self.set_schema(&ds);
+        *guard = Some(Arc::new(ds));
+        Ok(())
     }
 
     pub fn primary_key(&self) -> Option<&str> {
@@ -154,13 +225,13 @@ impl LanceTable {
         if self.primary_key.is_none() {
             return Err(Error::InvalidArgument(format!(
                 "{}: document_key needs a primary key for the chunk rows too, e.g. PRIMARY KEY (chunk_id)",
-                self.uri
+                self.uri()
             )));
         }
         if self.current_schema().field_with_name(&column).is_err() {
             return Err(Error::InvalidArgument(format!(
                 "{}: document_key {column} is not one of its columns",
-                self.uri
+                self.uri()
             )));
         }
         self.document_key = Some(column);
@@ -201,18 +272,19 @@ impl LanceTable {
     }
 
     async fn refresh(&self, slot: &mut Option<Arc<Dataset>>) -> Result<()> {
+        self.follow_alias(slot)?;
         let fresh = match slot.as_ref() {
             Some(ds) => {
                 let mut ds = (**ds).clone();
                 ds.checkout_latest()
                     .await
-                    .map_err(|e| Error::Index(format!("{}: {e}", self.uri)))?;
+                    .map_err(|e| Error::Index(format!("{}: {e}", self.uri())))?;
                 Some(ds)
             }
-            None => match open_dataset(&self.uri).await {
+            None => match open_dataset(&self.uri()).await {
                 Ok(ds) => Some(ds),
                 Err(lance::Error::DatasetNotFound { .. }) => None,
-                Err(e) => return Err(Error::Index(format!("{}: {e}", self.uri))),
+                Err(e) => return Err(Error::Index(format!("{}: {e}", self.uri()))),
             },
         };
         if let Some(ds) = fresh {
@@ -235,24 +307,24 @@ impl LanceTable {
         let ds = self.latest().await?.ok_or_else(|| {
             Error::Index(format!(
                 "{}: the table is empty; index it after the first rows",
-                self.uri
+                self.uri()
             ))
         })?;
         let schema = Schema::from(ds.schema());
         let field = schema
             .field_with_name(column)
-            .map_err(|_| Error::Index(format!("{}: no column {column}", self.uri)))?;
+            .map_err(|_| Error::Index(format!("{}: no column {column}", self.uri())))?;
         let arrow::datatypes::DataType::FixedSizeList(_, dims) = field.data_type() else {
             return Err(Error::Index(format!(
                 "{}: column {column} is {}, not a vector (fixed-size list)",
-                self.uri,
+                self.uri(),
                 field.data_type()
             )));
         };
         let rows = ds
             .count_rows(None)
             .await
-            .map_err(|e| Error::Index(format!("{}: {e}", self.uri)))?;
+            .map_err(|e| Error::Index(format!("{}: {e}", self.uri())))?;
         Ok((rows, *dims as usize))
     }
 
@@ -272,14 +344,14 @@ impl LanceTable {
         let schema = self.schema();
         let field = schema
             .field_with_name(column)
-            .map_err(|_| Error::Index(format!("{}: no column {column}", self.uri)))?;
+            .map_err(|_| Error::Index(format!("{}: no column {column}", self.uri())))?;
         if !matches!(
             field.data_type(),
             arrow::datatypes::DataType::Utf8 | arrow::datatypes::DataType::LargeUtf8
         ) {
             return Err(Error::Index(format!(
                 "{}: column {column} is {}, not text; inverted indexes are built on strings",
-                self.uri,
+                self.uri(),
                 field.data_type()
             )));
         }
@@ -301,14 +373,17 @@ impl LanceTable {
         let Some(ds) = guard.as_ref() else {
             return Err(Error::Index(format!(
                 "{}: the table is empty; index it after the first rows",
-                self.uri
+                self.uri()
             )));
         };
         let mut ds = (**ds).clone();
         ds.create_index(&[column], kind, name, params, true)
             .await
             .map_err(|e| {
-                Error::Index(format!("{}: building the index on {column}: {e}", self.uri))
+                Error::Index(format!(
+                    "{}: building the index on {column}: {e}",
+                    self.uri()
+                ))
             })?;
         *guard = Some(Arc::new(ds));
         Ok(())
@@ -328,8 +403,10 @@ impl LanceTable {
             rows,
             deletes,
             offsets,
+            properties,
             fence,
         } = change;
+        let properties = commit_properties(offsets.as_ref(), properties);
         let rows: Vec<RecordBatch> = rows.into_iter().filter(|b| b.num_rows() > 0).collect();
         let rows = match &self.primary_key {
             Some(pk) if !rows.is_empty() => dedupe_last(rows, pk)?,
@@ -348,12 +425,13 @@ impl LanceTable {
         let mut attempt = 0;
         loop {
             let Some(ds) = guard.clone() else {
-                return Err(Error::Index(format!("{}: dataset vanished", self.uri)));
+                return Err(Error::Index(format!("{}: dataset vanished", self.uri())));
             };
             if let Some(fence) = &fence {
                 fence.check(&ds).await?;
             }
             let target = Arc::new(Schema::from(ds.schema()));
+            check_vector_models(&target, &rows)?;
             let conformed = rows
                 .iter()
                 .map(|b| conform(b, &target))
@@ -364,7 +442,7 @@ impl LanceTable {
                 self.document_key.as_deref(),
                 conformed,
                 &deletes,
-                offsets.as_ref(),
+                &properties,
                 fence.as_ref(),
             )
             .await
@@ -401,20 +479,20 @@ impl LanceTable {
             session: Some(session()),
             ..Default::default()
         };
-        match Dataset::write(empty, self.uri.as_str(), Some(params)).await {
+        match Dataset::write(empty, self.uri().as_str(), Some(params)).await {
             Ok(ds) => {
                 self.set_schema(&ds);
                 Ok(Arc::new(ds))
             }
             // Another worker created it a moment ago.
             Err(lance::Error::DatasetAlreadyExists { .. }) => {
-                let ds = open_dataset(&self.uri)
+                let ds = open_dataset(&self.uri())
                     .await
-                    .map_err(|e| Error::Index(format!("{}: {e}", self.uri)))?;
+                    .map_err(|e| Error::Index(format!("{}: {e}", self.uri())))?;
                 self.set_schema(&ds);
                 Ok(Arc::new(ds))
             }
-            Err(e) => Err(Error::Index(format!("creating {}: {e}", self.uri))),
+            Err(e) => Err(Error::Index(format!("creating {}: {e}", self.uri()))),
         }
     }
 }
@@ -471,6 +549,11 @@ fn check_declared(uri: &str, declared: &SchemaRef, actual: &SchemaRef) -> Result
 #[async_trait]
 impl TableProvider for LanceTable {
     fn schema(&self) -> SchemaRef {
+        // Planning reads the schema before any scan: a moved alias must be seen here already,
+        // or a query would be planned against the old dataset's columns.
+        if let Err(e) = self.follow_alias_now() {
+            tracing::warn!("{e}");
+        }
         self.current_schema()
     }
 
@@ -524,7 +607,7 @@ impl TableProvider for LanceTable {
         if insert_op != InsertOp::Append {
             return exec_err!(
                 "{}: only INSERT INTO (upsert by primary key) is supported, not {insert_op}",
-                self.uri
+                self.uri()
             );
         }
         let sink = LanceSink {
@@ -584,7 +667,7 @@ impl LanceSink {
 
 impl DisplayAs for LanceSink {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LanceSink: {}", self.table.uri)
+        write!(f, "LanceSink: {}", self.table.uri())
     }
 }
 

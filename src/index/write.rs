@@ -30,6 +30,8 @@ pub struct Change {
     /// listed without rows (a tombstone) loses all of them.
     pub deletes: Vec<String>,
     pub offsets: Option<SourceOffsets>,
+    /// More transaction properties to record with the commit (a reindex's progress).
+    pub properties: Vec<(String, String)>,
     /// For stream commits: where the batch began. The commit is refused with
     /// [`Error::Fenced`] unless the index still stands there.
     pub fence: Option<Fence>,
@@ -52,7 +54,7 @@ pub async fn commit(
     document_key: Option<&str>,
     rows: Vec<RecordBatch>,
     deletes: &[String],
-    offsets: Option<&SourceOffsets>,
+    properties: &HashMap<String, String>,
     fence: Option<&Fence>,
 ) -> Result<(Dataset, CommitStats)> {
     let row_count: usize = rows.iter().map(|b| b.num_rows()).sum();
@@ -60,8 +62,8 @@ pub async fn commit(
     let delete_column = document_key.or(primary_key).unwrap_or_default();
     let (mut txn, mut commit, deleted) =
         prepare(&dataset, primary_key, delete_column, rows, deletes).await?;
-    if let Some(offsets) = offsets {
-        set_offsets(&mut txn, offsets);
+    if !properties.is_empty() {
+        set_properties(&mut txn, properties);
     }
     let fenced = match fence {
         Some(fence) => {
@@ -188,14 +190,26 @@ pub(super) fn is_conflict(e: &lance::Error) -> bool {
     )
 }
 
-fn set_offsets(txn: &mut Transaction, offsets: &SourceOffsets) {
+fn set_properties(txn: &mut Transaction, properties: &HashMap<String, String>) {
     let mut props: HashMap<String, String> = txn
         .transaction_properties
         .as_deref()
         .cloned()
         .unwrap_or_default();
-    props.insert(OFFSETS_PROPERTY.to_string(), offsets.to_property());
+    props.extend(properties.iter().map(|(k, v)| (k.clone(), v.clone())));
     txn.transaction_properties = Some(Arc::new(props));
+}
+
+/// The transaction properties of a change: its stream offsets and its own properties.
+pub fn commit_properties(
+    offsets: Option<&SourceOffsets>,
+    properties: Vec<(String, String)>,
+) -> HashMap<String, String> {
+    let mut all: HashMap<String, String> = properties.into_iter().collect();
+    if let Some(offsets) = offsets {
+        all.insert(OFFSETS_PROPERTY.to_string(), offsets.to_property());
+    }
+    all
 }
 
 /// `pk IN (…)` for Lance's SQL filter, with literals typed like the key column.
@@ -334,8 +348,17 @@ pub fn storage_schema(declared: &SchemaRef, sample: &[RecordBatch]) -> Result<Sc
                         DataType::FixedSizeList(item.clone(), len),
                         f.is_nullable(),
                     )
-                    .with_metadata(f.metadata().clone()),
+                    .with_metadata(with_vector_model(
+                        f.metadata(),
+                        sample,
+                        f.name(),
+                    )),
                 ))
+            }
+            DataType::FixedSizeList(..) => {
+                Ok(Arc::new(f.as_ref().clone().with_metadata(
+                    with_vector_model(f.metadata(), sample, f.name()),
+                )))
             }
             _ => Ok(f.clone()),
         })
@@ -344,6 +367,56 @@ pub fn storage_schema(declared: &SchemaRef, sample: &[RecordBatch]) -> Result<Sc
         fields,
         declared.metadata().clone(),
     )))
+}
+
+/// `metadata` plus the model that made the vectors of column `name` in `sample` (`embed()`'s
+/// field metadata), so the index records its model.
+fn with_vector_model(
+    metadata: &HashMap<String, String>,
+    sample: &[RecordBatch],
+    name: &str,
+) -> HashMap<String, String> {
+    use crate::udf::embed::{DIMS_KEY, MODEL_KEY, WEIGHTS_KEY};
+    let mut metadata = metadata.clone();
+    let field = sample
+        .first()
+        .and_then(|b| b.schema().field_with_name(name).ok().cloned());
+    if let Some(field) = field {
+        for key in [MODEL_KEY, WEIGHTS_KEY, DIMS_KEY] {
+            if let Some(v) = field.metadata().get(key) {
+                metadata.entry(key.to_string()).or_insert_with(|| v.clone());
+            }
+        }
+    }
+    metadata
+}
+
+/// The refusal of vectors of model `incoming` for `column`, whose index holds `stored`'s.
+pub fn model_mismatch(column: &str, stored: &str, incoming: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "column {column}: the index holds vectors of {stored}, these rows were embedded with {incoming}; embed with the index's model, or rebuild the index with `semflow reindex`"
+    ))
+}
+
+/// Refuses rows whose vectors come from another model than the one the table's columns
+/// record (a pipeline restarted with a new model writing into an old index).
+pub fn check_vector_models(table: &Schema, rows: &[RecordBatch]) -> Result<()> {
+    use crate::udf::embed::vector_model;
+    for batch in rows {
+        for field in batch.schema().fields() {
+            let Some(incoming) = vector_model(field) else {
+                continue;
+            };
+            let stored = table
+                .field_with_name(field.name())
+                .ok()
+                .and_then(vector_model);
+            if let Some(stored) = stored.filter(|s| *s != incoming) {
+                return Err(model_mismatch(field.name(), &stored, &incoming));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn first_list_len(sample: &[RecordBatch], name: &str) -> Option<i32> {

@@ -48,7 +48,7 @@ pub async fn prepare(engine: &Engine, sql: &str) -> Result<(SessionContext, plan
     let mut job = None;
     let count = statements.len();
     for (i, statement) in statements.into_iter().enumerate() {
-        let plan = session.state().statement_to_plan(statement).await?;
+        let plan = crate::engine::plan_statement(&session, statement).await?;
         if let Some(found) = plan::continuous(&plan)? {
             if i + 1 != count {
                 return Err(Error::Pipeline(

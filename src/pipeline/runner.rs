@@ -313,6 +313,7 @@ async fn process(
             deletes,
             fence: Some(Fence::between(&starts, &positions)),
             offsets: Some(positions.clone()),
+            properties: Vec::new(),
         };
         let committed = table.apply(change).await?;
         histogram!("semflow_pipeline_commit_seconds")

@@ -39,6 +39,19 @@ impl EmbedUdf {
     }
 }
 
+/// Field metadata of `embed()`'s vectors: which model (id and weights digest) made them and how
+/// many of its components they keep. Lance columns keep them (the index knows its model).
+pub const MODEL_KEY: &str = "semflow.model";
+pub const WEIGHTS_KEY: &str = "semflow.weights";
+pub const DIMS_KEY: &str = "semflow.dims";
+
+/// The model that made a vector column, `<model id>@<weights digest>` (as `embed_model()`
+/// says), when its field metadata records one.
+pub fn vector_model(field: &Field) -> Option<String> {
+    let md = field.metadata();
+    Some(format!("{}@{}", md.get(MODEL_KEY)?, md.get(WEIGHTS_KEY)?))
+}
+
 /// The element field of semflow's vectors.
 pub fn vector_item_field() -> FieldRef {
     Arc::new(Field::new_list_field(DataType::Float32, true))
@@ -161,9 +174,9 @@ impl ScalarUDFImpl for EmbedUdf {
             Some(None) => None, // varies per row
         };
         let mut metadata = HashMap::from([
-            ("semflow.model".to_string(), info.id.clone()),
-            ("semflow.weights".to_string(), info.digest.clone()),
-            ("semflow.dims".to_string(), dims.to_string()),
+            (MODEL_KEY.to_string(), info.id.clone()),
+            (WEIGHTS_KEY.to_string(), info.digest.clone()),
+            (DIMS_KEY.to_string(), dims.to_string()),
         ]);
         let instr_meta = instruction.clone().unwrap_or_else(|| "<per row>".into());
         metadata.insert("semflow.instruction".into(), instr_meta.clone());

@@ -5,11 +5,13 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array};
-use arrow::datatypes::{DataType, Float32Type, Float64Type};
+use arrow::datatypes::{DataType, Field, FieldRef, Float32Type, Float64Type};
 use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
+
+use super::embed::vector_model;
 
 /// Which vector function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,6 +60,18 @@ impl VectorFn {
 /// Rust callers that must agree with SQL to the last bit (the synthesis filter).
 pub fn cosine_similarity(a: &[f32], b: &[f32]) -> f64 {
     VectorFn::Cosine.compute(VecRef::F32(a), VecRef::F32(b))
+}
+
+/// Refuses to compare vectors whose field metadata names different models (an index built
+/// with one model, a query embedded with another): the scores would be meaningless.
+/// Vectors without a recorded model are compared.
+pub fn check_same_model(function: &str, a: &Field, b: &Field) -> Result<()> {
+    match (vector_model(a), vector_model(b)) {
+        (Some(ma), Some(mb)) if ma != mb => plan_err!(
+            "{function}(): the vectors come from different models ({ma} and {mb}); embed the query with the model that made the other side, e.g. embed(text, instruction, NULL, 'NAME') with --model NAME=MODEL"
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// A vector function as a DataFusion UDF.
@@ -201,6 +215,14 @@ impl ScalarUDFImpl for VectorUdf {
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
         Ok(DataType::Float64)
+    }
+
+    /// Refuses, while planning, vectors of different models ([`check_same_model`]).
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        if let [a, b] = args.arg_fields {
+            check_same_model(self.name(), a, b)?;
+        }
+        Ok(Arc::new(Field::new(self.name(), DataType::Float64, true)))
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
