@@ -17,8 +17,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array};
-use arrow::buffer::NullBuffer;
+use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use futures::TryStreamExt;
@@ -29,8 +28,8 @@ use crate::error::{Error, Result};
 use crate::index::offsets::read_all_offsets;
 use crate::index::{alias, Change, LanceTable};
 use crate::inference::tokenize::Truncation;
-use crate::inference::{truncate_dims, CallOptions, EmbedInput, Inference};
-use crate::udf::embed::{vector_item_field, DIMS_KEY, MODEL_KEY, WEIGHTS_KEY};
+use crate::inference::{CallOptions, EmbedInput, Inference};
+use crate::udf::embed::{vector_array, vector_item_field, DIMS_KEY, MODEL_KEY, WEIGHTS_KEY};
 
 /// The transaction property holding a reindex's [`Progress`] as JSON.
 pub const PROGRESS_PROPERTY: &str = "semflow.reindex";
@@ -379,19 +378,7 @@ async fn reembed(
             .embed(inputs, rows.clone(), options_for_call)
             .await?
     };
-    let mut values = vec![0.0f32; text.len() * dims];
-    let mut valid = vec![false; text.len()];
-    for (row, v) in rows.into_iter().zip(vectors) {
-        values[row * dims..(row + 1) * dims].copy_from_slice(&truncate_dims(&v, dims));
-        valid[row] = true;
-    }
-    let nulls = valid.iter().any(|v| !v).then(|| NullBuffer::from(valid));
-    let vectors = FixedSizeListArray::try_new(
-        vector_item_field(),
-        dims as i32,
-        Arc::new(Float32Array::from(values)) as ArrayRef,
-        nulls,
-    )?;
+    let vectors = vector_array(text.len(), dims, &rows, &vectors)?;
     let columns = schema
         .fields()
         .iter()

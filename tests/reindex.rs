@@ -34,6 +34,32 @@ async fn documents(engine: &Engine, rows: usize) -> Vec<arrow::record_batch::Rec
     engine.run_sql(&sql).await.unwrap().pop().unwrap().batches
 }
 
+/// A Lance index at `path` holding `rows` documents of the default model, written in one
+/// commit at stream position `offsets`.
+async fn old_index(
+    engine: &Engine,
+    path: &Path,
+    rows: usize,
+    primary_key: Option<&str>,
+    offsets: Option<semflow::index::SourceOffsets>,
+) {
+    let table = LanceTable::open(
+        path.to_str().unwrap(),
+        Some(documents(engine, 1).await[0].schema()),
+        primary_key.map(String::from),
+    )
+    .await
+    .unwrap();
+    table
+        .apply(Change {
+            rows: documents(engine, rows).await,
+            offsets,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
 async fn ids(engine: &Engine, sql: &str) -> Vec<String> {
     let result = engine.run_sql(sql).await.unwrap().pop().unwrap();
     let mut out = Vec::new();
@@ -63,21 +89,8 @@ async fn a_new_model_rebuilds_the_index_and_readers_switch_through_the_alias() {
 
     // The old index, written by a stream at positions t/0 = 120.
     let writer = Engine::new(tiny_config());
-    let source = LanceTable::open(
-        old.to_str().unwrap(),
-        None.or(Some(documents(&writer, 1).await[0].schema())),
-        Some("id".into()),
-    )
-    .await
-    .unwrap();
-    source
-        .apply(Change {
-            rows: documents(&writer, 300).await,
-            offsets: Some(common::offsets("t", &[(0, 120)])),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let positions = common::offsets("t", &[(0, 120)]);
+    old_index(&writer, &old, 300, Some("id"), Some(positions)).await;
     alias::point(&alias_path, "idx-v1.lance").unwrap();
 
     // A server holding both models reads through the alias.
@@ -190,20 +203,7 @@ async fn bad_options_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::new(tiny_config());
     let old = dir.path().join("idx-v1.lance");
-    let table = LanceTable::open(
-        old.to_str().unwrap(),
-        Some(documents(&engine, 1).await[0].schema()),
-        None,
-    )
-    .await
-    .unwrap();
-    table
-        .apply(Change {
-            rows: documents(&engine, 3).await,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    old_index(&engine, &old, 3, None, None).await;
     let options = |to: &str, text: &str, swap: bool| ReindexOptions {
         from: old.to_string_lossy().into_owned(),
         to: dir.path().join(to).to_string_lossy().into_owned(),
@@ -265,21 +265,7 @@ async fn an_interrupted_reindex_resumes_where_its_last_commit_ended() {
     let dir = tempfile::tempdir().unwrap();
     let old = dir.path().join("idx-v1.lance");
     let new = dir.path().join("idx-v2.lance");
-    let engine = Engine::new(tiny_config());
-    let table = LanceTable::open(
-        old.to_str().unwrap(),
-        Some(documents(&engine, 1).await[0].schema()),
-        None,
-    )
-    .await
-    .unwrap();
-    table
-        .apply(Change {
-            rows: documents(&engine, ROWS).await,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    old_index(&Engine::new(tiny_config()), &old, ROWS, None, None).await;
     let run = || {
         common::semflow_command()
             .args(["reindex", "--from", old.to_str().unwrap(), "--to"])

@@ -52,6 +52,40 @@ pub fn vector_model(field: &Field) -> Option<String> {
     Some(format!("{}@{}", md.get(MODEL_KEY)?, md.get(WEIGHTS_KEY)?))
 }
 
+/// `len` rows of `dims`-component vectors: `vectors[i]` (its first `dims` components,
+/// re-normalised when fewer than all) at row `rows[i]`, NULL elsewhere.
+pub fn vector_array(
+    len: usize,
+    dims: usize,
+    rows: &[usize],
+    vectors: &[Arc<[f32]>],
+) -> crate::error::Result<FixedSizeListArray> {
+    let mut values = vec![0.0f32; len * dims];
+    let mut valid = vec![false; len];
+    for (&row, v) in rows.iter().zip(vectors) {
+        if v.len() < dims {
+            return Err(crate::error::Error::Inference(format!(
+                "the model returned {} components, need {dims}",
+                v.len()
+            )));
+        }
+        let slot = &mut values[row * dims..(row + 1) * dims];
+        if dims == v.len() {
+            slot.copy_from_slice(v);
+        } else {
+            slot.copy_from_slice(&truncate_dims(v, dims));
+        }
+        valid[row] = true;
+    }
+    let nulls = valid.iter().any(|v| !v).then(|| NullBuffer::from(valid));
+    Ok(FixedSizeListArray::try_new(
+        vector_item_field(),
+        dims as i32,
+        Arc::new(Float32Array::from(values)) as ArrayRef,
+        nulls,
+    )?)
+}
+
 /// The element field of semflow's vectors.
 pub fn vector_item_field() -> FieldRef {
     Arc::new(Field::new_list_field(DataType::Float32, true))
@@ -233,30 +267,7 @@ impl ScalarUDFImpl for EmbedUdf {
             let rows_for_errors = row_ids.clone();
             block_on(async move { inference.embed(inputs, rows_for_errors, opts).await })??
         };
-        let mut values = vec![0.0f32; rows * dims];
-        let mut valid = vec![false; rows];
-        for (row, v) in row_ids.into_iter().zip(vectors) {
-            if v.len() < dims {
-                return exec_err!(
-                    "embed(): model returned {} components, need {dims}",
-                    v.len()
-                );
-            }
-            let v = if dims == v.len() {
-                v.to_vec()
-            } else {
-                truncate_dims(&v, dims)
-            };
-            values[row * dims..(row + 1) * dims].copy_from_slice(&v);
-            valid[row] = true;
-        }
-        let nulls = valid.iter().any(|v| !v).then(|| NullBuffer::from(valid));
-        let array = FixedSizeListArray::try_new(
-            vector_item_field(),
-            dims as i32,
-            Arc::new(Float32Array::from(values)) as ArrayRef,
-            nulls,
-        )?;
+        let array = vector_array(rows, dims, &row_ids, &vectors)?;
         if all_scalar {
             Ok(ColumnarValue::Scalar(ScalarValue::FixedSizeList(Arc::new(
                 array,
