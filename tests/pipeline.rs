@@ -35,7 +35,7 @@ async fn dead_lettering_pipeline(
 /// Runs one of the Python scripts that use Confluent's serializers (tests/clients/); `None`
 /// when confluent-kafka[avro,protobuf] is missing, unless SEMFLOW_TEST_AVRO=required.
 async fn confluent_client(script: &str, args: Vec<String>) -> Option<serde_json::Value> {
-    let install = "pip install 'confluent-kafka[avro,protobuf]'";
+    let install = "pip install 'confluent-kafka[avro,protobuf]' grpcio-tools";
     common::python_client(script, args, "SEMFLOW_TEST_AVRO", install).await
 }
 
@@ -536,23 +536,54 @@ async fn protobuf_from_the_schema_registry_upserts_and_deletes() {
     );
 }
 
-/// INSERT INTO a Kafka table with `'format' 'avro'`: the table's schema is registered under
-/// `<topic>-value` and Confluent's AvroDeserializer reads the rows (tests/clients/
-/// avro_consume.py); semflow's own Avro scan reads them back the same.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn avro_sink_rows_read_by_confluents_deserializer() {
+/// A fresh topic and registry, and `CREATE EXTERNAL TABLE out (COLUMNS)` writing registry-framed
+/// `format` into the topic (read back as a snapshot).
+async fn registry_sink(
+    format: &str,
+    columns: &str,
+) -> (common::registry::FakeRegistry, String, String) {
     let registry = common::registry::FakeRegistry::start().await;
-    let topic = unique("avro-sink");
+    let topic = unique(&format!("{format}-sink"));
     create_topic(&topic, 1).await;
     let table = format!(
-        "CREATE EXTERNAL TABLE out (id TEXT NOT NULL, body TEXT, at TIMESTAMP, v FLOAT[])
-           STORED AS KAFKA LOCATION '{topic}' OPTIONS ('bootstrap.servers' '{}', 'format' 'avro',
+        "CREATE EXTERNAL TABLE out ({columns})
+           STORED AS KAFKA LOCATION '{topic}' OPTIONS ('bootstrap.servers' '{}', 'format' '{format}',
            'schema.registry.url' '{}', 'key' 'id', 'end' 'latest-at-start')",
         bootstrap(),
         registry.url()
     );
-    let engine = common::tiny_engine();
-    engine
+    (registry, topic, table)
+}
+
+/// The first `count` messages of `topic` as Confluent's deserializer for `format` reads them
+/// (tests/clients/registry_consume.py); `None` when the client is not installed.
+async fn read_with_confluent(
+    format: &str,
+    registry: &common::registry::FakeRegistry,
+    topic: &str,
+    count: usize,
+) -> Option<serde_json::Value> {
+    let args = vec![
+        format.to_string(),
+        bootstrap(),
+        registry.url(),
+        topic.to_string(),
+        count.to_string(),
+    ];
+    confluent_client("registry_consume.py", args).await
+}
+
+/// INSERT INTO a Kafka table with `'format' 'avro'`: the table's schema is registered under
+/// `<topic>-value` and Confluent's AvroDeserializer reads the rows (tests/clients/
+/// registry_consume.py); semflow's own Avro scan reads them back the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_sink_rows_read_by_confluents_deserializer() {
+    let (registry, topic, table) = registry_sink(
+        "avro",
+        "id TEXT NOT NULL, body TEXT, at TIMESTAMP, v FLOAT[]",
+    )
+    .await;
+    common::tiny_engine()
         .run_sql(&format!(
             // One row per INSERT: the test broker (Tansu) reports the high watermark short
             // after a multi-record batch until the next one arrives, which would end the
@@ -563,8 +594,7 @@ async fn avro_sink_rows_read_by_confluents_deserializer() {
         ))
         .await
         .unwrap();
-    let args = vec![bootstrap(), registry.url(), topic.clone(), "2".into()];
-    let Some(read) = confluent_client("avro_consume.py", args).await else {
+    let Some(read) = read_with_confluent("avro", &registry, &topic, 2).await else {
         return;
     };
     assert_eq!(
@@ -592,6 +622,67 @@ async fn avro_sink_rows_read_by_confluents_deserializer() {
             ],
             &[Some("b"), None, None, Some("0.25")],
         ])
+    );
+}
+
+/// INSERT INTO a Kafka table with `'format' 'protobuf'`: a proto3 message of the table's
+/// columns is registered under `<topic>-value`; protoc compiles the registered text and
+/// Confluent's ProtobufDeserializer reads the rows (tests/clients/registry_consume.py), NULLs
+/// as absent `optional` fields; semflow's own Protobuf scan reads them back the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_sink_rows_read_by_confluents_deserializer() {
+    let (registry, topic, table) =
+        registry_sink("protobuf", "id TEXT NOT NULL, body TEXT, n INT, v FLOAT[]").await;
+    common::tiny_engine()
+        .run_sql(&format!(
+            // One row per INSERT (see avro_sink_rows_read_by_confluents_deserializer).
+            "{table};
+             INSERT INTO out VALUES ('a', 'hello', 7, [0.5, -1.0]);
+             INSERT INTO out VALUES ('b', NULL, NULL, [0.25])"
+        ))
+        .await
+        .unwrap();
+    let Some(read) = read_with_confluent("protobuf", &registry, &topic, 2).await else {
+        return;
+    };
+    assert_eq!(
+        read,
+        serde_json::json!([
+            {"key": "a", "value": {"id": "a", "body": "hello", "n": 7, "v": [0.5, -1.0]},
+             "present": ["body", "id", "n", "v"]},
+            {"key": "b", "value": {"id": "b", "v": [0.25]}, "present": ["id", "v"]}
+        ])
+    );
+    let scan = common::tiny_engine()
+        .run_sql(&format!(
+            "{table}; SELECT id, body, CAST(n AS TEXT) AS n, array_to_string(v, ',') AS v FROM out ORDER BY id"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        text_rows(&scan.last().unwrap().batches),
+        cells(&[
+            &[Some("a"), Some("hello"), Some("7"), Some("0.5,-1")],
+            // Absent `optional` fields read back as NULL.
+            &[Some("b"), None, None, Some("0.25")],
+        ])
+    );
+
+    // Columns without a Protobuf type are refused by name before anything is sent.
+    let err = common::tiny_engine()
+        .run_sql(&format!(
+            "CREATE EXTERNAL TABLE bad (id TEXT NOT NULL, at TIMESTAMP) STORED AS KAFKA LOCATION '{topic}'
+               OPTIONS ('bootstrap.servers' '{}', 'format' 'protobuf', 'schema.registry.url' '{}');
+             INSERT INTO bad VALUES ('c', TIMESTAMP '2024-01-01 00:00:00')",
+            bootstrap(),
+            registry.url()
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("column at cannot be written as Protobuf"),
+        "{err}"
     );
 }
 

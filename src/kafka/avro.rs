@@ -32,14 +32,7 @@ pub fn decode(schema: &Schema, mut body: &[u8]) -> std::result::Result<Json, Str
 /// table's columns, nullable ones as `["null", T]` with a null default (so readers of later
 /// versions can drop or add them).
 pub fn writer_schema(topic: &str, table: &arrow::datatypes::Schema) -> Result<Schema> {
-    let name: String = topic
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    let name = match name.chars().next() {
-        Some(c) if c.is_ascii_alphabetic() => name,
-        _ => format!("t_{name}"),
-    };
+    let name = super::registry::schema_name(topic);
     let fields = table
         .fields()
         .iter()

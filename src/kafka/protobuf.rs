@@ -5,6 +5,11 @@
 //! `FileDescriptorProto`; protox compiles either (with the well-known `google/protobuf/*`
 //! types built in) and prost-reflect decodes the message, which becomes JSON with the
 //! `.proto` field names and every field present (proto3 leaves defaults out of the wire).
+//!
+//! Writing (`INSERT INTO` a `'protobuf'` table): [`writer_schema`] derives a proto3 message
+//! from the table's columns (nullable scalars `optional`, lists `repeated`), registered like
+//! Confluent's serializer registers one, and [`ProtoSchema::encode_rows`] frames each row as
+//! that message.
 
 use base64::Engine as _;
 use prost::Message as _;
@@ -76,6 +81,33 @@ impl ProtoSchema {
             .map_err(|e| format!("{}: {e}", descriptor.full_name()))
     }
 
+    /// Rows of `batch` as registry-framed messages of this schema's first message, registered
+    /// as `id`: magic byte, id, message index path `[0]` (one zero byte), the message.
+    pub fn encode_rows(
+        &self,
+        batch: &arrow::record_batch::RecordBatch,
+        id: u32,
+    ) -> crate::error::Result<Vec<Vec<u8>>> {
+        use crate::error::Error;
+        let descriptor = self.message_at(&[0]).map_err(Error::Kafka)?;
+        super::producer::json_rows(batch)?
+            .iter()
+            .enumerate()
+            .map(|(row, line)| {
+                let mut json = serde_json::Deserializer::from_slice(line);
+                let message =
+                    DynamicMessage::deserialize(descriptor.clone(), &mut json).map_err(|e| {
+                        Error::Kafka(format!("row {row} as {}: {e}", descriptor.full_name()))
+                    })?;
+                let mut body = vec![0u8];
+                message
+                    .encode(&mut body)
+                    .map_err(|e| Error::Kafka(format!("row {row}: {e}")))?;
+                Ok(super::registry::enframe(id, &body))
+            })
+            .collect()
+    }
+
     /// The message type at `path` (top-level index, then nested indexes).
     fn message_at(&self, path: &[usize]) -> Result<MessageDescriptor, String> {
         let missing = || format!("no message at index path {path:?} in the schema");
@@ -86,6 +118,75 @@ impl ProtoSchema {
             message = child;
         }
         Ok(message)
+    }
+}
+
+/// A proto3 schema with one message, named after `topic`, holding `table`'s columns in order:
+/// what `INSERT INTO` a `'protobuf'` Kafka table registers. Columns whose type has no
+/// Protobuf counterpart (timestamps, dates, nested structs) are refused by name.
+pub fn writer_schema(
+    topic: &str,
+    table: &arrow::datatypes::Schema,
+) -> crate::error::Result<String> {
+    use crate::error::Error;
+    let refuse = |column: &str, why: String| {
+        Error::InvalidArgument(format!(
+            "KAFKA sink {topic}: column {column} cannot be written as Protobuf: {why}"
+        ))
+    };
+    let mut fields = String::new();
+    for (number, field) in table.fields().iter().enumerate() {
+        let name = field.name();
+        let identifier = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !identifier {
+            return Err(refuse(name, "the name is not a Protobuf identifier".into()));
+        }
+        let (label, kind) = match proto_type(field.data_type()) {
+            Ok(ProtoField::Scalar(kind)) if field.is_nullable() => ("optional ", kind),
+            Ok(ProtoField::Scalar(kind)) => ("", kind),
+            Ok(ProtoField::Repeated(kind)) => ("repeated ", kind),
+            Err(why) => return Err(refuse(name, why)),
+        };
+        fields.push_str(&format!("  {label}{kind} {name} = {};\n", number + 1));
+    }
+    Ok(format!(
+        "syntax = \"proto3\";\npackage semflow;\n\nmessage {} {{\n{fields}}}\n",
+        super::registry::schema_name(topic)
+    ))
+}
+
+enum ProtoField {
+    Scalar(&'static str),
+    Repeated(&'static str),
+}
+
+fn proto_type(t: &arrow::datatypes::DataType) -> Result<ProtoField, String> {
+    use arrow::datatypes::DataType as T;
+    let scalar = |t: &T| -> Option<&'static str> {
+        Some(match t {
+            T::Utf8 | T::LargeUtf8 | T::Utf8View => "string",
+            T::Boolean => "bool",
+            T::Int8 | T::Int16 | T::Int32 => "int32",
+            T::Int64 => "int64",
+            T::UInt8 | T::UInt16 | T::UInt32 => "uint32",
+            T::UInt64 => "uint64",
+            T::Float32 => "float",
+            T::Float64 => "double",
+            T::Binary | T::LargeBinary => "bytes",
+            _ => return None,
+        })
+    };
+    match t {
+        T::List(item) | T::LargeList(item) | T::FixedSizeList(item, _) => scalar(item.data_type())
+            .map(ProtoField::Repeated)
+            .ok_or_else(|| format!("no Protobuf mapping for lists of {}", item.data_type())),
+        other => scalar(other).map(ProtoField::Scalar).ok_or_else(|| {
+            format!("no Protobuf mapping for {other} (cast it to text or a number)")
+        }),
     }
 }
 
@@ -191,5 +292,62 @@ mod tests {
         assert!(ProtoSchema::parse("message {")
             .unwrap_err()
             .contains(".proto"));
+    }
+
+    #[test]
+    fn table_columns_become_a_message_that_round_trips() {
+        use arrow::array::{Int32Array, StringArray};
+        use arrow::datatypes::{DataType, Field, Schema};
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("body", DataType::Utf8, true),
+            Field::new("n", DataType::Int32, true),
+            Field::new_list("v", Field::new_list_field(DataType::Float32, true), true),
+        ]);
+        let proto = writer_schema("docs-out", &schema).unwrap();
+        assert_eq!(
+            proto,
+            "syntax = \"proto3\";\npackage semflow;\n\nmessage docs_out {\n  string id = 1;\n  optional string body = 2;\n  optional int32 n = 3;\n  repeated float v = 4;\n}\n"
+        );
+        let compiled = ProtoSchema::parse(&proto).unwrap();
+        let batch = arrow::record_batch::RecordBatch::try_new(
+            std::sync::Arc::new(Schema::new(schema.fields()[..3].to_vec())),
+            vec![
+                std::sync::Arc::new(StringArray::from(vec!["a", "b"])),
+                std::sync::Arc::new(StringArray::from(vec![Some("hi"), None])),
+                std::sync::Arc::new(Int32Array::from(vec![Some(7), None])),
+            ],
+        )
+        .unwrap();
+        let rows = compiled.encode_rows(&batch, 9).unwrap();
+        assert_eq!(
+            &rows[0][..6],
+            &[0, 0, 0, 0, 9, 0],
+            "magic, id 9, message [0]"
+        );
+        let decoded: Vec<Json> = rows
+            .iter()
+            .map(|r| compiled.decode(&r[5..]).unwrap())
+            .collect();
+        assert_eq!(
+            decoded[0],
+            serde_json::json!({"id": "a", "body": "hi", "n": 7, "v": []})
+        );
+        assert_eq!(decoded[1]["body"], Json::Null, "NULL stays absent");
+    }
+
+    #[test]
+    fn columns_without_a_protobuf_type_are_named() {
+        use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+        let schema = Schema::new(vec![Field::new(
+            "at",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        )]);
+        let e = writer_schema("t", &schema).unwrap_err().to_string();
+        assert!(e.contains("column at cannot be written as Protobuf"), "{e}");
+        let schema = Schema::new(vec![Field::new("bad-name", DataType::Utf8, true)]);
+        let e = writer_schema("t", &schema).unwrap_err().to_string();
+        assert!(e.contains("not a Protobuf identifier"), "{e}");
     }
 }

@@ -104,11 +104,30 @@ impl Registry {
     /// Confluent's serializers do) and returns its id; the registry answers the same id for
     /// the same schema, and refuses one incompatible with the subject's (the error says why).
     pub async fn register(&self, subject: &str, schema: &apache_avro::Schema) -> Result<u32> {
-        let url = format!("{}/subjects/{subject}/versions", self.url);
         // The full schema: Avro's canonical form drops logical types.
         let text = serde_json::to_string(schema)
             .map_err(|e| Error::Kafka(format!("schema for {subject}: {e}")))?;
-        let body = serde_json::json!({ "schema": text });
+        let id = self
+            .register_text(subject, serde_json::json!({ "schema": text }))
+            .await?;
+        self.insert(id, WriterSchema::Avro(schema.clone()));
+        Ok(id)
+    }
+
+    /// Registers the `.proto` text `proto` under `subject` as a PROTOBUF schema (as Confluent's
+    /// serializer does), after compiling it here.
+    pub async fn register_protobuf(&self, subject: &str, proto: &str) -> Result<u32> {
+        let compiled = super::protobuf::ProtoSchema::parse(proto)
+            .map_err(|e| Error::Kafka(format!("schema for {subject}: {e}")))?;
+        let body = serde_json::json!({ "schema": proto, "schemaType": "PROTOBUF" });
+        let id = self.register_text(subject, body).await?;
+        self.insert(id, WriterSchema::Protobuf(compiled));
+        Ok(id)
+    }
+
+    /// POSTs a schema registration `body`; the id the registry answers.
+    async fn register_text(&self, subject: &str, body: Json) -> Result<u32> {
+        let url = format!("{}/subjects/{subject}/versions", self.url);
         let response = self
             .request(reqwest::Method::POST, &url)
             .header("content-type", "application/vnd.schemaregistry.v1+json")
@@ -125,13 +144,11 @@ impl Registry {
             .get("id")
             .and_then(Json::as_u64)
             .filter(|_| status.is_success());
-        let Some(id) = id.and_then(|id| u32::try_from(id).ok()) else {
-            return Err(Error::Kafka(format!(
+        id.and_then(|id| u32::try_from(id).ok()).ok_or_else(|| {
+            Error::Kafka(format!(
                 "schema registry {url} refused the schema: HTTP {status}: {answer}"
-            )));
-        };
-        self.insert(id, WriterSchema::Avro(schema.clone()));
-        Ok(id)
+            ))
+        })
     }
 
     /// Knows `schema` as `id` without asking the registry (benchmarks and tests).
@@ -316,6 +333,19 @@ pub fn enframe(id: u32, body: &[u8]) -> Vec<u8> {
     framed.extend(id.to_be_bytes());
     framed.extend(body);
     framed
+}
+
+/// A schema's record or message name for `topic`: letters, digits and `_`, starting with a
+/// letter.
+pub fn schema_name(topic: &str) -> String {
+    let name: String = topic
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    match name.chars().next() {
+        Some(c) if c.is_ascii_alphabetic() => name,
+        _ => format!("t_{name}"),
+    }
 }
 
 /// Splits Confluent's framing: the schema id and the body.

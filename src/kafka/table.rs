@@ -200,6 +200,33 @@ struct KafkaSink {
     registry: Option<Arc<super::registry::Registry>>,
 }
 
+/// How a registry-framed sink encodes its rows: the writer schema and its registered id.
+enum Encoding {
+    Avro(apache_avro::Schema, u32),
+    Protobuf(super::protobuf::ProtoSchema, u32),
+}
+
+impl KafkaSink {
+    /// Registers the table's schema under `<topic>-value` in the table's format.
+    async fn register(&self, registry: &super::registry::Registry) -> Result<Encoding> {
+        let topic = &self.options.topic;
+        let subject = format!("{topic}-value");
+        match self.options.format {
+            super::options::Format::Protobuf => {
+                let proto = super::protobuf::writer_schema(topic, &self.schema)?;
+                let id = registry.register_protobuf(&subject, &proto).await?;
+                let schema = super::protobuf::ProtoSchema::parse(&proto).map_err(Error::Kafka)?;
+                Ok(Encoding::Protobuf(schema, id))
+            }
+            _ => {
+                let schema = super::avro::writer_schema(topic, &self.schema)?;
+                let id = registry.register(&subject, &schema).await?;
+                Ok(Encoding::Avro(schema, id))
+            }
+        }
+    }
+}
+
 impl DisplayAs for KafkaSink {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "KafkaSink: {}", self.options.topic)
@@ -219,27 +246,17 @@ impl DataSink for KafkaSink {
     ) -> datafusion::common::Result<u64> {
         let producer = Producer::new(&self.options)?;
         let topic = &self.options.topic;
-        if self.options.format == super::options::Format::Protobuf {
-            return exec_err!(
-                "{topic}: INSERT INTO a 'protobuf' Kafka table is not supported yet; write 'avro' or 'json'"
-            );
-        }
-        let avro = match &self.registry {
-            Some(registry) => {
-                let schema = super::avro::writer_schema(topic, &self.schema)?;
-                let id = registry
-                    .register(&format!("{topic}-value"), &schema)
-                    .await?;
-                Some((schema, id))
-            }
+        let encoding = match &self.registry {
+            Some(registry) => Some(self.register(registry).await?),
             None => None,
         };
         let mut written = 0u64;
         while let Some(batch) = data.next().await {
             let batch = batch?;
             let keys = row_keys(&batch, self.options.key_column.as_deref())?;
-            let values = match &avro {
-                Some((schema, id)) => super::avro::encode_rows(&batch, schema, *id)?,
+            let values = match &encoding {
+                Some(Encoding::Avro(schema, id)) => super::avro::encode_rows(&batch, schema, *id)?,
+                Some(Encoding::Protobuf(schema, id)) => schema.encode_rows(&batch, *id)?,
                 None => json_rows(&batch)?,
             };
             let records = keyed(values, keys);
