@@ -453,13 +453,15 @@ async fn avro_from_the_schema_registry_upserts_evolves_and_unwraps_debezium() {
     assert_eq!(fetches.len(), 2, "{fetches:?}");
     assert!(fetches.values().all(|n| *n == 1), "{fetches:?}");
 
-    // A scan reads both schema versions: fields v1 lacks are NULL, logical types convert.
+    // A scan reads both schema versions: fields v1 lacks are NULL, logical types convert
+    // (decimals exactly, with their scale).
     let scan = common::tiny_engine()
         .run_sql(&format!(
-            "CREATE EXTERNAL TABLE docs (id TEXT NOT NULL, tags TEXT[], at TIMESTAMP) STORED AS KAFKA
-               LOCATION '{topic}' OPTIONS ('bootstrap.servers' '{}', 'format' 'avro',
+            "CREATE EXTERNAL TABLE docs (id TEXT NOT NULL, tags TEXT[], at TIMESTAMP, price DECIMAL(9, 2))
+               STORED AS KAFKA LOCATION '{topic}' OPTIONS ('bootstrap.servers' '{}', 'format' 'avro',
                'schema.registry.url' '{}', 'end' 'latest-at-start', 'on_error' 'skip');
-             SELECT id, array_to_string(tags, ',') AS tags, CAST(at AS TEXT) AS at_text
+             SELECT id, array_to_string(tags, ',') AS tags, CAST(at AS TEXT) AS at_text,
+                    CAST(price AS TEXT) AS price
                FROM docs ORDER BY id, at_text NULLS FIRST",
             bootstrap(),
             registry.url()
@@ -469,11 +471,21 @@ async fn avro_from_the_schema_registry_upserts_evolves_and_unwraps_debezium() {
     assert_eq!(
         text_rows(&scan.last().unwrap().batches),
         cells(&[
-            &[Some("d1"), None, None],
-            &[Some("d1"), Some(""), Some("2023-11-14T22:13:20")],
-            &[Some("d2"), None, None],
-            &[Some("d3"), None, None],
-            &[Some("d4"), Some("a,b"), Some("2023-11-14T22:13:20.123")],
+            &[Some("d1"), None, None, None],
+            &[
+                Some("d1"),
+                Some(""),
+                Some("2023-11-14T22:13:20"),
+                Some("-0.50")
+            ],
+            &[Some("d2"), None, None, None],
+            &[Some("d3"), None, None, None],
+            &[
+                Some("d4"),
+                Some("a,b"),
+                Some("2023-11-14T22:13:20.123"),
+                Some("12.34")
+            ],
         ])
     );
 

@@ -267,7 +267,7 @@ fn source_for(field: &Field, format: Format) -> Result<Source> {
 fn json_supported(t: &DataType) -> bool {
     match t {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean => true,
-        DataType::Timestamp(_, _) => true,
+        DataType::Timestamp(_, _) | DataType::Decimal128(..) | DataType::Decimal256(..) => true,
         t if t.is_integer() || t.is_floating() => true,
         DataType::List(item) | DataType::LargeList(item) | DataType::FixedSizeList(item, _) => {
             json_supported(item.data_type()) && !matches!(item.data_type(), DataType::List(_))
@@ -324,6 +324,24 @@ fn json_scalar(v: Option<&Value>, field: &Field) -> std::result::Result<ScalarVa
                 DataType::LargeUtf8 => ScalarValue::LargeUtf8(Some(s)),
                 DataType::Utf8View => ScalarValue::Utf8View(Some(s)),
                 _ => ScalarValue::Utf8(Some(s)),
+            }
+        }
+        DataType::Decimal128(_, scale) | DataType::Decimal256(_, scale) => {
+            let text = match v {
+                Value::Number(n) => n.to_string(),
+                Value::String(s) => s.trim().to_string(),
+                _ => return Err(wrong()),
+            };
+            // More fractional digits than the column keeps would be rounded away.
+            let places = text
+                .split_once('.')
+                .map_or(0, |(_, f)| f.trim_end_matches('0').len());
+            if places > (*scale).max(0) as usize {
+                return Err(format!("{text} has more decimal places than {t} keeps"));
+            }
+            match ScalarValue::try_from_string(text.clone(), t) {
+                Ok(d) if !d.is_null() => d,
+                _ => return Err(format!("{text} does not fit {t}")),
             }
         }
         DataType::Boolean => match v {
@@ -510,6 +528,43 @@ mod tests {
         );
         assert!(reasons[2].1.contains("not valid JSON"), "{reasons:?}");
         assert!(reasons[3].1.contains("not an object"), "{reasons:?}");
+    }
+
+    #[test]
+    fn decimals_are_exact_or_refused() {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "price",
+            DataType::Decimal128(9, 2),
+            true,
+        )]));
+        let d = Decoder::new(schema, Format::Json).unwrap();
+        let out = d
+            .decode(&[
+                record(1, r#"{"price": "12.30"}"#),
+                record(2, r#"{"price": -0.5}"#),
+                record(3, r#"{"price": "1.234"}"#),
+                record(4, r#"{"price": "12345678901"}"#),
+                record(5, r#"{"price": true}"#),
+            ])
+            .unwrap();
+        let prices = out
+            .batch
+            .column(0)
+            .as_primitive::<arrow::datatypes::Decimal128Type>();
+        assert_eq!((prices.value(0), prices.value(1)), (1230, -50));
+        let reasons: Vec<_> = out.rejected.iter().map(|r| r.reason.clone()).collect();
+        assert!(
+            reasons[0].contains("1.234 has more decimal places"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[1].contains("does not fit Decimal128(9, 2)"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[2].contains("expected Decimal128(9, 2)"),
+            "{reasons:?}"
+        );
     }
 
     #[test]
