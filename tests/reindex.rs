@@ -440,3 +440,96 @@ async fn a_pipeline_follows_the_alias_and_catches_up_with_the_new_model() {
     .await;
     assert_eq!(fingerprints, ["50"]);
 }
+
+/// `POST /v1/sql` on a running server: (status, body).
+async fn http_sql(base: &str, sql: &str) -> (u16, serde_json::Value) {
+    let url = format!("{base}/v1/sql");
+    let body = serde_json::json!({ "sql": sql });
+    tokio::task::spawn_blocking(move || match ureq::post(&url).send_json(body) {
+        Ok(r) => (r.status(), r.into_json().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap()),
+        Err(e) => panic!("{e}"),
+    })
+    .await
+    .unwrap()
+}
+
+/// A running `semflow serve` process follows the alias: after `semflow alias` points it at
+/// the rebuilt index, the same process answers searches with the new model and refuses the
+/// old model's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_server_switches_with_the_alias() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("idx-v1.lance");
+    let alias_path = dir.path().join("idx.alias");
+    old_index(&Engine::new(tiny_config()), &old, 50, Some("id"), None).await;
+    alias::point(&alias_path, "idx-v1.lance").unwrap();
+    let rebuilder = Engine::new(InferenceConfig {
+        embed_model: new_model(),
+        ..tiny_config()
+    });
+    let options = ReindexOptions {
+        from: alias_path.to_string_lossy().into_owned(),
+        to: dir
+            .path()
+            .join("idx-v2.lance")
+            .to_string_lossy()
+            .into_owned(),
+        text_column: "body".into(),
+        vector_column: "embedding".into(),
+        model_column: None,
+        instruction: None,
+        dims: None,
+        batch_rows: 16,
+        swap: false,
+    };
+    reindex(rebuilder.inference(), &options).await.unwrap();
+
+    let init = dir.path().join("init.sql");
+    std::fs::write(
+        &init,
+        format!(
+            "CREATE EXTERNAL TABLE idx STORED AS LANCE LOCATION '{}';",
+            alias_path.display()
+        ),
+    )
+    .unwrap();
+    let v2 = format!("v2={}", new_model());
+    let mut server = common::spawn_serve(&["--init", init.to_str().unwrap(), "--model", &v2]).await;
+    let base = format!("http://{}", server.http);
+    let old_search = "SELECT id FROM idx ORDER BY cosine_similarity(embedding, embed('pasta', 'q')) DESC LIMIT 3";
+    let new_search = "SELECT id FROM idx ORDER BY cosine_similarity(embedding, embed('pasta', 'q', NULL, 'v2')) DESC LIMIT 3";
+    let (status, body) = http_sql(&base, old_search).await;
+    assert_eq!(
+        (status, body["row_count"].as_u64()),
+        (200, Some(3)),
+        "{body}"
+    );
+    let (status, body) = http_sql(&base, new_search).await;
+    assert!(
+        status == 400 && body.to_string().contains("different models"),
+        "{body}"
+    );
+
+    let out = common::semflow_command()
+        .args(["alias", alias_path.to_str().unwrap(), "idx-v2.lance"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, body) = http_sql(&base, new_search).await;
+    assert_eq!(
+        (status, body["row_count"].as_u64()),
+        (200, Some(3)),
+        "{body}"
+    );
+    let (status, body) = http_sql(&base, old_search).await;
+    assert!(
+        status == 400 && body.to_string().contains("different models"),
+        "{body}"
+    );
+    common::terminate_child(&mut server.child);
+}

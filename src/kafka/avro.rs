@@ -4,8 +4,8 @@
 //!
 //! Logical types become what the JSON path reads unambiguously: timestamps as RFC 3339 text
 //! (milliseconds precision kept as numbers), dates and times as ISO text, UUIDs as text, bytes
-//! and fixed as base64, decimals as exact decimal text (DECIMAL columns read it). Durations are
-//! refused with the field named.
+//! and fixed as base64, decimals as exact decimal text (DECIMAL columns read it), durations as
+//! interval text (`1 months 2 days 3 milliseconds`, for INTERVAL columns).
 
 use std::sync::Arc;
 
@@ -310,9 +310,12 @@ fn to_json(value: Avro, path: &str) -> std::result::Result<Json, String> {
             "{}: an Avro decimal without its schema",
             if path.is_empty() { "value" } else { path }
         )),
-        Avro::Duration(_) => Err(format!(
-            "{}: Avro duration is not supported yet",
-            if path.is_empty() { "value" } else { path }
+        // The interval text INTERVAL columns read (and people can).
+        Avro::Duration(d) => text(format!(
+            "{} months {} days {} milliseconds",
+            u32::from(d.months()),
+            u32::from(d.days()),
+            u32::from(d.millis())
         )),
     }
 }
@@ -400,6 +403,26 @@ mod tests {
             json(&second),
             serde_json::json!({"id": "b", "tags": ["x"],
                 "at": "2023-11-14T22:13:20.123456Z", "day": "2022-01-08", "note": null})
+        );
+    }
+
+    #[test]
+    fn durations_read_as_interval_text() {
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"P","fields":[{"name":"wait","type":
+                {"type":"fixed","name":"D","size":12,"logicalType":"duration"}}]}"#,
+        )
+        .unwrap();
+        let duration = apache_avro::Duration::new(
+            apache_avro::Months::new(1),
+            apache_avro::Days::new(2),
+            apache_avro::Millis::new(3_500),
+        );
+        let value = Avro::Record(vec![("wait".into(), Avro::Duration(duration))]);
+        let body = apache_avro::to_avro_datum(&schema, value).unwrap();
+        assert_eq!(
+            decode(&schema, &body).unwrap(),
+            serde_json::json!({"wait": "1 months 2 days 3500 milliseconds"})
         );
     }
 

@@ -267,7 +267,10 @@ fn source_for(field: &Field, format: Format) -> Result<Source> {
 fn json_supported(t: &DataType) -> bool {
     match t {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean => true,
-        DataType::Timestamp(_, _) | DataType::Decimal128(..) | DataType::Decimal256(..) => true,
+        DataType::Timestamp(_, _)
+        | DataType::Decimal128(..)
+        | DataType::Decimal256(..)
+        | DataType::Interval(_) => true,
         t if t.is_integer() || t.is_floating() => true,
         DataType::List(item) | DataType::LargeList(item) | DataType::FixedSizeList(item, _) => {
             json_supported(item.data_type()) && !matches!(item.data_type(), DataType::List(_))
@@ -342,6 +345,19 @@ fn json_scalar(v: Option<&Value>, field: &Field) -> std::result::Result<ScalarVa
             match ScalarValue::try_from_string(text.clone(), t) {
                 Ok(d) if !d.is_null() => d,
                 _ => return Err(format!("{text} does not fit {t}")),
+            }
+        }
+        DataType::Interval(_) => {
+            let Value::String(text) = v else {
+                return Err(wrong());
+            };
+            match ScalarValue::try_from_string(text.clone(), t) {
+                Ok(i) if !i.is_null() => i,
+                _ => {
+                    return Err(format!(
+                        "{text} is not an interval ('1 month 2 days 3 seconds')"
+                    ))
+                }
             }
         }
         DataType::Boolean => match v {
@@ -565,6 +581,30 @@ mod tests {
             reasons[2].contains("expected Decimal128(9, 2)"),
             "{reasons:?}"
         );
+    }
+
+    #[test]
+    fn intervals_read_from_text() {
+        use arrow::datatypes::IntervalUnit;
+        let t = DataType::Interval(IntervalUnit::MonthDayNano);
+        let schema = Arc::new(Schema::new(vec![Field::new("wait", t, true)]));
+        let d = Decoder::new(schema, Format::Json).unwrap();
+        let out = d
+            .decode(&[
+                record(1, r#"{"wait": "1 months 2 days 3500 milliseconds"}"#),
+                record(2, r#"{"wait": "soon"}"#),
+            ])
+            .unwrap();
+        let waits = out
+            .batch
+            .column(0)
+            .as_primitive::<arrow::datatypes::IntervalMonthDayNanoType>();
+        let wait = waits.value(0);
+        assert_eq!(
+            (wait.months, wait.days, wait.nanoseconds),
+            (1, 2, 3_500_000_000)
+        );
+        assert!(out.rejected[0].reason.contains("soon is not an interval"));
     }
 
     #[test]
