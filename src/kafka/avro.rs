@@ -19,6 +19,33 @@ use super::producer::json_rows;
 use super::registry::enframe;
 use crate::error::{Error, Result};
 
+/// A writer schema from the registry. Field defaults are dropped first: they only matter when
+/// a reader resolves one schema against another, which semflow never does (it reads each
+/// value with its own writer schema), and apache-avro refuses some the Avro spec allows
+/// (a string default for a `bytes` decimal, which Confluent's serializers register).
+pub fn parse_writer_schema(text: &str) -> std::result::Result<Schema, String> {
+    let mut json: Json = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    drop_field_defaults(&mut json);
+    Schema::parse(&json).map_err(|e| e.to_string())
+}
+
+fn drop_field_defaults(json: &mut Json) {
+    match json {
+        Json::Object(map) => {
+            if let Some(Json::Array(fields)) = map.get_mut("fields") {
+                for field in fields.iter_mut() {
+                    if let Json::Object(f) = field {
+                        f.remove("default");
+                    }
+                }
+            }
+            map.values_mut().for_each(drop_field_defaults);
+        }
+        Json::Array(items) => items.iter_mut().for_each(drop_field_defaults),
+        _ => {}
+    }
+}
+
 /// A registry-framed value's Avro body (after magic byte and id), read with `schema`.
 pub fn decode(schema: &Schema, mut body: &[u8]) -> std::result::Result<Json, String> {
     let value = apache_avro::from_avro_datum(schema, &mut body, None)
@@ -403,6 +430,31 @@ mod tests {
             json(&second),
             serde_json::json!({"id": "b", "tags": ["x"],
                 "at": "2023-11-14T22:13:20.123456Z", "day": "2022-01-08", "note": null})
+        );
+    }
+
+    #[test]
+    fn writer_schemas_with_defaults_apache_avro_refuses_still_read() {
+        let text = r#"{"type": "record", "name": "Doc", "namespace": "t", "fields": [
+            {"name": "id", "type": "string", "default": ""},
+            {"name": "price", "type": {"type": "bytes", "logicalType": "decimal",
+                "precision": 9, "scale": 2}, "default": "\u0000"}]}"#;
+        assert!(
+            Schema::parse_str(text).is_err(),
+            "apache-avro accepts it now: drop the workaround"
+        );
+        let schema = parse_writer_schema(text).unwrap();
+        let value = Avro::Record(vec![
+            ("id".into(), Avro::String("a".into())),
+            (
+                "price".into(),
+                Avro::Decimal(apache_avro::Decimal::from(vec![4u8, 210])),
+            ),
+        ]);
+        let body = apache_avro::to_avro_datum(&schema, value).unwrap();
+        assert_eq!(
+            decode(&schema, &body).unwrap(),
+            serde_json::json!({"id": "a", "price": "12.34"})
         );
     }
 

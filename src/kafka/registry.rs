@@ -314,7 +314,7 @@ fn parse_registry_schema(id: u32, body: &Json) -> std::result::Result<WriterSche
         ));
     }
     match kind {
-        "AVRO" => apache_avro::Schema::parse_str(text)
+        "AVRO" => super::avro::parse_writer_schema(text)
             .map(WriterSchema::Avro)
             .map_err(|e| format!("schema id {id}: {e}")),
         "PROTOBUF" => super::protobuf::ProtoSchema::parse(text)
