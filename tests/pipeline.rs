@@ -592,7 +592,7 @@ async fn read_with_confluent(
 async fn avro_sink_rows_read_by_confluents_deserializer() {
     let (registry, topic, table) = registry_sink(
         "avro",
-        "id TEXT NOT NULL, body TEXT, at TIMESTAMP, v FLOAT[]",
+        "id TEXT NOT NULL, body TEXT, at TIMESTAMP, v FLOAT[], price DECIMAL(9, 2)",
     )
     .await;
     common::tiny_engine()
@@ -601,8 +601,8 @@ async fn avro_sink_rows_read_by_confluents_deserializer() {
             // after a multi-record batch until the next one arrives, which would end the
             // snapshot scan below early.
             "{table};
-             INSERT INTO out VALUES ('a', 'hello', TIMESTAMP '2023-11-14 22:13:20.123', [0.5, -1.0]);
-             INSERT INTO out VALUES ('b', NULL, NULL, [0.25])"
+             INSERT INTO out VALUES ('a', 'hello', TIMESTAMP '2023-11-14 22:13:20.123', [0.5, -1.0], 12.34);
+             INSERT INTO out VALUES ('b', NULL, NULL, [0.25], NULL)"
         ))
         .await
         .unwrap();
@@ -613,13 +613,14 @@ async fn avro_sink_rows_read_by_confluents_deserializer() {
         read,
         serde_json::json!([
             {"key": "a", "value": {"id": "a", "body": "hello",
-                "at": "2023-11-14T22:13:20.123000+00:00", "v": [0.5, -1.0]}},
-            {"key": "b", "value": {"id": "b", "body": null, "at": null, "v": [0.25]}}
+                "at": "2023-11-14T22:13:20.123000+00:00", "v": [0.5, -1.0], "price": "12.34"}},
+            {"key": "b", "value": {"id": "b", "body": null, "at": null, "v": [0.25], "price": null}}
         ])
     );
     let scan = common::tiny_engine()
         .run_sql(&format!(
-            "{table}; SELECT id, body, CAST(at AS TEXT) AS at, array_to_string(v, ',') AS v FROM out ORDER BY id"
+            "{table}; SELECT id, body, CAST(at AS TEXT) AS at, array_to_string(v, ',') AS v,
+                    CAST(price AS TEXT) AS price FROM out ORDER BY id"
         ))
         .await
         .unwrap();
@@ -630,9 +631,10 @@ async fn avro_sink_rows_read_by_confluents_deserializer() {
                 Some("a"),
                 Some("hello"),
                 Some("2023-11-14T22:13:20.123"),
-                Some("0.5,-1")
+                Some("0.5,-1"),
+                Some("12.34")
             ],
-            &[Some("b"), None, None, Some("0.25")],
+            &[Some("b"), None, None, Some("0.25"), None],
         ])
     );
 }

@@ -203,6 +203,9 @@ fn avro_type(t: &arrow::datatypes::DataType) -> std::result::Result<Json, String
         T::Float32 => "float".into(),
         T::Float64 => "double".into(),
         T::Date32 => serde_json::json!({"type": "int", "logicalType": "date"}),
+        T::Decimal128(precision, scale) if *scale >= 0 => serde_json::json!(
+            {"type": "bytes", "logicalType": "decimal", "precision": precision, "scale": scale}
+        ),
         T::Timestamp(TimeUnit::Second | TimeUnit::Millisecond, _) => {
             serde_json::json!({"type": "long", "logicalType": "timestamp-millis"})
         }
@@ -231,14 +234,76 @@ pub fn encode_rows(batch: &RecordBatch, schema: &Schema, id: u32) -> Result<Vec<
         .map(|(row, line)| {
             let json: Json = serde_json::from_slice(line)
                 .map_err(|e| Error::Kafka(format!("row {row} as JSON: {e}")))?;
-            let value = Avro::from(json)
-                .resolve(schema)
+            let value = decimals_from_text(Avro::from(json), schema)
+                .and_then(|v| v.resolve(schema).map_err(|e| e.to_string()))
                 .map_err(|e| Error::Kafka(format!("row {row} as Avro: {e}")))?;
             let body = apache_avro::to_avro_datum(schema, value)
                 .map_err(|e| Error::Kafka(format!("row {row} as Avro: {e}")))?;
             Ok(enframe(id, &body))
         })
         .collect()
+}
+
+/// `value` (a row as JSON made Avro) with the decimal text of DECIMAL columns (see
+/// [`with_avro_numbers`]) as Avro decimals of the scale `schema` gives them.
+fn decimals_from_text(value: Avro, schema: &Schema) -> std::result::Result<Avro, String> {
+    use apache_avro::schema::Schema as S;
+    Ok(match (value, schema) {
+        (Avro::String(text), S::Decimal(decimal)) => {
+            Avro::Decimal(decimal_bytes(&text, decimal.precision, decimal.scale)?.into())
+        }
+        (Avro::Null, S::Union(_)) => Avro::Null,
+        (value, S::Union(union)) => match union.variants().iter().find(|v| **v != S::Null) {
+            Some(inner) => decimals_from_text(value, inner)?,
+            None => value,
+        },
+        (Avro::Array(items), S::Array(array)) => Avro::Array(
+            items
+                .into_iter()
+                .map(|v| decimals_from_text(v, &array.items))
+                .collect::<std::result::Result<_, _>>()?,
+        ),
+        (Avro::Map(entries), S::Record(record)) => Avro::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = match record.lookup.get(&k).map(|i| &record.fields[*i].schema) {
+                        Some(field) => decimals_from_text(v, field)?,
+                        None => v,
+                    };
+                    Ok((k, v))
+                })
+                .collect::<std::result::Result<_, String>>()?,
+        ),
+        (other, _) => other,
+    })
+}
+
+/// Decimal text (`-12.34`) as an Avro decimal's unscaled value: big-endian two's complement,
+/// in as many bytes as any value of `precision` digits needs (apache-avro checks that).
+fn decimal_bytes(
+    text: &str,
+    precision: usize,
+    scale: usize,
+) -> std::result::Result<Vec<u8>, String> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if fraction.len() > scale {
+        return Err(format!("{text} has more than {scale} decimal places"));
+    }
+    let digits = format!("{whole}{fraction:0<scale$}");
+    let unscaled: i128 = digits
+        .parse()
+        .map_err(|_| format!("{text} is not a decimal number"))?;
+    let bytes = unscaled.to_be_bytes();
+    let sign = if unscaled < 0 { 0xff } else { 0 };
+    // Drop leading sign bytes while the next byte still carries the sign bit, down to the
+    // width the precision needs.
+    let width = ((precision as f64 * 10f64.log2() + 1.0) / 8.0).ceil() as usize;
+    let start = (0..15)
+        .take_while(|&i| bytes[i] == sign && (bytes[i + 1] & 0x80) == (sign & 0x80))
+        .count()
+        .min(16 - width.clamp(1, 16));
+    Ok(bytes[start..].to_vec())
 }
 
 /// Timestamps as epoch milliseconds or microseconds (per [`avro_type`]), dates as days.
@@ -255,6 +320,9 @@ fn with_avro_numbers(batch: &RecordBatch) -> Result<RecordBatch> {
                 Some((T::Timestamp(TimeUnit::Microsecond, None), T::Int64))
             }
             T::Date32 => Some((T::Date32, T::Int32)),
+            // Exact text, made Avro decimals by `decimals_from_text` (JSON numbers would
+            // go through f64).
+            T::Decimal128(..) => Some((field.data_type().clone(), T::Utf8)),
             _ => None,
         };
         match number {
@@ -562,15 +630,37 @@ mod tests {
             serde_json::json!({"id": "b", "body": null, "n": null, "at": null, "day": null,
                 "v": [0.25, 2.0]})
         );
-        let decimal = arrow::datatypes::Schema::new(vec![Field::new(
+        // DECIMAL columns as Avro decimals of their scale, exactly.
+        let prices = arrow::array::Decimal128Array::from(vec![Some(1234), Some(-50), None])
+            .with_precision_and_scale(9, 2)
+            .unwrap();
+        let table = arrow::datatypes::Schema::new(vec![Field::new(
             "price",
             DataType::Decimal128(9, 2),
             true,
         )]);
-        let err = writer_schema("t", &decimal).unwrap_err().to_string();
-        assert!(
-            err.contains("column price") && err.contains("Avro"),
-            "{err}"
+        let schema = writer_schema("t", &table).unwrap();
+        let batch =
+            RecordBatch::try_new(Arc::new(table), vec![Arc::new(prices) as ArrayRef]).unwrap();
+        let rows = encode_rows(&batch, &schema, 3).unwrap();
+        let read: Vec<Json> = rows
+            .iter()
+            .map(|r| decode(&schema, &r[5..]).unwrap())
+            .collect();
+        assert_eq!(
+            read,
+            [
+                serde_json::json!({"price": "12.34"}),
+                serde_json::json!({"price": "-0.50"}),
+                serde_json::json!({"price": null}),
+            ]
         );
+        assert_eq!(decimal_bytes("-0.50", 2, 2).unwrap(), [0xce]);
+        assert_eq!(decimal_bytes("1.28", 2, 2).unwrap(), [0x00, 0x80]);
+        assert_eq!(
+            decimal_bytes("-0.50", 9, 2).unwrap(),
+            [0xff, 0xff, 0xff, 0xce]
+        );
+        assert!(decimal_bytes("1.234", 9, 2).is_err());
     }
 }

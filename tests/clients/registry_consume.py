@@ -6,7 +6,8 @@ official deserializer for FORMAT:
   into a message class, read by ProtobufDeserializer.
 
 usage: registry_consume.py FORMAT BOOTSTRAP REGISTRY_URL TOPIC COUNT; prints a JSON list of
-{"key", "value"} once COUNT messages were read (Avro timestamps as ISO text; Protobuf values
+{"key", "value"} once COUNT messages were read (Avro timestamps as ISO text, decimals as
+text; Protobuf values
 with the .proto field names, plus "present": the fields set on the wire).
 """
 
@@ -76,4 +77,5 @@ while len(out) < COUNT and time.time() < deadline:
     key = message.key().decode() if message.key() else None
     out.append({"key": key, **read(message.value(), context)})
 consumer.close()
-print(json.dumps(out, default=lambda v: v.isoformat()))
+# Avro timestamps as ISO text, decimals as their exact text.
+print(json.dumps(out, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v)))
