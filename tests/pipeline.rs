@@ -645,14 +645,17 @@ async fn avro_sink_rows_read_by_confluents_deserializer() {
 /// as absent `optional` fields; semflow's own Protobuf scan reads them back the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protobuf_sink_rows_read_by_confluents_deserializer() {
-    let (registry, topic, table) =
-        registry_sink("protobuf", "id TEXT NOT NULL, body TEXT, n INT, v FLOAT[]").await;
+    let (registry, topic, table) = registry_sink(
+        "protobuf",
+        "id TEXT NOT NULL, body TEXT, n INT, v FLOAT[], at TIMESTAMP",
+    )
+    .await;
     common::tiny_engine()
         .run_sql(&format!(
             // One row per INSERT (see avro_sink_rows_read_by_confluents_deserializer).
             "{table};
-             INSERT INTO out VALUES ('a', 'hello', 7, [0.5, -1.0]);
-             INSERT INTO out VALUES ('b', NULL, NULL, [0.25])"
+             INSERT INTO out VALUES ('a', 'hello', 7, [0.5, -1.0], TIMESTAMP '2023-11-14 22:13:20.123');
+             INSERT INTO out VALUES ('b', NULL, NULL, [0.25], NULL)"
         ))
         .await
         .unwrap();
@@ -662,32 +665,40 @@ async fn protobuf_sink_rows_read_by_confluents_deserializer() {
     assert_eq!(
         read,
         serde_json::json!([
-            {"key": "a", "value": {"id": "a", "body": "hello", "n": 7, "v": [0.5, -1.0]},
-             "present": ["body", "id", "n", "v"]},
+            {"key": "a", "value": {"id": "a", "body": "hello", "n": 7, "v": [0.5, -1.0],
+                "at": "2023-11-14T22:13:20.123Z"},
+             "present": ["at", "body", "id", "n", "v"]},
             {"key": "b", "value": {"id": "b", "v": [0.25]}, "present": ["id", "v"]}
         ])
     );
     let scan = common::tiny_engine()
         .run_sql(&format!(
-            "{table}; SELECT id, body, CAST(n AS TEXT) AS n, array_to_string(v, ',') AS v FROM out ORDER BY id"
+            "{table}; SELECT id, body, CAST(n AS TEXT) AS n, array_to_string(v, ',') AS v,
+                    CAST(at AS TEXT) AS at FROM out ORDER BY id"
         ))
         .await
         .unwrap();
     assert_eq!(
         text_rows(&scan.last().unwrap().batches),
         cells(&[
-            &[Some("a"), Some("hello"), Some("7"), Some("0.5,-1")],
+            &[
+                Some("a"),
+                Some("hello"),
+                Some("7"),
+                Some("0.5,-1"),
+                Some("2023-11-14T22:13:20.123"),
+            ],
             // Absent `optional` fields read back as NULL.
-            &[Some("b"), None, None, Some("0.25")],
+            &[Some("b"), None, None, Some("0.25"), None],
         ])
     );
 
     // Columns without a Protobuf type are refused by name before anything is sent.
     let err = common::tiny_engine()
         .run_sql(&format!(
-            "CREATE EXTERNAL TABLE bad (id TEXT NOT NULL, at TIMESTAMP) STORED AS KAFKA LOCATION '{topic}'
+            "CREATE EXTERNAL TABLE bad (id TEXT NOT NULL, price DECIMAL(9, 2)) STORED AS KAFKA LOCATION '{topic}'
                OPTIONS ('bootstrap.servers' '{}', 'format' 'protobuf', 'schema.registry.url' '{}');
-             INSERT INTO bad VALUES ('c', TIMESTAMP '2024-01-01 00:00:00')",
+             INSERT INTO bad VALUES ('c', 1.5)",
             bootstrap(),
             registry.url()
         ))
@@ -695,7 +706,7 @@ async fn protobuf_sink_rows_read_by_confluents_deserializer() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("column at cannot be written as Protobuf"),
+        err.contains("column price cannot be written as Protobuf"),
         "{err}"
     );
 }

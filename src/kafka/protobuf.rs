@@ -90,7 +90,7 @@ impl ProtoSchema {
     ) -> crate::error::Result<Vec<Vec<u8>>> {
         use crate::error::Error;
         let descriptor = self.message_at(&[0]).map_err(Error::Kafka)?;
-        super::producer::json_rows(batch)?
+        super::producer::json_rows(&with_utc_offsets(batch)?)?
             .iter()
             .enumerate()
             .map(|(row, line)| {
@@ -121,9 +121,41 @@ impl ProtoSchema {
     }
 }
 
+/// `batch` with zone-less timestamps marked UTC, so their JSON text carries the offset that
+/// Protobuf's JSON form of `Timestamp` requires.
+fn with_utc_offsets(
+    batch: &arrow::record_batch::RecordBatch,
+) -> crate::error::Result<arrow::record_batch::RecordBatch> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        match field.data_type() {
+            DataType::Timestamp(unit, None) => {
+                let utc = DataType::Timestamp(*unit, Some("+00:00".into()));
+                columns.push(arrow::compute::cast(column, &utc)?);
+                fields.push(std::sync::Arc::new(Field::new(
+                    field.name(),
+                    utc,
+                    field.is_nullable(),
+                )));
+            }
+            _ => {
+                columns.push(column.clone());
+                fields.push(field.clone());
+            }
+        }
+    }
+    Ok(arrow::record_batch::RecordBatch::try_new(
+        std::sync::Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
 /// A proto3 schema with one message, named after `topic`, holding `table`'s columns in order:
-/// what `INSERT INTO` a `'protobuf'` Kafka table registers. Columns whose type has no
-/// Protobuf counterpart (timestamps, dates, nested structs) are refused by name.
+/// what `INSERT INTO` a `'protobuf'` Kafka table registers: TIMESTAMP columns as
+/// `google.protobuf.Timestamp`, DATE as ISO text. Columns whose type has no Protobuf
+/// counterpart (decimals, nested structs) are refused by name.
 pub fn writer_schema(
     topic: &str,
     table: &arrow::datatypes::Schema,
@@ -146,6 +178,8 @@ pub fn writer_schema(
             return Err(refuse(name, "the name is not a Protobuf identifier".into()));
         }
         let (label, kind) = match proto_type(field.data_type()) {
+            // Messages have presence already.
+            Ok(ProtoField::Scalar(kind)) if kind == TIMESTAMP => ("", kind),
             Ok(ProtoField::Scalar(kind)) if field.is_nullable() => ("optional ", kind),
             Ok(ProtoField::Scalar(kind)) => ("", kind),
             Ok(ProtoField::Repeated(kind)) => ("repeated ", kind),
@@ -153,11 +187,18 @@ pub fn writer_schema(
         };
         fields.push_str(&format!("  {label}{kind} {name} = {};\n", number + 1));
     }
+    let import = match fields.contains(TIMESTAMP) {
+        true => "import \"google/protobuf/timestamp.proto\";\n",
+        false => "",
+    };
     Ok(format!(
-        "syntax = \"proto3\";\npackage semflow;\n\nmessage {} {{\n{fields}}}\n",
+        "syntax = \"proto3\";\npackage semflow;\n{import}\nmessage {} {{\n{fields}}}\n",
         super::registry::schema_name(topic)
     ))
 }
+
+/// TIMESTAMP columns' Protobuf type.
+const TIMESTAMP: &str = "google.protobuf.Timestamp";
 
 enum ProtoField {
     Scalar(&'static str),
@@ -177,6 +218,9 @@ fn proto_type(t: &arrow::datatypes::DataType) -> Result<ProtoField, String> {
             T::Float32 => "float",
             T::Float64 => "double",
             T::Binary | T::LargeBinary => "bytes",
+            T::Timestamp(..) => TIMESTAMP,
+            // ISO dates, as Arrow writes them.
+            T::Date32 | T::Date64 => "string",
             _ => return None,
         })
     };
@@ -221,6 +265,7 @@ fn message_indexes(body: &[u8]) -> Result<(Vec<usize>, &[u8]), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     const PROTO: &str = r#"
         syntax = "proto3";
@@ -337,15 +382,40 @@ mod tests {
     }
 
     #[test]
-    fn columns_without_a_protobuf_type_are_named() {
+    fn timestamps_are_written_as_well_known_timestamps() {
+        use arrow::array::TimestampMillisecondArray;
         use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-        let schema = Schema::new(vec![Field::new(
-            "at",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            true,
-        )]);
+        let t = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let schema = Arc::new(Schema::new(vec![Field::new("at", t, true)]));
+        let proto = writer_schema("t", &schema).unwrap();
+        assert!(
+            proto.contains("import \"google/protobuf/timestamp.proto\";")
+                && proto.contains("  google.protobuf.Timestamp at = 1;"),
+            "{proto}"
+        );
+        let compiled = ProtoSchema::parse(&proto).unwrap();
+        let at = TimestampMillisecondArray::from(vec![Some(1_700_000_000_123), None]);
+        let batch = arrow::record_batch::RecordBatch::try_new(schema, vec![Arc::new(at)]).unwrap();
+        let rows = compiled.encode_rows(&batch, 1).unwrap();
+        assert_eq!(
+            compiled.decode(&rows[0][5..]).unwrap(),
+            serde_json::json!({"at": "2023-11-14T22:13:20.123Z"})
+        );
+        assert_eq!(
+            compiled.decode(&rows[1][5..]).unwrap(),
+            serde_json::json!({"at": null})
+        );
+    }
+
+    #[test]
+    fn columns_without_a_protobuf_type_are_named() {
+        use arrow::datatypes::{DataType, Field, Schema};
+        let schema = Schema::new(vec![Field::new("price", DataType::Decimal128(9, 2), true)]);
         let e = writer_schema("t", &schema).unwrap_err().to_string();
-        assert!(e.contains("column at cannot be written as Protobuf"), "{e}");
+        assert!(
+            e.contains("column price cannot be written as Protobuf"),
+            "{e}"
+        );
         let schema = Schema::new(vec![Field::new("bad-name", DataType::Utf8, true)]);
         let e = writer_schema("t", &schema).unwrap_err().to_string();
         assert!(e.contains("not a Protobuf identifier"), "{e}");

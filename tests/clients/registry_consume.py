@@ -12,6 +12,7 @@ with the .proto field names, plus "present": the fields set on the wire).
 """
 
 import importlib
+import importlib.resources
 import json
 import pathlib
 import sys
@@ -43,7 +44,10 @@ def protobuf_reader():
     registered = registry.get_latest_version(f"{TOPIC}-value")
     out_dir = pathlib.Path(tempfile.mkdtemp())
     (out_dir / "value.proto").write_text(registered.schema.schema_str)
-    if protoc.main(["protoc", f"-I{out_dir}", f"--python_out={out_dir}", "value.proto"]) != 0:
+    # The well-known types (google/protobuf/*.proto) ship inside grpc_tools.
+    well_known = importlib.resources.files("grpc_tools") / "_proto"
+    arguments = ["protoc", f"-I{out_dir}", f"-I{well_known}", f"--python_out={out_dir}"]
+    if protoc.main(arguments + ["value.proto"]) != 0:
         sys.exit("protoc could not compile the registered schema")
     sys.path.insert(0, str(out_dir))
     module = importlib.import_module("value_pb2")
