@@ -7,8 +7,6 @@
 //! and fixed as base64, decimals as exact decimal text (DECIMAL columns read it), durations as
 //! interval text (`1 months 2 days 3 milliseconds`, for INTERVAL columns).
 
-use std::sync::Arc;
-
 use apache_avro::types::Value as Avro;
 use apache_avro::Schema;
 use arrow::record_batch::RecordBatch;
@@ -308,37 +306,20 @@ fn decimal_bytes(
 
 /// Timestamps as epoch milliseconds or microseconds (per [`avro_type`]), dates as days.
 fn with_avro_numbers(batch: &RecordBatch) -> Result<RecordBatch> {
-    use arrow::datatypes::{DataType as T, Field, TimeUnit};
-    let mut fields = Vec::new();
-    let mut columns = Vec::new();
-    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        let number = match field.data_type() {
-            T::Timestamp(TimeUnit::Second | TimeUnit::Millisecond, _) => {
-                Some((T::Timestamp(TimeUnit::Millisecond, None), T::Int64))
-            }
-            T::Timestamp(TimeUnit::Microsecond | TimeUnit::Nanosecond, _) => {
-                Some((T::Timestamp(TimeUnit::Microsecond, None), T::Int64))
-            }
-            T::Date32 => Some((T::Date32, T::Int32)),
-            // Exact text, made Avro decimals by `decimals_from_text` (JSON numbers would
-            // go through f64).
-            T::Decimal128(..) => Some((field.data_type().clone(), T::Utf8)),
-            _ => None,
-        };
-        match number {
-            Some((unit, n)) => {
-                let in_unit = arrow::compute::cast(column, &unit)?;
-                columns.push(arrow::compute::cast(&in_unit, &n)?);
-                fields.push(Field::new(field.name(), n, field.is_nullable()));
-            }
-            None => {
-                columns.push(column.clone());
-                fields.push(field.as_ref().clone());
-            }
+    use arrow::datatypes::{DataType as T, TimeUnit};
+    super::producer::recast(batch, |t| match t {
+        T::Timestamp(TimeUnit::Second | TimeUnit::Millisecond, _) => {
+            vec![T::Timestamp(TimeUnit::Millisecond, None), T::Int64]
         }
-    }
-    let schema = Arc::new(arrow::datatypes::Schema::new(fields));
-    Ok(RecordBatch::try_new(schema, columns)?)
+        T::Timestamp(TimeUnit::Microsecond | TimeUnit::Nanosecond, _) => {
+            vec![T::Timestamp(TimeUnit::Microsecond, None), T::Int64]
+        }
+        T::Date32 => vec![T::Int32],
+        // Exact text, made Avro decimals by `decimals_from_text` (JSON numbers would go
+        // through f64).
+        T::Decimal128(..) => vec![T::Utf8],
+        _ => vec![],
+    })
 }
 
 /// One Avro value as JSON the decoder reads (see the module notes); `path` names the field
@@ -449,6 +430,7 @@ mod tests {
     use crate::kafka::options::Format;
     use crate::kafka::registry::tests::{framed, read_value, registry_with};
     use crate::kafka::registry::WriterSchema;
+    use std::sync::Arc;
 
     #[test]
     fn values_of_evolving_schemas_become_json_objects() {

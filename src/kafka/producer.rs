@@ -21,6 +21,32 @@ pub struct Outgoing {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// `batch` with each column whose type `casts` maps to a list of types cast through them in
+/// turn (the last is the column's new type); other columns as they are. Prepares rows for an
+/// encoder that wants other representations than Arrow's JSON gives.
+pub fn recast(
+    batch: &RecordBatch,
+    casts: impl Fn(&arrow::datatypes::DataType) -> Vec<arrow::datatypes::DataType>,
+) -> Result<RecordBatch> {
+    use arrow::datatypes::{Field, Schema};
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        let mut column = column.clone();
+        let mut field = field.clone();
+        for t in casts(field.data_type()) {
+            column = arrow::compute::cast(&column, &t)?;
+            field = std::sync::Arc::new(Field::new(field.name(), t, field.is_nullable()));
+        }
+        columns.push(column);
+        fields.push(field);
+    }
+    Ok(RecordBatch::try_new(
+        std::sync::Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
 /// Each row of `batch` as a JSON object (vectors as arrays).
 pub fn json_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
     let mut buf = Vec::new();

@@ -126,30 +126,13 @@ impl ProtoSchema {
 fn with_utc_offsets(
     batch: &arrow::record_batch::RecordBatch,
 ) -> crate::error::Result<arrow::record_batch::RecordBatch> {
-    use arrow::datatypes::{DataType, Field, Schema};
-    let mut fields = Vec::new();
-    let mut columns = Vec::new();
-    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        match field.data_type() {
-            DataType::Timestamp(unit, None) => {
-                let utc = DataType::Timestamp(*unit, Some("+00:00".into()));
-                columns.push(arrow::compute::cast(column, &utc)?);
-                fields.push(std::sync::Arc::new(Field::new(
-                    field.name(),
-                    utc,
-                    field.is_nullable(),
-                )));
-            }
-            _ => {
-                columns.push(column.clone());
-                fields.push(field.clone());
-            }
+    use arrow::datatypes::DataType;
+    super::producer::recast(batch, |t| match t {
+        DataType::Timestamp(unit, None) => {
+            vec![DataType::Timestamp(*unit, Some("+00:00".into()))]
         }
-    }
-    Ok(arrow::record_batch::RecordBatch::try_new(
-        std::sync::Arc::new(Schema::new(fields)),
-        columns,
-    )?)
+        _ => vec![],
+    })
 }
 
 /// A proto3 schema with one message, named after `topic`, holding `table`'s columns in order:
