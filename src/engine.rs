@@ -147,7 +147,6 @@ async fn vector_model_mismatch(
     ctx: &SessionContext,
     insert: &datafusion::sql::sqlparser::ast::Insert,
 ) -> Option<crate::Error> {
-    use crate::udf::embed::vector_model;
     use datafusion::sql::sqlparser::ast::TableObject;
     let TableObject::TableName(name) = &insert.table else {
         return None;
@@ -166,10 +165,8 @@ async fn vector_model_mismatch(
         .iter()
         .zip(source.fields())
         .find_map(|(column, incoming)| {
-            let stored = vector_model(target.field_with_name(column).ok()?)?;
-            let incoming = vector_model(incoming)?;
-            (stored != incoming)
-                .then(|| crate::index::write::model_mismatch(column, &stored, &incoming))
+            let stored = target.field_with_name(column).ok()?;
+            crate::index::write::model_mismatch(column, stored, incoming)
         })
 }
 

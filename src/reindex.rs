@@ -25,7 +25,7 @@ use lance::Dataset;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::index::offsets::read_all_offsets;
+use crate::index::offsets::{properties_at, read_all_offsets};
 use crate::index::{alias, Change, LanceTable};
 use crate::inference::tokenize::Truncation;
 use crate::inference::{CallOptions, EmbedInput, Inference};
@@ -116,18 +116,14 @@ pub async fn reindex(inference: &Inference, options: &ReindexOptions) -> Result<
         .await
         .map_err(|e| Error::Index(format!("{source_uri}: {e}")))? as u64;
     let dir = inference.embed_model_dir().await?;
-    let model = format!("{}@{}", dir.id, dir.weights_digest);
-    let dims = match options.dims {
-        None => dir.config.hidden_size,
-        Some(d) if (1..=dir.config.hidden_size).contains(&d) => d,
-        Some(d) => {
-            return Err(Error::InvalidArgument(format!(
-                "--dims {d}: must be between 1 and {} (the model's dimension)",
-                dir.config.hidden_size
-            )))
-        }
+    let dims = output_dims(options.dims, dir.config.hidden_size)?;
+    let output = Output {
+        inference,
+        options,
+        schema: target_schema(&pinned, options, &dir.id, &dir.weights_digest, dims)?,
+        dims,
+        model: format!("{}@{}", dir.id, dir.weights_digest),
     };
-    let schema = target_schema(&pinned, options, &dir.id, &dir.weights_digest, dims)?;
     let resumed_at = earlier.as_ref().map_or(0, |p| p.rows);
     let mut progress = Progress {
         source: source_uri.clone(),
@@ -138,45 +134,11 @@ pub async fn reindex(inference: &Inference, options: &ReindexOptions) -> Result<
     if !progress.done {
         let target = LanceTable::open(
             &options.to,
-            Some(schema.clone()),
+            Some(output.schema.clone()),
             source.primary_key().map(String::from),
         )
         .await?;
-        let offsets = read_all_offsets(&pinned).await?;
-        let mut scanner = pinned.scan();
-        scanner
-            .scan_in_order(true)
-            .batch_size(options.batch_rows)
-            .limit(None, Some(progress.rows as i64))
-            .map_err(|e| Error::Index(format!("{source_uri}: {e}")))?;
-        let mut rows = scanner
-            .try_into_stream()
-            .await
-            .map_err(|e| Error::Index(format!("{source_uri}: {e}")))?;
-        while let Some(batch) = rows
-            .try_next()
-            .await
-            .map_err(|e| Error::Index(format!("{source_uri}: {e}")))?
-        {
-            let batch = reembed(inference, options, &schema, dims, &model, batch).await?;
-            progress.rows += batch.num_rows() as u64;
-            progress.done = progress.rows >= total;
-            target
-                .apply(Change {
-                    rows: vec![batch],
-                    offsets: (!offsets.is_empty()).then(|| offsets.clone()),
-                    properties: vec![(PROGRESS_PROPERTY.to_string(), to_json(&progress))],
-                    ..Default::default()
-                })
-                .await?;
-            tracing::info!(rows = progress.rows, total, "reindex progress");
-        }
-        if !progress.done {
-            return Err(Error::Index(format!(
-                "{source_uri}@{version}: read {} of {total} rows",
-                progress.rows
-            )));
-        }
+        copy_rows(&output, &pinned, &target, &mut progress, total).await?;
     }
     let swapped = if options.swap {
         alias::point(std::path::Path::new(&options.from), &options.to)?;
@@ -188,12 +150,74 @@ pub async fn reindex(inference: &Inference, options: &ReindexOptions) -> Result<
         source: source_uri,
         source_version: version,
         target: options.to.clone(),
-        model,
+        model: output.model,
         rows: progress.rows,
         resumed_at,
         seconds: started.elapsed().as_secs_f64(),
         swapped,
     })
+}
+
+/// What the rebuilt rows get: the new vectors, their shape and their model.
+struct Output<'a> {
+    inference: &'a Inference,
+    options: &'a ReindexOptions,
+    schema: SchemaRef,
+    dims: usize,
+    /// `<model id>@<weights digest>`, as `embed_model()` says.
+    model: String,
+}
+
+/// `--dims`, checked against the model's dimension `hidden` (its default).
+fn output_dims(requested: Option<usize>, hidden: usize) -> Result<usize> {
+    match requested {
+        None => Ok(hidden),
+        Some(d) if (1..=hidden).contains(&d) => Ok(d),
+        Some(d) => Err(Error::InvalidArgument(format!(
+            "--dims {d}: must be between 1 and {hidden} (the model's dimension)"
+        ))),
+    }
+}
+
+/// Re-embeds the pinned version's rows after `progress.rows` (in scan order) into `target`,
+/// a commit per batch recording the progress and the version's stream positions.
+async fn copy_rows(
+    output: &Output<'_>,
+    pinned: &Dataset,
+    target: &LanceTable,
+    progress: &mut Progress,
+    total: u64,
+) -> Result<()> {
+    let source = |e: lance::Error| Error::Index(format!("{}: {e}", progress.source));
+    let offsets = read_all_offsets(pinned).await?;
+    let mut scanner = pinned.scan();
+    scanner
+        .scan_in_order(true)
+        .batch_size(output.options.batch_rows)
+        .limit(None, Some(progress.rows as i64))
+        .map_err(source)?;
+    let mut rows = scanner.try_into_stream().await.map_err(source)?;
+    while let Some(batch) = rows.try_next().await.map_err(source)? {
+        let batch = reembed(output, batch).await?;
+        progress.rows += batch.num_rows() as u64;
+        progress.done = progress.rows >= total;
+        target
+            .apply(Change {
+                rows: vec![batch],
+                offsets: (!offsets.is_empty()).then(|| offsets.clone()),
+                properties: vec![(PROGRESS_PROPERTY.to_string(), to_json(progress))],
+                ..Default::default()
+            })
+            .await?;
+        tracing::info!(rows = progress.rows, total, "reindex progress");
+    }
+    if !progress.done {
+        return Err(Error::Index(format!(
+            "{}@{}: read {} of {total} rows",
+            progress.source, progress.version, progress.rows
+        )));
+    }
+    Ok(())
 }
 
 fn check_options(options: &ReindexOptions) -> Result<()> {
@@ -238,15 +262,12 @@ async fn open_version(uri: &str, version: u64) -> Result<Dataset> {
 async fn progress_of(ds: &Dataset, location: &str) -> Result<Progress> {
     let mut version = ds.version().version;
     while version >= 1 {
-        let txn = ds
-            .read_transaction_by_version(version)
-            .await
-            .map_err(|e| Error::Index(format!("{location}: version {version}: {e}")))?;
-        let recorded = txn
-            .and_then(|t| t.transaction_properties)
-            .and_then(|p| p.get(PROGRESS_PROPERTY).cloned());
-        if let Some(text) = recorded {
-            return serde_json::from_str(&text).map_err(|e| {
+        // A version removed by cleanup ends the history.
+        let Some(properties) = properties_at(ds, version).await? else {
+            break;
+        };
+        if let Some(text) = properties.get(PROGRESS_PROPERTY) {
+            return serde_json::from_str(text).map_err(|e| {
                 Error::Index(format!("{location}: {PROGRESS_PROPERTY} is not valid: {e}"))
             });
         }
@@ -273,7 +294,7 @@ fn target_schema(
 ) -> Result<SchemaRef> {
     let schema = Schema::from(source.schema());
     let named = |column: &str, flag: &str| {
-        schema.field_with_name(column).map(|_| ()).map_err(|_| {
+        schema.field_with_name(column).map_err(|_| {
             Error::InvalidArgument(format!(
                 "{flag} {column}: the index has no such column (it has {})",
                 schema
@@ -285,35 +306,19 @@ fn target_schema(
             ))
         })
     };
-    named(&options.text_column, "--text-column")?;
+    let text = |column: &str, flag: &str| {
+        let field = named(column, flag)?;
+        match field.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Ok(()),
+            other => Err(Error::InvalidArgument(format!(
+                "{flag} {column}: is {other}, not text"
+            ))),
+        }
+    };
+    text(&options.text_column, "--text-column")?;
     named(&options.vector_column, "--vector-column")?;
     if let Some(column) = &options.model_column {
-        named(column, "--model-column")?;
-        let field = schema
-            .field_with_name(column)
-            .map_err(|e| Error::InvalidArgument(format!("--model-column {column}: {e}")))?;
-        if !matches!(
-            field.data_type(),
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-        ) {
-            return Err(Error::InvalidArgument(format!(
-                "--model-column {column}: is {}, not text",
-                field.data_type()
-            )));
-        }
-    }
-    let text = schema.field_with_name(&options.text_column).map_err(|e| {
-        Error::InvalidArgument(format!("--text-column {}: {e}", options.text_column))
-    })?;
-    if !matches!(
-        text.data_type(),
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-    ) {
-        return Err(Error::InvalidArgument(format!(
-            "--text-column {}: is {}, not text",
-            options.text_column,
-            text.data_type()
-        )));
+        text(column, "--model-column")?;
     }
     let fields = schema
         .fields()
@@ -343,14 +348,15 @@ fn target_schema(
 }
 
 /// `batch` with its vector column recomputed from its text column (NULL text: NULL vector).
-async fn reembed(
-    inference: &Inference,
-    options: &ReindexOptions,
-    schema: &SchemaRef,
-    dims: usize,
-    model: &str,
-    batch: RecordBatch,
-) -> Result<RecordBatch> {
+async fn reembed(output: &Output<'_>, batch: RecordBatch) -> Result<RecordBatch> {
+    let Output {
+        inference,
+        options,
+        schema,
+        dims,
+        model,
+    } = output;
+    let dims = *dims;
     let text = batch
         .column_by_name(&options.text_column)
         .ok_or_else(|| Error::Index(format!("no column {}", options.text_column)))?;
@@ -386,7 +392,8 @@ async fn reembed(
             if f.name() == &options.vector_column {
                 Ok(Arc::new(vectors.clone()) as ArrayRef)
             } else if options.model_column.as_ref() == Some(f.name()) {
-                let models = arrow::array::StringArray::from(vec![model; batch.num_rows()]);
+                let models =
+                    arrow::array::StringArray::from(vec![model.as_str(); batch.num_rows()]);
                 Ok(arrow::compute::cast(&models, f.data_type())?)
             } else {
                 batch

@@ -139,17 +139,8 @@ pub enum Recorded {
 
 /// The stream positions the commit of `version` recorded.
 pub async fn recorded_at(dataset: &Dataset, version: u64) -> Result<Recorded> {
-    let txn = match dataset.read_transaction_by_version(version).await {
-        Ok(txn) => txn,
-        Err(
-            lance::Error::NotFound { .. }
-            | lance::Error::VersionNotFound { .. }
-            | lance::Error::DatasetNotFound { .. },
-        ) => return Ok(Recorded::Gone),
-        Err(e) => return Err(Error::Index(format!("reading version {version}: {e}"))),
-    };
-    let Some(props) = txn.and_then(|t| t.transaction_properties) else {
-        return Ok(Recorded::Nothing);
+    let Some(props) = properties_at(dataset, version).await? else {
+        return Ok(Recorded::Gone);
     };
     match props.get(OFFSETS_PROPERTY) {
         Some(text) => Ok(Recorded::Offsets {
@@ -158,6 +149,28 @@ pub async fn recorded_at(dataset: &Dataset, version: u64) -> Result<Recorded> {
         }),
         None => Ok(Recorded::Nothing),
     }
+}
+
+/// The transaction properties the commit of `version` recorded (empty when it recorded
+/// none); `None` when the version was removed by `cleanup_old_versions`.
+pub async fn properties_at(
+    dataset: &Dataset,
+    version: u64,
+) -> Result<Option<std::collections::HashMap<String, String>>> {
+    let txn = match dataset.read_transaction_by_version(version).await {
+        Ok(txn) => txn,
+        Err(
+            lance::Error::NotFound { .. }
+            | lance::Error::VersionNotFound { .. }
+            | lance::Error::DatasetNotFound { .. },
+        ) => return Ok(None),
+        Err(e) => return Err(Error::Index(format!("reading version {version}: {e}"))),
+    };
+    Ok(Some(
+        txn.and_then(|t| t.transaction_properties)
+            .map(|p| (*p).clone())
+            .unwrap_or_default(),
+    ))
 }
 
 #[cfg(test)]

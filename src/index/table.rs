@@ -164,24 +164,28 @@ impl LanceTable {
         }
     }
 
-    /// The alias file the table follows, when its LOCATION is one.
-    pub fn alias(&self) -> Option<&std::path::Path> {
-        self.location.alias.as_deref()
+    /// The alias's target when the alias now names another dataset than the one in use.
+    fn moved_target(&self) -> Result<Option<(&std::path::Path, String)>> {
+        let Some(alias) = &self.location.alias else {
+            return Ok(None);
+        };
+        let target = super::alias::resolve(alias)?;
+        Ok((target != self.uri()).then_some((alias.as_path(), target)))
+    }
+
+    fn set_target(&self, alias: &std::path::Path, target: String) {
+        tracing::info!(alias = %alias.display(), %target, "index alias moved");
+        match self.location.target.write() {
+            Ok(mut t) => *t = target,
+            Err(poisoned) => *poisoned.into_inner() = target,
+        }
     }
 
     /// Follows the alias to a new target when it changed: `slot` is emptied so the caller
     /// opens the new dataset.
     fn follow_alias(&self, slot: &mut Option<Arc<Dataset>>) -> Result<()> {
-        let Some(alias) = &self.location.alias else {
-            return Ok(());
-        };
-        let target = super::alias::resolve(alias)?;
-        if target != self.uri() {
-            tracing::info!(alias = %alias.display(), %target, "index alias moved");
-            match self.location.target.write() {
-                Ok(mut t) => *t = target,
-                Err(poisoned) => *poisoned.into_inner() = target,
-            }
+        if let Some((alias, target)) = self.moved_target()? {
+            self.set_target(alias, target);
             *slot = None;
         }
         Ok(())
@@ -191,24 +195,16 @@ impl LanceTable {
     /// the new target right away so its schema is the one planned with. Skipped while a
     /// commit holds the table (that commit's refresh follows the alias).
     fn follow_alias_now(&self) -> Result<()> {
-        let Some(alias) = &self.location.alias else {
+        let Some((alias, target)) = self.moved_target()? else {
             return Ok(());
         };
-        let target = super::alias::resolve(alias)?;
-        if target == self.uri() {
-            return Ok(());
-        }
         let Ok(mut guard) = self.dataset.try_lock() else {
             return Ok(());
         };
         let opening = target.clone();
         let ds = crate::inference::block_on(async move { open_dataset(&opening).await })?
             .map_err(|e| Error::Index(format!("{}: {target}: {e}", alias.display())))?;
-        tracing::info!(alias = %alias.display(), %target, "index alias moved");
-        match self.location.target.write() {
-            Ok(mut t) => *t = target,
-            Err(poisoned) => *poisoned.into_inner() = target,
-        }
+        self.set_target(alias, target);
         self.set_schema(&ds);
         *guard = Some(Arc::new(ds));
         Ok(())

@@ -391,28 +391,28 @@ fn with_vector_model(
     metadata
 }
 
-/// The refusal of vectors of model `incoming` for `column`, whose index holds `stored`'s.
-pub fn model_mismatch(column: &str, stored: &str, incoming: &str) -> Error {
-    Error::InvalidArgument(format!(
-        "column {column}: the index holds vectors of {stored}, these rows were embedded with {incoming}; embed with the index's model, or rebuild the index with `semflow reindex`"
-    ))
+/// The refusal of `incoming`'s vectors for `column` when both fields record their model and
+/// the models differ (`stored`: the index's column).
+pub fn model_mismatch(column: &str, stored: &Field, incoming: &Field) -> Option<Error> {
+    use crate::udf::embed::vector_model;
+    let (stored, incoming) = (vector_model(stored)?, vector_model(incoming)?);
+    (stored != incoming).then(|| {
+        Error::InvalidArgument(format!(
+            "column {column}: the index holds vectors of {stored}, these rows were embedded with {incoming}; embed with the index's model, or rebuild the index with `semflow reindex`"
+        ))
+    })
 }
 
 /// Refuses rows whose vectors come from another model than the one the table's columns
 /// record (a pipeline restarted with a new model writing into an old index).
 pub fn check_vector_models(table: &Schema, rows: &[RecordBatch]) -> Result<()> {
-    use crate::udf::embed::vector_model;
     for batch in rows {
-        for field in batch.schema().fields() {
-            let Some(incoming) = vector_model(field) else {
+        for incoming in batch.schema().fields() {
+            let Ok(stored) = table.field_with_name(incoming.name()) else {
                 continue;
             };
-            let stored = table
-                .field_with_name(field.name())
-                .ok()
-                .and_then(vector_model);
-            if let Some(stored) = stored.filter(|s| *s != incoming) {
-                return Err(model_mismatch(field.name(), &stored, &incoming));
+            if let Some(refused) = model_mismatch(incoming.name(), stored, incoming) {
+                return Err(refused);
             }
         }
     }

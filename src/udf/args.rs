@@ -54,16 +54,12 @@ pub fn model_name_at_plan(
 ) -> Result<Option<String>> {
     match argument {
         None => Ok(None),
-        Some(Some(v)) => match v {
-            ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s) => {
-                Ok(s.clone())
-            }
-            ScalarValue::Null => Ok(None),
-            other => plan_err!(
+        Some(Some(v)) => scalar_string(v).or_else(|_| {
+            plan_err!(
                 "{function}(): argument {position} (model) must be a model name, got {}",
-                other.data_type()
-            ),
-        },
+                v.data_type()
+            )
+        }),
         Some(None) => {
             plan_err!("{function}(): argument {position} (model) must be a constant, not a column")
         }
