@@ -131,12 +131,12 @@ fn rewrite_sort(sort: &Sort, k: usize) -> Result<Option<Sort>> {
     let Ok(column_field) = schema.field_with_name(&column) else {
         return Ok(None);
     };
-    // The query vector was folded to a constant; its metadata still names its model.
-    if let Some(metadata) = &query_metadata {
-        let query_field =
-            metadata.add_to_field(Field::new("query", query.data_type().clone(), true));
-        check_same_model(udf.kind().name(), column_field, &query_field)?;
-    }
+    check_query_model(
+        udf.kind(),
+        column_field,
+        query.data_type(),
+        query_metadata.as_ref(),
+    )?;
     let knn = Arc::new(KnnScan {
         table: table.clone(),
         column,
@@ -162,6 +162,21 @@ fn rewrite_sort(sort: &Sort, k: usize) -> Result<Option<Sort>> {
         input: Arc::new(input),
         fetch: sort.fetch,
     }))
+}
+
+/// Refuses a query vector of another model than `column`'s. The query was folded to a
+/// constant by now; its literal's metadata still names its model.
+fn check_query_model(
+    kind: VectorFn,
+    column: &Field,
+    query_type: &arrow::datatypes::DataType,
+    metadata: Option<&datafusion::common::metadata::FieldMetadata>,
+) -> Result<()> {
+    let Some(metadata) = metadata else {
+        return Ok(());
+    };
+    let query = metadata.add_to_field(Field::new("query", query_type.clone(), true));
+    check_same_model(kind.name(), column, &query)
 }
 
 /// The values of a constant, non-null vector literal.
