@@ -159,3 +159,59 @@ async fn works_on_a_current_thread_runtime() {
     let rows: usize = r[0].batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 2);
 }
+
+/// Callers that count tokens first (the HTTP API's limits and `usage`) tokenize once: the core
+/// embeds and scores the ids it is handed instead of tokenizing the text again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenized_inputs_are_not_tokenized_again() {
+    let inference = Inference::new(common::tiny_config());
+    let doc = |t: &str| EmbedInput {
+        text: t.into(),
+        instruction: None,
+    };
+    let texts = vec![doc("graphene conducts heat"), doc("a b"), doc("a b")];
+    let ids = inference.tokenize_embed(&texts).await.unwrap();
+    let plain = inference
+        .embed(texts.clone(), vec![0, 1, 2], OPTS)
+        .await
+        .unwrap();
+    let reused = inference
+        .embed_tokenized(texts.clone(), ids.clone(), vec![0, 1, 2], OPTS)
+        .await
+        .unwrap();
+    assert_eq!(plain, reused);
+    assert_ne!(plain[0], plain[1], "the two texts must embed differently");
+    // Handed the ids of another text, the core embeds those ids: the text is not re-read.
+    let swapped = vec![ids[1].clone(), ids[0].clone(), ids[0].clone()];
+    let from_ids = inference
+        .embed_tokenized(texts, swapped, vec![0, 1, 2], OPTS)
+        .await
+        .unwrap();
+    assert_eq!(from_ids[0], plain[1]);
+    assert_eq!(from_ids[1], plain[0]);
+
+    let pair = |d: &str| RerankInput {
+        query: "what conducts heat".into(),
+        document: d.into(),
+        instruction: None,
+    };
+    let pairs = vec![pair("graphene conducts heat"), pair("wood")];
+    let bodies = inference.tokenize_rerank(&pairs).await.unwrap();
+    let plain = inference
+        .rerank(pairs.clone(), vec![0, 1], OPTS)
+        .await
+        .unwrap();
+    let swapped = vec![bodies[1].clone(), bodies[0].clone()];
+    let from_ids = inference
+        .rerank_tokenized(pairs, swapped, vec![0, 1], OPTS)
+        .await
+        .unwrap();
+    assert_eq!(from_ids, vec![plain[1], plain[0]]);
+    assert_ne!(
+        plain[0], plain[1],
+        "the two documents must score differently"
+    );
+    let lengths = inference.rerank_prompt_lengths(&bodies).await.unwrap();
+    let (pre, post) = inference.rerank_affixes().await.unwrap();
+    assert_eq!(lengths[1], pre.len() + bodies[1].len() + post.len());
+}

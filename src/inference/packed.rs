@@ -540,6 +540,23 @@ impl PackedWorker {
     }
 }
 
+/// A reranker on a [`PackedWorker`]: the model's two outputs per prompt are the "yes" and
+/// "no" logits, turned into P(yes) here.
+pub struct PackedScorer(pub PackedWorker);
+
+impl PackedScorer {
+    /// P(yes) for each whole prompt.
+    pub async fn score(&self, seqs: Vec<Vec<u32>>) -> Result<Vec<f32>> {
+        Ok(self
+            .0
+            .run(seqs)
+            .await?
+            .into_iter()
+            .map(|yn| super::prompts::p_yes(yn[0], yn[1]))
+            .collect())
+    }
+}
+
 /// The model thread: take a job, add whatever else is queued up to the token budget, run the
 /// lot in budget-sized forward passes, answer each job.
 fn serve(model: PackedQwen3, rx: mpsc::Receiver<Job>) {

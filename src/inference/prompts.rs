@@ -4,6 +4,12 @@
 
 /// `<|endoftext|>`: the token whose final hidden state is the embedding.
 pub const EOS_TOKEN_ID: u32 = 151643;
+/// Tokens the embedding model reads for `ids`: `<|endoftext|>` is appended unless already
+/// last (before any truncation).
+pub fn embedding_length(ids: &[u32]) -> usize {
+    ids.len() + usize::from(ids.last() != Some(&EOS_TOKEN_ID))
+}
+
 /// `<|im_start|>`.
 pub const IM_START_TOKEN_ID: u32 = 151644;
 /// `yes` in the Qwen3 vocabulary: the reranker's positive label.

@@ -328,11 +328,7 @@ async fn embeddings(
                 "instruction applies to text input; token ids must already hold the formatted query",
             ));
         }
-        for ids in &seqs {
-            // + the <|endoftext|> appended unless already last.
-            let n = ids.len() + usize::from(ids.last() != Some(&prompts::EOS_TOKEN_ID));
-            lengths.push(n);
-        }
+        lengths.extend(seqs.iter().map(|ids| prompts::embedding_length(ids)));
         check_tokens(&lengths, &state.options, "input")?;
         prompt_tokens = lengths.iter().sum();
         let truncation = call_options(&state.options).truncation;
@@ -418,13 +414,6 @@ async fn embed_texts(
     opts: CallOptions,
     param: &'static str,
 ) -> std::result::Result<(Vec<Arc<[f32]>>, usize), ApiError> {
-    let mut lengths = Vec::with_capacity(texts.len());
-    for t in &texts {
-        let formatted = inference.embedding_text(t, instruction.as_deref()).await?;
-        // + the <|endoftext|> the model appends; counted before any truncation.
-        lengths.push(inference.embed_tokenize(&formatted).await?.len() + 1);
-    }
-    check_tokens(&lengths, &state.options, param)?;
     let inputs: Vec<EmbedInput> = texts
         .into_iter()
         .map(|text| EmbedInput {
@@ -432,8 +421,15 @@ async fn embed_texts(
             instruction: instruction.clone(),
         })
         .collect();
+    // Tokenized once: the counts check the limits and fill `usage`, the ids are embedded.
+    let ids = inference.tokenize_embed(&inputs).await?;
+    let lengths: Vec<usize> = ids
+        .iter()
+        .map(|ids| prompts::embedding_length(ids))
+        .collect();
+    check_tokens(&lengths, &state.options, param)?;
     let rows = (0..inputs.len()).collect();
-    let vectors = inference.embed(inputs, rows, opts).await?;
+    let vectors = inference.embed_tokenized(inputs, ids, rows, opts).await?;
     Ok((vectors, lengths.iter().sum()))
 }
 
@@ -458,15 +454,22 @@ async fn rerank_scores(
             instruction: instruction.clone(),
         })
         .collect();
-    if state.options.max_item_tokens.is_some() || state.options.max_request_tokens.is_some() {
-        // Counted as the reranker reads them: the whole prompt around query and document.
-        let lengths = inference.rerank_lengths(&inputs).await?;
-        check_tokens(&lengths, &state.options, "documents")?;
-    }
     let rows = (0..inputs.len()).collect();
     let opts = call_options(&state.options);
     let items = inputs.len();
-    let scores = inference.rerank(inputs, rows, opts).await?;
+    let scores =
+        if state.options.max_item_tokens.is_some() || state.options.max_request_tokens.is_some() {
+            // Counted as the reranker reads them (the whole prompt around query and document),
+            // tokenized once for the count and the scores.
+            let bodies = inference.tokenize_rerank(&inputs).await?;
+            let lengths = inference.rerank_prompt_lengths(&bodies).await?;
+            check_tokens(&lengths, &state.options, "documents")?;
+            inference
+                .rerank_tokenized(inputs, bodies, rows, opts)
+                .await?
+        } else {
+            inference.rerank(inputs, rows, opts).await?
+        };
     // Rerank tokens are in the inference counters (semflow_inference_rerank_tokens).
     record_batch(route, items, 0);
     Ok(scores)

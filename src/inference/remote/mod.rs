@@ -61,6 +61,18 @@ pub struct RemoteConfig {
     pub health_interval_s: f64,
 }
 
+impl RemoteConfig {
+    /// Whether embedding endpoints replace the local embedding model.
+    pub fn serves_embeddings(&self) -> bool {
+        !self.embed_endpoints.is_empty()
+    }
+
+    /// Whether rerank endpoints replace the local reranker.
+    pub fn serves_reranking(&self) -> bool {
+        !self.rerank_endpoints.is_empty()
+    }
+}
+
 impl Default for RemoteConfig {
     fn default() -> Self {
         Self {
