@@ -22,8 +22,7 @@ async fn start(password: Option<&str>) -> (SocketAddr, tokio::sync::oneshot::Sen
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let options = PgOptions {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        password: password.map(String::from),
+        secret: password.map(String::from),
         ..PgOptions::default()
     };
     tokio::spawn(async move {
@@ -263,11 +262,7 @@ async fn front_ends_keep_their_own_session_state() {
     let engine = common::tiny_engine();
     engine.run_sql(SETUP).await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let options = PgOptions {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        password: None,
-        ..PgOptions::default()
-    };
+    let options = PgOptions::default();
     let pg_engine = engine.clone();
     tokio::spawn(async move {
         serve(&pg_engine, options, std::future::pending(), move |a| {

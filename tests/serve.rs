@@ -6,6 +6,7 @@ use crate::common;
 use std::net::SocketAddr;
 
 use base64::Engine as _;
+use semflow::serve::access::Listener;
 use semflow::serve::http::{serve, HttpOptions};
 use serde_json::{json, Value};
 
@@ -14,8 +15,10 @@ async fn start(
     max_items: usize,
 ) -> (String, tokio::sync::oneshot::Sender<()>) {
     start_with(HttpOptions {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        token: token.map(String::from),
+        listener: Listener {
+            secret: token.map(String::from),
+            ..Listener::default()
+        },
         max_items,
         max_body_bytes: 64 << 10,
         ..HttpOptions::default()
@@ -262,10 +265,12 @@ async fn a_token_is_required_when_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_capacity_requests_get_429_with_retry_after() {
     let (base, stop) = start_with(HttpOptions {
-        addr: "127.0.0.1:0".parse().unwrap(),
+        listener: Listener {
+            admission: semflow::serve::admission::Admission::new(1, 0),
+            ..Listener::default()
+        },
         max_items: 10_000,
         max_body_bytes: 4 << 20,
-        admission: semflow::serve::admission::Admission::new(1, 0),
         ..HttpOptions::default()
     })
     .await;
@@ -367,7 +372,6 @@ async fn token_id_inputs_embed_like_text() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_limits_per_item_and_per_request_answer_413() {
     let (base, _stop) = start_with(HttpOptions {
-        addr: "127.0.0.1:0".parse().unwrap(),
         max_item_tokens: Some(8),
         max_request_tokens: Some(12),
         ..HttpOptions::default()
@@ -411,7 +415,6 @@ async fn rerank_limits_count_the_whole_reranker_prompt() {
     // The Qwen3-Reranker prompt around a query and a document is ~80 tokens: a document of
     // ~30 tokens fits 120, one of ~60 does not (though query and document alone would).
     let (base, _stop) = start_with(HttpOptions {
-        addr: "127.0.0.1:0".parse().unwrap(),
         max_item_tokens: Some(120),
         ..HttpOptions::default()
     })
@@ -514,7 +517,6 @@ async fn self_hosted_generator_returns_schema_valid_json_and_drives_synth() {
     .await
     .unwrap();
     let (base, _stop) = start_with(HttpOptions {
-        addr: "127.0.0.1:0".parse().unwrap(),
         chat: Some(std::sync::Arc::new(chat)),
         ..HttpOptions::default()
     })
@@ -639,8 +641,10 @@ async fn every_listener_draws_on_one_admission_budget() {
         let (engine, admission) = (engine.clone(), admission.clone());
         common::spawn_bound(|bound| async move {
             let options = HttpOptions {
-                addr: "127.0.0.1:0".parse().unwrap(),
-                admission,
+                listener: Listener {
+                    admission,
+                    ..Listener::default()
+                },
                 ..HttpOptions::default()
             };
             serve(&engine, options, std::future::pending(), bound).await
@@ -651,7 +655,6 @@ async fn every_listener_draws_on_one_admission_budget() {
         let (engine, admission) = (engine.clone(), admission.clone());
         common::spawn_bound(|bound| async move {
             let options = semflow::serve::pg::PgOptions {
-                addr: "127.0.0.1:0".parse().unwrap(),
                 admission,
                 ..Default::default()
             };
@@ -663,7 +666,6 @@ async fn every_listener_draws_on_one_admission_budget() {
         let (engine, admission) = (engine.clone(), admission.clone());
         common::spawn_bound(|bound| async move {
             let options = semflow::serve::flight::FlightOptions {
-                addr: "127.0.0.1:0".parse().unwrap(),
                 admission,
                 ..Default::default()
             };

@@ -96,9 +96,11 @@ fn server_tls(certs: &Certs) -> ServerTls {
 async fn https_server(certs: &Certs) -> SocketAddr {
     let engine = common::tiny_engine();
     let options = HttpOptions {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        token: Some(TOKEN.into()),
-        tls: Some(server_tls(certs)),
+        listener: semflow::serve::access::Listener {
+            secret: Some(TOKEN.into()),
+            tls: Some(server_tls(certs)),
+            ..Default::default()
+        },
         ..HttpOptions::default()
     };
     common::spawn_bound(|bound| async move {
@@ -110,8 +112,7 @@ async fn https_server(certs: &Certs) -> SocketAddr {
 async fn pg_server(certs: Option<&Certs>) -> SocketAddr {
     let engine = common::tiny_engine();
     let options = PgOptions {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        password: Some(PASSWORD.into()),
+        secret: Some(PASSWORD.into()),
         tls: certs.map(server_tls),
         ..PgOptions::default()
     };

@@ -146,59 +146,8 @@ impl KafkaOptions {
             schema_registry_auth: None,
         };
         for (key, value) in options {
-            let own = key.strip_prefix("format.");
-            match own {
-                Some("format") => {
-                    o.format = match value.as_str() {
-                        "json" => Format::Json,
-                        "raw" => Format::Raw,
-                        "avro" => Format::Avro,
-                        "protobuf" => Format::Protobuf,
-                        v => return Err(bad_value("format", v, "json, raw, avro, protobuf")),
-                    }
-                }
-                Some("envelope") => {
-                    o.envelope = match value.as_str() {
-                        "none" => Envelope::None,
-                        "debezium" => Envelope::Debezium,
-                        v => return Err(bad_value("envelope", v, "none, debezium")),
-                    }
-                }
-                Some("start") => {
-                    o.start = match value.as_str() {
-                        "committed" => Start::Committed,
-                        "earliest" => Start::Earliest,
-                        "latest" => Start::Latest,
-                        v => return Err(bad_value("start", v, "committed, earliest, latest")),
-                    }
-                }
-                Some("end") => {
-                    o.end = match value.as_str() {
-                        "never" => End::Never,
-                        "latest-at-start" => End::LatestAtStart,
-                        v => return Err(bad_value("end", v, "never, latest-at-start")),
-                    }
-                }
-                Some("batch_rows") => o.batch_rows = positive("batch_rows", value)?,
-                Some("batch_ms") => {
-                    o.batch_latency = Duration::from_millis(positive("batch_ms", value)? as u64)
-                }
-                Some("on_error") => {
-                    o.on_error = match value.as_str() {
-                        "dlq" => OnError::Dlq,
-                        "skip" => OnError::Skip,
-                        "fail" => OnError::Fail,
-                        v => return Err(bad_value("on_error", v, "dlq, skip, fail")),
-                    }
-                }
-                Some("dlq_topic") => o.dlq_topic = value.clone(),
-                Some("max_value_bytes") => o.max_value_bytes = positive("max_value_bytes", value)?,
-                Some("key") => o.key_column = Some(value.clone()),
-                Some(other) => {
-                    return Err(invalid(&format!(
-                        "unknown option '{other}' (semflow options: {KNOWN}; librdkafka properties have dots, e.g. 'bootstrap.servers' or 'kafka.security.protocol')"
-                    )))
-                }
+            match key.strip_prefix("format.") {
+                Some(name) => o.set_own(name, value)?,
                 None if key == "schema.registry.url" => o.schema_registry = Some(value.clone()),
                 None if key == "schema.registry.basic.auth.user.info" => {
                     let Some((user, secret)) = value.split_once(':') else {
@@ -214,12 +163,76 @@ impl KafkaOptions {
                 }
             }
         }
-        if o.envelope == Envelope::Debezium && o.format == Format::Raw {
+        o.check()?;
+        Ok(o)
+    }
+
+    /// Sets one of semflow's own options (`format.NAME` in the table's OPTIONS).
+    fn set_own(&mut self, name: &str, value: &str) -> Result<()> {
+        match name {
+            "format" => {
+                self.format = match value {
+                    "json" => Format::Json,
+                    "raw" => Format::Raw,
+                    "avro" => Format::Avro,
+                    "protobuf" => Format::Protobuf,
+                    v => return Err(bad_value("format", v, "json, raw, avro, protobuf")),
+                }
+            }
+            "envelope" => {
+                self.envelope = match value {
+                    "none" => Envelope::None,
+                    "debezium" => Envelope::Debezium,
+                    v => return Err(bad_value("envelope", v, "none, debezium")),
+                }
+            }
+            "start" => {
+                self.start = match value {
+                    "committed" => Start::Committed,
+                    "earliest" => Start::Earliest,
+                    "latest" => Start::Latest,
+                    v => return Err(bad_value("start", v, "committed, earliest, latest")),
+                }
+            }
+            "end" => {
+                self.end = match value {
+                    "never" => End::Never,
+                    "latest-at-start" => End::LatestAtStart,
+                    v => return Err(bad_value("end", v, "never, latest-at-start")),
+                }
+            }
+            "batch_rows" => self.batch_rows = positive("batch_rows", value)?,
+            "batch_ms" => {
+                self.batch_latency = Duration::from_millis(positive("batch_ms", value)? as u64)
+            }
+            "on_error" => {
+                self.on_error = match value {
+                    "dlq" => OnError::Dlq,
+                    "skip" => OnError::Skip,
+                    "fail" => OnError::Fail,
+                    v => return Err(bad_value("on_error", v, "dlq, skip, fail")),
+                }
+            }
+            "dlq_topic" => self.dlq_topic = value.to_string(),
+            "max_value_bytes" => self.max_value_bytes = positive("max_value_bytes", value)?,
+            "key" => self.key_column = Some(value.to_string()),
+            other => {
+                return Err(invalid(&format!(
+                    "unknown option '{other}' (semflow options: {KNOWN}; librdkafka properties have dots, e.g. 'bootstrap.servers' or 'kafka.security.protocol')"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// Options that only make sense together.
+    fn check(&self) -> Result<()> {
+        if self.envelope == Envelope::Debezium && self.format == Format::Raw {
             return Err(invalid(
                 "option 'envelope' = 'debezium' reads change events: use 'format' 'json', 'avro' or 'protobuf'",
             ));
         }
-        match (o.format, &o.schema_registry) {
+        match (self.format, &self.schema_registry) {
             (Format::Avro | Format::Protobuf, None) => {
                 return Err(invalid(
                     "'format' 'avro' and 'protobuf' read registry-framed values: set 'schema.registry.url' (e.g. 'http://registry:8081')",
@@ -232,17 +245,17 @@ impl KafkaOptions {
             }
             _ => {}
         }
-        if !o.client.contains_key("bootstrap.servers") {
+        if !self.client.contains_key("bootstrap.servers") {
             return Err(invalid("option 'bootstrap.servers' is required"));
         }
-        if let Some(strategy) = o.client.get("partition.assignment.strategy") {
+        if let Some(strategy) = self.client.get("partition.assignment.strategy") {
             if strategy.contains("cooperative") {
                 return Err(invalid(
                     "'partition.assignment.strategy' cooperative-sticky is not supported: exactly-once hand-over relies on eager rebalancing (range, roundrobin)",
                 ));
             }
         }
-        Ok(o)
+        Ok(())
     }
 
     pub fn group_id(&self) -> Option<&str> {

@@ -44,49 +44,17 @@ use tonic::metadata::MetadataMap;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::access::{check_exposure as check_access, constant_time_eq, Exposure};
+use super::access::{constant_time_eq, Listener, HOW_TO_SET_A_TOKEN};
 use crate::engine::Planned;
 use crate::error::{Error, Result};
 
-/// Flight SQL listener settings (the token and TLS are the HTTP API's).
-#[derive(Debug, Clone)]
-pub struct FlightOptions {
-    pub addr: SocketAddr,
-    /// Bearer token every call must carry.
-    pub token: Option<String>,
-    /// Allow a non-loopback address without a token.
-    pub insecure_no_auth: bool,
-    pub tls: Option<crate::tls::ServerTls>,
-    /// Allow a non-loopback address without TLS.
-    pub insecure_no_tls: bool,
-    /// Statements running at once and waiting, shared with the other listeners.
-    pub admission: super::admission::Admission,
-}
-
-impl Default for FlightOptions {
-    fn default() -> Self {
-        Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            token: None,
-            insecure_no_auth: false,
-            tls: None,
-            insecure_no_tls: false,
-            admission: super::admission::Admission::default(),
-        }
-    }
-}
+/// Flight SQL listener settings: the secret is the bearer token every call must carry (the
+/// HTTP API's token and TLS).
+pub type FlightOptions = Listener;
 
 /// Refuses to expose an unauthenticated or unencrypted listener beyond this machine.
 pub fn check_exposure(options: &FlightOptions) -> Result<()> {
-    check_access(Exposure {
-        flag: "--flight-addr",
-        addr: options.addr,
-        authenticated: options.token.is_some(),
-        how_to_authenticate: "set an API token (--api-token or SEMFLOW_API_TOKEN)",
-        insecure_no_auth: options.insecure_no_auth,
-        encrypted: options.tls.is_some(),
-        insecure_no_tls: options.insecure_no_tls,
-    })
+    options.check_exposure("--flight-addr", HOW_TO_SET_A_TOKEN)
 }
 
 /// Serves `engine` over Flight SQL until `shutdown` resolves; `on_bound` gets the address
@@ -100,21 +68,16 @@ pub async fn serve(
     check_exposure(&options)?;
     let service = FlightSql::new(
         engine.fork_session(),
-        options.token.clone(),
+        options.secret.clone(),
         options.admission.clone(),
     )?;
-    let token = options.token.clone();
+    let token = options.secret.clone();
     let service = FlightServiceServer::with_interceptor(service, move |request: Request<()>| {
         authorize(token.as_deref(), request.metadata())?;
         Ok(request)
     });
     let router = tonic::transport::Server::builder().add_service(service);
-    let listener = tokio::net::TcpListener::bind(options.addr)
-        .await
-        .map_err(|e| Error::io(options.addr.to_string(), e))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| Error::io(options.addr.to_string(), e))?;
+    let (listener, bound) = options.bind().await?;
     on_bound(bound);
     let served = match &options.tls {
         Some(tls) => {

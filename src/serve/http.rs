@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 
+use super::access::Listener;
 use super::api::*;
 use crate::error::{Error, Result};
 use crate::inference::tokenize::Truncation;
@@ -22,22 +23,13 @@ use crate::inference::{prompts, truncate_dims, CallOptions, EmbedInput, Inferenc
 /// Settings of the HTTP server.
 #[derive(Debug, Clone)]
 pub struct HttpOptions {
-    pub addr: SocketAddr,
-    /// Bearer token every request except /health must carry.
-    pub token: Option<String>,
-    /// Allow a non-loopback address without a token.
-    pub insecure_no_auth: bool,
-    /// Serve HTTPS with this certificate.
-    pub tls: Option<crate::tls::ServerTls>,
-    /// Allow a non-loopback address without TLS.
-    pub insecure_no_tls: bool,
+    /// Address, TLS (HTTPS), admission; the secret is the bearer token every request except
+    /// /health must carry. Beyond the admission budget requests get 429 with `Retry-After`.
+    pub listener: Listener,
     /// Most inputs (embeddings) or documents (rerank) per request.
     pub max_items: usize,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
-    /// Requests running at once and waiting, shared with the other listeners; beyond it
-    /// requests get 429 with `Retry-After`.
-    pub admission: super::admission::Admission,
     /// Longest input item in tokens (embeddings: the formatted input; rerank: query plus
     /// document); beyond it 413 instead of truncation. `None`: truncate at the model's limit.
     pub max_item_tokens: Option<usize>,
@@ -50,14 +42,9 @@ pub struct HttpOptions {
 impl Default for HttpOptions {
     fn default() -> Self {
         Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            token: None,
-            insecure_no_auth: false,
-            tls: None,
-            insecure_no_tls: false,
+            listener: Listener::default(),
             max_items: 2048,
             max_body_bytes: 8 << 20,
-            admission: super::admission::Admission::default(),
             max_item_tokens: None,
             max_request_tokens: None,
             chat: None,
@@ -67,15 +54,9 @@ impl Default for HttpOptions {
 
 /// Refuses to expose an unauthenticated or unencrypted server beyond this machine.
 pub fn check_exposure(options: &HttpOptions) -> Result<()> {
-    super::access::check_exposure(super::access::Exposure {
-        flag: "--http-addr",
-        addr: options.addr,
-        authenticated: options.token.is_some(),
-        how_to_authenticate: "set an API token (--api-token or SEMFLOW_API_TOKEN)",
-        insecure_no_auth: options.insecure_no_auth,
-        encrypted: options.tls.is_some(),
-        insecure_no_tls: options.insecure_no_tls,
-    })
+    options
+        .listener
+        .check_exposure("--http-addr", super::access::HOW_TO_SET_A_TOKEN)
 }
 
 struct AppState {
@@ -134,14 +115,9 @@ pub async fn serve(
     on_bound: impl FnOnce(SocketAddr),
 ) -> Result<()> {
     check_exposure(&options)?;
-    let listener = tokio::net::TcpListener::bind(options.addr)
-        .await
-        .map_err(|e| Error::InvalidArgument(format!("serve: binding {}: {e}", options.addr)))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| Error::InvalidArgument(format!("serve: {e}")))?;
+    let (listener, bound) = options.listener.bind().await?;
     on_bound(bound);
-    let tls = options.tls.clone();
+    let tls = options.listener.tls.clone();
     let app = router(engine, options);
     let served = match tls {
         Some(tls) => {
@@ -213,7 +189,7 @@ impl IntoResponse for ApiError {
 }
 
 async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    if let Some(token) = &state.options.token {
+    if let Some(token) = &state.options.listener.secret {
         let given = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -236,7 +212,7 @@ async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: N
 /// `Retry-After` at once instead of waiting unboundedly.
 async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     use super::admission::Refused;
-    let _permit = match state.options.admission.enter("http").await {
+    let _permit = match state.options.listener.admission.enter("http").await {
         Ok(permit) => permit,
         Err(refused) => {
             let status = match refused {
@@ -897,21 +873,21 @@ mod tests {
     fn exposure_needs_a_token_or_an_explicit_opt_out() {
         let mut o = HttpOptions::default();
         assert!(check_exposure(&o).is_ok());
-        o.addr = "0.0.0.0:8080".parse().unwrap();
+        o.listener.addr = "0.0.0.0:8080".parse().unwrap();
         assert!(check_exposure(&o)
             .unwrap_err()
             .to_string()
             .contains("--insecure-no-auth"));
-        o.token = Some("t".into());
+        o.listener.secret = Some("t".into());
         // A token alone is not enough: it would travel in clear text.
         assert!(check_exposure(&o)
             .unwrap_err()
             .to_string()
             .contains("--tls-cert"));
-        o.insecure_no_tls = true;
+        o.listener.insecure_no_tls = true;
         assert!(check_exposure(&o).is_ok());
-        o.token = None;
-        o.insecure_no_auth = true;
+        o.listener.secret = None;
+        o.listener.insecure_no_auth = true;
         assert!(check_exposure(&o).is_ok());
     }
 }

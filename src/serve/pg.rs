@@ -32,50 +32,21 @@ use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
-use tokio::net::TcpListener;
 
+use super::access::Listener;
 use crate::error::{Error, Result};
 
-/// Postgres listener settings.
-#[derive(Debug, Clone)]
-pub struct PgOptions {
-    pub addr: SocketAddr,
-    /// Required from every client when set (any user name).
-    pub password: Option<String>,
-    pub insecure_no_auth: bool,
-    /// TLS for clients that ask for it (`sslmode=require`); required from other machines.
-    pub tls: Option<crate::tls::ServerTls>,
-    /// Allow a non-loopback address without TLS.
-    pub insecure_no_tls: bool,
-    /// Queries running at once and waiting, shared with the other listeners.
-    pub admission: super::admission::Admission,
-}
-
-impl Default for PgOptions {
-    fn default() -> Self {
-        Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], 5433)),
-            password: None,
-            insecure_no_auth: false,
-            tls: None,
-            insecure_no_tls: false,
-            admission: super::admission::Admission::default(),
-        }
-    }
-}
+/// Postgres listener settings: the secret is the password every client must give (any user
+/// name); TLS serves clients that ask for it (`sslmode=require`).
+pub type PgOptions = Listener;
 
 /// Refuses a non-loopback address without a password or without TLS unless explicitly
 /// allowed.
 pub fn check_exposure(options: &PgOptions) -> Result<()> {
-    super::access::check_exposure(super::access::Exposure {
-        flag: "--pg-addr",
-        addr: options.addr,
-        authenticated: options.password.is_some(),
-        how_to_authenticate: "set a password (SEMFLOW_PG_PASSWORD or --pg-password)",
-        insecure_no_auth: options.insecure_no_auth,
-        encrypted: options.tls.is_some(),
-        insecure_no_tls: options.insecure_no_tls,
-    })
+    options.check_exposure(
+        "--pg-addr",
+        "set a password (SEMFLOW_PG_PASSWORD or --pg-password)",
+    )
 }
 
 /// The SQLSTATE for a DataFusion error (by its root cause).
@@ -447,16 +418,11 @@ pub async fn serve(
         admission: options.admission.clone(),
     });
     let password = options
-        .password
+        .secret
         .as_deref()
         .map(|p| Arc::new(ScramPassword::new(p)));
     let acceptor = options.tls.as_ref().map(|t| t.acceptor(&[b"postgresql"]));
-    let listener = TcpListener::bind(options.addr)
-        .await
-        .map_err(|e| Error::io(options.addr.to_string(), e))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| Error::io(options.addr.to_string(), e))?;
+    let (listener, bound) = options.bind().await?;
     on_bound(bound);
     tokio::pin!(shutdown);
     loop {
@@ -513,7 +479,7 @@ mod tests {
     fn exposure_needs_a_password() {
         let o = |addr: &str, password: Option<&str>| PgOptions {
             addr: addr.parse().unwrap(),
-            password: password.map(String::from),
+            secret: password.map(String::from),
             ..PgOptions::default()
         };
         assert!(check_exposure(&o("127.0.0.1:5433", None)).is_ok());

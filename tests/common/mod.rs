@@ -89,10 +89,7 @@ pub fn floats(v: &serde_json::Value) -> Vec<f64> {
 /// `semflow serve`'s HTTP API over `engine`, in-process on 127.0.0.1:0; returns its address.
 pub async fn serve_http(engine: Engine) -> std::net::SocketAddr {
     use semflow::serve::http::{serve, HttpOptions};
-    let options = HttpOptions {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        ..HttpOptions::default()
-    };
+    let options = HttpOptions::default();
     spawn_bound(|bound| async move { serve(&engine, options, std::future::pending(), bound).await })
         .await
 }
@@ -106,8 +103,7 @@ pub async fn serve_flight(
 ) -> std::net::SocketAddr {
     use semflow::serve::flight::{serve, FlightOptions};
     let options = FlightOptions {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        token: token.map(String::from),
+        secret: token.map(String::from),
         tls,
         ..FlightOptions::default()
     };
