@@ -440,52 +440,20 @@ pub async fn run(opts: &RetrievalOptions) -> Result<RetrievalResult> {
         slot: HashMap::new(),
         vectors: Vec::with_capacity(opts.rows * dims),
     };
-    let initial: Vec<(String, Vec<f32>)> = (0..opts.rows)
-        .map(|i| (format!("v{i}"), points.next()))
-        .collect();
-    for (id, v) in &initial {
-        truth.upsert(id, v);
-    }
+    let (plain, index_build_s) = fresh_index(dir.path(), opts, &mut points, &mut truth).await?;
     let queries: Vec<Vec<f32>> = (0..opts.queries).map(|_| points.next()).collect();
-
-    let plain = open(dir.path(), "plain", dims).await?;
-    load(&plain, &initial, dims).await?;
-    drop(initial);
-    crate::index::maintain::maintain(&plain).await?;
-    let index_build_s = build_index(&plain, opts.rows, dims).await?;
     let mut phases = vec![measure("fresh index", &plain, &truth, &queries, DEFAULT).await?];
     copy_dir(&dir.path().join("plain"), &dir.path().join("maintained"))?;
     let maintained = open(dir.path(), "maintained", dims).await?;
 
     let commits = stream_commits(opts, &mut points, &mut truth)?;
     let (without, _) = stream(&plain, &commits, opts.batch_rows, 0).await?;
-    phases.push(
-        measure(
-            "after stream, no maintenance",
-            &plain,
-            &truth,
-            &queries,
-            DEFAULT,
-        )
-        .await?,
-    );
-    let (with, rounds) = stream(
-        &maintained,
-        &commits,
-        opts.batch_rows,
-        opts.maintenance_every,
-    )
-    .await?;
-    phases.push(
-        measure(
-            "after stream, maintenance beside it",
-            &maintained,
-            &truth,
-            &queries,
-            DEFAULT,
-        )
-        .await?,
-    );
+    let phase = "after stream, no maintenance";
+    phases.push(measure(phase, &plain, &truth, &queries, DEFAULT).await?);
+    let every = opts.maintenance_every;
+    let (with, rounds) = stream(&maintained, &commits, opts.batch_rows, every).await?;
+    let phase = "after stream, maintenance beside it";
+    phases.push(measure(phase, &maintained, &truth, &queries, DEFAULT).await?);
     // What more probing and re-ranking buy on the maintained index (the settings users can
     // raise with SET semflow.search_effort / semflow.search_refine).
     for effort in SWEEP {
@@ -495,31 +463,7 @@ pub async fn run(opts: &RetrievalOptions) -> Result<RetrievalResult> {
         );
         phases.push(measure(&name, &maintained, &truth, &queries, effort).await?);
     }
-
-    // The baseline: the final rows compacted and indexed from scratch.
-    crate::index::maintain::maintain(&plain).await?;
-    build_index(&plain, truth.ids.len(), dims).await?;
-    phases.push(
-        measure(
-            "index rebuilt over the final rows",
-            &plain,
-            &truth,
-            &queries,
-            DEFAULT,
-        )
-        .await?,
-    );
-    phases.push(
-        measure(
-            "index rebuilt, refine 4",
-            &plain,
-            &truth,
-            &queries,
-            SWEEP[0],
-        )
-        .await?,
-    );
-
+    phases.extend(rebuilt(&plain, &truth, &queries).await?);
     Ok(RetrievalResult {
         options: opts.clone(),
         index_build_s,
@@ -528,6 +472,50 @@ pub async fn run(opts: &RetrievalOptions) -> Result<RetrievalResult> {
         stream_s_with_maintenance: with,
         maintenance_rounds: rounds,
     })
+}
+
+/// The `plain` table: `opts.rows` initial points (recorded in `truth`), compacted and
+/// indexed; returns it with the index build time.
+async fn fresh_index(
+    dir: &Path,
+    opts: &RetrievalOptions,
+    points: &mut Points,
+    truth: &mut Truth,
+) -> Result<(LanceTable, f64)> {
+    let initial: Vec<(String, Vec<f32>)> = (0..opts.rows)
+        .map(|i| (format!("v{i}"), points.next()))
+        .collect();
+    for (id, v) in &initial {
+        truth.upsert(id, v);
+    }
+    let plain = open(dir, "plain", opts.dims).await?;
+    load(&plain, &initial, opts.dims).await?;
+    drop(initial);
+    crate::index::maintain::maintain(&plain).await?;
+    let index_build_s = build_index(&plain, opts.rows, opts.dims).await?;
+    Ok((plain, index_build_s))
+}
+
+/// The baseline: the final rows compacted and indexed from scratch, measured at the default
+/// settings and at the sweep's first.
+async fn rebuilt(
+    table: &LanceTable,
+    truth: &Truth,
+    queries: &[Vec<f32>],
+) -> Result<Vec<SearchPhase>> {
+    crate::index::maintain::maintain(table).await?;
+    build_index(table, truth.ids.len(), truth.dims).await?;
+    Ok(vec![
+        measure(
+            "index rebuilt over the final rows",
+            table,
+            truth,
+            queries,
+            DEFAULT,
+        )
+        .await?,
+        measure("index rebuilt, refine 4", table, truth, queries, SWEEP[0]).await?,
+    ])
 }
 
 #[cfg(test)]
