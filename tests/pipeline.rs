@@ -617,15 +617,13 @@ async fn avro_sink_rows_read_by_confluents_deserializer() {
             {"key": "b", "value": {"id": "b", "body": null, "at": null, "v": [0.25], "price": null}}
         ])
     );
-    let scan = common::tiny_engine()
-        .run_sql(&format!(
-            "{table}; SELECT id, body, CAST(at AS TEXT) AS at, array_to_string(v, ',') AS v,
-                    CAST(price AS TEXT) AS price FROM out ORDER BY id"
-        ))
-        .await
-        .unwrap();
+    let read_back = scan_sink(
+        &table,
+        "id, body, CAST(at AS TEXT) AS at, array_to_string(v, ',') AS v, CAST(price AS TEXT) AS price",
+    )
+    .await;
     assert_eq!(
-        text_rows(&scan.last().unwrap().batches),
+        read_back,
         cells(&[
             &[
                 Some("a"),
@@ -637,6 +635,16 @@ async fn avro_sink_rows_read_by_confluents_deserializer() {
             &[Some("b"), None, None, Some("0.25"), None],
         ])
     );
+}
+
+/// The sink topic's rows read back by semflow's own scan of `out` (declared by `table`),
+/// ordered by id, as text cells.
+async fn scan_sink(table: &str, columns: &str) -> Vec<Vec<Option<String>>> {
+    let scan = common::tiny_engine()
+        .run_sql(&format!("{table}; SELECT {columns} FROM out ORDER BY id"))
+        .await
+        .unwrap();
+    text_rows(&scan.last().unwrap().batches)
 }
 
 /// INSERT INTO a Kafka table with `'format' 'protobuf'`: a proto3 message of the table's
@@ -671,15 +679,13 @@ async fn protobuf_sink_rows_read_by_confluents_deserializer() {
             {"key": "b", "value": {"id": "b", "v": [0.25]}, "present": ["id", "v"]}
         ])
     );
-    let scan = common::tiny_engine()
-        .run_sql(&format!(
-            "{table}; SELECT id, body, CAST(n AS TEXT) AS n, array_to_string(v, ',') AS v,
-                    CAST(at AS TEXT) AS at FROM out ORDER BY id"
-        ))
-        .await
-        .unwrap();
+    let read_back = scan_sink(
+        &table,
+        "id, body, CAST(n AS TEXT) AS n, array_to_string(v, ',') AS v, CAST(at AS TEXT) AS at",
+    )
+    .await;
     assert_eq!(
-        text_rows(&scan.last().unwrap().batches),
+        read_back,
         cells(&[
             &[
                 Some("a"),

@@ -269,9 +269,7 @@ impl Inference {
             ])
         };
         through_cache(&self.embed_cache, &inputs, key, opts.use_cache, |todo| {
-            let known = ids
-                .as_mut()
-                .map(|ids| todo.iter().map(|&i| std::mem::take(&mut ids[i])).collect());
+            let known = take_known(&mut ids, &todo);
             self.infer_embeddings(&model, &inputs, todo, known, rows, opts.truncation)
         })
         .await
@@ -435,9 +433,7 @@ impl Inference {
             ])
         };
         through_cache(&self.rerank_cache, &inputs, key, opts.use_cache, |todo| {
-            let known = bodies
-                .as_mut()
-                .map(|b| todo.iter().map(|&i| std::mem::take(&mut b[i])).collect());
+            let known = take_known(&mut bodies, &todo);
             self.infer_scores(&model, &inputs, todo, known, rows, opts.truncation)
         })
         .await
@@ -581,6 +577,12 @@ impl Inference {
             ("rerank_cache_entries", self.rerank_cache.len() as u64),
         ]
     }
+}
+
+/// The token ids a caller already made for the inputs at `todo`, when it made them.
+fn take_known(ids: &mut Option<Vec<Vec<u32>>>, todo: &[usize]) -> Option<Vec<Vec<u32>>> {
+    let ids = ids.as_mut()?;
+    Some(todo.iter().map(|&i| std::mem::take(&mut ids[i])).collect())
 }
 
 /// The reranker prompt's variable part for one input.
