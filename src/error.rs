@@ -130,6 +130,13 @@ impl Error {
         }
     }
 
+    /// A bad argument to a SQL function, in the form DataFusion carries it: typed, so the
+    /// front ends map it to SQLSTATE 22023 without reading its text, and shown to users
+    /// without DataFusion's prefix ([`Error::user_message`]).
+    pub fn sql_argument(message: String) -> datafusion::error::DataFusionError {
+        datafusion::error::DataFusionError::External(Box::new(Error::InvalidArgument(message)))
+    }
+
     /// A model error with a message.
     pub fn model(model: impl ToString, message: impl ToString) -> Self {
         Error::Model {
@@ -159,7 +166,8 @@ fn position(offset: Option<i64>) -> String {
     offset.map_or_else(|| "no position".to_string(), |o| format!("offset {o}"))
 }
 
-fn datafusion_message(e: &datafusion::error::DataFusionError) -> String {
+/// [`Error::user_message`] of a DataFusion error.
+pub fn datafusion_message(e: &datafusion::error::DataFusionError) -> String {
     use datafusion::error::DataFusionError as D;
     match e {
         D::External(inner) => match inner.downcast_ref::<Error>() {
@@ -171,6 +179,14 @@ fn datafusion_message(e: &datafusion::error::DataFusionError) -> String {
         other => other.to_string(),
     }
 }
+
+/// `Err(Error::sql_argument(format!(…)))`: a bad argument to a semflow SQL function.
+macro_rules! arg_err {
+    ($($arg:tt)*) => {
+        Err($crate::error::Error::sql_argument(format!($($arg)*)))
+    };
+}
+pub(crate) use arg_err;
 
 /// Result alias for the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

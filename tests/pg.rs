@@ -126,6 +126,21 @@ async fn driver_queries_prepared_statements_types_and_errors() {
         .await
         .unwrap_err();
     assert_eq!(err.code().unwrap().code(), "22023", "{err}");
+    // The message starts with what went wrong (no "External error:" wrapping).
+    let db = err.as_db_error().unwrap();
+    assert!(
+        db.message().starts_with("embed(): argument 3 (dims)"),
+        "{db:?}"
+    );
+    // DataFusion's own kinds: an unknown column, and an unknown function (known by its
+    // wording: this fails if a DataFusion upgrade rewords it).
+    let err = client
+        .simple_query("SELECT nope FROM docs")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "42703", "{err}");
+    let err = client.simple_query("SELECT nope(1)").await.unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "42883", "{err}");
 
     // Simple protocol still works after errors; tables are listed for clients.
     let msgs = client

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
-use datafusion::common::{plan_err, DataFusionError, Result, ScalarValue};
+use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::datasource::TableType;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::Expr;
@@ -24,6 +24,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use lance_index::scalar::FullTextSearchQuery;
 
 use super::LanceTable;
+use crate::error::{arg_err, Error};
 
 /// The score column Lance's full-text search adds.
 const SCORE: &str = "_score";
@@ -37,7 +38,7 @@ impl TableFunctionImpl for FullTextSearchFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
         let exprs = args.exprs();
         if !(3..=4).contains(&exprs.len()) {
-            return plan_err!(
+            return arg_err!(
                 "full_text_search(table, column, query [, k]) takes 3 or 4 arguments, got {}",
                 exprs.len()
             );
@@ -50,13 +51,13 @@ impl TableFunctionImpl for FullTextSearchFunction {
             Some(Expr::Literal(v, _)) => match v.cast_to(&DataType::Int64) {
                 Ok(ScalarValue::Int64(Some(k))) if k > 0 => k as usize,
                 _ => {
-                    return plan_err!(
+                    return arg_err!(
                         "full_text_search(): argument 4 (k) must be a positive integer, got {v}"
                     )
                 }
             },
             Some(other) => {
-                return plan_err!(
+                return arg_err!(
                     "full_text_search(): argument 4 (k) must be a constant, got {other}"
                 )
             }
@@ -69,11 +70,11 @@ impl TableFunctionImpl for FullTextSearchFunction {
         {
             Ok(DataType::Utf8 | DataType::LargeUtf8) => {}
             Ok(t) => {
-                return plan_err!(
+                return arg_err!(
                     "full_text_search(): column {column} of {table_name} is {t}, not text"
                 )
             }
-            Err(_) => return plan_err!("full_text_search(): {table_name} has no column {column}"),
+            Err(_) => return arg_err!("full_text_search(): {table_name} has no column {column}"),
         }
         let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
         fields.push(Field::new(SCORE, DataType::Float32, true));
@@ -95,7 +96,7 @@ fn string_arg(exprs: &[Expr], i: usize, name: &str) -> Result<String> {
             | ScalarValue::Utf8View(Some(s)),
             _,
         ) => Ok(s.clone()),
-        other => plan_err!(
+        other => arg_err!(
             "full_text_search(): argument {} ({name}) must be a string constant, got {other}",
             i + 1
         ),
@@ -112,12 +113,12 @@ fn lance_table(session: &dyn Session, name: &str) -> Result<LanceTable> {
     let table_ref = datafusion::common::TableReference::from(name);
     // Catalog lookups of registered tables complete at once; nothing here waits on I/O.
     let provider = futures::executor::block_on(schema.table(table_ref.table()))?
-        .ok_or_else(|| DataFusionError::Plan(format!("full_text_search(): no table {name}")))?;
+        .ok_or_else(|| Error::sql_argument(format!("full_text_search(): no table {name}")))?;
     provider
         .downcast_ref::<LanceTable>()
         .cloned()
         .ok_or_else(|| {
-            DataFusionError::Plan(format!(
+            Error::sql_argument(format!(
                 "full_text_search(): {name} is not a Lance table (STORED AS LANCE)"
             ))
         })

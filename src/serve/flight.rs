@@ -393,15 +393,12 @@ fn is_set(statement: &Statement) -> bool {
 /// A semflow error as a gRPC status: user mistakes (SQL, plan, arguments) are
 /// `INVALID_ARGUMENT` with their SQLSTATE, as the other front ends report them.
 fn status(e: Error) -> Status {
-    let code = match &e {
-        Error::DataFusion(d) => super::pg::sqlstate(d),
-        Error::InvalidArgument(_) | Error::TooLong { .. } => "22023",
-        _ => "XX000",
-    };
-    let message = format!("{e} (SQLSTATE {code})");
+    let code = super::sqlstate::of_error(&e);
+    let message = format!("{} (SQLSTATE {code})", e.user_message());
     match code {
         "XX000" => Status::internal(message),
         "53000" => Status::resource_exhausted(message),
+        "40001" => Status::aborted(message),
         _ => Status::invalid_argument(message),
     }
 }

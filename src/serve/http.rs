@@ -788,13 +788,10 @@ async fn sql(
         }
     };
     let sql_error = |e: crate::error::Error| {
-        let code = match &e {
-            Error::DataFusion(d) => super::pg::sqlstate(d),
-            _ => "XX000",
-        };
+        let code = super::sqlstate::of_error(&e);
         ApiError {
             status: StatusCode::BAD_REQUEST,
-            message: format!("{e} (SQLSTATE {code})"),
+            message: format!("{} (SQLSTATE {code})", e.user_message()),
             param: Some("sql"),
         }
     };

@@ -6,6 +6,7 @@
 //! - [`pg`]: the Postgres wire protocol (psql, drivers) over the same session.
 //! - [`flight`]: Arrow Flight SQL (ADBC, JDBC, pyarrow) over gRPC.
 //! - [`admission`]: the one budget of running and queued requests all listeners draw on.
+//! - [`sqlstate`]: the SQLSTATE of an error, for every front end.
 //! - [`access`]: what every listener requires beyond loopback (auth, TLS), token checks.
 
 pub mod access;
@@ -15,3 +16,4 @@ pub mod chat;
 pub mod flight;
 pub mod http;
 pub mod pg;
+pub mod sqlstate;

@@ -34,7 +34,7 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
 use super::access::Listener;
-use crate::error::{Error, Result};
+use crate::error::{datafusion_message, Error, Result};
 
 /// Postgres listener settings: the secret is the password every client must give (any user
 /// name); TLS serves clients that ask for it (`sslmode=require`).
@@ -47,25 +47,6 @@ pub fn check_exposure(options: &PgOptions) -> Result<()> {
         "--pg-addr",
         "set a password (SEMFLOW_PG_PASSWORD or --pg-password)",
     )
-}
-
-/// The SQLSTATE for a DataFusion error (by its root cause).
-pub fn sqlstate(e: &DataFusionError) -> &'static str {
-    let root = e.find_root();
-    let text = root.to_string();
-    match root {
-        DataFusionError::SQL(..) => "42601",
-        DataFusionError::NotImplemented(_) => "0A000",
-        DataFusionError::ResourcesExhausted(_) => "53000",
-        DataFusionError::SchemaError(..) if text.contains("No field named") => "42703",
-        DataFusionError::SchemaError(..) => "42P10",
-        DataFusionError::Plan(m) if m.contains("not found") && m.contains("table") => "42P01",
-        DataFusionError::Plan(m) if m.contains("Invalid function") => "42883",
-        DataFusionError::Plan(m) if m.contains("argument") => "22023",
-        DataFusionError::Plan(_) => "42000",
-        _ if text.contains("No field named") => "42703",
-        _ => "XX000",
-    }
 }
 
 fn user_error(code: &str, message: String) -> PgWireError {
@@ -81,7 +62,7 @@ fn with_sqlstate(e: PgWireError) -> PgWireError {
     match e {
         PgWireError::ApiError(inner) => {
             if let Some(df) = inner.downcast_ref::<DataFusionError>() {
-                user_error(sqlstate(df), df.to_string())
+                user_error(super::sqlstate::of_datafusion(df), datafusion_message(df))
             } else if inner
                 .downcast_ref::<datafusion::sql::sqlparser::parser::ParserError>()
                 .is_some()
@@ -455,25 +436,6 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sqlstates() {
-        let plan = |m: &str| DataFusionError::Plan(m.into());
-        assert_eq!(
-            sqlstate(&plan("table 'datafusion.public.x' not found")),
-            "42P01"
-        );
-        assert_eq!(sqlstate(&plan("Invalid function 'nope'")), "42883");
-        assert_eq!(
-            sqlstate(&plan("embed(): argument 3 (dims) must be between 1 and 64")),
-            "22023"
-        );
-        assert_eq!(
-            sqlstate(&DataFusionError::NotImplemented("x".into())),
-            "0A000"
-        );
-        assert_eq!(sqlstate(&DataFusionError::Execution("x".into())), "XX000");
-    }
 
     #[test]
     fn exposure_needs_a_password() {

@@ -3,10 +3,11 @@
 
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::DataType;
-use datafusion::common::{plan_err, Result, ScalarValue};
+use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::ColumnarValue;
 
 use super::options::SemflowOptions;
+use crate::error::{arg_err, Error};
 use crate::inference::CallOptions;
 
 /// A shared service as a UDF field: UDFs must be `Eq + Hash`, and two functions are the same
@@ -54,14 +55,14 @@ pub fn model_name_at_plan(
 ) -> Result<Option<String>> {
     match argument {
         None => Ok(None),
-        Some(Some(v)) => scalar_string(v).or_else(|_| {
-            plan_err!(
+        Some(Some(v)) => scalar_string(v).map_err(|_| {
+            Error::sql_argument(format!(
                 "{function}(): argument {position} (model) must be a model name, got {}",
                 v.data_type()
-            )
+            ))
         }),
         Some(None) => {
-            plan_err!("{function}(): argument {position} (model) must be a constant, not a column")
+            arg_err!("{function}(): argument {position} (model) must be a constant, not a column")
         }
     }
 }
@@ -75,9 +76,9 @@ pub fn model_name(
     match argument {
         None => Ok(None),
         Some(ColumnarValue::Scalar(s)) => scalar_string(s),
-        Some(ColumnarValue::Array(_)) => datafusion::common::exec_err!(
-            "{function}(): argument {position} (model) must be a constant, not a column"
-        ),
+        Some(ColumnarValue::Array(_)) => {
+            arg_err!("{function}(): argument {position} (model) must be a constant, not a column")
+        }
     }
 }
 
@@ -90,7 +91,7 @@ pub fn model_service(
     models
         .get(name)
         .cloned()
-        .map_err(|e| datafusion::error::DataFusionError::Plan(format!("{function}(): {e}")))
+        .map_err(|e| Error::sql_argument(format!("{function}(): {e}")))
 }
 
 /// Is `t` acceptable where a string is expected (NULL literals included)?
@@ -114,7 +115,7 @@ pub fn expect_string(
     } else if is_string(t) {
         Ok(DataType::Utf8)
     } else {
-        plan_err!("{function}(): argument {position} ({name}) must be a string, got {t}")
+        arg_err!("{function}(): argument {position} ({name}) must be a string, got {t}")
     }
 }
 
@@ -157,7 +158,7 @@ fn scalar_string(s: &ScalarValue) -> Result<Option<String>> {
             Ok(v.clone())
         }
         ScalarValue::Null => Ok(None),
-        other => datafusion::common::exec_err!("expected a string, got {}", other.data_type()),
+        other => arg_err!("expected a string, got {}", other.data_type()),
     }
 }
 
@@ -168,9 +169,10 @@ pub fn call_options(config: &datafusion::config::ConfigOptions) -> Result<CallOp
         .get::<SemflowOptions>()
         .cloned()
         .unwrap_or_default();
-    let truncation = opts.truncate.parse().map_err(|e: crate::error::Error| {
-        datafusion::error::DataFusionError::Plan(e.to_string())
-    })?;
+    let truncation = opts
+        .truncate
+        .parse()
+        .map_err(|e: crate::error::Error| Error::sql_argument(e.to_string()))?;
     Ok(CallOptions {
         truncation,
         use_cache: opts.cache,

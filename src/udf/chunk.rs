@@ -16,7 +16,7 @@ use arrow::array::{
     ArrayRef, AsArray, Int32Builder, Int64Builder, ListBuilder, StringBuilder, StructBuilder,
 };
 use arrow::datatypes::{DataType, Field, Fields, Int64Type};
-use datafusion::common::{exec_err, plan_err, DataFusionError, Result, ScalarValue};
+use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
@@ -24,6 +24,7 @@ use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
 use tokenizers::Tokenizer;
 
 use super::args::{expect_string, InferenceRef, StringArg};
+use crate::error::arg_err;
 use crate::inference::tokenize::QwenTokenizer;
 use crate::inference::{block_on, Inference};
 
@@ -43,7 +44,7 @@ impl Mode {
             None => Ok(Mode::Text),
             Some(m) if m == "text" || m.is_empty() => Ok(Mode::Text),
             Some(m) if m == "markdown" || m == "md" => Ok(Mode::Markdown),
-            Some(m) => exec_err!("chunk(): mode must be 'text' or 'markdown', got '{m}'"),
+            Some(m) => arg_err!("chunk(): mode must be 'text' or 'markdown', got '{m}'"),
         }
     }
 }
@@ -237,7 +238,7 @@ impl ScalarUDFImpl for ChunkUdf {
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
         if !(2..=4).contains(&arg_types.len()) {
-            return plan_err!(
+            return arg_err!(
                 "chunk(text, max_tokens [, overlap_tokens [, mode]]) takes 2 to 4 arguments, got {}",
                 arg_types.len()
             );
@@ -246,7 +247,7 @@ impl ScalarUDFImpl for ChunkUdf {
         for (i, name) in [(1, "max_tokens"), (2, "overlap_tokens")] {
             if let Some(t) = arg_types.get(i) {
                 if !(t.is_integer() || t == &DataType::Null) {
-                    return plan_err!(
+                    return arg_err!(
                         "chunk(): argument {} ({name}) must be an integer, got {t}",
                         i + 1
                     );
@@ -287,13 +288,13 @@ impl ScalarUDFImpl for ChunkUdf {
             // embed() appends one <|endoftext|>, which must fit too.
             let ceiling = limit.saturating_sub(1) as i64;
             if !(MIN_MAX_TOKENS..=ceiling).contains(&max) {
-                return exec_err!(
+                return arg_err!(
                     "chunk(): max_tokens must be between {MIN_MAX_TOKENS} and {ceiling} (the model's limit of {limit} tokens less the end token), got {max} (row {row})"
                 );
             }
             let overlap = overlap.as_ref().and_then(|o| o.get(row)).unwrap_or(0);
             if overlap < 0 || overlap >= max {
-                return exec_err!(
+                return arg_err!(
                     "chunk(): overlap_tokens must be at least 0 and below max_tokens ({max}), got {overlap} (row {row})"
                 );
             }

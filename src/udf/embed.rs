@@ -18,6 +18,7 @@ use super::args::{
     call_options, expect_string, model_name, model_name_at_plan, model_service, ModelsRef,
     StringArg,
 };
+use crate::error::arg_err;
 use crate::inference::{block_on, truncate_dims, EmbedInput, Models};
 
 /// The `embed` SQL function.
@@ -127,7 +128,7 @@ impl ScalarUDFImpl for EmbedUdf {
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
         if arg_types.is_empty() || arg_types.len() > 4 {
-            return plan_err!(
+            return arg_err!(
                 "embed() takes 1 to 4 arguments (text [, instruction [, dims [, model]]]), got {}",
                 arg_types.len()
             );
@@ -142,7 +143,7 @@ impl ScalarUDFImpl for EmbedUdf {
             } else if t.is_integer() {
                 out.push(DataType::Int64);
             } else {
-                return plan_err!("embed(): argument 3 (dims) must be an integer, got {t}");
+                return arg_err!("embed(): argument 3 (dims) must be an integer, got {t}");
             }
         }
         if let Some(t) = arg_types.get(3) {
@@ -174,10 +175,10 @@ impl ScalarUDFImpl for EmbedUdf {
                 | ScalarValue::UInt64(Some(_)) => {
                     let d = v.cast_to(&DataType::Int64)?;
                     let ScalarValue::Int64(Some(d)) = d else {
-                        return plan_err!("embed(): argument 3 (dims) must be an integer");
+                        return arg_err!("embed(): argument 3 (dims) must be an integer");
                     };
                     if d < 1 || d as usize > info.hidden {
-                        return plan_err!(
+                        return arg_err!(
                             "embed(): argument 3 (dims) must be between 1 and {} (the model's dimension), got {d}",
                             info.hidden
                         );
@@ -185,13 +186,13 @@ impl ScalarUDFImpl for EmbedUdf {
                     d as usize
                 }
                 other => {
-                    return plan_err!(
+                    return arg_err!(
                     "embed(): argument 3 (dims) must be an integer constant (NULL: the model's dimension), got {other}"
                 )
                 }
             },
             Some(None) => {
-                return plan_err!("embed(): argument 3 (dims) must be a constant, not a column")
+                return arg_err!("embed(): argument 3 (dims) must be a constant, not a column")
             }
         };
         let instruction = match args.scalar_arguments.get(1) {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use arrow::array::{ArrayRef, StringBuilder, StructArray};
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, Fields};
-use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
+use datafusion::common::{exec_err, Result, ScalarValue};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
@@ -21,6 +21,7 @@ use futures::StreamExt;
 
 use super::args::{expect_string, StringArg};
 use super::options::SemflowOptions;
+use crate::error::{arg_err, Error};
 use crate::generation::config::SynthConfig;
 use crate::generation::generate::{Failure, Generated, Generator};
 use crate::inference::block_on;
@@ -145,7 +146,7 @@ impl GenerateQueryUdf {
             SynthConfig::default()
         } else {
             SynthConfig::from_path(std::path::Path::new(&opts.synth_config))
-                .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?
+                .map_err(|e| Error::sql_argument(e.to_string()))?
         };
         if !opts.generator_url.is_empty() {
             cfg.generator.base_url = opts.generator_url.clone();
@@ -155,7 +156,7 @@ impl GenerateQueryUdf {
         }
         if let Some(o) = options {
             if let Err(e) = apply_options(&mut cfg, o) {
-                return plan_err!("generate_query(): argument 2 (options): {e}");
+                return arg_err!("generate_query(): argument 2 (options): {e}");
             }
         }
         let g = Arc::new(
@@ -164,9 +165,7 @@ impl GenerateQueryUdf {
                     cfg.validate()?;
                     Ok(g)
                 })
-                .map_err(|e| {
-                    datafusion::error::DataFusionError::Plan(format!("generate_query(): {e}"))
-                })?,
+                .map_err(|e| Error::sql_argument(format!("generate_query(): {e}")))?,
         );
         cache.insert(key, g.clone());
         Ok(g)
@@ -184,7 +183,7 @@ impl ScalarUDFImpl for GenerateQueryUdf {
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
         if arg_types.is_empty() || arg_types.len() > 2 {
-            return plan_err!(
+            return arg_err!(
                 "generate_query() takes 1 or 2 arguments (document [, options]), got {}",
                 arg_types.len()
             );

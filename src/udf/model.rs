@@ -5,12 +5,13 @@
 use std::sync::Arc;
 
 use arrow::datatypes::DataType;
-use datafusion::common::{plan_err, Result, ScalarValue};
+use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
 use super::args::{expect_string, model_name, model_service, ModelsRef};
+use crate::error::arg_err;
 use crate::inference::{block_on, Models};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -42,7 +43,7 @@ impl ScalarUDFImpl for EmbedModelUdf {
         match arg_types {
             [] => Ok(vec![]),
             [t] => Ok(vec![expect_string("embed_model", 1, "model", t)?]),
-            _ => plan_err!(
+            _ => arg_err!(
                 "embed_model() takes 0 or 1 arguments ([model]), got {}",
                 arg_types.len()
             ),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arrow::array::Float32Array;
 use arrow::datatypes::{DataType, Field, FieldRef};
-use datafusion::common::{plan_err, Result, ScalarValue};
+use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
@@ -14,6 +14,7 @@ use super::args::{
     call_options, expect_string, model_name, model_name_at_plan, model_service, named_signature,
     ModelsRef, StringArg,
 };
+use crate::error::arg_err;
 use crate::inference::{block_on, Models, RerankInput};
 
 /// The `rerank` SQL function.
@@ -46,7 +47,7 @@ impl ScalarUDFImpl for RerankUdf {
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
         if arg_types.len() < 2 || arg_types.len() > 4 {
-            return plan_err!(
+            return arg_err!(
                 "rerank() takes 2 to 4 arguments (query, document [, instruction [, model]]), got {}",
                 arg_types.len()
             );

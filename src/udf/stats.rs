@@ -6,10 +6,11 @@ use arrow::array::{StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::{TableFunctionImpl, TableProvider};
-use datafusion::common::{plan_err, Result};
+use datafusion::common::Result;
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::Expr;
 
+use crate::error::arg_err;
 use crate::inference::{block_on, Inference};
 
 /// Table function returning one row per counter.
@@ -27,7 +28,7 @@ impl StatsFunction {
 impl TableFunctionImpl for StatsFunction {
     fn call(&self, args: &[Expr]) -> Result<Arc<dyn TableProvider>> {
         if !args.is_empty() {
-            return plan_err!("semflow_stats() takes no arguments");
+            return arg_err!("semflow_stats() takes no arguments");
         }
         let rows = self.inference.stats_rows();
         let schema = Arc::new(Schema::new(vec![
@@ -61,7 +62,7 @@ impl PromptsFunction {
 impl TableFunctionImpl for PromptsFunction {
     fn call(&self, args: &[Expr]) -> Result<Arc<dyn TableProvider>> {
         if !args.is_empty() {
-            return plan_err!("embed_prompts() takes no arguments");
+            return arg_err!("embed_prompts() takes no arguments");
         }
         let inference = self.inference.clone();
         let rows = block_on(async move { inference.embed_prompts().await })??;

@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array};
 use arrow::datatypes::{DataType, Field, FieldRef, Float32Type, Float64Type};
-use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
+use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
 use super::embed::vector_model;
+use crate::error::arg_err;
 
 /// Which vector function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -67,7 +68,7 @@ pub fn cosine_similarity(a: &[f32], b: &[f32]) -> f64 {
 /// Vectors without a recorded model are compared.
 pub fn check_same_model(function: &str, a: &Field, b: &Field) -> Result<()> {
     match (vector_model(a), vector_model(b)) {
-        (Some(ma), Some(mb)) if ma != mb => plan_err!(
+        (Some(ma), Some(mb)) if ma != mb => arg_err!(
             "{function}(): the vectors come from different models ({ma} and {mb}); embed the query with the model that made the other side, e.g. embed(text, instruction, NULL, 'NAME') with --model NAME=MODEL"
         ),
         _ => Ok(()),
@@ -102,7 +103,7 @@ fn check_vector_type(function: &str, position: usize, t: &DataType) -> Result<Da
             Ok(t.clone())
         }
         DataType::Null => Ok(t.clone()),
-        _ => plan_err!(
+        _ => arg_err!(
             "{function}(): argument {position} must be a vector (FixedSizeList or List of Float32/Float64), got {t}"
         ),
     }
@@ -149,7 +150,7 @@ impl VecColumn {
             _ => None,
         };
         if values.is_some_and(|v| v.null_count() > 0) {
-            return exec_err!("{function}(): argument {position} has a vector with NULL elements");
+            return arg_err!("{function}(): argument {position} has a vector with NULL elements");
         }
         Ok(Self { array, scalar })
     }
@@ -200,7 +201,7 @@ impl ScalarUDFImpl for VectorUdf {
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
         if arg_types.len() != 2 {
-            return plan_err!(
+            return arg_err!(
                 "{}() takes 2 vector arguments, got {}",
                 self.name(),
                 arg_types.len()
@@ -236,7 +237,7 @@ impl ScalarUDFImpl for VectorUdf {
             out.push(match (a.get(row), b.get(row)) {
                 (Some(x), Some(y)) => {
                     if x.len() != y.len() {
-                        return exec_err!(
+                        return arg_err!(
                             "{name}(): vectors have different lengths ({} and {}) at row {row}",
                             x.len(),
                             y.len()
