@@ -6,10 +6,11 @@
 //!
 //! ```text
 //!  SQL ──> engine (DataFusion session + semflow.* settings)
-//!            └─ udf: embed / rerank / cosine_similarity … ──> inference
-//!                                                               ├─ dedupe, content cache
-//!                                                               ├─ prompts + tokenize (Qwen3 formats)
-//!                                                               └─ backend: packed (candle) | mistral.rs ── model dir
+//!            └─ udf: embed / rerank / cosine_similarity … ──> inference core (service)
+//!  HTTP / Postgres / Flight SQL ──> serve (translate, admit) ──┤ dedupe, content cache
+//!                                                               ├─ prompts + tokenize once (Qwen3 formats)
+//!                                                               └─ EmbedBackend / ScoreBackend:
+//!                                                                  packed (candle) | mistral.rs | remote
 //!
 //!  Kafka topic ──> kafka (consumer thread, micro-batches) ──> pipeline (decode, SQL, DLQ)
 //!                                                               └─> index (Lance commit: rows + offsets)
@@ -27,7 +28,7 @@
 //! | data sources | [`kafka`], [`index`] | topics as tables (JSON, raw, registry-framed Avro/Protobuf, Debezium envelopes) and the pipeline consumer; Lance datasets as tables with rows and Kafka offsets in one commit, aliases |
 //! | SQL functions | [`udf`] | `embed`, `rerank`, `chunk`, `generate_query`, vector functions, `semflow.*` settings |
 //! | services | [`generation`], [`config`], [`telemetry`] | the LLM client and recipe behind query generation; engine settings from flags, env and TOML; Prometheus metrics |
-//! | inference | [`inference`] | dedupe, caching, Qwen3 formats, tokenization, batching; backends `packed` (candle, with `cpu_kernels` on CPU), `local` (mistral.rs), `remote` (endpoint pools) |
+//! | inference | [`inference`] | the core every caller uses (`service`: dedupe → cache → Qwen3 formats → tokenize once → limits) over backends behind two traits (`backend`): `packed` (candle, with `cpu_kernels` on CPU), `local` (mistral.rs), `remote` (endpoint pools) |
 //! | models | [`model`] | model directories: configs, presets, random weights, the Hugging Face hub, fingerprints, merging |
 //! | leaves | [`error`], [`text`], [`tls`] | the library's error type; SQL literals and `${VAR}` substitution; TLS certificates for listeners and trusted roots for outbound HTTPS |
 
