@@ -239,13 +239,7 @@ impl Inference {
         rows: Vec<usize>,
         opts: CallOptions,
     ) -> Result<Vec<Arc<[f32]>>> {
-        if ids.len() != inputs.len() {
-            return Err(Error::Inference(format!(
-                "{} tokenized inputs for {} inputs",
-                ids.len(),
-                inputs.len()
-            )));
-        }
+        same_count(&ids, inputs.len())?;
         self.embed_with(inputs, Some(ids), &rows, opts).await
     }
 
@@ -260,13 +254,8 @@ impl Inference {
         let model = self.embedder().await?;
         let identity = model.dir.weights_digest.as_bytes();
         let key = |i: &EmbedInput| {
-            cache_key(&[
-                b"embed",
-                identity,
-                truncation_tag(opts.truncation),
-                i.instruction.as_deref().unwrap_or("").as_bytes(),
-                i.text.as_bytes(),
-            ])
+            let parts: [&[u8]; 2] = [instruction(&i.instruction), i.text.as_bytes()];
+            call_key(b"embed", identity, opts.truncation, &parts)
         };
         through_cache(&self.embed_cache, &inputs, key, opts.use_cache, |todo| {
             let known = take_known(&mut ids, &todo);
@@ -402,13 +391,7 @@ impl Inference {
         rows: Vec<usize>,
         opts: CallOptions,
     ) -> Result<Vec<f32>> {
-        if bodies.len() != inputs.len() {
-            return Err(Error::Inference(format!(
-                "{} tokenized inputs for {} inputs",
-                bodies.len(),
-                inputs.len()
-            )));
-        }
+        same_count(&bodies, inputs.len())?;
         self.rerank_with(inputs, Some(bodies), &rows, opts).await
     }
 
@@ -423,14 +406,12 @@ impl Inference {
         let model = self.scorer().await?;
         let identity = model.identity.as_bytes();
         let key = |i: &RerankInput| {
-            cache_key(&[
-                b"rerank",
-                identity,
-                truncation_tag(opts.truncation),
-                i.instruction.as_deref().unwrap_or("").as_bytes(),
+            let parts: [&[u8]; 3] = [
+                instruction(&i.instruction),
                 i.query.as_bytes(),
                 i.document.as_bytes(),
-            ])
+            ];
+            call_key(b"rerank", identity, opts.truncation, &parts)
         };
         through_cache(&self.rerank_cache, &inputs, key, opts.use_cache, |todo| {
             let known = take_known(&mut bodies, &todo);
@@ -639,13 +620,32 @@ where
         .collect()
 }
 
-/// Part of the cache key: a result computed from a truncated input must not answer a query
-/// that asked for over-long inputs to fail.
-fn truncation_tag(t: Truncation) -> &'static [u8] {
-    match t {
+/// The cache key of one input of `task` on the model `identity`: the truncation setting is
+/// part of it, since a result computed from a truncated input must not answer a query that
+/// asked for over-long inputs to fail.
+fn call_key(task: &[u8], identity: &[u8], truncation: Truncation, input: &[&[u8]]) -> CacheKey {
+    let truncation: &[u8] = match truncation {
         Truncation::End => b"end",
         Truncation::Error => b"error",
+    };
+    let mut parts = vec![task, identity, truncation];
+    parts.extend_from_slice(input);
+    cache_key(&parts)
+}
+
+fn instruction(i: &Option<String>) -> &[u8] {
+    i.as_deref().unwrap_or("").as_bytes()
+}
+
+/// Caller-made token ids must come one per input.
+fn same_count(tokenized: &[Vec<u32>], inputs: usize) -> Result<()> {
+    if tokenized.len() == inputs {
+        return Ok(());
     }
+    Err(Error::Inference(format!(
+        "{} tokenized inputs for {inputs} inputs",
+        tokenized.len()
+    )))
 }
 
 /// Unique inputs (index of first occurrence) and, for each input, its unique slot.
