@@ -17,6 +17,8 @@ use super::dir::Role;
 use crate::error::{Error, Result};
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+/// 10 MB chunks of one file downloaded at once.
+const DOWNLOAD_CHUNKS_IN_FLIGHT: usize = 4;
 const DEFAULT_REVISION: &str = "main";
 
 /// Which files to fetch: everything to run the model, or only what tokenizing and planning need
@@ -109,6 +111,11 @@ pub async fn fetch(spec: &str, role: Role, files: Files) -> Result<PathBuf> {
         .with_endpoint(env.endpoint.clone())
         .with_token(env.token.clone())
         .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // from_cache downloads one 10 MB chunk at a time, and its chunk tasks may take that
+        // one slot in any order: a stalled later chunk then kept chunk 0 (the only one that
+        // advances the resume point) waiting. Several slots keep the start of the file moving
+        // and fetch large weights faster.
+        .with_max_files(DOWNLOAD_CHUNKS_IN_FLIGHT)
         .build()
         .map_err(|e| failure.unreachable(e.to_string()))?;
     let info = api
