@@ -195,6 +195,15 @@ impl Inference {
         Ok(loaded.clone())
     }
 
+    /// What building local reranker prompts needs: the tokenizer and the longest prompt.
+    async fn rerank_prompting(&self) -> Result<(Arc<QwenTokenizer>, usize)> {
+        let tokenizer = self.rerank_tokenizer().await?;
+        Ok((
+            tokenizer,
+            self.token_limit_of(self.rerank_model_dir().await?),
+        ))
+    }
+
     /// The reranker's tokenizer (its directory resolved, the weights not loaded).
     async fn rerank_tokenizer(&self) -> Result<Arc<QwenTokenizer>> {
         let tokenizer = self
@@ -437,8 +446,7 @@ impl Inference {
             let pending = todo.iter().map(|&i| inputs[i].clone()).collect();
             return model.backend.score_inputs(pending).await;
         }
-        let tokenizer = self.rerank_tokenizer().await?;
-        let max_tokens = self.token_limit_of(self.rerank_model_dir().await?);
+        let (tokenizer, max_tokens) = self.rerank_prompting().await?;
         let bodies = match known {
             Some(b) => b,
             None => {
@@ -476,8 +484,7 @@ impl Inference {
                 model.identity
             )));
         }
-        let tokenizer = self.rerank_tokenizer().await?;
-        let max_tokens = self.token_limit_of(self.rerank_model_dir().await?);
+        let (tokenizer, max_tokens) = self.rerank_prompting().await?;
         let mut seqs = Vec::with_capacity(pairs.len());
         for (item, (a, b)) in pairs.into_iter().enumerate() {
             let mut ids = tokenizer.encode(&a)?;
