@@ -284,6 +284,13 @@ pub struct BenchArgs {
     /// K1 production rate in documents/s; 0 produces a backlog (the pipeline's peak rate).
     #[arg(long, default_value_t = 0.0)]
     pub k1_rate: f64,
+    /// K1: short documents embedded and indexed (IVF_PQ on the vectors, full-text on the
+    /// bodies) in the table before the stream; 0 starts from an empty table.
+    #[arg(long, default_value_t = 0)]
+    pub k1_index_rows: usize,
+    /// K1 runs twice: maintenance off, then a round every N commits (its ingest cost).
+    #[arg(long, value_name = "N")]
+    pub k1_maintenance_commits: Option<u64>,
     /// R1 vectors in the table before the stream.
     #[arg(long, default_value_t = 100_000)]
     pub r1_rows: usize,
@@ -302,6 +309,10 @@ pub struct BenchArgs {
     /// R1 commits between maintenance rounds on the maintained copy.
     #[arg(long, default_value_t = 10)]
     pub r1_maintenance_every: usize,
+    /// R1 milliseconds from one stream commit to the next: the time a pipeline spends
+    /// embedding a batch (0: commits back to back, faster than any embedding model).
+    #[arg(long, default_value_t = 500)]
+    pub r1_commit_ms: u64,
     /// C1 documents.
     #[arg(long, default_value_t = 2000)]
     pub c1_docs: usize,
@@ -785,6 +796,8 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
             docs: args.k1_docs,
             rate: args.k1_rate.max(0.0),
             seed: args.seed,
+            index_rows: args.k1_index_rows,
+            maintenance_commits: args.k1_maintenance_commits,
         }),
         retrieval: crate::bench::retrieval::RetrievalOptions {
             rows: args.r1_rows,
@@ -793,6 +806,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
             batch_rows: args.r1_batch_rows,
             queries: args.r1_queries,
             maintenance_every: args.r1_maintenance_every,
+            commit_ms: args.r1_commit_ms,
             seed: args.seed,
         },
         chunk_docs: args.c1_docs,

@@ -328,3 +328,53 @@ async fn maintenance_runs_beside_stream_commits_without_losing_any() {
     newest.sort();
     assert_eq!(hits, newest);
 }
+
+/// Segments of each of `table`'s indexes (the first build and the deltas added since).
+async fn index_segments(table: &LanceTable) -> std::collections::BTreeMap<String, usize> {
+    use lance::index::DatasetIndexExt;
+    let ds = table.latest().await.unwrap().unwrap();
+    let mut segments = std::collections::BTreeMap::new();
+    for index in ds.load_indices().await.unwrap().iter() {
+        *segments.entry(index.name.clone()).or_insert(0) += 1;
+    }
+    segments
+}
+
+/// Round after round under a stream, no index grows past 4 segments (a search visits each;
+/// Lance's default appends a vector delta every round), and every round's fresh rows are
+/// found by vector and by keyword search once indexed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_keep_each_index_to_a_few_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, table) = setup(dir.path()).await;
+    commit(&table, &engine, 0, 0, None, 5).await;
+    for i in 1..20i64 {
+        commit(&table, &engine, 10 * i, 0, Some(5 * i), 5 * (i + 1)).await;
+    }
+    create_indexes(&engine).await;
+    let mut most = 0;
+    for round in 0..8i64 {
+        let first = 200 + 10 * round;
+        let at = 100 + 5 * round;
+        commit(&table, &engine, first, 0, Some(at), at + 5).await;
+        maintain(&table).await.unwrap();
+        let segments = index_segments(&table).await;
+        assert_eq!(segments.len(), 2, "{segments:?}");
+        most = most.max(*segments.values().max().unwrap());
+        assert!(
+            segments.values().all(|s| *s <= 4),
+            "round {round}: {segments:?}"
+        );
+        let doc = first + 7;
+        let nearest = format!(
+            "SELECT id FROM idx ORDER BY cosine_similarity(embedding, embed('document {doc}')) DESC LIMIT 1"
+        );
+        let keyword = format!("SELECT id FROM full_text_search('idx', 'body', 'word{doc}')");
+        assert_eq!(ids(&engine, &nearest).await, [format!("doc {doc}")]);
+        assert_eq!(ids(&engine, &keyword).await, [format!("doc {doc}")]);
+    }
+    // Deltas were appended (not every round merged into one), then merged at the cap.
+    assert!(most >= 3, "at most {most} segments");
+    let ds = table.latest().await.unwrap().unwrap();
+    assert_eq!(ds.count_rows(None).await.unwrap(), 280);
+}

@@ -762,7 +762,8 @@ fn bench_k1_ingests_every_document_and_reports_rate_and_lag() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let k1 = &report["ingest"];
+    assert_eq!(report["ingest"].as_array().unwrap().len(), 1, "{report}");
+    let k1 = &report["ingest"][0];
     assert_eq!(k1["docs"], 1200, "{k1}");
     assert!(k1["tokens"].as_u64().unwrap() > 1200 * 50, "{k1}");
     // Paced at 1000 docs/s, 1200 documents take at least the 0.7 s after the first chunk.
@@ -775,4 +776,33 @@ fn bench_k1_ingests_every_document_and_reports_rate_and_lag() {
     );
     assert!(p50 > 0.0 && p50 <= max, "{k1}");
     assert!(report["results"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn bench_k1_compares_ingest_with_and_without_maintenance_on_indexed_tables() {
+    let out = common::semflow_command()
+        .args(["bench", "--workloads", "k1", "--json", "--k1-docs", "2000"])
+        .args(["--kafka", &bootstrap(), "--k1-rate", "500"])
+        .args(["--k1-index-rows", "1000", "--k1-maintenance-commits", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = report["ingest"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{report}");
+    for (run, every) in runs.iter().zip([0, 2]) {
+        assert_eq!(run["docs"], 2000, "{run}");
+        assert_eq!(run["index_rows"], 1000, "{run}");
+        assert_eq!(run["maintenance_commits"], every, "{run}");
+    }
+    // Off means no round; on, a round every 2 of the ~20 paced micro-batches' commits.
+    assert_eq!(runs[0]["maintenance_rounds"], 0, "{report}");
+    assert!(
+        runs[1]["maintenance_rounds"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
 }

@@ -7,6 +7,11 @@
 //! offsets per micro-batch) runs in-process. Reported: documents/s and tokens/s from the
 //! first produced document to the last commit, and lag — for each commit, how long ago the
 //! newest committed document was produced.
+//!
+//! With `maintenance_commits` set, K1 runs twice on identical starting indexes (`index_rows`
+//! short documents already embedded, with an IVF_PQ index on the vectors and a full-text
+//! index on the bodies): maintenance off, then a round every `maintenance_commits` commits
+//! beside the stream — the ingest cost of keeping the indexes fresh.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -106,6 +111,11 @@ pub struct IngestOptions {
     /// Documents produced per second; 0 produces everything at once (a backlog).
     pub rate: f64,
     pub seed: u64,
+    /// Rows in the index, with vector and full-text indexes, before the stream (0: an empty
+    /// table without indexes).
+    pub index_rows: usize,
+    /// When set, K1 runs without maintenance and then with a round every this many commits.
+    pub maintenance_commits: Option<u64>,
 }
 
 /// What K1 measured.
@@ -115,6 +125,12 @@ pub struct IngestResult {
     /// Tokens of the documents as the embedding model counts them (`<|endoftext|>` included).
     pub tokens: usize,
     pub rate_asked: f64,
+    /// Rows (and indexes) in the table before the stream.
+    pub index_rows: usize,
+    /// `semflow.maintenance_commits` of the run (None: the session's default).
+    pub maintenance_commits: Option<u64>,
+    /// Maintenance rounds completed during the run.
+    pub maintenance_rounds: u64,
     /// From the first document produced to the last commit.
     pub seconds: f64,
     pub docs_per_s: f64,
@@ -236,7 +252,12 @@ async fn start_producing(
 
 /// K1's SQL: the topic `k1_topic` the documents are produced into, and the pipeline that
 /// reads the same topic (as `k1_docs`) into the Lance table at `location`.
-fn statements(name: &str, kafka: &str, location: &str) -> (String, String) {
+fn statements(
+    name: &str,
+    kafka: &str,
+    location: &str,
+    maintenance_commits: Option<u64>,
+) -> (String, String) {
     let topic_ddl = |table: &str| {
         format!(
         "CREATE EXTERNAL TABLE {table} (id TEXT NOT NULL, body TEXT) STORED AS KAFKA LOCATION {topic}
@@ -248,22 +269,61 @@ fn statements(name: &str, kafka: &str, location: &str) -> (String, String) {
             kafka = quote(kafka),
         )
     };
+    let setting = maintenance_commits
+        .map(|n| format!("SET semflow.maintenance_commits = {n};"))
+        .unwrap_or_default();
     let pipeline = format!(
-        "{};
-         CREATE EXTERNAL TABLE k1_idx (id TEXT NOT NULL, body TEXT, embedding FLOAT[], PRIMARY KEY (id))
-           STORED AS LANCE LOCATION {loc};
+        "{setting}
+         {};
+         {};
          INSERT INTO k1_idx SELECT id, body, embed(body) AS embedding FROM k1_docs",
         topic_ddl("k1_docs"),
-        loc = quote(location),
+        index_ddl("k1_idx", location),
     );
     (topic_ddl("k1_topic"), pipeline)
 }
 
-/// Runs K1 on `engine` (a fresh topic, consumer group and index, removed afterwards).
-pub async fn run(engine: &Engine, opts: &IngestOptions) -> Result<IngestResult> {
+/// The Lance table K1 writes, declared as `table`.
+fn index_ddl(table: &str, location: &str) -> String {
+    format!(
+        "CREATE EXTERNAL TABLE {table} (id TEXT NOT NULL, body TEXT, embedding FLOAT[], PRIMARY KEY (id))
+           STORED AS LANCE LOCATION {}",
+        quote(location)
+    )
+}
+
+/// Fills the table at `location` with `rows` short documents embedded by the engine's model
+/// and builds an IVF_PQ index on the vectors and a full-text index on the bodies.
+async fn seed_index(engine: &Engine, location: &str, rows: usize, seed: u64) -> Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+    let docs: Vec<(String, String)> = (0..rows)
+        .map(|i| (format!("seed-{i}"), body(&mut rng, 6)))
+        .collect();
+    register_source(engine, "k1_seed_source", &docs)?;
+    let sql = format!(
+        "{};
+         INSERT INTO k1_seed SELECT id, body, embed(body) FROM k1_seed_source;
+         CREATE INDEX k1_vectors ON k1_seed USING ivf_pq (embedding);
+         CREATE INDEX k1_bodies ON k1_seed USING inverted (body);
+         DROP TABLE k1_seed;
+         DROP TABLE k1_seed_source",
+        index_ddl("k1_seed", location)
+    );
+    engine.run_sql(&sql).await?;
+    Ok(())
+}
+
+/// Runs K1 on `engine` (a fresh topic, consumer group and index each time, removed
+/// afterwards): once, or without and then with maintenance when `maintenance_commits` is set.
+pub async fn run(engine: &Engine, opts: &IngestOptions) -> Result<Vec<IngestResult>> {
     if opts.docs == 0 {
         return Err(Error::InvalidArgument(
             "--k1-docs must be at least 1".into(),
+        ));
+    }
+    if opts.maintenance_commits == Some(0) {
+        return Err(Error::InvalidArgument(
+            "--k1-maintenance-commits must be at least 1 (it compares 0 with it)".into(),
         ));
     }
     let docs = documents(opts.seed, opts.docs);
@@ -273,26 +333,48 @@ pub async fn run(engine: &Engine, opts: &IngestOptions) -> Result<IngestResult> 
     }
     // Load the model before the clock starts: K1 measures ingest, not start-up.
     engine.run_sql("SELECT embed('warm-up')").await?;
+    // The documents as an in-memory table: each produce statement selects a range of it
+    // (cheap to plan, unlike literal VALUES lists).
+    register_source(engine, "k1_source", &docs)?;
+    let variants = match opts.maintenance_commits {
+        Some(n) => vec![Some(0), Some(n)],
+        None => vec![None],
+    };
+    let mut results = Vec::with_capacity(variants.len());
+    for maintenance in variants {
+        results.push(run_once(engine, opts, docs.len(), tokens, maintenance).await?);
+    }
+    engine.context().deregister_table("k1_source")?;
+    Ok(results)
+}
 
+/// One K1 run with `maintenance_commits` set in the pipeline (None: the default).
+async fn run_once(
+    engine: &Engine,
+    opts: &IngestOptions,
+    docs: usize,
+    tokens: usize,
+    maintenance_commits: Option<u64>,
+) -> Result<IngestResult> {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
     let name = format!("semflow-bench-k1-{}-{stamp}", std::process::id());
     let dir = std::env::temp_dir().join(&name);
-    let location = dir.join("idx.lance");
-    let (topic, pipeline) = statements(&name, &opts.kafka, &location.to_string_lossy());
+    let location = dir.join("idx.lance").to_string_lossy().into_owned();
+    if opts.index_rows > 0 {
+        seed_index(engine, &location, opts.index_rows, opts.seed).await?;
+    }
+    let (topic, pipeline) = statements(&name, &opts.kafka, &location, maintenance_commits);
     // The producer and the pipeline share the engine (and so the loaded model).
     let producer = engine.clone();
     producer.run_sql(&topic).await?;
-    // The documents as an in-memory table: each produce statement selects a range of it
-    // (cheap to plan, unlike literal VALUES lists).
-    register_source(engine, "k1_source", &docs)?;
     let began = Instant::now();
-    let (producing, produced) = start_producing(producer, docs.len(), opts.rate, began).await?;
+    let (producing, produced) = start_producing(producer, docs, opts.rate, began).await?;
 
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
-    let total = docs.len() as u64;
+    let total = docs as u64;
     let mut lags: Vec<f64> = Vec::new();
     let mut first_commit: Option<(f64, u64)> = None;
     let mut last_commit = began;
@@ -323,6 +405,10 @@ pub async fn run(engine: &Engine, opts: &IngestOptions) -> Result<IngestResult> 
         .await
         .map_err(|e| Error::Pipeline(format!("K1 producer failed: {e}")))?;
     let _ = std::fs::remove_dir_all(&dir);
+    // The pipeline declared its tables in the shared catalog: the next run declares them anew.
+    for table in ["k1_topic", "k1_docs", "k1_idx"] {
+        engine.context().deregister_table(table)?;
+    }
     let stats = stats?;
     produced_ok?;
     if stats.records < total {
@@ -335,15 +421,18 @@ pub async fn run(engine: &Engine, opts: &IngestOptions) -> Result<IngestResult> 
     lags.sort_by(|a, b| a.total_cmp(b));
     let pct = |q: f64| super::percentile(&lags, q);
     Ok(IngestResult {
-        docs: docs.len(),
+        docs,
         tokens,
         rate_asked: opts.rate,
+        index_rows: opts.index_rows,
+        maintenance_commits,
+        maintenance_rounds: stats.maintenance,
         seconds,
-        docs_per_s: docs.len() as f64 / seconds.max(1e-9),
+        docs_per_s: docs as f64 / seconds.max(1e-9),
         tokens_per_s: tokens as f64 / seconds.max(1e-9),
         first_commit_s: first_commit.map_or(f64::NAN, |(t, _)| t),
         steady_docs_per_s: match first_commit {
-            Some((t, n)) if seconds > t => (docs.len() as u64 - n) as f64 / (seconds - t),
+            Some((t, n)) if seconds > t => (total - n) as f64 / (seconds - t),
             _ => f64::NAN,
         },
         batches: stats.batches,

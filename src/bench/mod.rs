@@ -100,7 +100,8 @@ pub struct Report {
     pub rounds: usize,
     pub results: Vec<WorkloadResult>,
     /// K1 (Kafka → embed → Lance), when asked for.
-    pub ingest: Option<ingest::IngestResult>,
+    /// K1 runs: one, or without and then with maintenance (`--k1-maintenance-commits`).
+    pub ingest: Vec<ingest::IngestResult>,
     /// R1 (search quality and speed under a stream), when asked for.
     pub retrieval: Option<retrieval::RetrievalResult>,
     /// C1 (chunking throughput), when asked for.
@@ -289,16 +290,16 @@ async fn pipeline_workloads(
     opts: &BenchOptions,
     ingest_opts: Option<ingest::IngestOptions>,
 ) -> Result<(
-    Option<ingest::IngestResult>,
+    Vec<ingest::IngestResult>,
     Option<retrieval::RetrievalResult>,
     Option<chunking::ChunkingResult>,
 )> {
     let ingest = match ingest_opts {
         Some(o) => {
             eprintln!("K1: {} documents through Kafka at {} ...", o.docs, o.kafka);
-            Some(ingest::run(engine, &o).await?)
+            ingest::run(engine, &o).await?
         }
-        None => None,
+        None => Vec::new(),
     };
     let retrieval = if opts.wants("r1") {
         let r = &opts.retrieval;
@@ -465,14 +466,27 @@ pub fn render(report: &Report) -> String {
                 .unwrap_or_else(|| "-".into()),
         ));
     }
-    if let Some(k) = &report.ingest {
+    for k in &report.ingest {
         let rate = if k.rate_asked > 0.0 {
             format!("produced at {:.0} docs/s", k.rate_asked)
         } else {
             "produced as a backlog".to_string()
         };
+        let setting = match (k.index_rows, k.maintenance_commits) {
+            (0, None) => String::new(),
+            (rows, m) => format!(
+                " ({rows} rows indexed before; maintenance {}, {} rounds)",
+                match m {
+                    Some(0) => "off".to_string(),
+                    Some(n) => format!("every {n} commits"),
+                    None => "as the session sets it".to_string(),
+                },
+                k.maintenance_rounds
+            ),
+        };
         s.push_str(&format!(
-            "\nK1 Kafka → embed → Lance: {} docs ({} tokens, {rate}), {} micro-batches: {:.0} docs/s, {:.0} tokens/s over {:.1} s; first commit after {:.1} s, {:.0} docs/s after it; lag p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n",
+            "\nK1 Kafka → embed → Lance{}: {} docs ({} tokens, {rate}), {} micro-batches: {:.0} docs/s, {:.0} tokens/s over {:.1} s; first commit after {:.1} s, {:.0} docs/s after it; lag p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n",
+            setting,
             k.docs,
             k.tokens,
             k.batches,
@@ -486,16 +500,30 @@ pub fn render(report: &Report) -> String {
             k.lag_max_ms,
         ));
     }
+    if let [off, on] = report.ingest.as_slice() {
+        s.push_str(&format!(
+            "K1 with maintenance / without: {:.3} (docs/s after the first commit)\n",
+            on.steady_docs_per_s / off.steady_docs_per_s
+        ));
+    }
     if let Some(r) = &report.retrieval {
         s.push_str(&format!(
-            "\nR1 search under a stream: {} vectors x {} dims, IVF_PQ built in {:.1} s; {} commits of {} upserts: {:.1} s without maintenance, {:.1} s with it beside them ({} rounds, every {} commits)\n",
-            r.options.rows, r.options.dims, r.index_build_s, r.options.batches, r.options.batch_rows,
-            r.stream_s_without_maintenance, r.stream_s_with_maintenance, r.maintenance_rounds, r.options.maintenance_every,
+            "\nR1 search under a stream: {} vectors x {} dims, IVF_PQ built in {:.1} s; {} commits of {} upserts, one every {} ms\n",
+            r.options.rows, r.options.dims, r.index_build_s, r.options.batches, r.options.batch_rows, r.options.commit_ms,
         ));
+        for (name, run) in [
+            ("without maintenance", &r.without_maintenance),
+            ("maintenance beside it", &r.with_maintenance),
+        ] {
+            s.push_str(&format!(
+                "  stream {:<22} {:.1} s, {:.2} s inside commits (slowest {:.0} ms), {} rounds of {:.1} s (every {} commits)\n",
+                name, run.seconds, run.commit_s, run.commit_max_ms, run.rounds, run.round_mean_s, r.options.maintenance_every,
+            ));
+        }
         for p in &r.phases {
             s.push_str(&format!(
-                "  {:<40} effort {:.1} refine {:>2}  rows {:>7}  fragments {:>4}  recall@10 {:.3}  p50 {:.2} ms  p99 {:.2} ms\n",
-                p.name, p.effort.effort, p.effort.refine, p.rows, p.fragments, p.recall_at_10, p.p50_ms, p.p99_ms
+                "  {:<40} effort {:.1} refine {:>2}  rows {:>7}  fragments {:>4}  unindexed {:>6}  segments {:>2}  recall@10 {:.3}  p50 {:.2} ms  p99 {:.2} ms\n",
+                p.name, p.effort.effort, p.effort.refine, p.rows, p.fragments, p.unindexed_rows, p.index_segments, p.recall_at_10, p.p50_ms, p.p99_ms
             ));
         }
     }

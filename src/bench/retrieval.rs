@@ -1,11 +1,14 @@
 //! R1: vector search quality and speed while a stream keeps updating the index (issue 17).
 //!
 //! A table of `rows` unit vectors gets an IVF_PQ index; then `batches` stream commits each
-//! upsert `batch_rows` vectors (half replace existing ids, half are new), applied to two copies
-//! of the table: one with no maintenance, one with maintenance rounds beside the stream
-//! every `maintenance_every` commits, as `semflow run` does. Recall@10 against exact search
-//! and query latency are measured on the fresh index, on both copies after the stream, and on
-//! an index built afresh over the final rows (the baseline maintenance should stay close to).
+//! upsert `batch_rows` vectors (half replace existing ids, half are new), one every
+//! `commit_ms` (the time a pipeline spends embedding a batch; 0: as fast as Lance commits),
+//! applied to two copies of the table: one with no maintenance, one with maintenance rounds
+//! beside the stream every `maintenance_every` commits, run by the same [`Rounds`] as
+//! `semflow run`. Recall@10 against exact search and query latency are measured on the fresh
+//! index, on both copies after the stream, on the maintained copy after the round its
+//! schedule runs next, and on an index built afresh over the final rows (the baseline
+//! maintenance should stay close to).
 //!
 //! The vectors are synthetic, not model outputs: points around `CLUSTERS` random centres on
 //! the unit sphere (each at cosine ≈ 0.8 from its centre), which gives IVF realistic clusters
@@ -14,7 +17,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow::array::{Array, ArrayRef, FixedSizeListArray, Float32Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -28,9 +31,10 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::index::fence::Fence;
-use crate::index::maintain::{checkpoint, rewrite, Rewritten};
+use crate::index::maintain::{Rounds, Schedule};
 use crate::index::{Change, LanceTable, SourceOffsets};
 use crate::udf::options::SearchEffort;
+use lance::index::{DatasetIndexExt, DatasetIndexInternalExt};
 
 const CLUSTERS: usize = 1000;
 const K: usize = 10;
@@ -56,6 +60,7 @@ const SWEEP: [SearchEffort; 4] = [
     },
 ];
 const TOPIC: &str = "r1";
+const INDEX: &str = "embedding_idx";
 
 /// R1 settings.
 #[derive(Debug, Clone, Serialize)]
@@ -67,6 +72,8 @@ pub struct RetrievalOptions {
     pub queries: usize,
     /// Stream commits between maintenance rounds on the maintained copy.
     pub maintenance_every: usize,
+    /// Milliseconds from one stream commit's start to the next's (0: back to back).
+    pub commit_ms: u64,
     pub seed: u64,
 }
 
@@ -78,6 +85,10 @@ pub struct SearchPhase {
     pub effort: SearchEffort,
     pub rows: usize,
     pub fragments: usize,
+    /// Rows the vector index does not cover yet (searched exactly).
+    pub unindexed_rows: usize,
+    /// Segments of the vector index (the first build and its deltas), each searched.
+    pub index_segments: usize,
     /// Mean recall@10 against exact search over the same rows.
     pub recall_at_10: f64,
     pub p50_ms: f64,
@@ -91,11 +102,24 @@ pub struct RetrievalResult {
     pub options: RetrievalOptions,
     pub index_build_s: f64,
     pub phases: Vec<SearchPhase>,
-    /// Seconds the stream's commits took on each copy (the maintained copy's rounds run
-    /// beside them; waiting for its last round is not counted).
-    pub stream_s_without_maintenance: f64,
-    pub stream_s_with_maintenance: f64,
-    pub maintenance_rounds: usize,
+    pub without_maintenance: StreamRun,
+    pub with_maintenance: StreamRun,
+}
+
+/// How one copy's stream went.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamRun {
+    /// From the first commit to the end of the last (the wait for a round still running
+    /// then is not counted).
+    pub seconds: f64,
+    /// Of which inside the commits: what a pipeline's writer waits for (maintenance adds
+    /// commit races and, on a round's last attempt, a wait for it).
+    pub commit_s: f64,
+    /// The slowest commit.
+    pub commit_max_ms: f64,
+    /// Maintenance rounds completed, and their mean duration.
+    pub rounds: usize,
+    pub round_mean_s: f64,
 }
 
 /// The vectors the table holds, by id, kept in step with every commit (the exact answer).
@@ -281,7 +305,7 @@ async fn build_index(table: &LanceTable, rows: usize, dims: usize) -> Result<f64
         50,
     );
     table
-        .create_vector_index("embedding", Some("embedding_idx".into()), &params)
+        .create_vector_index("embedding", Some(INDEX.into()), &params)
         .await?;
     Ok(started.elapsed().as_secs_f64())
 }
@@ -321,54 +345,79 @@ async fn measure(
     }
     latencies.sort_by(|a, b| a.total_cmp(b));
     let pick = |q: f64| super::percentile(&latencies, q);
+    let lance = |e: lance::Error| Error::Index(format!("{}: {e}", table.uri()));
+    let unindexed_rows = ds
+        .unindexed_fragments(INDEX)
+        .await
+        .map_err(lance)?
+        .iter()
+        .map(|f| f.num_rows().unwrap_or(0))
+        .sum();
+    let index_segments = ds.load_indices_by_name(INDEX).await.map_err(lance)?.len();
     Ok(SearchPhase {
         name: name.to_string(),
         effort,
         rows: truth.ids.len(),
         fragments: ds.get_fragments().len(),
+        unindexed_rows,
+        index_segments,
         recall_at_10: recall / queries.len().max(1) as f64,
         p50_ms: pick(0.5),
         p99_ms: pick(0.99),
     })
 }
 
-/// Applies the stream's commits to `table`; with `maintenance_every > 0`, rounds of
-/// maintenance run beside them as in `semflow run` (rewrite in a task, checkpoint between
-/// commits). Returns the seconds the commits took and the rounds completed (the last one
-/// awaited after the clock stops).
+/// Applies the stream's commits to `table`, one every `pace` (back to back when zero); with
+/// `maintenance_every > 0`, rounds of maintenance run beside them as in `semflow run`: a
+/// rewrite in a task, its checkpoint committed by this loop when the rewrite ends (while it
+/// waits for the next batch). A round still running when the stream ends is awaited after
+/// the clock stops.
 async fn stream(
     table: &LanceTable,
     commits: &[Vec<RecordBatch>],
     per_batch: usize,
     maintenance_every: usize,
-) -> Result<(f64, usize)> {
-    let mut running: Option<tokio::task::JoinHandle<Result<Rewritten>>> = None;
-    let mut rounds = 0;
-    let finish = |r: std::result::Result<Result<Rewritten>, tokio::task::JoinError>| {
-        r.map_err(|e| Error::Index(format!("maintenance task: {e}")))?
-    };
+    pace: Duration,
+) -> Result<StreamRun> {
+    let schedule = Schedule::new(maintenance_every as u64, None);
+    let mut rounds = (maintenance_every > 0).then(|| Rounds::new(table.clone(), schedule));
+    let mut run = StreamRun::default();
+    let mut round_s = 0.0;
     let started = Instant::now();
     for (b, rows) in commits.iter().enumerate() {
+        let due = tokio::time::Instant::from_std(started + pace * b as u32);
+        loop {
+            let Some(r) = rounds.as_mut() else {
+                tokio::time::sleep_until(due).await;
+                break;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => break,
+                rewritten = r.rewritten() => {
+                    round_s += r.finish(rewritten).await?.1.as_secs_f64();
+                    run.rounds += 1;
+                }
+            }
+        }
+        let commit = Instant::now();
         table
             .apply(stream_change(rows.clone(), b, per_batch))
             .await?;
-        if running.as_ref().is_some_and(|t| t.is_finished()) {
-            if let Some(task) = running.take() {
-                checkpoint(table, &finish(task.await)?).await?;
-                rounds += 1;
-            }
-        }
-        if maintenance_every > 0 && (b + 1) % maintenance_every == 0 && running.is_none() {
-            let table = table.clone();
-            running = Some(tokio::spawn(async move { rewrite(&table).await }));
+        let took = commit.elapsed().as_secs_f64();
+        run.commit_s += took;
+        run.commit_max_ms = run.commit_max_ms.max(took * 1000.0);
+        if let Some(r) = rounds.as_mut() {
+            r.committed();
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
-    if let Some(task) = running.take() {
-        checkpoint(table, &finish(task.await)?).await?;
-        rounds += 1;
+    run.seconds = started.elapsed().as_secs_f64();
+    if let Some(r) = rounds.as_mut().filter(|r| r.is_running()) {
+        let rewritten = r.rewritten().await;
+        round_s += r.finish(rewritten).await?.1.as_secs_f64();
+        run.rounds += 1;
     }
-    Ok((seconds, rounds))
+    run.round_mean_s = round_s / run.rounds.max(1) as f64;
+    Ok(run)
 }
 
 /// Writes `rows` as the table's first rows, in commits of 8192.
@@ -447,12 +496,18 @@ pub async fn run(opts: &RetrievalOptions) -> Result<RetrievalResult> {
     let maintained = open(dir.path(), "maintained", dims).await?;
 
     let commits = stream_commits(opts, &mut points, &mut truth)?;
-    let (without, _) = stream(&plain, &commits, opts.batch_rows, 0).await?;
+    let pace = Duration::from_millis(opts.commit_ms);
+    let without = stream(&plain, &commits, opts.batch_rows, 0, pace).await?;
     let phase = "after stream, no maintenance";
     phases.push(measure(phase, &plain, &truth, &queries, DEFAULT).await?);
     let every = opts.maintenance_every;
-    let (with, rounds) = stream(&maintained, &commits, opts.batch_rows, every).await?;
+    let with = stream(&maintained, &commits, opts.batch_rows, every, pace).await?;
     let phase = "after stream, maintenance beside it";
+    phases.push(measure(phase, &maintained, &truth, &queries, DEFAULT).await?);
+    // The round the schedule runs next (on `semflow.maintenance_seconds`, or the next
+    // commits): what searches see once maintenance has caught up with the stream.
+    crate::index::maintain::maintain(&maintained).await?;
+    let phase = "maintained, after its next round";
     phases.push(measure(phase, &maintained, &truth, &queries, DEFAULT).await?);
     // What more probing and re-ranking buy on the maintained index (the settings users can
     // raise with SET semflow.search_effort / semflow.search_refine).
@@ -468,9 +523,8 @@ pub async fn run(opts: &RetrievalOptions) -> Result<RetrievalResult> {
         options: opts.clone(),
         index_build_s,
         phases,
-        stream_s_without_maintenance: without,
-        stream_s_with_maintenance: with,
-        maintenance_rounds: rounds,
+        without_maintenance: without,
+        with_maintenance: with,
     })
 }
 

@@ -14,12 +14,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use lance::dataset::optimize::{compact_files, CompactionOptions};
 use lance::dataset::transaction::{Operation, TransactionBuilder};
 use lance::dataset::CommitBuilder;
 use lance::index::DatasetIndexExt;
 use lance::Dataset;
+use lance_index::optimize::OptimizeOptions;
 
 use super::fence::{Fence, FencedCommit};
 use super::offsets::{
@@ -137,15 +139,37 @@ async fn version(table: &LanceTable) -> Result<Option<u64>> {
     Ok(table.latest().await?.map(|d| d.version().version))
 }
 
-/// Adds the rows each index does not cover yet (a new delta segment, or a merge).
+/// Index segments (the first build and the deltas rounds append) a search visits at most: a
+/// round that finds this many merges the deltas and its new rows into one delta and leaves
+/// the first build alone. Lance's default would append a vector delta every round (a search
+/// then visits every one of them) and merge a full-text index's new rows into its newest
+/// segment (the whole index, every round, until a delta exists).
+const MAX_INDEX_SEGMENTS: usize = 4;
+
+/// Adds the rows each index does not cover yet: a new delta segment, or a merge of the deltas
+/// (see [`MAX_INDEX_SEGMENTS`]). Returns the number of indexes.
 async fn update_indexes(ds: &mut Dataset) -> lance::Result<usize> {
-    let indexes = ds.load_indices().await?.len();
-    if indexes == 0 {
-        return Ok(0);
+    let mut segments: std::collections::BTreeMap<String, usize> = Default::default();
+    for index in ds.load_indices().await?.iter() {
+        if !lance_index::is_system_index(index) {
+            *segments.entry(index.name.clone()).or_default() += 1;
+        }
     }
-    ds.optimize_indices(&lance_index::optimize::OptimizeOptions::new())
-        .await?;
-    Ok(indexes)
+    for (name, count) in &segments {
+        let mut options = segment_policy(*count);
+        options.index_names = Some(vec![name.clone()]);
+        ds.optimize_indices(&options).await?;
+    }
+    Ok(segments.len())
+}
+
+/// How a round updates an index that has `segments` segments now.
+fn segment_policy(segments: usize) -> OptimizeOptions {
+    if segments >= MAX_INDEX_SEGMENTS {
+        OptimizeOptions::merge(segments - 1)
+    } else {
+        OptimizeOptions::append()
+    }
 }
 
 /// Commits every partition's position forward after `rewritten` (see the module comment):
@@ -198,6 +222,105 @@ async fn is_checkpoint(ds: &Dataset) -> Result<bool> {
     ))
 }
 
+/// When a round is due: every `every_commits` commits, or `every` after the last round once
+/// something was committed (0 / `None` turn either off).
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    every_commits: u64,
+    every: Option<Duration>,
+    commits: u64,
+    last: Instant,
+}
+
+impl Schedule {
+    pub fn new(every_commits: u64, every: Option<Duration>) -> Self {
+        Self {
+            every_commits,
+            every,
+            commits: 0,
+            last: Instant::now(),
+        }
+    }
+
+    /// Counts one commit; whether a round is due.
+    fn committed(&mut self) -> bool {
+        self.commits += 1;
+        (self.every_commits > 0 && self.commits >= self.every_commits)
+            || self.every.is_some_and(|every| self.last.elapsed() >= every)
+    }
+
+    fn done(&mut self) {
+        self.commits = 0;
+        self.last = Instant::now();
+    }
+}
+
+/// Rounds of maintenance beside a stream, as `semflow run` (and R1 of `semflow bench`) run
+/// them: a round's [`rewrite`] is a task of its own while the stream goes on committing; its
+/// [`checkpoint`] is committed by the stream's own loop between two of its commits
+/// ([`Rounds::finish`]), so it never races that writer. At most one round runs at a time.
+pub struct Rounds {
+    table: LanceTable,
+    schedule: Schedule,
+    running: Option<(Instant, tokio::task::JoinHandle<Result<Rewritten>>)>,
+}
+
+impl Rounds {
+    pub fn new(table: LanceTable, schedule: Schedule) -> Self {
+        Self {
+            table,
+            schedule,
+            running: None,
+        }
+    }
+
+    /// Counts a stream commit; starts a round when one is due and none is running.
+    pub fn committed(&mut self) {
+        if self.schedule.committed() && self.running.is_none() {
+            let table = self.table.clone();
+            let task = tokio::spawn(async move { rewrite(&table).await });
+            self.running = Some((Instant::now(), task));
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Resolves when the running round's rewrite has finished; pending while none runs (so it
+    /// can sit in a `select!` beside the stream's next batch).
+    pub async fn rewritten(&mut self) -> Result<Rewritten> {
+        let Some((_, task)) = self.running.as_mut() else {
+            return std::future::pending().await;
+        };
+        task.await
+            .unwrap_or_else(|e| Err(Error::Index(format!("maintenance task: {e}"))))
+    }
+
+    /// Ends the round [`Rounds::rewritten`] resolved: commits its checkpoint after a
+    /// successful rewrite. Returns what it did and how long the whole round took.
+    pub async fn finish(
+        &mut self,
+        rewritten: Result<Rewritten>,
+    ) -> Result<(MaintenanceReport, Duration)> {
+        let started = self.running.take().map_or_else(Instant::now, |(t, _)| t);
+        self.schedule.done();
+        let rewritten = rewritten?;
+        checkpoint(&self.table, &rewritten).await?;
+        Ok((rewritten.report, started.elapsed()))
+    }
+}
+
+impl Drop for Rounds {
+    /// A round still running at shutdown is abandoned: each of its commits is atomic, and
+    /// files it wrote without committing are removed by a later cleanup.
+    fn drop(&mut self) {
+        if let Some((_, task)) = &self.running {
+            task.abort();
+        }
+    }
+}
+
 /// Removes the versions of `table` older than `older_than` (and the files only they use); the
 /// newest version always stays. Returns how many versions were removed.
 pub async fn cleanup(table: &LanceTable, older_than: std::time::Duration) -> Result<u64> {
@@ -211,4 +334,32 @@ pub async fn cleanup(table: &LanceTable, older_than: std::time::Duration) -> Res
         .await
         .map_err(|e| Error::Index(format!("{}: cleanup: {e}", table.uri())))?;
     Ok(removed.old_versions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_append_deltas_until_the_cap_then_merge_all_but_the_first_build() {
+        for segments in 1..MAX_INDEX_SEGMENTS {
+            assert_eq!(segment_policy(segments).num_indices_to_merge, Some(0));
+        }
+        assert_eq!(segment_policy(4).num_indices_to_merge, Some(3));
+        assert_eq!(segment_policy(9).num_indices_to_merge, Some(8));
+    }
+
+    #[test]
+    fn a_schedule_is_due_by_commits_or_by_time() {
+        let mut by_commits = Schedule::new(3, None);
+        assert!(!by_commits.committed());
+        assert!(!by_commits.committed());
+        assert!(by_commits.committed());
+        by_commits.done();
+        assert!(!by_commits.committed());
+        let mut by_time = Schedule::new(0, Some(Duration::ZERO));
+        assert!(by_time.committed());
+        let mut never = Schedule::new(0, None);
+        assert!((0..100).all(|_| !never.committed()));
+    }
 }

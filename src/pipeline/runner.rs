@@ -14,7 +14,7 @@ use metrics::{counter, gauge, histogram};
 use super::plan::{bind, Continuous, Target};
 use crate::error::{Error, Result};
 use crate::index::fence::Fence;
-use crate::index::maintain::Rewritten;
+use crate::index::maintain::{Rewritten, Rounds, Schedule};
 use crate::index::{Change, LanceTable, SourceOffsets};
 use crate::kafka::intake::{intake, Failure, Intake, Reader};
 use crate::kafka::options::OnError;
@@ -36,17 +36,16 @@ pub struct RunStats {
     pub maintenance: u64,
 }
 
-/// When the index is due for maintenance: every `semflow.maintenance_commits` commits, or
-/// `semflow.maintenance_seconds` after the last round once something was committed.
-struct Schedule {
-    every_commits: u64,
-    every: Option<std::time::Duration>,
-    commits: u64,
-    last: Instant,
-}
+/// Index maintenance beside the stream ([`Rounds`]), on the schedule the session's
+/// `semflow.maintenance_commits` / `semflow.maintenance_seconds` set; each round is counted
+/// and logged. A failure is never fatal: ingestion goes on and the next round tries again.
+struct Maintenance(Rounds);
 
-impl Schedule {
-    fn from_session(ctx: &SessionContext) -> Self {
+impl Maintenance {
+    fn new(ctx: &SessionContext, target: &Target) -> Option<Self> {
+        let Target::Index(table) = target else {
+            return None;
+        };
         let state = ctx.state();
         let options = state
             .config_options()
@@ -54,90 +53,28 @@ impl Schedule {
             .get::<crate::udf::options::SemflowOptions>();
         let (commits, seconds) =
             options.map_or((0, 0), |o| (o.maintenance_commits, o.maintenance_seconds));
-        Self {
-            every_commits: commits,
-            every: (seconds > 0).then(|| std::time::Duration::from_secs(seconds)),
-            commits: 0,
-            last: Instant::now(),
+        let every = (seconds > 0).then(|| std::time::Duration::from_secs(seconds));
+        Some(Self(Rounds::new(
+            table.clone(),
+            Schedule::new(commits, every),
+        )))
+    }
+
+    /// Resolves when a running round's rewrite has finished; pending while none runs.
+    async fn rewritten(maintenance: &mut Option<Self>) -> Result<Rewritten> {
+        match maintenance {
+            Some(m) => m.0.rewritten().await,
+            None => std::future::pending().await,
         }
     }
 
-    /// Counts one commit; whether maintenance is due.
-    fn committed(&mut self) -> bool {
-        self.commits += 1;
-        (self.every_commits > 0 && self.commits >= self.every_commits)
-            || self.every.is_some_and(|every| self.last.elapsed() >= every)
-    }
-
-    fn done(&mut self) {
-        self.commits = 0;
-        self.last = Instant::now();
-    }
-}
-
-/// Index maintenance beside the stream: a round's rewrite (compaction, index updates) runs as
-/// a task of its own while batches go on committing; its checkpoint, one empty commit, lands
-/// between two batches, so it never races this worker's own commits. A failure is logged and
-/// counted, never fatal: ingestion goes on and the next round tries again.
-struct Maintenance {
-    table: LanceTable,
-    schedule: Schedule,
-    running: Option<(Instant, tokio::task::JoinHandle<Result<Rewritten>>)>,
-}
-
-impl Maintenance {
-    fn new(ctx: &SessionContext, target: &Target) -> Option<Self> {
-        match target {
-            Target::Index(table) => Some(Self {
-                table: table.clone(),
-                schedule: Schedule::from_session(ctx),
-                running: None,
-            }),
-            Target::Other => None,
-        }
-    }
-
-    /// Counts a committed batch; starts a round when one is due and none is running.
-    fn committed(&mut self) {
-        if self.schedule.committed() && self.running.is_none() {
-            let table = self.table.clone();
-            let task = tokio::spawn(async move { crate::index::maintain::rewrite(&table).await });
-            self.running = Some((Instant::now(), task));
-        }
-    }
-
-    /// Resolves when the running round's rewrite has finished; pending while none runs.
-    async fn rewritten(maintenance: &mut Option<Self>) -> (Instant, Result<Rewritten>) {
-        let Some((started, task)) = maintenance.as_mut().and_then(|m| m.running.as_mut()) else {
-            return std::future::pending().await;
-        };
-        let result = task
-            .await
-            .unwrap_or_else(|e| Err(Error::Index(format!("maintenance task: {e}"))));
-        (*started, result)
-    }
-
-    /// Ends a round: commits the checkpoint after a successful rewrite, and reports.
-    async fn finish(
-        &mut self,
-        started: Instant,
-        rewritten: Result<Rewritten>,
-        stats: &mut RunStats,
-    ) {
-        self.running = None;
-        self.schedule.done();
-        let result = match rewritten {
-            Ok(r) => crate::index::maintain::checkpoint(&self.table, &r)
-                .await
-                .map(|()| r.report),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(report) => {
+    /// Ends a round (its checkpoint), and reports.
+    async fn finish(&mut self, rewritten: Result<Rewritten>, stats: &mut RunStats) {
+        match self.0.finish(rewritten).await {
+            Ok((report, took)) => {
                 stats.maintenance += 1;
                 counter!("semflow_pipeline_maintenance_total").increment(1);
-                histogram!("semflow_pipeline_maintenance_seconds")
-                    .record(started.elapsed().as_secs_f64());
+                histogram!("semflow_pipeline_maintenance_seconds").record(took.as_secs_f64());
                 tracing::info!(
                     fragments_removed = report.fragments_removed,
                     fragments_added = report.fragments_added,
@@ -146,23 +83,13 @@ impl Maintenance {
                     "index maintenance: version {} -> {} in {:.2} s",
                     report.versions.0,
                     report.versions.1,
-                    started.elapsed().as_secs_f64()
+                    took.as_secs_f64()
                 );
             }
             Err(e) => {
                 counter!("semflow_pipeline_maintenance_failures_total").increment(1);
                 tracing::warn!("index maintenance skipped, tried again later: {e}");
             }
-        }
-    }
-}
-
-impl Drop for Maintenance {
-    /// A round still running at shutdown is abandoned: each of its commits is atomic, and
-    /// files it wrote without committing are removed by a later cleanup.
-    fn drop(&mut self) {
-        if let Some((_, task)) = &self.running {
-            task.abort();
         }
     }
 }
@@ -207,9 +134,9 @@ pub async fn run_continuous(
         let batch = tokio::select! {
             biased;
             _ = &mut shutdown => break Ok(()),
-            (started, rewritten) = Maintenance::rewritten(&mut maintenance) => {
+            rewritten = Maintenance::rewritten(&mut maintenance) => {
                 if let Some(m) = maintenance.as_mut() {
-                    m.finish(started, rewritten, &mut stats).await;
+                    m.finish(rewritten, &mut stats).await;
                 }
                 continue;
             }
@@ -227,7 +154,7 @@ pub async fn run_continuous(
                 consumer.ack(seq, Some(positions));
                 on_batch(&stats);
                 if let Some(m) = maintenance.as_mut() {
-                    m.committed();
+                    m.0.committed();
                 }
             }
             Err(e @ Error::Fenced { .. }) => {
