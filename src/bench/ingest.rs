@@ -272,8 +272,11 @@ fn statements(
     let setting = maintenance_commits
         .map(|n| format!("SET semflow.maintenance_commits = {n};"))
         .unwrap_or_default();
+    // Every document is embedded: a second run of the same documents (maintenance off, then
+    // on) must not be served from the first one's cache.
     let pipeline = format!(
-        "{setting}
+        "SET semflow.cache = false;
+         {setting}
          {};
          {};
          INSERT INTO k1_idx SELECT id, body, embed(body) AS embedding FROM k1_docs",
