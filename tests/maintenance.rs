@@ -378,3 +378,76 @@ async fn rounds_keep_each_index_to_a_few_segments() {
     let ds = table.latest().await.unwrap().unwrap();
     assert_eq!(ds.count_rows(None).await.unwrap(), 280);
 }
+
+/// Manifests in a Lance dataset's `_versions` directory (one per committed version).
+fn manifests(table: &LanceTable) -> usize {
+    std::fs::read_dir(std::path::Path::new(&table.uri()).join("_versions"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// A SIGKILL in the middle of a round — `semflow optimize` killed as soon as its first commit
+/// (the compaction) lands, before its index update and checkpoint — loses nothing: the
+/// positions are still those of the last stream commit, every row is there and found, and the
+/// next round completes and carries the positions through a cleanup of every old version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_killed_midway_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, table) = setup(dir.path()).await;
+    commit(&table, &engine, 0, 0, None, 5).await;
+    for i in 1..90i64 {
+        if i == 30 {
+            create_indexes(&engine).await;
+        }
+        commit(&table, &engine, 10 * i, 0, Some(5 * i), 5 * (i + 1)).await;
+    }
+    let expected = table.offsets(&wanted()).await.unwrap();
+    assert_eq!(expected, positions(&[(0, 450)]));
+    let before = manifests(&table);
+
+    let mut round = common::semflow_command()
+        .args(["optimize", &table.uri()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while manifests(&table) == before {
+        let exited = round.try_wait().unwrap();
+        assert!(
+            exited.is_none(),
+            "optimize ended ({exited:?}) before any commit"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    round.kill().unwrap(); // SIGKILL
+    let status = round.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the round finished before the kill: {status}"
+    );
+
+    assert_eq!(table.offsets(&wanted()).await.unwrap(), expected);
+    let ds = table.latest().await.unwrap().unwrap();
+    assert_eq!(ds.count_rows(None).await.unwrap(), 900);
+    let nearest = "SELECT id FROM idx ORDER BY cosine_similarity(embedding, embed('document 895')) DESC LIMIT 1";
+    assert_eq!(ids(&engine, nearest).await, ["doc 895"]);
+
+    let out = common::semflow_command()
+        .args(["optimize", &table.uri(), "--cleanup-older-than", "0"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(table.offsets(&wanted()).await.unwrap(), expected);
+    assert!(
+        manifests(&table) < before,
+        "the cleanup removed old versions"
+    );
+    let keyword = "SELECT id FROM full_text_search('idx', 'body', 'word895')";
+    assert_eq!(ids(&engine, keyword).await, ["doc 895"]);
+    assert_eq!(ids(&engine, nearest).await, ["doc 895"]);
+    // The stream goes on from the carried position.
+    commit(&table, &engine, 900, 0, Some(450), 455).await;
+}
