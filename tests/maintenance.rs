@@ -431,15 +431,12 @@ async fn a_round_killed_midway_loses_nothing() {
     let nearest = "SELECT id FROM idx ORDER BY cosine_similarity(embedding, embed('document 895')) DESC LIMIT 1";
     assert_eq!(ids(&engine, nearest).await, ["doc 895"]);
 
-    let out = common::semflow_command()
-        .args(["optimize", &table.uri(), "--cleanup-older-than", "0"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::stdout_of(common::semflow_command().args([
+        "optimize",
+        &table.uri(),
+        "--cleanup-older-than",
+        "0",
+    ]));
     assert_eq!(table.offsets(&wanted()).await.unwrap(), expected);
     assert!(
         manifests(&table) < before,

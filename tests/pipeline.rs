@@ -751,17 +751,12 @@ async fn avro_registry_credentials_are_sent() {
 
 #[test]
 fn bench_k1_ingests_every_document_and_reports_rate_and_lag() {
-    let out = common::semflow_command()
-        .args(["bench", "--workloads", "k1", "--json", "--k1-docs", "1200"])
-        .args(["--kafka", &bootstrap(), "--k1-rate", "1000"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::stdout_of(
+        common::semflow_command()
+            .args(["bench", "--workloads", "k1", "--json", "--k1-docs", "1200"])
+            .args(["--kafka", &bootstrap(), "--k1-rate", "1000"]),
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(report["ingest"].as_array().unwrap().len(), 1, "{report}");
     let k1 = &report["ingest"][0];
     assert_eq!(k1["docs"], 1200, "{k1}");
@@ -780,18 +775,13 @@ fn bench_k1_ingests_every_document_and_reports_rate_and_lag() {
 
 #[test]
 fn bench_k1_compares_ingest_with_and_without_maintenance_on_indexed_tables() {
-    let out = common::semflow_command()
-        .args(["bench", "--workloads", "k1", "--json", "--k1-docs", "800"])
-        .args(["--kafka", &bootstrap(), "--k1-rate", "50"])
-        .args(["--k1-index-rows", "1000", "--k1-maintenance-commits", "2"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::stdout_of(
+        common::semflow_command()
+            .args(["bench", "--workloads", "k1", "--json", "--k1-docs", "800"])
+            .args(["--kafka", &bootstrap(), "--k1-rate", "50"])
+            .args(["--k1-index-rows", "1000", "--k1-maintenance-commits", "2"]),
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let runs = report["ingest"].as_array().unwrap();
     assert_eq!(runs.len(), 2, "{report}");
     for (run, every) in runs.iter().zip([0, 2]) {
@@ -808,4 +798,55 @@ fn bench_k1_compares_ingest_with_and_without_maintenance_on_indexed_tables() {
         runs[1]["maintenance_rounds"].as_u64().unwrap() >= 1,
         "{report}"
     );
+}
+
+/// `semflow.maintenance_rows` schedules rounds by rows written (commits and time off): with a
+/// round due every 20 rows the stream's rounds happen; nothing else could start one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_is_scheduled_by_rows_written() {
+    let topic = unique("by-rows");
+    create_topic(&topic, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("idx").to_string_lossy().into_owned();
+    let sql = format!(
+        "SET semflow.maintenance_commits = 0;
+         SET semflow.maintenance_rows = 20;
+         {}",
+        pipeline_sql(&topic, &unique("by-rows"), &location, "")
+    );
+    let p = producer();
+    let first: Vec<_> = (0..30).map(|i| doc(&format!("d{i}"), "body")).collect();
+    produce_each(&p, &topic, &first).await;
+    // More records keep batches coming after a round ends: a batch reports the count.
+    let feeding = {
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            for i in 30..1230 {
+                produce_each(&p, &topic, &[doc(&format!("d{i}"), "more")]).await;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let engine = common::tiny_engine();
+    let rounds = Arc::new(AtomicU64::new(0));
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let shutdown = {
+        let (rounds, notify) = (rounds.clone(), notify.clone());
+        async move {
+            while rounds.load(Ordering::SeqCst) == 0 {
+                notify.notified().await;
+            }
+        }
+    };
+    let run = semflow::pipeline::run(&engine, &sql, shutdown, |s| {
+        rounds.store(s.maintenance, Ordering::SeqCst);
+        notify.notify_one();
+    });
+    let stats = tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .expect("no maintenance round within 120 s")
+        .unwrap();
+    feeding.abort();
+    assert!(stats.maintenance >= 1, "{stats:?}");
+    assert!(stats.rows_written >= 20, "{stats:?}");
 }

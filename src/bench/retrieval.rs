@@ -379,7 +379,7 @@ async fn stream(
     maintenance_every: usize,
     pace: Duration,
 ) -> Result<StreamRun> {
-    let schedule = Schedule::new(maintenance_every as u64, None);
+    let schedule = Schedule::new(maintenance_every as u64, 0, None);
     let mut rounds = (maintenance_every > 0).then(|| Rounds::new(table.clone(), schedule));
     let mut run = StreamRun::default();
     let mut round_s = 0.0;
@@ -407,7 +407,7 @@ async fn stream(
         run.commit_s += took;
         run.commit_max_ms = run.commit_max_ms.max(took * 1000.0);
         if let Some(r) = rounds.as_mut() {
-            r.committed();
+            r.committed(rows.iter().map(|b| b.num_rows() as u64).sum());
         }
     }
     run.seconds = started.elapsed().as_secs_f64();

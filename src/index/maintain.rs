@@ -222,35 +222,43 @@ async fn is_checkpoint(ds: &Dataset) -> Result<bool> {
     ))
 }
 
-/// When a round is due: every `every_commits` commits, or `every` after the last round once
-/// something was committed (0 / `None` turn either off).
+/// When a round is due: after `every_commits` commits, after `every_rows` rows written, or
+/// `every` after the last round once something was committed — whichever comes first
+/// (0 / `None` turn each off).
 #[derive(Debug, Clone)]
 pub struct Schedule {
     every_commits: u64,
+    every_rows: u64,
     every: Option<Duration>,
     commits: u64,
+    rows: u64,
     last: Instant,
 }
 
 impl Schedule {
-    pub fn new(every_commits: u64, every: Option<Duration>) -> Self {
+    pub fn new(every_commits: u64, every_rows: u64, every: Option<Duration>) -> Self {
         Self {
             every_commits,
+            every_rows,
             every,
             commits: 0,
+            rows: 0,
             last: Instant::now(),
         }
     }
 
-    /// Counts one commit; whether a round is due.
-    fn committed(&mut self) -> bool {
+    /// Counts one commit of `rows` rows; whether a round is due.
+    fn committed(&mut self, rows: u64) -> bool {
         self.commits += 1;
+        self.rows += rows;
         (self.every_commits > 0 && self.commits >= self.every_commits)
+            || (self.every_rows > 0 && self.rows >= self.every_rows)
             || self.every.is_some_and(|every| self.last.elapsed() >= every)
     }
 
     fn done(&mut self) {
         self.commits = 0;
+        self.rows = 0;
         self.last = Instant::now();
     }
 }
@@ -274,9 +282,10 @@ impl Rounds {
         }
     }
 
-    /// Counts a stream commit; starts a round when one is due and none is running.
-    pub fn committed(&mut self) {
-        if self.schedule.committed() && self.running.is_none() {
+    /// Counts a stream commit of `rows` rows; starts a round when one is due and none is
+    /// running.
+    pub fn committed(&mut self, rows: u64) {
+        if self.schedule.committed(rows) && self.running.is_none() {
             let table = self.table.clone();
             let task = tokio::spawn(async move { rewrite(&table).await });
             self.running = Some((Instant::now(), task));
@@ -350,16 +359,23 @@ mod tests {
     }
 
     #[test]
-    fn a_schedule_is_due_by_commits_or_by_time() {
-        let mut by_commits = Schedule::new(3, None);
-        assert!(!by_commits.committed());
-        assert!(!by_commits.committed());
-        assert!(by_commits.committed());
+    fn a_schedule_is_due_by_commits_rows_or_time() {
+        let mut by_commits = Schedule::new(3, 0, None);
+        assert!(!by_commits.committed(1000));
+        assert!(!by_commits.committed(1000));
+        assert!(by_commits.committed(1000));
         by_commits.done();
-        assert!(!by_commits.committed());
-        let mut by_time = Schedule::new(0, Some(Duration::ZERO));
-        assert!(by_time.committed());
-        let mut never = Schedule::new(0, None);
-        assert!((0..100).all(|_| !never.committed()));
+        assert!(!by_commits.committed(1000));
+        let mut by_rows = Schedule::new(0, 500, None);
+        assert!(!by_rows.committed(200));
+        assert!(!by_rows.committed(299));
+        assert!(by_rows.committed(1));
+        by_rows.done();
+        assert!(!by_rows.committed(499));
+        assert!(by_rows.committed(600));
+        let mut by_time = Schedule::new(0, 0, Some(Duration::ZERO));
+        assert!(by_time.committed(1));
+        let mut never = Schedule::new(0, 0, None);
+        assert!((0..100).all(|_| !never.committed(1_000_000)));
     }
 }

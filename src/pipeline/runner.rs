@@ -37,7 +37,7 @@ pub struct RunStats {
 }
 
 /// Index maintenance beside the stream ([`Rounds`]), on the schedule the session's
-/// `semflow.maintenance_commits` / `semflow.maintenance_seconds` set; each round is counted
+/// `semflow.maintenance_commits` / `_rows` / `_seconds` set; each round is counted
 /// and logged. A failure is never fatal: ingestion goes on and the next round tries again.
 struct Maintenance(Rounds);
 
@@ -51,13 +51,16 @@ impl Maintenance {
             .config_options()
             .extensions
             .get::<crate::udf::options::SemflowOptions>();
-        let (commits, seconds) =
-            options.map_or((0, 0), |o| (o.maintenance_commits, o.maintenance_seconds));
+        let (commits, rows, seconds) = options.map_or((0, 0, 0), |o| {
+            (
+                o.maintenance_commits,
+                o.maintenance_rows,
+                o.maintenance_seconds,
+            )
+        });
         let every = (seconds > 0).then(|| std::time::Duration::from_secs(seconds));
-        Some(Self(Rounds::new(
-            table.clone(),
-            Schedule::new(commits, every),
-        )))
+        let schedule = Schedule::new(commits, rows, every);
+        Some(Self(Rounds::new(table.clone(), schedule)))
     }
 
     /// Resolves when a running round's rewrite has finished; pending while none runs.
@@ -149,12 +152,13 @@ pub async fn run_continuous(
         };
         let seq = batch.seq;
         let positions = batch.positions.clone();
+        let written = stats.rows_written;
         match process(ctx, &job, &options, producer.as_ref(), batch, &mut stats).await {
             Ok(()) => {
                 consumer.ack(seq, Some(positions));
                 on_batch(&stats);
                 if let Some(m) = maintenance.as_mut() {
-                    m.0.committed();
+                    m.0.committed(stats.rows_written - written);
                 }
             }
             Err(e @ Error::Fenced { .. }) => {

@@ -21,8 +21,11 @@ extensions_options! {
         /// commits (0: never), carrying the stream positions forward.
         pub maintenance_commits: u64, default = 100
         /// semflow run: …or once this many seconds have passed since the last round and
-        /// something was committed (0: by commits only).
+        /// something was committed (0: not by time).
         pub maintenance_seconds: u64, default = 0
+        /// semflow run: …or once this many rows were written since the last round (0: not
+        /// by rows).
+        pub maintenance_rows: u64, default = 0
         /// Vector search through an index: how many IVF partitions to probe, from 0 (as few
         /// as find k rows) to 1 (all), Lance's adaptive probing (0.5 is its default).
         pub search_effort: f64, default = SearchEffort::DEFAULT.effort

@@ -220,6 +220,19 @@ pub fn semflow_bin() -> PathBuf {
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_semflow").into())
 }
 
+/// Runs `command` to completion and returns what it wrote to stdout; fails the test with its
+/// stderr when it did not succeed.
+pub fn stdout_of(command: &mut std::process::Command) -> Vec<u8> {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// `semflow` run from the repository root with the tiny random models as its embedding and
 /// reranking models (a test's own flags or environment override them).
 pub fn semflow_command() -> std::process::Command {
