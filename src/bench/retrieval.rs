@@ -407,7 +407,7 @@ async fn stream(
         run.commit_s += took;
         run.commit_max_ms = run.commit_max_ms.max(took * 1000.0);
         if let Some(r) = rounds.as_mut() {
-            r.committed(rows.iter().map(|b| b.num_rows() as u64).sum());
+            r.committed(rows.iter().map(|batch| batch.num_rows() as u64).sum());
         }
     }
     run.seconds = started.elapsed().as_secs_f64();
