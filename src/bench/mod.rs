@@ -522,8 +522,8 @@ pub fn render(report: &Report) -> String {
         }
         for p in &r.phases {
             s.push_str(&format!(
-                "  {:<40} effort {:.1} refine {:>2}  rows {:>7}  fragments {:>4}  unindexed {:>6}  segments {:>2}  recall@10 {:.3}  p50 {:.2} ms  p99 {:.2} ms\n",
-                p.name, p.effort.effort, p.effort.refine, p.rows, p.fragments, p.unindexed_rows, p.index_segments, p.recall_at_10, p.p50_ms, p.p99_ms
+                "  {:<40} effort {:.1} refine {:>2}  rows {:>7}  fragments {:>4} ({:>2} with deletions)  unindexed {:>6}  segments {:>2}  recall@10 {:.3}  p50 {:.2} ms  p99 {:.2} ms\n",
+                p.name, p.effort.effort, p.effort.refine, p.rows, p.fragments, p.fragments_with_deletions, p.unindexed_rows, p.index_segments, p.recall_at_10, p.p50_ms, p.p99_ms
             ));
         }
     }
