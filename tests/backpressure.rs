@@ -116,3 +116,113 @@ async fn a_slow_pipeline_pauses_the_consumer_and_loses_nothing() {
     );
     consumer.stop();
 }
+
+/// Takes `consumer`'s batches as a pipeline would, acknowledging each and then, while `slow`
+/// is set, holding `pause` before the next (noting in `paused` whether the consumer has paused
+/// its partitions meanwhile); notes the highest offset seen per partition in `seen`.
+fn read_slowly(
+    mut consumer: Consumer,
+    pause: Duration,
+    slow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<HashMap<i32, i64>>>,
+) -> tokio::task::JoinHandle<Consumer> {
+    use std::sync::atomic::Ordering;
+    tokio::spawn(async move {
+        while let Some(Ok(batch)) = consumer.next().await {
+            {
+                let mut seen = seen.lock().unwrap();
+                for r in &batch.records {
+                    let top = seen.entry(r.partition).or_insert(-1);
+                    *top = (*top).max(r.offset);
+                }
+            }
+            consumer.ack(batch.seq, Some(batch.positions));
+            let held = Instant::now();
+            while slow.load(Ordering::SeqCst) && held.elapsed() < pause {
+                paused.store(consumer.is_paused(), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        consumer
+    })
+}
+
+/// A consumer whose partitions are paused for backpressure when a rebalance revokes them and
+/// gives them back must fetch them again: librdkafka keeps an application's pause through
+/// unassign and assign, and without a resume the worker would sit idle on them for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_paused_across_a_rebalance_are_fetched_again() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    const PARTITIONS: i32 = 2;
+    let topic = unique("bp-rebalance");
+    create_topic(&topic, PARTITIONS).await;
+    let records: Vec<_> = (0..10_000)
+        .map(|i| (Some(format!("k{i}")), Some(format!("{{\"id\":\"k{i}\"}}"))))
+        .collect();
+    let delivered = produce(&producer(), &topic, &records).await;
+    let ends = common::kafka::end_offsets(&delivered, PARTITIONS);
+
+    let options: HashMap<String, String> = [
+        ("bootstrap.servers", bootstrap()),
+        ("group.id", unique("bp-rebalance-group")),
+        ("format.start", "earliest".into()),
+        ("format.batch_rows", "100".into()),
+        ("session.timeout.ms", "6000".into()),
+        ("heartbeat.interval.ms", "500".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let options = KafkaOptions::parse(&topic, &options).unwrap();
+
+    // A's pipeline holds each batch for seconds: its consumer pauses its partitions.
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let slow = Arc::new(AtomicBool::new(true));
+    let a_paused = Arc::new(AtomicBool::new(false));
+    let a = Consumer::start(&options, Mode::Pipeline(None)).unwrap();
+    let hold = Duration::from_secs(5);
+    let a = read_slowly(a, hold, slow.clone(), a_paused.clone(), seen.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a_paused.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "A never paused");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // B joins while A is paused (A's partitions are revoked, some given back to it), takes a
+    // batch, then leaves: A is given every partition.
+    let b_seen = Arc::new(Mutex::new(HashMap::new()));
+    let b = Consumer::start(&options, Mode::Pipeline(None)).unwrap();
+    let fast = Arc::new(AtomicBool::new(false));
+    let b = read_slowly(b, Duration::ZERO, fast.clone(), fast, b_seen.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while b_seen.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "B never got a batch");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.abort();
+    drop(b.await);
+    slow.store(false, Ordering::SeqCst);
+
+    // A reads every partition to its end.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let at: Vec<i64> = {
+            let seen = seen.lock().unwrap();
+            (0..PARTITIONS)
+                .map(|p| seen.get(&p).copied().unwrap_or(-1) + 1)
+                .collect()
+        };
+        if at == ends {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A stopped short: read to {at:?} of {ends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.abort();
+    drop(a.await);
+}

@@ -195,6 +195,17 @@ impl ConsumerContext for Context {
                     ))));
                     return;
                 }
+                // librdkafka keeps an application pause on a partition through unassign and
+                // assign: a partition paused for backpressure before the rebalance and
+                // assigned here again would never be fetched, while the polling loop (whose
+                // batches the revocation dropped) believes nothing is paused.
+                if let Err(e) = consumer.resume(tpl) {
+                    self.shared.push(Event::Failed(Error::Kafka(format!(
+                        "resuming assigned partitions: {e}"
+                    ))));
+                    return;
+                }
+                self.shared.paused.store(false, Ordering::SeqCst);
                 self.shared.push(Event::Assigned(resolved, parts));
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
