@@ -38,7 +38,7 @@ impl Failure {
 pub enum Reader {
     /// Tombstones are no rows (raw-format tables show them, with a null value).
     Scan,
-    /// Only the newest record per key counts (an update or a delete); tombstones are
+    /// Only the newest valid record per key counts (an update or a delete); tombstones are
     /// deletions of their key.
     Pipeline,
 }
@@ -86,16 +86,11 @@ pub async fn intake(
             &unwrapped[..]
         }
     };
-    let newest = match reader {
-        Reader::Pipeline => newest_per_key(records),
-        Reader::Scan => Vec::new(),
-    };
-    let mut deletes = Vec::new();
+    let mut tombstones = Vec::new();
     let mut values = Vec::new();
+    // Where each of `values` stands in `records`.
+    let mut value_at = Vec::new();
     for (i, record) in records.iter().enumerate() {
-        if reader == Reader::Pipeline && !newest[i] {
-            continue;
-        }
         let fail = |reason: String| Failure {
             record: record.clone(),
             reason,
@@ -106,7 +101,7 @@ pub async fn intake(
                 "tombstone (null value) without a key: nothing to delete".into(),
             )),
             (None, Some(key), Reader::Pipeline) => match std::str::from_utf8(key) {
-                Ok(k) => deletes.push(k.to_string()),
+                Ok(k) => tombstones.push((i, k.to_string())),
                 Err(_) => failures.push(fail("tombstone key is not UTF-8 text".into())),
             },
             (Some(v), _, _) if v.len() > options.max_value_bytes => failures.push(fail(format!(
@@ -114,7 +109,10 @@ pub async fn intake(
                 v.len(),
                 options.max_value_bytes
             ))),
-            _ => values.push(record.clone()),
+            _ => {
+                values.push(record.clone());
+                value_at.push(i);
+            }
         }
     }
     let decoded = decoder.decode(&values)?;
@@ -125,10 +123,14 @@ pub async fn intake(
     if rewritten {
         as_arrived(&mut failures, arrived);
     }
+    let (batch, rows_from, deletes) = match reader {
+        Reader::Scan => (decoded.batch, decoded.rows_from, Vec::new()),
+        Reader::Pipeline => newest_per_key(records, &value_at, decoded, tombstones)?,
+    };
     Ok(Intake {
-        batch: decoded.batch,
+        batch,
         values,
-        rows_from: decoded.rows_from,
+        rows_from,
         deletes,
         failures,
     })
@@ -214,23 +216,58 @@ fn unwrap_envelopes(
         .collect()
 }
 
-/// Whether each record is the newest of its key in the batch (keyless records always are).
-fn newest_per_key(records: &[Record]) -> Vec<bool> {
-    let mut last = std::collections::HashMap::new();
-    for (i, r) in records.iter().enumerate() {
-        if let Some(k) = &r.key {
-            last.insert(k.as_slice(), i);
+/// What a pipeline applies of a batch: per key, only its newest record that decoded (a row)
+/// or is a tombstone (a deletion); keyless rows all count. A record that failed (a
+/// dead letter) does not hide an earlier valid one of its key, so what a document ends up
+/// with does not depend on where batches were cut.
+fn newest_per_key(
+    records: &[Record],
+    value_at: &[usize],
+    decoded: super::decode::Decoded,
+    tombstones: Vec<(usize, String)>,
+) -> Result<(RecordBatch, Vec<usize>, Vec<String>)> {
+    let row_records: Vec<usize> = decoded.rows_from.iter().map(|v| value_at[*v]).collect();
+    let mut newest: std::collections::HashMap<&[u8], usize> = std::collections::HashMap::new();
+    for i in row_records.iter().chain(tombstones.iter().map(|(i, _)| i)) {
+        if let Some(key) = records[*i].key.as_deref() {
+            let at = newest.entry(key).or_insert(*i);
+            *at = (*at).max(*i);
         }
     }
-    records
+    let is_newest = |i: usize| {
+        records[i]
+            .key
+            .as_deref()
+            .is_none_or(|k| newest.get(k) == Some(&i))
+    };
+    let keep: Vec<bool> = row_records.iter().map(|i| is_newest(*i)).collect();
+    let rows_from = decoded
+        .rows_from
         .iter()
-        .enumerate()
-        .map(|(i, r)| r.key.as_deref().is_none_or(|k| last.get(k) == Some(&i)))
-        .collect()
+        .zip(&keep)
+        .filter_map(|(v, k)| k.then_some(*v))
+        .collect();
+    let batch = if keep.iter().all(|k| *k) {
+        decoded.batch
+    } else {
+        let mask = arrow::array::BooleanArray::from(keep);
+        arrow::compute::filter_record_batch(&decoded.batch, &mask)?
+    };
+    let deletes = tombstones
+        .into_iter()
+        .filter(|(i, _)| is_newest(*i))
+        .map(|(_, key)| key)
+        .collect();
+    Ok((batch, rows_from, deletes))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::AsArray;
+    use arrow::datatypes::{DataType, Field, Schema};
+
     use super::*;
 
     fn record(offset: i64, key: Option<&str>, value: Option<&str>) -> Record {
@@ -245,14 +282,58 @@ mod tests {
         }
     }
 
-    #[test]
-    fn newest_record_per_key_wins_and_keyless_records_all_count() {
-        let records = [
-            record(0, Some("a"), Some("1")),
-            record(1, None, Some("2")),
-            record(2, Some("a"), Some("3")),
-            record(3, None, Some("4")),
-        ];
-        assert_eq!(newest_per_key(&records), [false, true, true, true]);
+    /// What a pipeline takes of `records`: (row bodies, deleted keys, failed offsets).
+    async fn taken(records: &[Record]) -> (Vec<String>, Vec<String>, Vec<i64>) {
+        let schema = Arc::new(Schema::new(vec![Field::new("body", DataType::Utf8, true)]));
+        let decoder = Decoder::new(schema, Format::Json).unwrap();
+        let client = [("bootstrap.servers".to_string(), "127.0.0.1:9".to_string())];
+        let options = KafkaOptions::parse("t", &client.into_iter().collect()).unwrap();
+        let out = intake(records, &options, &decoder, Reader::Pipeline)
+            .await
+            .unwrap();
+        let bodies = out.batch.column(0).as_string::<i32>();
+        let rows = (0..out.batch.num_rows())
+            .map(|i| bodies.value(i).to_string())
+            .collect();
+        let failed = out.failures.iter().map(|f| f.record.offset).collect();
+        assert_eq!(out.rows_from.len(), out.batch.num_rows());
+        (rows, out.deletes, failed)
+    }
+
+    #[tokio::test]
+    async fn newest_record_per_key_wins_and_keyless_records_all_count() {
+        let (rows, deletes, failed) = taken(&[
+            record(0, Some("a"), Some(r#"{"body": "a1"}"#)),
+            record(1, None, Some(r#"{"body": "x"}"#)),
+            record(2, Some("a"), Some(r#"{"body": "a2"}"#)),
+            record(3, None, Some(r#"{"body": "y"}"#)),
+            record(4, Some("b"), Some(r#"{"body": "b1"}"#)),
+            record(5, Some("b"), None),
+            record(6, Some("c"), None),
+            record(7, Some("c"), Some(r#"{"body": "c1"}"#)),
+        ])
+        .await;
+        assert_eq!(rows, ["x", "a2", "y", "c1"]);
+        assert_eq!(deletes, ["b"]);
+        assert!(failed.is_empty());
+    }
+
+    /// A poison record after a valid update of its key is dead-lettered, and the update is
+    /// still applied: the outcome must not depend on whether both fell in one batch.
+    #[tokio::test]
+    async fn a_failed_record_does_not_hide_an_earlier_valid_one() {
+        let (rows, deletes, failed) = taken(&[
+            record(0, Some("a"), Some(r#"{"body": "a1"}"#)),
+            record(1, Some("a"), Some("not json")),
+            record(2, Some("b"), None),
+            record(3, Some("b"), Some("{")),
+            record(4, Some("c"), Some("{")),
+            record(5, Some("c"), Some(r#"{"body": "c1"}"#)),
+        ])
+        .await;
+        assert_eq!(rows, ["a1", "c1"]);
+        assert_eq!(deletes, ["b"]);
+        // Every failed record is reported, also one a later record of its key replaced.
+        assert_eq!(failed, [1, 3, 4]);
     }
 }
