@@ -3,7 +3,10 @@
 //!   deletes) flow through a 3-partition topic, restarted each time (also over chunk tables
 //!   and as Debezium change events);
 //! - two workers in one consumer group share a 4-partition topic and one is SIGKILLed midway
-//!   (tests/fleet.rs does the same with an inference fleet).
+//!   (tests/fleet.rs does the same with an inference fleet);
+//! - two workers in one group, either one SIGKILLed at random every few seconds and
+//!   restarted, over a table of chunks, plain documents and Debezium change events, with
+//!   poison records among them.
 //!
 //! Either way the final index must equal the final state of the topic exactly.
 
@@ -230,4 +233,233 @@ async fn two_workers_share_partitions_and_survive_losing_one() {
     println!(
         "two workers: {OPS} operations over 4 partitions; B committed {read_b} records before SIGKILL, A {read_a}"
     );
+}
+
+/// Poison records (values that are not JSON) for documents of `ops`, one about every
+/// `every` records: they are dead-lettered and the document they name keeps what it had.
+fn with_poison(ops: Records, every: usize, seed: u64) -> Records {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(ops.len() + ops.len() / every + 1);
+    for (n, op) in ops.into_iter().enumerate() {
+        if n > 0 && rng.random_range(0..every) == 0 {
+            let key = op.0.clone();
+            out.push((key, Some("{\"id\": not json".to_string())));
+        }
+        out.push(op);
+    }
+    out
+}
+
+/// What happens to one of two workers in [`either_of_two`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disruption {
+    /// SIGKILL, then a restart at once.
+    Kill,
+    /// SIGSTOP until the other worker has taken its partitions over (past its session
+    /// timeout), then SIGCONT: it wakes up holding a batch of partitions it lost.
+    Pause,
+}
+
+/// What [`either_of_two`] saw.
+struct PairRun {
+    /// Disruptions per worker.
+    hits: [usize; 2],
+    committed: [u64; 2],
+    fenced: usize,
+    elapsed: Duration,
+}
+
+/// Two `semflow run` workers in one group while `ops` are produced; for each of `schedule`,
+/// one of the two, picked at random, is disrupted a random 0.5–3 s into its run. Then both
+/// catch up and stop on SIGTERM.
+async fn either_of_two(s: &Setup, ops: Records, schedule: &[Disruption], seed: u64) -> PairRun {
+    let logs = [s.dir.path().join("a.log"), s.dir.path().join("b.log")];
+    let records = ops.len() as u64;
+    let producing = produce_in_background(&s.topic, ops);
+    let began = Instant::now();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut workers = [start(&s.pipeline, &logs[0]), start(&s.pipeline, &logs[1])];
+    let mut started = [Instant::now(); 2];
+    let mut run = PairRun {
+        hits: [0; 2],
+        committed: [0; 2],
+        fenced: 0,
+        elapsed: Duration::ZERO,
+    };
+    let mut log_starts = [0usize; 2];
+    for disruption in schedule {
+        let i = rng.random_range(0..2usize);
+        // Once it has held partitions, a random while into its run.
+        wait_assigned(&logs[i], log_starts[i], 1).await;
+        let at = Duration::from_millis(rng.random_range(500..3000));
+        tokio::time::sleep(at.saturating_sub(started[i].elapsed())).await;
+        if let Some(status) = workers[i].try_wait().unwrap() {
+            panic!(
+                "worker {i} exited early with {status}; log:\n{}",
+                log_text(&logs[i])
+            );
+        }
+        run.hits[i] += 1;
+        match disruption {
+            Disruption::Kill => {
+                workers[i].kill().unwrap(); // SIGKILL
+                workers[i].wait().unwrap();
+                run.committed[i] += read_by_run(&logs[i], log_starts[i]);
+                log_starts[i] = log_len(&logs[i]);
+                workers[i] = start(&s.pipeline, &logs[i]);
+                started[i] = Instant::now();
+            }
+            Disruption::Pause => {
+                let other = 1 - i;
+                let before = assignments_since(&logs[other], 0);
+                common::signal(&workers[i], "STOP");
+                wait_assigned(&logs[other], 0, before + 1).await;
+                common::signal(&workers[i], "CONT");
+            }
+        }
+    }
+    let delivered = producing.await.unwrap();
+    for (i, log) in logs.iter().enumerate() {
+        wait_assigned(log, log_starts[i], 1).await;
+    }
+    {
+        let [a, b] = &mut workers;
+        wait_caught_up(
+            s,
+            &end_offsets(&delivered, PARTITIONS),
+            &mut [(a, &logs[0]), (b, &logs[1])],
+        )
+        .await;
+    }
+    run.elapsed = began.elapsed();
+    for (i, worker) in workers.iter_mut().enumerate() {
+        terminate(worker, &logs[i]);
+        run.committed[i] += read_by_run(&logs[i], log_starts[i]);
+        run.fenced += log_text(&logs[i]).matches("rejoining the group").count();
+    }
+    // Every commit is fenced at where its batch began: no record is committed twice (a
+    // refused batch is not counted), and no stored position ever moves back.
+    let committed = run.committed.iter().sum::<u64>();
+    assert!(
+        committed <= records,
+        "{committed} records committed in total for {records}"
+    );
+    assert_positions_never_move_back(&s.location).await;
+    run
+}
+
+/// Waits (up to 60 s) until `log` shows at least `n` partition assignments from byte `from`.
+async fn wait_assigned(log: &std::path::Path, from: usize, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while assignments_since(log, from) < n {
+        assert!(
+            Instant::now() < deadline,
+            "no partition assignment; log:\n{}",
+            log_text(log)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Partition assignments a log shows from byte `from` on.
+fn assignments_since(log: &std::path::Path, from: usize) -> usize {
+    log_text(log)
+        .get(from..)
+        .unwrap_or_default()
+        .matches("partitions assigned")
+        .count()
+}
+
+/// Prints what [`either_of_two`] saw.
+fn report(what: &str, ops: usize, live: usize, run: &PairRun) {
+    println!(
+        "two workers, {what}: {ops} records ({live} live documents) over {PARTITIONS} partitions; disruptions A {} B {}; committed A {} B {} records; {} batches fenced; caught up in {:.1} s",
+        run.hits[0],
+        run.hits[1],
+        run.committed[0],
+        run.committed[1],
+        run.fenced,
+        run.elapsed.as_secs_f64()
+    );
+}
+
+/// pipelines/index-chunks.sql's shape under two workers, either one SIGKILLed at random and
+/// restarted: updates that grow and shrink documents' chunk counts, tombstones and poison
+/// records. Every live document ends with exactly its current chunks, nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_chunked_workers_survive_sigkills_of_either() {
+    let _heavy = common::one_heavy_test_at_a_time().await;
+    const OPS: usize = 6_000;
+    let s = setup_source(
+        &common::kafka::bootstrap(),
+        "pair-chunks",
+        PARTITIONS,
+        Target::Chunks,
+        "",
+    )
+    .await;
+    let (ops, expected) = chunk_workload(41, OPS);
+    let ops = with_poison(ops, 200, 43);
+    let n = ops.len();
+    let run = either_of_two(&s, ops, &[Disruption::Kill; KILLS], 47).await;
+    assert_chunks_equal(&s.location, &expected).await;
+    report("chunks", n, expected.len(), &run);
+}
+
+/// The same two-worker schedule over one row per document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_document_workers_survive_sigkills_of_either() {
+    let _heavy = common::one_heavy_test_at_a_time().await;
+    const OPS: usize = 6_000;
+    let s = setup("pair-docs", PARTITIONS).await;
+    let (ops, expected) = workload(53, OPS);
+    let ops = with_poison(ops, 200, 59);
+    let n = ops.len();
+    let run = either_of_two(&s, ops, &[Disruption::Kill; KILLS], 61).await;
+    assert_index_equals(&s.location, &expected).await;
+    report("documents", n, expected.len(), &run);
+}
+
+/// The same two-worker schedule over Debezium change events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_debezium_workers_survive_sigkills_of_either() {
+    let _heavy = common::one_heavy_test_at_a_time().await;
+    const OPS: usize = 6_000;
+    let s = setup_source(
+        &common::kafka::bootstrap(),
+        "pair-cdc",
+        PARTITIONS,
+        Target::Documents,
+        ", 'envelope' 'debezium'",
+    )
+    .await;
+    let (ops, expected) = workload(67, OPS);
+    let events = with_poison(as_debezium(&ops), 200, 71);
+    let n = events.len();
+    let run = either_of_two(&s, events, &[Disruption::Kill; KILLS], 73).await;
+    assert_index_equals(&s.location, &expected).await;
+    report("Debezium", n, expected.len(), &run);
+}
+
+/// The chunk scenario with a worker SIGSTOPped past its session timeout and resumed (a
+/// zombie holding a batch of partitions it lost), between SIGKILLs of either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_chunked_workers_survive_a_zombie_and_sigkills() {
+    use Disruption::{Kill, Pause};
+    let _heavy = common::one_heavy_test_at_a_time().await;
+    const OPS: usize = 4_000;
+    let s = setup_source(
+        &common::kafka::bootstrap(),
+        "zombie-chunks",
+        PARTITIONS,
+        Target::Chunks,
+        "",
+    )
+    .await;
+    let (ops, expected) = chunk_workload(79, OPS);
+    let ops = with_poison(ops, 200, 83);
+    let n = ops.len();
+    let run = either_of_two(&s, ops, &[Kill, Pause, Kill, Pause], 89).await;
+    assert_chunks_equal(&s.location, &expected).await;
+    report("chunks, zombies", n, expected.len(), &run);
 }

@@ -10,7 +10,6 @@
 
 use crate::common;
 
-use std::collections::BTreeMap;
 use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +20,6 @@ use common::kafka::end_offsets;
 use common::pipeline::*;
 use semflow::error::Error;
 use semflow::index::fence::Fence;
-use semflow::index::offsets::{recorded_at, Recorded};
 use semflow::index::{Change, LanceTable, SourceOffsets};
 
 fn offsets(entries: &[(i32, i64)]) -> SourceOffsets {
@@ -180,25 +178,6 @@ impl Drop for Worker {
     }
 }
 
-/// Every stored position in the version history, per partition, in commit order.
-async fn position_history(location: &str) -> BTreeMap<(String, i32), Vec<(u64, i64)>> {
-    let table = LanceTable::open(location, None, None).await.unwrap();
-    let ds = table.latest().await.unwrap().unwrap();
-    let mut history: BTreeMap<(String, i32), Vec<(u64, i64)>> = BTreeMap::new();
-    for version in 1..=ds.version().version {
-        let Recorded::Offsets { offsets, .. } = recorded_at(&ds, version).await.unwrap() else {
-            continue;
-        };
-        for (topic, partition, next) in offsets.iter() {
-            history
-                .entry((topic.to_string(), partition))
-                .or_default()
-                .push((version, next));
-        }
-    }
-    history
-}
-
 async fn stored(s: &Setup, partitions: i32) -> SourceOffsets {
     let wanted: Vec<(String, i32)> = (0..partitions).map(|p| (s.topic.clone(), p)).collect();
     match LanceTable::open(&s.location, None, None).await {
@@ -290,21 +269,7 @@ async fn a_paused_worker_cannot_commit_over_its_successor() {
     terminate(&mut b.0, &log_b);
     assert_index_equals(&s.location, &expected).await;
 
-    let history = position_history(&s.location).await;
-    let mut commits = 0;
-    for ((topic, partition), positions) in &history {
-        commits += positions.len();
-        for pair in positions.windows(2) {
-            assert!(
-                pair[1].1 >= pair[0].1,
-                "{topic}/{partition} moved back from {} (version {}) to {} (version {})",
-                pair[0].1,
-                pair[0].0,
-                pair[1].1,
-                pair[1].0
-            );
-        }
-    }
+    let commits = assert_positions_never_move_back(&s.location).await;
     let fenced = log_text(&log_a).matches("rejoining the group").count();
     println!(
         "fencing: {OPS} operations over {PARTITIONS} partitions; A paused past its session, {fenced} stale batch(es) of A refused, {commits} partition positions in the history, none moved back"

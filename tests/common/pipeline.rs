@@ -298,19 +298,28 @@ pub async fn wait_caught_up(setup: &Setup, ends: &[i64], running: &mut [(&mut Ch
         .map(|p| (setup.topic.clone(), p))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut stored = None;
     loop {
         if let Ok(table) = LanceTable::open(&setup.location, None, None).await {
             let offsets = table.offsets(&wanted).await.unwrap();
             if (0..ends.len()).all(|p| offsets.get(&setup.topic, p as i32) == Some(ends[p])) {
                 return;
             }
+            stored = Some(offsets);
         }
+        let logs = || {
+            running
+                .iter()
+                .map(|(_, log)| format!("{}:\n{}", log.display(), log_text(log)))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert!(
+            Instant::now() < deadline,
+            "the pipeline did not catch up to {ends:?} (stored: {stored:?}); logs:\n{}",
+            logs()
+        );
         for (child, log) in running.iter_mut() {
-            assert!(
-                Instant::now() < deadline,
-                "the pipeline did not catch up; log:\n{}",
-                log_text(log)
-            );
             assert!(
                 child.try_wait().unwrap().is_none(),
                 "the pipeline exited; log:\n{}",
@@ -456,4 +465,39 @@ pub async fn assert_chunks_equal(location: &str, expected: &BTreeMap<String, Str
         chunks > expected.len(),
         "the workload has no multi-chunk documents"
     );
+}
+
+/// Checks that no commit in the index's version history moves any partition's stored
+/// position backwards; returns how many partition positions the history holds.
+pub async fn assert_positions_never_move_back(location: &str) -> usize {
+    use semflow::index::offsets::{recorded_at, Recorded};
+    let table = LanceTable::open(location, None, None).await.unwrap();
+    let ds = table.latest().await.unwrap().unwrap();
+    let mut history: BTreeMap<(String, i32), Vec<(u64, i64)>> = BTreeMap::new();
+    for version in 1..=ds.version().version {
+        let Recorded::Offsets { offsets, .. } = recorded_at(&ds, version).await.unwrap() else {
+            continue;
+        };
+        for (topic, partition, next) in offsets.iter() {
+            history
+                .entry((topic.to_string(), partition))
+                .or_default()
+                .push((version, next));
+        }
+    }
+    let mut commits = 0;
+    for ((topic, partition), positions) in &history {
+        commits += positions.len();
+        for pair in positions.windows(2) {
+            assert!(
+                pair[1].1 >= pair[0].1,
+                "{topic}/{partition} moved back from {} (version {}) to {} (version {})",
+                pair[0].1,
+                pair[0].0,
+                pair[1].1,
+                pair[1].0
+            );
+        }
+    }
+    commits
 }
