@@ -9,9 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{inference_config, Settings};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::index::maintain::Policy;
 use crate::model::config::Preset;
 use crate::model::random::{write_random_model, ModelKind, RandomModelSpec, WeightDtype};
 use crate::output::{write_results, Format, Progress};
+use crate::udf::options::SemflowOptions;
 
 /// semflow: a streaming SQL engine for semantic data.
 #[derive(Debug, Parser)]
@@ -106,6 +108,16 @@ pub struct OptimizeArgs {
     /// survive: the maintenance commit carries them).
     #[arg(long)]
     pub cleanup_older_than: Option<u64>,
+    /// Rewrite fragments once this fraction of their rows is deleted (0: any) —
+    /// semflow.maintenance_deleted_fraction under `semflow run`.
+    #[arg(long, default_value_t = SemflowOptions::default().maintenance_deleted_fraction,
+          value_parser = non_negative)]
+    pub deleted_fraction: f64,
+    /// Segments each index keeps (at least 1) — semflow.maintenance_index_segments under
+    /// `semflow run`.
+    #[arg(long, default_value_t = SemflowOptions::default().maintenance_index_segments,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub index_segments: u64,
 }
 
 #[derive(Debug, Args)]
@@ -313,6 +325,16 @@ pub struct BenchArgs {
     /// embedding a batch (0: commits back to back, faster than any embedding model).
     #[arg(long, default_value_t = 500)]
     pub r1_commit_ms: u64,
+    /// R1 maintenance: rewrite fragments once this fraction of their rows is deleted
+    /// (semflow.maintenance_deleted_fraction).
+    #[arg(long, default_value_t = SemflowOptions::default().maintenance_deleted_fraction,
+          value_parser = non_negative)]
+    pub r1_deleted_fraction: f64,
+    /// R1 maintenance: segments an index keeps after a round
+    /// (semflow.maintenance_index_segments).
+    #[arg(long, default_value_t = SemflowOptions::default().maintenance_index_segments,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub r1_index_segments: u64,
     /// C1 documents.
     #[arg(long, default_value_t = 2000)]
     pub c1_docs: usize,
@@ -487,9 +509,22 @@ fn run_alias(args: AliasArgs) -> Result<()> {
     Ok(())
 }
 
+/// A flag's value that must be a finite number of 0 or more (clap names the flag).
+fn non_negative(value: &str) -> std::result::Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{value:?} is not a number of 0 or more")),
+    }
+}
+
 async fn run_optimize(args: OptimizeArgs) -> Result<()> {
     let table = crate::index::LanceTable::open(&args.location, None, None).await?;
-    let report = crate::index::maintain::maintain(&table).await?;
+    let policy = Policy::from_options(&SemflowOptions {
+        maintenance_deleted_fraction: args.deleted_fraction,
+        maintenance_index_segments: args.index_segments,
+        ..Default::default()
+    })?;
+    let report = crate::index::maintain::maintain(&table, policy).await?;
     println!(
         "{}: version {} -> {}: {} fragments compacted into {}, {} indexes updated, {} stream positions carried forward",
         args.location,
@@ -808,6 +843,11 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
             maintenance_every: args.r1_maintenance_every,
             commit_ms: args.r1_commit_ms,
             seed: args.seed,
+            policy: Policy::from_options(&SemflowOptions {
+                maintenance_deleted_fraction: args.r1_deleted_fraction,
+                maintenance_index_segments: args.r1_index_segments,
+                ..Default::default()
+            })?,
         },
         chunk_docs: args.c1_docs,
         chunk_tokens: args.c1_tokens,

@@ -31,7 +31,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::index::fence::Fence;
-use crate::index::maintain::{Rounds, Schedule};
+use crate::index::maintain::{maintain, Policy, Rounds, Schedule};
 use crate::index::{Change, LanceTable, SourceOffsets};
 use crate::udf::options::SearchEffort;
 use lance::index::{DatasetIndexExt, DatasetIndexInternalExt};
@@ -76,6 +76,9 @@ pub struct RetrievalOptions {
     /// Milliseconds from one stream commit's start to the next's (0: back to back).
     pub commit_ms: u64,
     pub seed: u64,
+    /// How the maintained copy's rounds (and the rebuilt baseline's compaction) treat deleted
+    /// rows and index segments.
+    pub policy: Policy,
 }
 
 /// Search quality and speed of one state of the index.
@@ -432,10 +435,11 @@ async fn stream(
     commits: &[Vec<RecordBatch>],
     per_batch: usize,
     maintenance_every: usize,
+    policy: Policy,
     pace: Duration,
 ) -> Result<StreamRun> {
     let schedule = Schedule::new(maintenance_every as u64, 0, None);
-    let mut rounds = (maintenance_every > 0).then(|| Rounds::new(table.clone(), schedule));
+    let mut rounds = (maintenance_every > 0).then(|| Rounds::new(table.clone(), schedule, policy));
     let mut run = StreamRun::default();
     let mut round_s = 0.0;
     let started = Instant::now();
@@ -552,16 +556,17 @@ pub async fn run(opts: &RetrievalOptions) -> Result<RetrievalResult> {
 
     let commits = stream_commits(opts, &mut points, &mut truth)?;
     let pace = Duration::from_millis(opts.commit_ms);
-    let without = stream(&plain, &commits, opts.batch_rows, 0, pace).await?;
+    let policy = opts.policy;
+    let without = stream(&plain, &commits, opts.batch_rows, 0, policy, pace).await?;
     let phase = "after stream, no maintenance";
     phases.push(measure(phase, &plain, &truth, &queries, DEFAULT).await?);
     let every = opts.maintenance_every;
-    let with = stream(&maintained, &commits, opts.batch_rows, every, pace).await?;
+    let with = stream(&maintained, &commits, opts.batch_rows, every, policy, pace).await?;
     let phase = "after stream, maintenance beside it";
     phases.push(measure(phase, &maintained, &truth, &queries, DEFAULT).await?);
     // The round the schedule runs next (on `semflow.maintenance_seconds`, or the next
     // commits): what searches see once maintenance has caught up with the stream.
-    crate::index::maintain::maintain(&maintained).await?;
+    maintain(&maintained, policy).await?;
     // What more probing and re-ranking buy on the maintained index (the settings users can
     // raise with SET semflow.search_effort / semflow.search_refine).
     for effort in SWEEP {
@@ -573,7 +578,7 @@ pub async fn run(opts: &RetrievalOptions) -> Result<RetrievalResult> {
     }
     // The baseline: the same final rows compacted and indexed from scratch, measured side
     // by side with the maintained copy.
-    crate::index::maintain::maintain(&plain).await?;
+    maintain(&plain, policy).await?;
     build_index(&plain, truth.ids.len(), truth.dims).await?;
     let compared = [
         ("maintained, after its next round", &maintained, DEFAULT),
@@ -607,7 +612,7 @@ async fn fresh_index(
     let plain = open(dir, "plain", opts.dims).await?;
     load(&plain, &initial, opts.dims).await?;
     drop(initial);
-    crate::index::maintain::maintain(&plain).await?;
+    maintain(&plain, opts.policy).await?;
     let index_build_s = build_index(&plain, opts.rows, opts.dims).await?;
     Ok((plain, index_build_s))
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use lance::dataset::optimize::{compact_files, CompactionOptions};
 use lance::dataset::transaction::{Operation, TransactionBuilder};
 use lance::dataset::CommitBuilder;
-use lance::index::DatasetIndexExt;
+use lance::index::{DatasetIndexExt, DatasetIndexInternalExt};
 use lance::Dataset;
 use lance_index::optimize::OptimizeOptions;
 
@@ -30,6 +30,7 @@ use super::offsets::{
 use super::table::LanceTable;
 use super::write::is_conflict;
 use crate::error::{Error, Result};
+use crate::udf::options::SemflowOptions;
 
 /// What one maintenance round did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,6 +53,51 @@ pub struct Rewritten {
     pub positions: SourceOffsets,
 }
 
+/// How a round treats deleted rows and index segments: the session's
+/// `semflow.maintenance_deleted_fraction` and `semflow.maintenance_index_segments`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Policy {
+    /// A fragment is rewritten without its deleted rows once this fraction of its rows is
+    /// deleted (0: any). Until then every search through an index builds a mask of them;
+    /// lower values trade rewriting for search latency under updates.
+    pub deleted_fraction: f32,
+    /// Segments an index keeps after a round (at least 1): a search visits each one.
+    pub index_segments: usize,
+}
+
+impl Policy {
+    /// The settings in `options`, checked (naming the setting at fault).
+    pub fn from_options(options: &SemflowOptions) -> Result<Self> {
+        let fraction = options.maintenance_deleted_fraction;
+        if !(fraction.is_finite() && fraction >= 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "semflow.maintenance_deleted_fraction must be 0 or more, not {fraction}"
+            )));
+        }
+        if options.maintenance_index_segments == 0 {
+            return Err(Error::InvalidArgument(
+                "semflow.maintenance_index_segments must be at least 1".into(),
+            ));
+        }
+        Ok(Self {
+            deleted_fraction: fraction as f32,
+            index_segments: usize::try_from(options.maintenance_index_segments)
+                .unwrap_or(usize::MAX),
+        })
+    }
+}
+
+impl Default for Policy {
+    /// The settings' defaults.
+    fn default() -> Self {
+        let defaults = SemflowOptions::default();
+        Self {
+            deleted_fraction: defaults.maintenance_deleted_fraction as f32,
+            index_segments: defaults.maintenance_index_segments as usize,
+        }
+    }
+}
+
 /// Rows per fragment compaction aims for. A fragment that reached it is left alone, so each
 /// row is rewritten a bounded number of times however large the table grows (Lance's default,
 /// 1M, would rewrite the growing fragment in every round of a stream).
@@ -64,8 +110,8 @@ const ATTEMPTS: u32 = 3;
 
 /// Compacts `table`, updates its indexes and checkpoints its stream positions. Nothing to do
 /// leaves the table as it is.
-pub async fn maintain(table: &LanceTable) -> Result<MaintenanceReport> {
-    let rewritten = rewrite(table).await?;
+pub async fn maintain(table: &LanceTable, policy: Policy) -> Result<MaintenanceReport> {
+    let rewritten = rewrite(table, policy).await?;
     checkpoint(table, &rewritten).await?;
     let mut report = rewritten.report;
     report.versions.1 = version(table).await?.unwrap_or(report.versions.1);
@@ -74,7 +120,7 @@ pub async fn maintain(table: &LanceTable) -> Result<MaintenanceReport> {
 
 /// Compacts small fragments and adds unindexed rows to every index, in commits that carry
 /// no stream positions (see the module comment): safe beside a running stream.
-pub async fn rewrite(table: &LanceTable) -> Result<Rewritten> {
+pub async fn rewrite(table: &LanceTable, policy: Policy) -> Result<Rewritten> {
     let Some(base) = table.latest().await? else {
         return Ok(Rewritten::default());
     };
@@ -83,6 +129,8 @@ pub async fn rewrite(table: &LanceTable) -> Result<Rewritten> {
     let (fragments_removed, fragments_added) = retried(table, "compaction", |mut ds| async move {
         let options = CompactionOptions {
             target_rows_per_fragment: TARGET_ROWS_PER_FRAGMENT,
+            materialize_deletions: true,
+            materialize_deletions_threshold: policy.deleted_fraction,
             ..Default::default()
         };
         let m = compact_files(&mut ds, options, None).await?;
@@ -90,7 +138,7 @@ pub async fn rewrite(table: &LanceTable) -> Result<Rewritten> {
     })
     .await?;
     let indexes = retried(table, "index update", |mut ds| async move {
-        update_indexes(&mut ds).await
+        update_indexes(&mut ds, policy.index_segments).await
     })
     .await?;
     let after = version(table).await?.unwrap_or(before);
@@ -139,16 +187,9 @@ async fn version(table: &LanceTable) -> Result<Option<u64>> {
     Ok(table.latest().await?.map(|d| d.version().version))
 }
 
-/// Index segments (the first build and the deltas rounds append) a search visits at most: a
-/// round that finds this many merges the deltas and its new rows into one delta and leaves
-/// the first build alone. Lance's default would append a vector delta every round (a search
-/// then visits every one of them) and merge a full-text index's new rows into its newest
-/// segment (the whole index, every round, until a delta exists).
-const MAX_INDEX_SEGMENTS: usize = 4;
-
-/// Adds the rows each index does not cover yet: a new delta segment, or a merge of the deltas
-/// (see [`MAX_INDEX_SEGMENTS`]). Returns the number of indexes.
-async fn update_indexes(ds: &mut Dataset) -> lance::Result<usize> {
+/// Adds the rows each index does not cover yet, keeping it to `cap` segments (the first
+/// build and the deltas rounds add): see [`segment_policy`]. Returns the number of indexes.
+async fn update_indexes(ds: &mut Dataset, cap: usize) -> lance::Result<usize> {
     let mut segments: std::collections::BTreeMap<String, usize> = Default::default();
     for index in ds.load_indices().await?.iter() {
         if !lance_index::is_system_index(index) {
@@ -156,19 +197,30 @@ async fn update_indexes(ds: &mut Dataset) -> lance::Result<usize> {
         }
     }
     for (name, count) in &segments {
-        let mut options = segment_policy(*count);
+        let unindexed = !ds.unindexed_fragments(name).await?.is_empty();
+        let Some(mut options) = segment_policy(*count, unindexed, cap) else {
+            continue;
+        };
         options.index_names = Some(vec![name.clone()]);
         ds.optimize_indices(&options).await?;
     }
     Ok(segments.len())
 }
 
-/// How a round updates an index that has `segments` segments now.
-fn segment_policy(segments: usize) -> OptimizeOptions {
-    if segments >= MAX_INDEX_SEGMENTS {
-        OptimizeOptions::merge(segments - 1)
+/// How a round updates an index that has `segments` segments now and rows it does not cover
+/// (`unindexed`), to end with at most `cap` segments; `None`: as it is. Below the cap the new
+/// rows become a segment of their own; at it they merge with the newest segments, as few as
+/// keep the cap (so the first build is rewritten only with a cap of 1). Lance's default
+/// would append a vector segment every round (a search visits every one) and merge a
+/// full-text index's new rows into its newest segment (the whole index, every round).
+fn segment_policy(segments: usize, unindexed: bool, cap: usize) -> Option<OptimizeOptions> {
+    let cap = cap.max(1);
+    if !unindexed && segments <= cap {
+        None
+    } else if unindexed && segments < cap {
+        Some(OptimizeOptions::append())
     } else {
-        OptimizeOptions::append()
+        Some(OptimizeOptions::merge(segments + 1 - cap))
     }
 }
 
@@ -270,14 +322,16 @@ impl Schedule {
 pub struct Rounds {
     table: LanceTable,
     schedule: Schedule,
+    policy: Policy,
     running: Option<(Instant, tokio::task::JoinHandle<Result<Rewritten>>)>,
 }
 
 impl Rounds {
-    pub fn new(table: LanceTable, schedule: Schedule) -> Self {
+    pub fn new(table: LanceTable, schedule: Schedule, policy: Policy) -> Self {
         Self {
             table,
             schedule,
+            policy,
             running: None,
         }
     }
@@ -286,8 +340,8 @@ impl Rounds {
     /// running.
     pub fn committed(&mut self, rows: u64) {
         if self.schedule.committed(rows) && self.running.is_none() {
-            let table = self.table.clone();
-            let task = tokio::spawn(async move { rewrite(&table).await });
+            let (table, policy) = (self.table.clone(), self.policy);
+            let task = tokio::spawn(async move { rewrite(&table, policy).await });
             self.running = Some((Instant::now(), task));
         }
     }
@@ -349,13 +403,60 @@ pub async fn cleanup(table: &LanceTable, older_than: std::time::Duration) -> Res
 mod tests {
     use super::*;
 
-    #[test]
-    fn rounds_append_deltas_until_the_cap_then_merge_all_but_the_first_build() {
-        for segments in 1..MAX_INDEX_SEGMENTS {
-            assert_eq!(segment_policy(segments).num_indices_to_merge, Some(0));
+    /// Segments after a round that found `segments`, with new rows or without.
+    fn after(segments: usize, unindexed: bool, cap: usize) -> usize {
+        match segment_policy(segments, unindexed, cap).map(|o| o.num_indices_to_merge) {
+            None => segments,
+            Some(Some(0)) => segments + 1,
+            Some(Some(merged)) => {
+                assert!(merged <= segments, "{merged} of {segments} merged");
+                segments - merged + 1
+            }
+            Some(None) => panic!("Lance's own merge choice"),
         }
-        assert_eq!(segment_policy(4).num_indices_to_merge, Some(3));
-        assert_eq!(segment_policy(9).num_indices_to_merge, Some(8));
+    }
+
+    #[test]
+    fn rounds_append_segments_up_to_the_cap_then_merge_the_newest() {
+        for cap in 1..6 {
+            for segments in 1..10 {
+                let with_rows = after(segments, true, cap);
+                assert!((1..=cap).contains(&with_rows), "{segments} at cap {cap}");
+                // A round with nothing new changes no index that is within the cap.
+                let quiet = after(segments, false, cap);
+                assert_eq!(quiet, segments.min(cap), "{segments} at cap {cap}");
+            }
+        }
+        // New rows below the cap: a segment of their own; at the cap: merged into the
+        // newest; with a cap of 1 the first build takes them.
+        for (segments, cap, merged) in [(1, 2, 0), (2, 2, 1), (4, 2, 3), (1, 1, 1)] {
+            assert_eq!(
+                segment_policy(segments, true, cap).map(|o| o.num_indices_to_merge),
+                Some(Some(merged)),
+                "{segments} segments at cap {cap}"
+            );
+        }
+        assert!(segment_policy(2, false, 2).is_none());
+    }
+
+    #[test]
+    fn the_policy_settings_are_checked_and_default_to_the_session_defaults() {
+        assert_eq!(
+            Policy::from_options(&SemflowOptions::default()).unwrap(),
+            Policy::default()
+        );
+        let mut options = SemflowOptions {
+            maintenance_deleted_fraction: -0.5,
+            ..Default::default()
+        };
+        let e = Policy::from_options(&options).unwrap_err().to_string();
+        assert!(e.contains("semflow.maintenance_deleted_fraction"), "{e}");
+        options.maintenance_deleted_fraction = f64::NAN;
+        assert!(Policy::from_options(&options).is_err());
+        options.maintenance_deleted_fraction = 0.0;
+        options.maintenance_index_segments = 0;
+        let e = Policy::from_options(&options).unwrap_err().to_string();
+        assert!(e.contains("semflow.maintenance_index_segments"), "{e}");
     }
 
     #[test]

@@ -43,9 +43,24 @@ const INSERT_CHUNK_ROWS: usize = 8192;
 /// Lance's caches, shared by every table in the process. Lance's defaults (1 GiB of metadata,
 /// 6 GiB of index per session) let a long stream writer grow without end: every commit adds a
 /// manifest and fragment metadata (a 300 s soak grew ~2 MB/s). Caps sized for a worker: the
-/// metadata of recent versions, and the IVF partitions a search touches.
-const METADATA_CACHE_BYTES: usize = 64 << 20;
-const INDEX_CACHE_BYTES: usize = 512 << 20;
+/// metadata of recent versions, and the IVF partitions a search touches; the environment
+/// variables below change them (MiB).
+const METADATA_CACHE_MIB: usize = 64;
+const INDEX_CACHE_MIB: usize = 512;
+const METADATA_CACHE_ENV: &str = "SEMFLOW_LANCE_METADATA_CACHE_MIB";
+const INDEX_CACHE_ENV: &str = "SEMFLOW_LANCE_INDEX_CACHE_MIB";
+
+/// A cache size in bytes: `var` in MiB when set to a number, else `default` MiB.
+fn cache_bytes(var: &str, default: usize) -> usize {
+    let mib = match std::env::var(var) {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+            tracing::warn!("{var}={v:?} is not a number of MiB; using {default}");
+            default
+        }),
+        Err(_) => default,
+    };
+    mib << 20
+}
 
 /// The process-wide Lance session (caches and object stores).
 pub(crate) fn session() -> Arc<lance::session::Session> {
@@ -53,12 +68,21 @@ pub(crate) fn session() -> Arc<lance::session::Session> {
     SESSION
         .get_or_init(|| {
             Arc::new(lance::session::Session::new(
-                INDEX_CACHE_BYTES,
-                METADATA_CACHE_BYTES,
+                cache_bytes(INDEX_CACHE_ENV, INDEX_CACHE_MIB),
+                cache_bytes(METADATA_CACHE_ENV, METADATA_CACHE_MIB),
                 Default::default(),
             ))
         })
         .clone()
+}
+
+/// Bytes held by Lance's metadata and index caches (most of a long-running worker's memory
+/// beyond the model: they fill up to their caps).
+pub async fn cache_sizes() -> (usize, usize) {
+    let session = session();
+    let metadata = session.metadata_cache_stats().await.size_bytes;
+    let index = session.index_cache_stats().await.size_bytes;
+    (metadata, index)
 }
 
 /// Opens the newest version of the dataset at `uri` in the shared session.

@@ -14,7 +14,7 @@ use metrics::{counter, gauge, histogram};
 use super::plan::{bind, Continuous, Target};
 use crate::error::{Error, Result};
 use crate::index::fence::Fence;
-use crate::index::maintain::{Rewritten, Rounds, Schedule};
+use crate::index::maintain::{Policy, Rewritten, Rounds, Schedule};
 use crate::index::{Change, LanceTable, SourceOffsets};
 use crate::kafka::intake::{intake, Failure, Intake, Reader};
 use crate::kafka::options::OnError;
@@ -37,30 +37,29 @@ pub struct RunStats {
 }
 
 /// Index maintenance beside the stream ([`Rounds`]), on the schedule the session's
-/// `semflow.maintenance_commits` / `_rows` / `_seconds` set; each round is counted
-/// and logged. A failure is never fatal: ingestion goes on and the next round tries again.
+/// `semflow.maintenance_commits` / `_rows` / `_seconds` set and with the policy of
+/// `semflow.maintenance_deleted_fraction` / `_index_segments`; each round is counted and
+/// logged. A failure is never fatal: ingestion goes on and the next round tries again.
 struct Maintenance(Rounds);
 
 impl Maintenance {
-    fn new(ctx: &SessionContext, target: &Target) -> Option<Self> {
+    /// Refuses a bad setting, naming it.
+    fn new(ctx: &SessionContext, target: &Target) -> Result<Option<Self>> {
         let Target::Index(table) = target else {
-            return None;
+            return Ok(None);
         };
         let state = ctx.state();
         let options = state
             .config_options()
             .extensions
-            .get::<crate::udf::options::SemflowOptions>();
-        let (commits, rows, seconds) = options.map_or((0, 0, 0), |o| {
-            (
-                o.maintenance_commits,
-                o.maintenance_rows,
-                o.maintenance_seconds,
-            )
-        });
+            .get::<crate::udf::options::SemflowOptions>()
+            .cloned()
+            .unwrap_or_default();
+        let seconds = options.maintenance_seconds;
         let every = (seconds > 0).then(|| std::time::Duration::from_secs(seconds));
-        let schedule = Schedule::new(commits, rows, every);
-        Some(Self(Rounds::new(table.clone(), schedule)))
+        let schedule = Schedule::new(options.maintenance_commits, options.maintenance_rows, every);
+        let policy = Policy::from_options(&options)?;
+        Ok(Some(Self(Rounds::new(table.clone(), schedule, policy))))
     }
 
     /// Resolves when a running round's rewrite has finished; pending while none runs.
@@ -117,6 +116,7 @@ pub async fn run_continuous(
     shutdown: impl Future<Output = ()>,
     mut on_batch: impl FnMut(&RunStats),
 ) -> Result<RunStats> {
+    let mut maintenance = Maintenance::new(ctx, &job.target)?;
     let options = job.source.options().clone();
     let store: Option<Arc<dyn PositionStore>> = match &job.target {
         Target::Index(table) => Some(Arc::new(IndexPositions {
@@ -131,7 +131,6 @@ pub async fn run_continuous(
         _ => None,
     };
     let mut stats = RunStats::default();
-    let mut maintenance = Maintenance::new(ctx, &job.target);
     tokio::pin!(shutdown);
     let result = loop {
         let batch = tokio::select! {
@@ -253,6 +252,7 @@ async fn process(
         stats.deletes += committed.deleted;
         counter!("semflow_pipeline_rows_written_total").increment(committed.rows);
         counter!("semflow_pipeline_deletes_total").increment(committed.deleted);
+        record_cache_sizes().await;
     }
     for (topic, partition, next) in positions.iter() {
         gauge!("semflow_pipeline_position", "topic" => topic.to_string(), "partition" => partition.to_string())
@@ -265,6 +265,13 @@ async fn process(
     stats.records += records.len() as u64;
     counter!("semflow_pipeline_records_total").increment(records.len() as u64);
     Ok(())
+}
+
+/// Lance's cache sizes as gauges: a worker's memory grows with them until their caps.
+async fn record_cache_sizes() {
+    let (metadata, index) = crate::index::table::cache_sizes().await;
+    gauge!("semflow_lance_cache_bytes", "cache" => "metadata").set(metadata as f64);
+    gauge!("semflow_lance_cache_bytes", "cache" => "index").set(index as f64);
 }
 
 /// In a table of chunks, the documents a batch replaces: its tombstones, the keys of the

@@ -26,6 +26,14 @@ extensions_options! {
         /// semflow run: …or once this many rows were written since the last round (0: not
         /// by rows).
         pub maintenance_rows: u64, default = 0
+        /// semflow run / semflow optimize: a round rewrites a fragment without its deleted
+        /// rows once this fraction of its rows is deleted (0: any; above 1: never). Searches
+        /// through an index mask the deleted rows of every fragment it covers.
+        pub maintenance_deleted_fraction: f64, default = 0.1
+        /// semflow run / semflow optimize: segments an index keeps after a round (at least
+        /// 1); a search visits each one. Beyond it a round merges its newest segments with
+        /// the new rows instead of appending a segment.
+        pub maintenance_index_segments: u64, default = 2
         /// Vector search through an index: how many IVF partitions to probe, from 0 (as few
         /// as find k rows) to 1 (all), Lance's adaptive probing (0.5 is its default).
         pub search_effort: f64, default = SearchEffort::DEFAULT.effort
