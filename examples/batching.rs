@@ -11,8 +11,8 @@ use std::time::Instant;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use semflow::inference::config::LoadOptions;
 use semflow::inference::device::{DTypeSpec, DeviceSpec};
-use semflow::inference::local::LoadOptions;
 use semflow::inference::tokenize::Truncation;
 use semflow::inference::{BackendKind, CallOptions, EmbedInput, Inference, InferenceConfig};
 

@@ -107,6 +107,7 @@ async fn packed_batches_are_invariant() {
     check(BackendKind::Packed).await;
 }
 
+#[cfg(feature = "mistralrs")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mistralrs_batches_are_invariant() {
     check(BackendKind::MistralRs).await;

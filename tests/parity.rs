@@ -117,6 +117,7 @@ async fn embeddings_match_the_reference_packed() {
     check_embeddings(BackendKind::Packed).await;
 }
 
+#[cfg(feature = "mistralrs")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embeddings_match_the_reference_mistralrs() {
     check_embeddings(BackendKind::MistralRs).await;
@@ -127,6 +128,7 @@ async fn rerank_matches_the_reference_packed() {
     check_rerank(BackendKind::Packed).await;
 }
 
+#[cfg(feature = "mistralrs")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rerank_matches_the_reference_mistralrs() {
     check_rerank(BackendKind::MistralRs).await;

@@ -500,10 +500,32 @@ async fn sql_endpoint_answers_json_and_arrow() {
         .contains("--chat-model"));
 }
 
+/// Without mistral.rs in the build, `--chat-model` is refused, saying how to get it.
+#[cfg(not(feature = "mistralrs"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_model_needs_the_mistralrs_feature() {
+    use semflow::inference::config::LoadOptions;
+    use semflow::inference::device::{DTypeSpec, DeviceSpec};
+    let refused = semflow::serve::chat::ChatModel::load(
+        "random:tiny",
+        LoadOptions {
+            device: DeviceSpec::Cpu,
+            dtype: DTypeSpec::F32,
+            max_batch: 8,
+        },
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("--chat-model"), "{refused}");
+    assert!(refused.contains("--features mistralrs"), "{refused}");
+}
+
+#[cfg(feature = "mistralrs")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_hosted_generator_returns_schema_valid_json_and_drives_synth() {
+    use semflow::inference::config::LoadOptions;
     use semflow::inference::device::{DTypeSpec, DeviceSpec};
-    use semflow::inference::local::LoadOptions;
     use semflow::model::random::ModelKind;
     let dir = common::tiny_model(ModelKind::Reranker, common::RERANK_SEED);
     let chat = semflow::serve::chat::ChatModel::load(

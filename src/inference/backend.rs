@@ -8,6 +8,7 @@
 use async_trait::async_trait;
 
 use super::config::{BackendKind, InferenceConfig};
+#[cfg(feature = "mistralrs")]
 use super::local::{LocalEmbedder, LocalReranker};
 use super::packed::{PackedScorer, PackedWorker};
 use super::remote;
@@ -66,7 +67,10 @@ pub async fn load_embedder(dir: ModelDir, cfg: &InferenceConfig) -> Result<Box<d
     }
     Ok(match cfg.backend {
         BackendKind::Packed => Box::new(PackedWorker::start(dir, cfg.load, false).await?),
+        #[cfg(feature = "mistralrs")]
         BackendKind::MistralRs => Box::new(LocalEmbedder::load(dir, cfg.load).await?),
+        #[cfg(not(feature = "mistralrs"))]
+        BackendKind::MistralRs => return Err(super::config::without_mistralrs("--backend")),
     })
 }
 
@@ -79,7 +83,10 @@ pub async fn load_local_scorer(
         BackendKind::Packed => Box::new(PackedScorer(
             PackedWorker::start(dir, cfg.load, true).await?,
         )),
+        #[cfg(feature = "mistralrs")]
         BackendKind::MistralRs => Box::new(LocalReranker::load(dir, cfg.load).await?),
+        #[cfg(not(feature = "mistralrs"))]
+        BackendKind::MistralRs => return Err(super::config::without_mistralrs("--backend")),
     })
 }
 
@@ -97,6 +104,7 @@ impl ScoreBackend for PackedScorer {
     }
 }
 
+#[cfg(feature = "mistralrs")]
 #[async_trait]
 impl EmbedBackend for LocalEmbedder {
     async fn embed_ids(&self, seqs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
@@ -104,6 +112,7 @@ impl EmbedBackend for LocalEmbedder {
     }
 }
 
+#[cfg(feature = "mistralrs")]
 #[async_trait]
 impl ScoreBackend for LocalReranker {
     async fn score_ids(&self, seqs: Vec<Vec<u32>>) -> Result<Vec<f32>> {

@@ -1,7 +1,6 @@
 //! Inference settings: which backend, which models, how long an input may be.
 
 use super::device;
-use super::local::LoadOptions;
 use super::named::NamedModel;
 use super::remote;
 use super::tokenize::Truncation;
@@ -14,7 +13,8 @@ pub enum BackendKind {
     /// together. The default.
     #[default]
     Packed,
-    /// mistral.rs's pipelines (batches only equal-length inputs together).
+    /// mistral.rs's pipelines (batches only equal-length inputs together); in builds with
+    /// the `mistralrs` cargo feature.
     MistralRs,
 }
 
@@ -23,12 +23,30 @@ impl std::str::FromStr for BackendKind {
     fn from_str(s: &str) -> Result<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
             "packed" => Ok(BackendKind::Packed),
-            "mistralrs" | "mistral.rs" => Ok(BackendKind::MistralRs),
+            "mistralrs" | "mistral.rs" if cfg!(feature = "mistralrs") => Ok(BackendKind::MistralRs),
+            "mistralrs" | "mistral.rs" => Err(without_mistralrs("--backend mistralrs")),
             other => Err(Error::InvalidArgument(format!(
                 "--backend must be packed or mistralrs, got '{other}'"
             ))),
         }
     }
+}
+
+/// Refuses `what` (a flag) in a build without mistral.rs, saying how to get one.
+pub fn without_mistralrs(what: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "{what} runs on mistral.rs, which this build leaves out (built with --no-default-features): build semflow with `--features mistralrs`"
+    ))
+}
+
+/// How models are placed and scheduled.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    pub device: device::DeviceSpec,
+    pub dtype: device::DTypeSpec,
+    /// Sequences one forward pass runs together at most (mistral.rs: its scheduler's
+    /// `max_num_seqs`).
+    pub max_batch: usize,
 }
 
 /// Engine-wide inference settings.

@@ -57,11 +57,20 @@ impl FromStr for DTypeSpec {
     }
 }
 
+/// A `--dtype` resolved for a device; `Auto` (CUDA only) leaves the choice to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    F16,
+    Bf16,
+    Auto,
+}
+
 impl DTypeSpec {
     /// The dtype to load with on `device`. On CPU, `auto` means F32: candle's CPU BF16 matmul
     /// fails and F16 drifts ~8e-4 from the reference, so F32 is the only exact choice there.
-    pub fn resolve(self, device: DeviceSpec) -> Result<mistralrs::ModelDType> {
-        use mistralrs::ModelDType as M;
+    pub fn resolve(self, device: DeviceSpec) -> Result<Precision> {
+        use Precision as M;
         match (device, self) {
             (DeviceSpec::Cpu, DTypeSpec::Auto | DTypeSpec::F32) => Ok(M::F32),
             (DeviceSpec::Cpu, DTypeSpec::Bf16) => Err(Error::InvalidArgument(
@@ -70,7 +79,7 @@ impl DTypeSpec {
             (DeviceSpec::Cpu, DTypeSpec::F16) => Ok(M::F16),
             (DeviceSpec::Cuda(_), DTypeSpec::Auto) => Ok(M::Auto),
             (DeviceSpec::Cuda(_), DTypeSpec::F32) => Ok(M::F32),
-            (DeviceSpec::Cuda(_), DTypeSpec::Bf16) => Ok(M::BF16),
+            (DeviceSpec::Cuda(_), DTypeSpec::Bf16) => Ok(M::Bf16),
             (DeviceSpec::Cuda(_), DTypeSpec::F16) => Ok(M::F16),
         }
     }
@@ -80,17 +89,17 @@ impl DTypeSpec {
     pub fn candle(self, device: DeviceSpec) -> Result<candle_core::DType> {
         use candle_core::DType as D;
         Ok(match self.resolve(device)? {
-            mistralrs::ModelDType::F32 => D::F32,
-            mistralrs::ModelDType::F16 => D::F16,
-            mistralrs::ModelDType::BF16 | mistralrs::ModelDType::Auto => D::BF16,
+            Precision::F32 => D::F32,
+            Precision::F16 => D::F16,
+            Precision::Bf16 | Precision::Auto => D::BF16,
         })
     }
 
     /// The candle device for `device`; CUDA needs the `cuda` feature.
-    pub fn device(device: DeviceSpec) -> Result<mistralrs::Device> {
+    pub fn device(device: DeviceSpec) -> Result<candle_core::Device> {
         match device {
-            DeviceSpec::Cpu => Ok(mistralrs::Device::Cpu),
-            DeviceSpec::Cuda(n) => mistralrs::Device::new_cuda(n).map_err(|e| {
+            DeviceSpec::Cpu => Ok(candle_core::Device::Cpu),
+            DeviceSpec::Cuda(n) => candle_core::Device::new_cuda(n).map_err(|e| {
                 Error::InvalidArgument(format!(
                     "--device cuda:{n}: {e} (CUDA needs a build with --features cuda and an NVIDIA driver)"
                 ))
@@ -114,9 +123,9 @@ mod tests {
             .contains("--device"));
         assert_eq!("BF16".parse::<DTypeSpec>().unwrap(), DTypeSpec::Bf16);
         assert!(DTypeSpec::Bf16.resolve(DeviceSpec::Cpu).is_err());
-        assert!(matches!(
+        assert_eq!(
             DTypeSpec::Auto.resolve(DeviceSpec::Cpu).unwrap(),
-            mistralrs::ModelDType::F32
-        ));
+            Precision::F32
+        );
     }
 }

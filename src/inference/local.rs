@@ -14,19 +14,21 @@ use mistralrs::{
     RequestMessage, SamplingParams, Tensor, TextModelBuilder, TokenSource,
 };
 
-use super::device::{DTypeSpec, DeviceSpec};
+use super::config::LoadOptions;
+use super::device::{DTypeSpec, DeviceSpec, Precision};
 use super::prompts::{p_yes, NO_TOKEN_ID, YES_TOKEN_ID};
 use super::single_token::single_token_embedding;
 use crate::error::{Error, Result};
 use crate::model::dir::ModelDir;
 
-/// How models are placed and scheduled.
-#[derive(Debug, Clone, Copy)]
-pub struct LoadOptions {
-    pub device: DeviceSpec,
-    pub dtype: DTypeSpec,
-    /// Sequences mistral.rs runs together at most (its scheduler's `max_num_seqs`).
-    pub max_batch: usize,
+/// mistral.rs's name for a resolved precision.
+fn model_dtype(precision: Precision) -> mistralrs::ModelDType {
+    match precision {
+        Precision::F32 => mistralrs::ModelDType::F32,
+        Precision::F16 => mistralrs::ModelDType::F16,
+        Precision::Bf16 => mistralrs::ModelDType::BF16,
+        Precision::Auto => mistralrs::ModelDType::Auto,
+    }
 }
 
 fn inference_err(model: &str, e: impl std::fmt::Display) -> Error {
@@ -44,7 +46,7 @@ pub struct LocalEmbedder {
 impl LocalEmbedder {
     pub async fn load(dir: ModelDir, opts: LoadOptions) -> Result<Self> {
         require_top_level_rope_theta(&dir)?;
-        let dtype = opts.dtype.resolve(opts.device)?;
+        let dtype = model_dtype(opts.dtype.resolve(opts.device)?);
         // The loader is named, not read from config.json: sentence-transformers fine-tunes say
         // `Qwen3Model`, which mistral.rs's architecture lookup does not know.
         let mut builder = EmbeddingModelBuilder::new(dir.path.to_string_lossy())
@@ -159,7 +161,7 @@ pub async fn load_causal_lm(
     loader: Option<mistralrs::NormalLoaderType>,
 ) -> Result<Model> {
     require_top_level_rope_theta(dir)?;
-    let dtype = opts.dtype.resolve(opts.device)?;
+    let dtype = model_dtype(opts.dtype.resolve(opts.device)?);
     let mut builder = TextModelBuilder::new(dir.path.to_string_lossy())
         .with_token_source(TokenSource::None)
         .with_tokenizer_json(dir.path.join("tokenizer.json").to_string_lossy())

@@ -6,7 +6,8 @@
 //!   length limits → backend, for every caller.
 //! - [`backend`]: the [`EmbedBackend`](backend::EmbedBackend) and
 //!   [`ScoreBackend`](backend::ScoreBackend) traits and their loaders, over [`packed`]
-//!   (semflow's forward pass, with [`cpu_kernels`]), [`local`] (mistral.rs) and [`remote`]
+//!   (semflow's forward pass, with [`cpu_kernels`]), `local` (mistral.rs, in builds with the
+//!   `mistralrs` cargo feature) and [`remote`]
 //!   (endpoint pools).
 //! - Leaves: [`config`] (settings), [`prompts`] and [`tokenize`] (the Qwen3 formats),
 //!   [`cache`], [`stats`], [`vector`] (normalisation, Matryoshka), [`runtime`] (the thread
@@ -17,6 +18,7 @@ pub mod cache;
 pub mod config;
 pub mod cpu_kernels;
 pub mod device;
+#[cfg(feature = "mistralrs")]
 pub mod local;
 pub mod named;
 pub mod packed;

@@ -17,9 +17,9 @@ use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor, D};
 use candle_nn::ops::{rms_norm, silu, softmax_last_dim};
 use candle_nn::rotary_emb::rope;
 
+use super::config::LoadOptions;
 use super::cpu_kernels::{self, Heads, Isa, QkNorm, Rows};
 use super::device::DTypeSpec;
-use super::local::LoadOptions;
 use super::prompts::{NO_TOKEN_ID, YES_TOKEN_ID};
 use crate::error::{Error, Result};
 use crate::model::config::QwenConfig;

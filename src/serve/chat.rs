@@ -1,19 +1,26 @@
 //! `POST /v1/chat/completions` with a self-hosted generator (`semflow serve --chat-model`): a
 //! Qwen3 causal LM on mistral.rs, with `response_format` JSON schemas enforced by constrained
-//! decoding (llguidance), so the synthesis stage can run without another server.
+//! decoding (llguidance), so the synthesis stage can run without another server. In builds
+//! without the `mistralrs` cargo feature `--chat-model` is refused and the route answers 404.
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::Result;
-use crate::inference::local::LoadOptions;
-use crate::model::dir::{ModelDir, Role};
+use crate::inference::config::LoadOptions;
 
 /// A loaded chat model.
 pub struct ChatModel {
     pub id: String,
-    model: mistralrs::Model,
+    model: Generator,
 }
+
+/// The model behind a [`ChatModel`]; in builds without mistral.rs there is none, so no
+/// `ChatModel` can be made.
+#[cfg(feature = "mistralrs")]
+type Generator = mistralrs::Model;
+#[cfg(not(feature = "mistralrs"))]
+type Generator = std::convert::Infallible;
 
 impl std::fmt::Debug for ChatModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -56,7 +63,15 @@ pub struct BadRequest {
 
 impl ChatModel {
     /// Loads a Qwen3 causal LM directory (or `random:PRESET[:SEED]`).
+    #[cfg(not(feature = "mistralrs"))]
+    pub async fn load(_spec: &str, _opts: LoadOptions) -> Result<Self> {
+        Err(crate::inference::config::without_mistralrs("--chat-model"))
+    }
+
+    /// Loads a Qwen3 causal LM directory (or `random:PRESET[:SEED]`).
+    #[cfg(feature = "mistralrs")]
     pub async fn load(spec: &str, opts: LoadOptions) -> Result<Self> {
+        use crate::model::dir::{ModelDir, Role};
         let dir = ModelDir::resolve(spec, Role::Reranker).await?;
         let model = crate::inference::local::load_causal_lm(&dir, opts, true, None).await?;
         Ok(Self {
@@ -69,6 +84,7 @@ impl ChatModel {
     /// whitespace (llguidance's `x-guidance` options, unless the client sets its own): with
     /// flexible whitespace a weak or random model can emit newlines until `max_tokens` and
     /// never close the object.
+    #[cfg(feature = "mistralrs")]
     fn constraint(
         format: Option<&Value>,
     ) -> std::result::Result<mistralrs::Constraint, BadRequest> {
@@ -123,6 +139,17 @@ impl ChatModel {
                 message: "messages must not be empty".into(),
             }));
         }
+        self.generate(req).await
+    }
+
+    #[cfg(not(feature = "mistralrs"))]
+    async fn generate(&self, _req: ChatRequest) -> std::result::Result<Value, ChatError> {
+        match self.model {}
+    }
+
+    /// The completion of a checked request.
+    #[cfg(feature = "mistralrs")]
+    async fn generate(&self, req: ChatRequest) -> std::result::Result<Value, ChatError> {
         let mut builder = mistralrs::RequestBuilder::new();
         for m in &req.messages {
             let role = match m.role.as_str() {
@@ -167,7 +194,7 @@ pub enum ChatError {
     Failed(String),
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "mistralrs"))]
 mod tests {
     use super::*;
 
