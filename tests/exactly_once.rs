@@ -384,12 +384,13 @@ fn report(what: &str, ops: usize, live: usize, run: &PairRun) {
 }
 
 /// pipelines/index-chunks.sql's shape under two workers, either one SIGKILLed at random and
-/// restarted: updates that grow and shrink documents' chunk counts, tombstones and poison
-/// records. Every live document ends with exactly its current chunks, nothing else.
+/// restarted, as the scale-out issue reported it: 200-record batches, documents each
+/// updated one to three times with bodies of one to nine sentences (updates grow and shrink
+/// their chunk counts), tombstones and poison records. Every live document ends with exactly
+/// its current chunks, nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_chunked_workers_survive_sigkills_of_either() {
     let _heavy = common::one_heavy_test_at_a_time().await;
-    const OPS: usize = 6_000;
     let s = setup_source(
         &common::kafka::bootstrap(),
         "pair-chunks",
@@ -398,7 +399,8 @@ async fn two_chunked_workers_survive_sigkills_of_either() {
         "",
     )
     .await;
-    let (ops, expected) = chunk_workload(41, OPS);
+    set_batch_rows(&s, 200);
+    let (ops, expected) = revision_workload(41, 1_300);
     let ops = with_poison(ops, 200, 43);
     let n = ops.len();
     let run = either_of_two(&s, ops, &[Disruption::Kill; KILLS], 47).await;

@@ -58,6 +58,54 @@ pub fn chunk_workload(seed: u64, operations: usize) -> (Records, BTreeMap<String
     })
 }
 
+/// `documents` documents, each inserted and then updated one to three times with bodies of
+/// one to nine sentences (so updates grow and shrink their chunk counts); one in ten ends
+/// deleted. Each document's operations keep their order; documents interleave at random.
+pub fn revision_workload(seed: u64, documents: usize) -> (Records, BTreeMap<String, String>) {
+    const SENTENCES: [&str; 6] = [
+        "Streams carry documents into the index.",
+        "Every update replaces all of a document's chunks.",
+        "Offsets are committed with the rows they produced.",
+        "A worker that crashes resumes where the index stands.",
+        "Rebalances move partitions between workers.",
+        "Tombstones remove a document and its chunks.",
+    ];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut pending: Vec<std::collections::VecDeque<(Option<String>, Option<String>)>> =
+        Vec::with_capacity(documents);
+    let mut state = BTreeMap::new();
+    for d in 0..documents {
+        let id = format!("doc-{d}");
+        let mut ops = std::collections::VecDeque::new();
+        let mut body = String::new();
+        for revision in 0..=rng.random_range(1..=3) {
+            body = format!("{id} revision {revision}.");
+            for _ in 0..rng.random_range(1..=9) {
+                body.push(' ');
+                body.push_str(SENTENCES[rng.random_range(0..SENTENCES.len())]);
+            }
+            ops.push_back(upsert(&id, &body));
+        }
+        if rng.random_range(0..10) == 0 {
+            ops.push_back((Some(id.clone()), None));
+        } else {
+            state.insert(id, body);
+        }
+        pending.push(ops);
+    }
+    let mut out = Vec::new();
+    while !pending.is_empty() {
+        let i = rng.random_range(0..pending.len());
+        match pending[i].pop_front() {
+            Some(op) => out.push(op),
+            None => {
+                pending.swap_remove(i);
+            }
+        }
+    }
+    (out, state)
+}
+
 /// Inserts (60%), updates (25%) and deletes (15%) of documents; `body(rng, id, n, update)`
 /// writes operation `n`'s text.
 fn workload_with(
@@ -238,6 +286,14 @@ pub async fn setup_source(
         location,
         pipeline,
     }
+}
+
+/// Sets the micro-batch size of `setup`'s pipeline (500 records unless changed).
+pub fn set_batch_rows(setup: &Setup, rows: usize) {
+    let text = std::fs::read_to_string(&setup.pipeline).unwrap();
+    let changed = text.replace("'batch_rows' '500'", &format!("'batch_rows' '{rows}'"));
+    assert_ne!(text, changed, "the pipeline sets no batch size");
+    std::fs::write(&setup.pipeline, changed).unwrap();
 }
 
 /// Produces `ops` in chunks with pauses, so failures land while data is still arriving.
