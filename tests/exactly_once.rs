@@ -235,17 +235,18 @@ async fn two_workers_share_partitions_and_survive_losing_one() {
     );
 }
 
-/// Poison records (values that are not JSON) for documents of `ops`, one about every
-/// `every` records: they are dead-lettered and the document they name keeps what it had.
+/// Poison records (values that are not JSON) right after about one record in `every`, for
+/// the same key: they are dead-lettered, and the update or deletion before them still counts
+/// (also when both fall in one batch).
 fn with_poison(ops: Records, every: usize, seed: u64) -> Records {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut out = Vec::with_capacity(ops.len() + ops.len() / every + 1);
-    for (n, op) in ops.into_iter().enumerate() {
-        if n > 0 && rng.random_range(0..every) == 0 {
-            let key = op.0.clone();
+    for op in ops {
+        let key = op.0.clone();
+        out.push(op);
+        if rng.random_range(0..every) == 0 {
             out.push((key, Some("{\"id\": not json".to_string())));
         }
-        out.push(op);
     }
     out
 }
