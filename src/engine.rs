@@ -15,6 +15,8 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use crate::error::Result;
 use crate::inference::{Inference, InferenceConfig, Models};
 
+mod insert;
+
 /// The `semflow.*` session settings (declared beside the functions that read them).
 pub use crate::udf::options::SemflowOptions;
 
@@ -130,13 +132,19 @@ pub async fn plan_statement(ctx: &SessionContext, statement: Statement) -> Resul
         },
         _ => None,
     };
-    match ctx.state().statement_to_plan(statement).await {
+    let planned = match &insert {
+        Some(insert) if insert::needs_own_plan(insert) => insert::plan(ctx, insert).await,
+        _ => ctx
+            .state()
+            .statement_to_plan(statement)
+            .await
+            .map_err(Into::into),
+    };
+    match planned {
         Ok(plan) => Ok(plan),
         Err(e) => match insert {
-            Some(insert) => Err(vector_model_mismatch(ctx, &insert)
-                .await
-                .unwrap_or_else(|| e.into())),
-            None => Err(e.into()),
+            Some(insert) => Err(vector_model_mismatch(ctx, &insert).await.unwrap_or(e)),
+            None => Err(e),
         },
     }
 }

@@ -13,6 +13,7 @@ mod batching;
 mod checkpoints;
 mod cli;
 mod docker;
+mod documents;
 mod flight;
 mod fuzz_decode;
 mod fuzz_http;
