@@ -16,7 +16,11 @@ fn files(dir: &str, extension: &str) -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|x| x == extension))
         .collect();
     found.sort();
-    assert!(!found.is_empty(), "no .{extension} files in {}", dir.display());
+    assert!(
+        !found.is_empty(),
+        "no .{extension} files in {}",
+        dir.display()
+    );
     found
 }
 
@@ -37,4 +41,172 @@ fn every_example_sql_file_runs() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// The fenced `sql` blocks of README.md, in order.
+fn readme_sql_blocks() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in readme.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, "```sql") => current = Some(String::new()),
+            (Some(_), "```") => blocks.extend(current.take()),
+            (Some(block), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+/// What the README test does with a block.
+enum Block {
+    /// Runs it after `prelude` (statements that make the tables it reads), in a scratch
+    /// directory holding `docs.csv`; `after_previous` keeps the previous block's session (its
+    /// tables) by running both in one file.
+    Run {
+        prelude: &'static str,
+        after_previous: bool,
+    },
+    /// Not run here, for the reason given (where it is tested instead).
+    Skip(&'static str),
+}
+
+/// Every README sql block, by how it starts, and what the test does with it. A block added to
+/// README without an entry here fails the test.
+const README_BLOCKS: &[(&str, Block)] = &[
+    (
+        "-- documents straight from files",
+        Block::Run {
+            prelude: "",
+            after_previous: false,
+        },
+    ),
+    (
+        "CREATE TABLE chunks AS",
+        Block::Run {
+            prelude: "",
+            after_previous: true,
+        },
+    ),
+    (
+        "WITH kw AS",
+        Block::Run {
+            prelude: "CREATE EXTERNAL TABLE kb (id TEXT NOT NULL, body TEXT, embedding FLOAT[], PRIMARY KEY (id))
+                      STORED AS LANCE LOCATION 'kb.lance';
+                      INSERT INTO kb SELECT id, body, embed(body) FROM docs;
+                      CREATE INDEX kb_body ON kb USING inverted (body);",
+            after_previous: false,
+        },
+    ),
+    (
+        "CREATE EXTERNAL TABLE docs (id TEXT NOT NULL, title TEXT, body TEXT) STORED AS KAFKA",
+        Block::Skip(
+            "a Kafka pipeline: tests/pipeline_files.rs runs pipelines/index.sql, which it abridges",
+        ),
+    ),
+    (
+        "CREATE EXTERNAL TABLE docs (id TEXT NOT NULL, title TEXT, body TEXT, at TIMESTAMP) STORED AS KAFKA",
+        Block::Skip(
+            "an Avro topic behind a schema registry: tests/pipeline.rs reads one with a registry",
+        ),
+    ),
+    (
+        "CREATE EXTERNAL TABLE chunks",
+        Block::Run {
+            prelude: "",
+            after_previous: false,
+        },
+    ),
+    (
+        "CREATE INDEX idx_embedding ON idx USING ivf_pq",
+        Block::Run {
+            prelude: "CREATE EXTERNAL TABLE idx (id TEXT NOT NULL, body TEXT, embedding FLOAT[], PRIMARY KEY (id))
+                      STORED AS LANCE LOCATION 'idx.lance';
+                      INSERT INTO idx SELECT 'doc ' || CAST(v AS TEXT), 'text ' || CAST(v AS TEXT),
+                                             embed('text ' || CAST(v AS TEXT))
+                      FROM (SELECT unnest(range(300)) AS v);",
+            after_previous: false,
+        },
+    ),
+    (
+        "SELECT id, g['query'] AS anchor",
+        Block::Skip(
+            "needs an OpenAI-compatible generator: tests/synth.rs runs generate_query against a scripted one",
+        ),
+    ),
+];
+
+/// README's sql blocks run as written (with the random tiny models, in a scratch directory
+/// holding tests/fixtures/docs.csv as `docs.csv`), the ones that need a broker, a registry or
+/// an LLM listed with the test that covers them instead.
+#[test]
+fn readme_sql_blocks_run() {
+    let blocks = readme_sql_blocks();
+    let starts: Vec<&str> = blocks
+        .iter()
+        .map(|b| b.lines().next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        blocks.len(),
+        README_BLOCKS.len(),
+        "README has {} sql blocks, the test knows {}: add the new one to README_BLOCKS (first lines: {starts:#?})",
+        blocks.len(),
+        README_BLOCKS.len()
+    );
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/docs.csv");
+    let docs = "CREATE EXTERNAL TABLE docs STORED AS CSV LOCATION 'docs.csv' OPTIONS ('format.has_header' 'true');\n";
+    let mut previous = String::new();
+    let mut skipped = Vec::new();
+    for (block, (start, how)) in blocks.iter().zip(README_BLOCKS) {
+        assert!(
+            block.starts_with(start),
+            "README's sql blocks changed: expected one starting {start:?}, found:\n{block}"
+        );
+        let (prelude, after_previous) = match how {
+            Block::Skip(reason) => {
+                skipped.push(format!("{start}: {reason}"));
+                previous.clear();
+                continue;
+            }
+            Block::Run {
+                prelude,
+                after_previous,
+            } => (prelude, after_previous),
+        };
+        let mut script = if *after_previous {
+            previous.clone()
+        } else if block.contains("STORED AS CSV") {
+            String::new()
+        } else {
+            docs.to_string()
+        };
+        script.push_str(prelude);
+        script.push('\n');
+        script.push_str(block);
+        let scratch = tempfile::tempdir().unwrap();
+        std::fs::copy(&fixture, scratch.path().join("docs.csv")).unwrap();
+        let file = scratch.path().join("block.sql");
+        std::fs::write(&file, &script).unwrap();
+        let out = common::semflow_command()
+            .current_dir(scratch.path())
+            .args(["sql", "-f"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "README block starting {start:?} failed:\n{}\n(script:\n{script})",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        previous = script;
+    }
+    println!(
+        "README sql blocks not run here:\n  {}",
+        skipped.join("\n  ")
+    );
 }
