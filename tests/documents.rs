@@ -210,3 +210,76 @@ fn readme_sql_blocks_run() {
         skipped.join("\n  ")
     );
 }
+
+/// The command lines of `markdown`'s shell blocks (```sh, ```bash, ```shell), with `\`
+/// continuations joined.
+fn shell_lines(markdown: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut in_shell = false;
+    let mut pending = String::new();
+    for line in markdown.lines() {
+        let trimmed = line.trim_start();
+        if let Some(fence) = trimmed.strip_prefix("```") {
+            in_shell = !in_shell && matches!(fence, "sh" | "bash" | "shell");
+            continue;
+        }
+        if !in_shell {
+            continue;
+        }
+        match line.trim_end().strip_suffix('\\') {
+            Some(head) => {
+                pending.push_str(head);
+                pending.push(' ');
+            }
+            None => {
+                pending.push_str(line);
+                lines.push(std::mem::take(&mut pending));
+            }
+        }
+    }
+    lines
+}
+
+/// The `semflow` arguments of a shell line that runs semflow (`semflow …`, `cargo run [--release]
+/// -- …`, after any `VAR=value` assignments), split as the shell splits them.
+fn semflow_args(line: &str) -> Option<Vec<String>> {
+    let words = shlex::split(line)?;
+    let mut words = words.into_iter().skip_while(|w| w.contains('=')).peekable();
+    match words.peek().map(String::as_str) {
+        Some("semflow") => Some(words.collect()),
+        Some("cargo") => {
+            let mut rest = words.skip_while(|w| w != "--");
+            rest.next()?;
+            Some(std::iter::once("semflow".to_string()).chain(rest).collect())
+        }
+        _ => None,
+    }
+}
+
+/// Every `semflow` command line in README.md's and docker/README.md's shell blocks parses with
+/// semflow's own command line: the subcommand and each flag exist, values are well-formed.
+#[test]
+fn readme_command_lines_parse() {
+    use clap::Parser;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    for doc in [
+        "README.md",
+        "docker/README.md",
+        "pipelines/README.md",
+        "docs/scaling.md",
+    ] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        for line in shell_lines(&text) {
+            let Some(args) = semflow_args(&line) else {
+                continue;
+            };
+            if let Err(e) = semflow::cli::Cli::try_parse_from(&args) {
+                panic!("{doc}: `{}` does not parse:\n{e}", line.trim());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} semflow command lines found");
+    println!("{checked} documented semflow command lines parse");
+}
