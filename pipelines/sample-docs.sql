@@ -1,4 +1,4 @@
--- Produces a few JSON documents (and one deletion) to the topic the indexing pipeline reads:
+-- Produces five JSON documents to the topic the indexing pipeline reads:
 --   semflow sql -f pipelines/sample-docs.sql
 CREATE EXTERNAL TABLE topic (id TEXT NOT NULL, title TEXT, body TEXT)
 STORED AS KAFKA LOCATION '${SEMFLOW_TOPIC:-docs}'

@@ -139,11 +139,13 @@ pub fn write_results(
             }
         }
         Format::Json => {
-            let mut w = arrow::json::ArrayWriter::new(out);
+            let mut w = arrow::json::ArrayWriter::new(&mut *out);
             for b in batches {
                 w.write(b)?;
             }
             w.finish()?;
+            // One document per line, as the other text formats end.
+            writeln!(out).map_err(io)?;
         }
         Format::Ndjson => {
             let mut w = arrow::json::LineDelimitedWriter::new(out);

@@ -12,13 +12,25 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use crate::error::{Error, Result};
 use crate::inference::Inference;
 
+/// Why the metrics endpoint could not listen on `addr`; a port in use (a second pipeline on
+/// the machine, usually) names the way out.
+fn bind_failed(addr: SocketAddr, e: std::io::Error) -> Error {
+    let hint = match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            " (another process listens there: pass --metrics-addr with a free HOST:PORT, or --metrics-addr off)"
+        }
+        _ => "",
+    };
+    Error::Pipeline(format!("--metrics-addr {addr}: {e}{hint}"))
+}
+
 /// Installs the process-wide recorder (once) and serves [`render`] at `/metrics` on `addr`;
 /// returns the bound address (port 0 picks one).
 pub async fn serve(addr: SocketAddr, inference: Arc<Inference>) -> Result<SocketAddr> {
     recorder()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| Error::Pipeline(format!("--metrics-addr {addr}: {e}")))?;
+        .map_err(|e| bind_failed(addr, e))?;
     let bound = listener
         .local_addr()
         .map_err(|e| Error::Pipeline(format!("--metrics-addr {addr}: {e}")))?;
@@ -73,4 +85,22 @@ pub fn recorder() -> Result<PrometheusHandle> {
         })
         .map_err(|e| Error::Pipeline(format!("metrics upkeep thread: {e}")))?;
     Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_in_use_names_the_flag_and_off() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let e = std::net::TcpListener::bind(addr).unwrap_err();
+        let message = bind_failed(addr, e).to_string();
+        assert!(
+            message.contains(&format!("--metrics-addr {addr}")),
+            "{message}"
+        );
+        assert!(message.contains("--metrics-addr off"), "{message}");
+    }
 }

@@ -90,6 +90,7 @@ fn output_formats() {
     assert!((norm - 1.0).abs() < 1e-5);
 
     let json = stdout(&semflow(&["sql", sql, "--format", "json"]));
+    assert!(json.ends_with("]\n"), "{json:?}");
     let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(rows[0]["id"], 1);
 

@@ -171,13 +171,14 @@ impl TableProvider for FullTextSearch {
         let mut scan = ds.scan();
         scan.full_text_search(query)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        // `_score` asked for by name: Lance's implicit one WARNs on every search.
         let columns: Vec<&str> = self
             .schema
             .fields()
             .iter()
             .map(|f| f.name().as_str())
-            .filter(|n| *n != SCORE)
             .collect();
+        scan.disable_scoring_autoprojection();
         scan.project(&columns)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let plan = scan
