@@ -34,7 +34,7 @@ fn docs(n: usize) -> Vec<String> {
 fn tokenization(c: &mut Criterion) {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/tokenizer/qwen3-embedding-tokenizer.json"
+        "/crates/semflow-inference/tokenizer/qwen3-embedding-tokenizer.json"
     );
     let tok = QwenTokenizer::from_file(std::path::Path::new(path)).expect("tokenizer fixture");
     let texts = docs(256);

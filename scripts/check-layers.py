@@ -1,24 +1,38 @@
 #!/usr/bin/env python3
-"""Fails when semflow's top-level modules import each other in a cycle.
+"""Keeps semflow's layers: fails when a crate's top-level modules import each other in a
+cycle, or when a heavy dependency leaks into the inference crate.
 
-Reads every `crate::<module>` path in src/ (use lines and inline paths alike), builds the graph
-of top-level modules (src/<module>.rs or src/<module>/), and prints each cycle it finds, so
-the layers in lib.rs's map stay a DAG from `main` down to `error`.
+1. Within each crate of the workspace (src/ and crates/*/src/): reads every
+   `crate::<module>` path (use lines and inline paths alike), builds the graph of top-level
+   modules (<module>.rs or <module>/), and prints each cycle it finds, so the layers in each
+   lib.rs's map stay a DAG. Between crates the compiler keeps the layers: a crate cannot
+   import from a crate above it.
+2. `cargo tree` of the inference crate (default features and none): none of the engine's,
+   sources' or servers' crates (DataFusion, Arrow, Lance, rdkafka, axum, tonic, pgwire), so
+   inference work builds and tests without them.
 
-Run:  python3 scripts/check-layers.py        (exit 1 on a cycle)
+Run:  python3 scripts/check-layers.py        (exit 1 on a cycle or a leak)
 """
 import pathlib
 import re
+import subprocess
 import sys
 
-SRC = pathlib.Path(__file__).resolve().parent.parent / "src"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CRATE_SRCS = [ROOT / "src"] + sorted(ROOT.glob("crates/*/src"))
+INFERENCE_CRATE = "semflow-inference"
+# Crates of the layers above inference; their names as `cargo tree` prints them.
+HEAVY = re.compile(
+    r"^(datafusion\S*|arrow\S*|lance\S*|rdkafka\S*|axum\S*|tonic\S*|pgwire|"
+    r"datafusion-postgres|metrics-exporter-prometheus)$"
+)
 PATH = re.compile(r"\bcrate::([A-Za-z_][A-Za-z0-9_]*)")
 # `use crate::{a::x, b::y}` names several modules in one path.
 GROUP = re.compile(r"\bcrate::\{([^}]*)\}", re.S)
 
 
-def module_of(path: pathlib.Path) -> str | None:
-    rel = path.relative_to(SRC)
+def module_of(src_dir: pathlib.Path, path: pathlib.Path) -> str | None:
+    rel = path.relative_to(src_dir)
     if rel.parts[0] in ("lib.rs", "main.rs"):
         return None
     return rel.parts[0].removesuffix(".rs")
@@ -29,20 +43,20 @@ def strip_comments(text: str) -> str:
     return "\n".join(line.split("//", 1)[0] for line in text.splitlines())
 
 
-def root_reexports() -> dict[str, str]:
+def root_reexports(src_dir: pathlib.Path) -> dict[str, str]:
     """`pub use module::Name;` in lib.rs: `crate::Name` is an edge to `module`."""
     names = {}
-    for m in re.finditer(r"^pub use (\w+)::(\{[^}]*\}|\w+);", (SRC / "lib.rs").read_text(), re.M):
+    for m in re.finditer(r"^pub use (\w+)::(\{[^}]*\}|\w+);", (src_dir / "lib.rs").read_text(), re.M):
         for name in m.group(2).strip("{}").split(","):
             names[name.strip()] = m.group(1)
     return names
 
 
-def graph() -> dict[str, set[str]]:
+def graph(src_dir: pathlib.Path) -> dict[str, set[str]]:
     edges: dict[str, set[str]] = {}
-    reexports = root_reexports()
-    for f in sorted(SRC.rglob("*.rs")):
-        src = module_of(f)
+    reexports = root_reexports(src_dir)
+    for f in sorted(src_dir.rglob("*.rs")):
+        src = module_of(src_dir, f)
         if src is None:
             continue
         text = strip_comments(f.read_text())
@@ -81,16 +95,39 @@ def self_test() -> None:
     assert cycles({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
 
 
+def leaks(features: list[str]) -> list[str]:
+    """Heavy crates in the inference crate's normal dependency tree."""
+    tree = subprocess.run(
+        ["cargo", "tree", "--locked", "-p", INFERENCE_CRATE, "-e", "normal", "--prefix", "none"]
+        + features,
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    ).stdout
+    names = {line.split()[0] for line in tree.splitlines() if line.strip()}
+    return sorted(n for n in names if HEAVY.match(n))
+
+
 def main() -> int:
     self_test()
-    edges = graph()
-    found = cycles(edges)
-    for c in found:
-        print("import cycle between top-level modules: " + " -> ".join(c))
-    if found:
-        return 1
-    print(f"layers: {len(edges)} top-level modules, no import cycle")
-    return 0
+    assert HEAVY.match("datafusion-common") and not HEAVY.match("candle-core")
+    failed = False
+    for src_dir in CRATE_SRCS:
+        name = src_dir.parent.relative_to(ROOT).as_posix() or "."
+        edges = graph(src_dir)
+        found = cycles(edges)
+        for c in found:
+            print(f"{name}: import cycle between top-level modules: " + " -> ".join(c))
+        failed |= bool(found)
+        if not found:
+            print(f"layers: {name}: {len(edges)} top-level modules, no import cycle")
+    for features in ([], ["--no-default-features"]):
+        leaked = leaks(features)
+        label = " ".join(features) or "default features"
+        if leaked:
+            print(f"{INFERENCE_CRATE} ({label}) depends on the layers above it: {', '.join(leaked)}")
+            failed = True
+        else:
+            print(f"layers: {INFERENCE_CRATE} ({label}) depends on no engine, source or server crate")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

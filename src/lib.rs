@@ -17,8 +17,14 @@
 //! ```
 //!
 //! # Layout
-//! Layers, top to bottom; a module imports only from layers below it (checked in CI by
-//! `scripts/check-layers.py`: no import cycle between top-level modules).
+//! A Cargo workspace whose crates are layers: this crate (`semflow`, the engine, its sources,
+//! jobs and front ends, and the binary) over `semflow-inference` (`crates/semflow-inference`:
+//! models and inference, with no DataFusion, Lance, Kafka or servers), so the compiler refuses
+//! an import up a layer and inference work builds and tests alone
+//! (`cargo test -p semflow-inference`). Within this crate, layers top to bottom; a module
+//! imports only from layers below it (checked in CI by `scripts/check-layers.py`: no import
+//! cycle between top-level modules, and no engine crate in the inference crate's dependency
+//! tree).
 //!
 //! | layer | modules | what they do |
 //! | --- | --- | --- |
@@ -28,9 +34,9 @@
 //! | data sources | [`kafka`], [`index`] | topics as tables (JSON, raw, registry-framed Avro/Protobuf, Debezium envelopes) and the pipeline consumer; Lance datasets as tables with rows and Kafka offsets in one commit, aliases |
 //! | SQL functions | [`udf`] | `embed`, `rerank`, `chunk`, `generate_query`, vector functions, `semflow.*` settings |
 //! | services | [`generation`], [`config`], [`telemetry`] | the LLM client and recipe behind query generation; engine settings from flags, env and TOML; Prometheus metrics |
-//! | inference | [`inference`] | the core every caller uses (`service`: dedupe → cache → Qwen3 formats → tokenize once → limits) over backends behind two traits (`backend`): `packed` (candle, with `cpu_kernels` on CPU), `local` (mistral.rs), `remote` (endpoint pools) |
-//! | models | [`model`] | model directories: configs, presets, random weights, the Hugging Face hub, fingerprints, merging |
-//! | leaves | [`error`], [`text`], [`tls`] | the library's error type; SQL literals and `${VAR}` substitution; TLS certificates for listeners and trusted roots for outbound HTTPS |
+//! | inference (crate `semflow-inference`) | [`inference`] | the core every caller uses (`service`: dedupe → cache → Qwen3 formats → tokenize once → limits) over backends behind two traits (`backend`): `packed` (candle, with `cpu_kernels` on CPU), `local` (mistral.rs), `remote` (endpoint pools) |
+//! | models (crate `semflow-inference`) | [`model`] | model directories: configs, presets, random weights, the Hugging Face hub, fingerprints, merging |
+//! | leaves | [`error`], [`text`], [`tls`] | the library's error type (the inference crate's errors inside it); SQL literals and `${VAR}` substitution; TLS certificates for listeners |
 
 pub mod bench;
 pub mod cli;
@@ -39,9 +45,7 @@ pub mod engine;
 pub mod error;
 pub mod generation;
 pub mod index;
-pub mod inference;
 pub mod kafka;
-pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod reindex;
@@ -52,6 +56,11 @@ pub mod telemetry;
 pub mod text;
 pub mod tls;
 pub mod udf;
+
+/// The inference layer (crate `semflow-inference`), under the name the layers above use.
+pub use semflow_inference as inference;
+/// Model directories, from the inference crate.
+pub use semflow_inference::model;
 
 pub use engine::Engine;
 pub use error::{Error, Result};

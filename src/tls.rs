@@ -1,6 +1,7 @@
 //! TLS: certificates for `semflow serve`'s HTTP and Postgres listeners (`--tls-cert`,
-//! `--tls-key`), and extra trusted roots for semflow's outbound HTTPS clients — remote
-//! inference endpoints and the generator (`--ca-cert`).
+//! `--tls-key`). Outbound HTTPS clients (remote inference endpoints, the generator, the
+//! schema registry) and their extra trusted roots (`--ca-cert`) live in the inference crate,
+//! [`semflow_inference::outbound`], re-exported here.
 //!
 //! rustls with the *ring* provider throughout (the one the Postgres front end's pgwire is
 //! built with), named explicitly because the build also links aws-lc-rs, and rustls refuses
@@ -8,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
@@ -151,31 +152,7 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-/// Roots trusted by outbound HTTPS clients besides the system's.
-static EXTRA_ROOTS: OnceLock<Vec<reqwest::Certificate>> = OnceLock::new();
-
-/// Trusts the CA certificates in the PEM file `path` (one or several) for every outbound
-/// HTTPS client this process builds from now on. Set once, at start-up.
-pub fn trust_ca_file(path: &Path) -> Result<()> {
-    let pem = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let roots =
-        reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| tls_error("--ca-cert", path, e))?;
-    if roots.is_empty() {
-        return Err(tls_error("--ca-cert", path, "no CERTIFICATE block"));
-    }
-    EXTRA_ROOTS
-        .set(roots)
-        .map_err(|_| tls_error("--ca-cert", path, "given twice"))
-}
-
-/// A builder for outbound HTTP(S) clients that trusts the system's roots and `--ca-cert`'s.
-pub fn http_client() -> reqwest::ClientBuilder {
-    let mut builder = reqwest::Client::builder();
-    for root in EXTRA_ROOTS.get().into_iter().flatten() {
-        builder = builder.add_root_certificate(root.clone());
-    }
-    builder
-}
+pub use semflow_inference::outbound::{http_client, trust_ca_file};
 
 /// `--tls-cert`/`--tls-key` as given: both or neither.
 pub fn server_tls(cert: Option<&PathBuf>, key: Option<&PathBuf>) -> Result<Option<ServerTls>> {
@@ -208,7 +185,5 @@ mod tests {
         assert!(ServerTls::load(&missing, &key).is_err());
         let err = server_tls(Some(&cert), None).unwrap_err().to_string();
         assert!(err.contains("--tls-key"), "{err}");
-        let err = trust_ca_file(&key).unwrap_err().to_string();
-        assert!(err.starts_with("--ca-cert"), "{err}");
     }
 }

@@ -15,8 +15,8 @@ use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
 use rand::{Rng, SeedableRng};
-use semflow::error::Error;
 use semflow::inference::tokenize::Truncation;
+use semflow::inference::Error;
 
 const SHIPPED_TOML: &str = include_str!("../pipelines/index.toml");
 const SHIPPED_SQL: &str = include_str!("../pipelines/index.sql");

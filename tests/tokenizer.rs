@@ -5,7 +5,7 @@ use semflow::inference::tokenize::QwenTokenizer;
 
 fn fixture(name: &str) -> QwenTokenizer {
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tokenizer")
+        .join("crates/semflow-inference/tokenizer")
         .join(name);
     QwenTokenizer::from_file(&path).unwrap()
 }

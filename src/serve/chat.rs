@@ -65,7 +65,7 @@ impl ChatModel {
     /// Loads a Qwen3 causal LM directory (or `random:PRESET[:SEED]`).
     #[cfg(not(feature = "mistralrs"))]
     pub async fn load(_spec: &str, _opts: LoadOptions) -> Result<Self> {
-        Err(crate::inference::config::without_mistralrs("--chat-model"))
+        Err(crate::inference::config::without_mistralrs("--chat-model").into())
     }
 
     /// Loads a Qwen3 causal LM directory (or `random:PRESET[:SEED]`).

@@ -155,8 +155,10 @@ impl ApiError {
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
+        use semflow_inference::Error as Inference;
         let status = match &e {
-            Error::TooLong { .. } | Error::InvalidArgument(_) | Error::Tokenizer(_) => {
+            Error::InvalidArgument(_)
+            | Error::Inference(Inference::TooLong { .. } | Inference::Tokenizer(_)) => {
                 StatusCode::BAD_REQUEST
             }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -166,6 +168,12 @@ impl From<Error> for ApiError {
             message: e.user_message(),
             param: None,
         }
+    }
+}
+
+impl From<semflow_inference::Error> for ApiError {
+    fn from(e: semflow_inference::Error) -> Self {
+        Error::from(e).into()
     }
 }
 
@@ -308,13 +316,14 @@ async fn embeddings(
         check_tokens(&lengths, &state.options, "input")?;
         prompt_tokens = lengths.iter().sum();
         let truncation = call_options(&state.options).truncation;
-        let vectors = inference
-            .embed_ids(seqs, truncation)
-            .await
-            .map_err(|e| match e {
-                Error::InvalidArgument(m) => ApiError::bad("input", m),
-                other => other.into(),
-            })?;
+        let vectors =
+            inference
+                .embed_ids(seqs, truncation)
+                .await
+                .map_err(|e| match Error::from(e) {
+                    Error::InvalidArgument(m) => ApiError::bad("input", m),
+                    other => other.into(),
+                })?;
         vectors.into_iter().map(Arc::from).collect()
     } else {
         let (vectors, tokens) = embed_texts(

@@ -15,7 +15,9 @@ use crate::error::Error;
 pub fn of_error(e: &Error) -> &'static str {
     match e {
         Error::DataFusion(d) => of_datafusion(d),
-        Error::InvalidArgument(_) | Error::TooLong { .. } => "22023",
+        Error::InvalidArgument(_) | Error::Inference(semflow_inference::Error::TooLong { .. }) => {
+            "22023"
+        }
         // serialization_failure: another writer committed first; the client may retry.
         Error::IndexConflict { .. } => "40001",
         _ => "XX000",

@@ -172,7 +172,7 @@ pub fn call_options(config: &datafusion::config::ConfigOptions) -> Result<CallOp
     let truncation = opts
         .truncate
         .parse()
-        .map_err(|e: crate::error::Error| Error::sql_argument(e.to_string()))?;
+        .map_err(|e: semflow_inference::Error| Error::sql_argument(e.to_string()))?;
     Ok(CallOptions {
         truncation,
         use_cache: opts.cache,

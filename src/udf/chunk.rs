@@ -24,9 +24,10 @@ use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
 use tokenizers::Tokenizer;
 
 use super::args::{expect_string, InferenceRef, StringArg};
+use super::model_work;
 use crate::error::arg_err;
 use crate::inference::tokenize::QwenTokenizer;
-use crate::inference::{block_on, Inference};
+use crate::inference::Inference;
 
 /// Below this a single character (up to 4 byte-level tokens) could not always fit.
 const MIN_MAX_TOKENS: i64 = 8;
@@ -182,18 +183,18 @@ impl ChunkUdf {
     /// The embedding model's tokenizer and its token limit (files only; weights not loaded).
     fn tokenizer(&self) -> Result<(Arc<QwenTokenizer>, usize)> {
         let inference = self.inference.0.clone();
-        let (path, limit) = block_on(async move {
+        let (path, limit) = model_work(async move {
             let dir = inference.embed_model_dir().await?;
-            Ok::<_, crate::error::Error>((
+            Ok::<_, semflow_inference::Error>((
                 dir.path.join("tokenizer.json"),
                 inference.token_limit_of(dir),
             ))
-        })??;
+        })?;
         if let Some(t) = self.tokenizer.get() {
             return Ok((t.clone(), limit));
         }
         // The engine's loader (padding and truncation off), without loading the weights.
-        let t = QwenTokenizer::from_file(&path)?;
+        let t = QwenTokenizer::from_file(&path).map_err(crate::error::Error::from)?;
         let t = self.tokenizer.get_or_init(|| Arc::new(t)).clone();
         Ok((t, limit))
     }
@@ -340,7 +341,7 @@ mod tests {
     fn tokenizer() -> Tokenizer {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/tokenizer/qwen3-embedding-tokenizer.json"
+            "/crates/semflow-inference/tokenizer/qwen3-embedding-tokenizer.json"
         );
         Tokenizer::from_file(path).unwrap()
     }

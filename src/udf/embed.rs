@@ -18,8 +18,9 @@ use super::args::{
     call_options, expect_string, model_name, model_name_at_plan, model_service, ModelsRef,
     StringArg,
 };
+use super::model_work;
 use crate::error::arg_err;
-use crate::inference::{block_on, truncate_dims, EmbedInput, Models};
+use crate::inference::{truncate_dims, EmbedInput, Models};
 
 /// The `embed` SQL function.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -65,10 +66,11 @@ pub fn vector_array(
     let mut valid = vec![false; len];
     for (&row, v) in rows.iter().zip(vectors) {
         if v.len() < dims {
-            return Err(crate::error::Error::Inference(format!(
+            return Err(semflow_inference::Error::Inference(format!(
                 "the model returned {} components, need {dims}",
                 v.len()
-            )));
+            ))
+            .into());
         }
         let slot = &mut values[row * dims..(row + 1) * dims];
         if dims == v.len() {
@@ -106,13 +108,13 @@ struct ModelInfo {
 impl EmbedUdf {
     fn model_info(&self, model: Option<&str>) -> Result<ModelInfo> {
         let inference = model_service(&self.models.0, "embed", model)?;
-        let info = block_on(async move {
+        let info = model_work(async move {
             inference.embed_model_dir().await.map(|d| ModelInfo {
                 id: d.id.clone(),
                 digest: d.weights_digest.clone(),
                 hidden: d.config.hidden_size,
             })
-        })??;
+        })?;
         Ok(info)
     }
 }
@@ -266,7 +268,7 @@ impl ScalarUDFImpl for EmbedUdf {
         } else {
             let inference = model_service(&self.models.0, "embed", model.as_deref())?;
             let rows_for_errors = row_ids.clone();
-            block_on(async move { inference.embed(inputs, rows_for_errors, opts).await })??
+            model_work(async move { inference.embed(inputs, rows_for_errors, opts).await })?
         };
         let array = vector_array(rows, dims, &row_ids, &vectors)?;
         if all_scalar {

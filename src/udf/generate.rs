@@ -250,7 +250,8 @@ impl ScalarUDFImpl for GenerateQueryUdf {
             .buffered(concurrency * 2)
             .collect::<Vec<_>>()
             .await
-        })?;
+        })
+        .map_err(crate::error::Error::from)?;
         let mut results = cached;
         {
             let mut cache = match self.results.lock() {

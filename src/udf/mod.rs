@@ -12,12 +12,14 @@ pub mod rerank;
 pub mod stats;
 pub mod vector;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::ScalarUDF;
 
-use crate::inference::Models;
+use crate::error::Error;
+use crate::inference::{block_on, Models};
 
 /// Registers every semflow function on `ctx`: `embed`, `rerank` and `embed_model` reach every
 /// model, the rest the default one.
@@ -39,4 +41,17 @@ pub fn register_all(ctx: &SessionContext, models: &Arc<Models>) {
         "embed_prompts",
         Arc::new(stats::PromptsFunction::new(inference.clone())),
     );
+}
+
+/// Runs model work for a synchronous SQL function on the inference runtime and waits for it;
+/// the inference crate's errors reach DataFusion as the engine's (typed, so the front ends
+/// map them to SQLSTATEs).
+pub(crate) fn model_work<T, F>(work: F) -> datafusion::error::Result<T>
+where
+    F: Future<Output = semflow_inference::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    block_on(work)
+        .and_then(|done| done)
+        .map_err(|e| Error::from(e).into())
 }

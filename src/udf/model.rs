@@ -11,8 +11,9 @@ use datafusion::logical_expr::{
 };
 
 use super::args::{expect_string, model_name, model_service, ModelsRef};
+use super::model_work;
 use crate::error::arg_err;
-use crate::inference::{block_on, Models};
+use crate::inference::Models;
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct EmbedModelUdf {
@@ -57,12 +58,12 @@ impl ScalarUDFImpl for EmbedModelUdf {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let name = model_name("embed_model", 1, args.args.first())?;
         let inference = model_service(&self.models.0, "embed_model", name.as_deref())?;
-        let id = block_on(async move {
+        let id = model_work(async move {
             inference
                 .embed_model_dir()
                 .await
                 .map(|d| format!("{}@{}", d.id, d.weights_digest))
-        })??;
+        })?;
         Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(id))))
     }
 }

@@ -14,8 +14,9 @@ use super::args::{
     call_options, expect_string, model_name, model_name_at_plan, model_service, named_signature,
     ModelsRef, StringArg,
 };
+use super::model_work;
 use crate::error::arg_err;
-use crate::inference::{block_on, Models, RerankInput};
+use crate::inference::{Models, RerankInput};
 
 /// The `rerank` SQL function.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -108,7 +109,7 @@ impl ScalarUDFImpl for RerankUdf {
             Vec::new()
         } else {
             let rows_for_errors = row_ids.clone();
-            block_on(async move { inference.rerank(inputs, rows_for_errors, opts).await })??
+            model_work(async move { inference.rerank(inputs, rows_for_errors, opts).await })?
         };
         let mut out: Vec<Option<f32>> = vec![None; rows];
         for (row, s) in row_ids.into_iter().zip(scores) {

@@ -10,8 +10,9 @@ use datafusion::common::Result;
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::Expr;
 
+use super::model_work;
 use crate::error::arg_err;
-use crate::inference::{block_on, Inference};
+use crate::inference::Inference;
 
 /// Table function returning one row per counter.
 #[derive(Debug)]
@@ -65,7 +66,7 @@ impl TableFunctionImpl for PromptsFunction {
             return arg_err!("embed_prompts() takes no arguments");
         }
         let inference = self.inference.clone();
-        let rows = block_on(async move { inference.embed_prompts().await })??;
+        let rows = model_work(async move { inference.embed_prompts().await })?;
         let schema = Arc::new(Schema::new(vec![
             Field::new("name", DataType::Utf8, false),
             Field::new("prompt", DataType::Utf8, false),

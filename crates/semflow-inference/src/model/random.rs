@@ -17,11 +17,10 @@ use super::config::{Preset, QwenConfig};
 use crate::error::{Error, Result};
 
 /// The Qwen3 tokenizer (no post-processor), committed as a fixture; see its NOTICE.md.
-pub const QWEN3_TOKENIZER_JSON: &[u8] =
-    include_bytes!("../../tests/fixtures/tokenizer/qwen3-tokenizer.json");
+pub const QWEN3_TOKENIZER_JSON: &[u8] = include_bytes!("../../tokenizer/qwen3-tokenizer.json");
 /// The same tokenizer with the embedding models' post-processor that appends `<|endoftext|>`.
 pub const QWEN3_EMBEDDING_TOKENIZER_JSON: &[u8] =
-    include_bytes!("../../tests/fixtures/tokenizer/qwen3-embedding-tokenizer.json");
+    include_bytes!("../../tokenizer/qwen3-embedding-tokenizer.json");
 
 /// Which kind of model directory to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

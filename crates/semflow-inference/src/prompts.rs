@@ -29,7 +29,7 @@ pub const RERANK_SUFFIX: &str = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n<
 /// Text to embed: queries carry their instruction, documents (no or empty instruction) do not.
 ///
 /// ```
-/// use semflow::inference::prompts::embedding_text;
+/// use semflow_inference::prompts::embedding_text;
 /// assert_eq!(embedding_text("what is graphene", Some("Find passages")),
 ///            "Instruct: Find passages\nQuery:what is graphene");
 /// assert_eq!(embedding_text("Graphene is carbon.", None), "Graphene is carbon.");
@@ -47,7 +47,7 @@ pub fn embedding_text(text: &str, instruction: Option<&str>) -> String {
 ///
 /// ```
 /// use std::collections::BTreeMap;
-/// use semflow::inference::prompts::format_embedding;
+/// use semflow_inference::prompts::format_embedding;
 /// let named = BTreeMap::from([("query".to_string(), "Instruct: Find\nQuery:".to_string())]);
 /// assert_eq!(format_embedding("x", Some("query"), &named), "Instruct: Find\nQuery:x");
 /// assert_eq!(format_embedding("x", Some("Find"), &named), "Instruct: Find\nQuery:x");

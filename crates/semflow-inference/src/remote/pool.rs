@@ -164,7 +164,7 @@ impl Pool {
                 unhealthy: AtomicBool::new(false),
             });
         }
-        let http = crate::tls::http_client()
+        let http = crate::outbound::http_client()
             .timeout(options.timeout)
             .build()
             .map_err(|e| Error::InvalidArgument(format!("{label} endpoints: {e}")))?;
@@ -297,7 +297,7 @@ fn random_start(n: usize) -> usize {
 
 /// Probes every endpoint each `every` until the pool is gone.
 async fn probe_forever(pool: Weak<Inner>, every: Duration) {
-    let Ok(http) = crate::tls::http_client()
+    let Ok(http) = crate::outbound::http_client()
         .timeout(PROBE_TIMEOUT.min(every.max(Duration::from_millis(100))))
         .build()
     else {

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::pool::{size_batches, Failure, Pool, PoolOptions};
 use super::RemoteConfig;
 use crate::error::{Error, Result};
-use crate::inference::{prompts, RerankInput};
+use crate::{prompts, RerankInput};
 
 /// Text bytes per request at most (about 16k tokens; a longer pair goes alone).
 const BYTE_BUDGET: usize = 64 * 1024;

@@ -1,4 +1,12 @@
-//! Inference: turning texts into embeddings and (query, document) pairs into relevance.
+//! # semflow-inference
+//!
+//! The bottom layer of semflow's workspace: turning texts into embeddings and (query,
+//! document) pairs into relevance, for every caller above it (the SQL functions, pipelines,
+//! synth, reindex and the front ends of `semflow serve`, in the `semflow` crate). It depends
+//! on candle, tokenizers, safetensors, the Hugging Face hub client and an HTTP client only —
+//! no DataFusion, Lance, Kafka or servers — so inference work builds and tests without the
+//! engine (`cargo test -p semflow-inference`), and CI checks that it stays so
+//! (`scripts/check-layers.py`).
 //!
 //! Layout, top down:
 //! - [`named`]: the engine's models, the default one and those named with `--model`.
@@ -12,15 +20,21 @@
 //! - Leaves: [`config`] (settings), [`prompts`] and [`tokenize`] (the Qwen3 formats),
 //!   [`cache`], [`stats`], [`vector`] (normalisation, Matryoshka), [`runtime`] (the thread
 //!   pool model work runs on), [`device`], [`single_token`].
+//! - [`model`]: model directories: configs, presets, random weights, the Hugging Face hub,
+//!   fingerprints, merging.
+//! - [`outbound`] (HTTP clients that trust `--ca-cert`), [`error`].
 
 pub mod backend;
 pub mod cache;
 pub mod config;
 pub mod cpu_kernels;
 pub mod device;
+pub mod error;
 #[cfg(feature = "mistralrs")]
 pub mod local;
+pub mod model;
 pub mod named;
+pub mod outbound;
 pub mod packed;
 pub mod prompts;
 pub mod remote;
@@ -34,6 +48,7 @@ pub mod vector;
 pub use self::config::{
     token_limit, BackendKind, CallOptions, InferenceConfig, ADVERTISED_CONTEXT,
 };
+pub use self::error::{Error, Result};
 pub use self::named::{Models, NamedModel};
 pub use self::runtime::block_on;
 pub use self::service::{EmbedInput, Inference, RerankInput};

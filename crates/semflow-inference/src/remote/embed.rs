@@ -177,7 +177,7 @@ fn parse_embeddings(v: &Value, n: usize) -> std::result::Result<Vec<Vec<f32>>, F
                     .collect()
             })
             .ok_or_else(|| retry(format!("data[{pos}] has no float embedding")))?;
-        crate::inference::normalize(&mut vector);
+        crate::normalize(&mut vector);
         if let Some(slot) = out.get_mut(index) {
             *slot = Some(vector);
         }
