@@ -11,7 +11,9 @@
 //! A dedicated thread owns the model and takes jobs from a queue, packing the jobs of
 //! concurrent queries into token-budgeted forward passes (the TEI design).
 
-use std::sync::mpsc;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 
 use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor, D};
 use candle_nn::ops::{rms_norm, silu, softmax_last_dim};
@@ -487,10 +489,53 @@ struct Job {
     reply: tokio::sync::oneshot::Sender<Result<Vec<Vec<f32>>>>,
 }
 
+/// What one forward pass may hold: about [`TOKEN_BUDGET`] tokens and at most `--max-batch`
+/// sequences (a sequence longer than the token budget runs alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassLimit {
+    pub tokens: usize,
+    pub seqs: usize,
+}
+
+impl PassLimit {
+    /// The limit for a model loaded with `opts`.
+    pub fn of(opts: &LoadOptions) -> Self {
+        Self {
+            tokens: TOKEN_BUDGET,
+            seqs: opts.max_batch.max(1),
+        }
+    }
+}
+
+/// Forward passes a worker has run, and the most sequences one of them held.
+#[derive(Debug, Default)]
+pub struct PassCounts {
+    passes: AtomicU64,
+    largest: AtomicUsize,
+}
+
+impl PassCounts {
+    fn record(&self, seqs: usize) {
+        self.passes.fetch_add(1, Ordering::Relaxed);
+        self.largest.fetch_max(seqs, Ordering::Relaxed);
+    }
+
+    /// Forward passes run so far.
+    pub fn passes(&self) -> u64 {
+        self.passes.load(Ordering::Relaxed)
+    }
+
+    /// The most sequences one forward pass has held.
+    pub fn largest(&self) -> usize {
+        self.largest.load(Ordering::Relaxed)
+    }
+}
+
 /// A model on its own thread, fed by a queue; concurrent callers share forward passes.
 pub struct PackedWorker {
     pub dir: ModelDir,
     tx: mpsc::Sender<Job>,
+    counts: Arc<PassCounts>,
 }
 
 impl PackedWorker {
@@ -498,8 +543,11 @@ impl PackedWorker {
     pub async fn start(dir: ModelDir, opts: LoadOptions, reranker: bool) -> Result<Self> {
         let device = DTypeSpec::device(opts.device)?;
         let dtype = opts.dtype.candle(opts.device)?;
+        let limit = PassLimit::of(&opts);
         let (tx, rx) = mpsc::channel::<Job>();
         let thread_dir = dir.clone();
+        let counts = Arc::new(PassCounts::default());
+        let thread_counts = counts.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let name = if reranker {
             "semflow-rerank"
@@ -512,7 +560,7 @@ impl PackedWorker {
                 move || match PackedQwen3::load(&thread_dir, &device, dtype, reranker) {
                     Ok(model) => {
                         let _ = ready_tx.send(Ok(()));
-                        serve(model, rx);
+                        serve(model, rx, limit, &thread_counts);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -523,7 +571,7 @@ impl PackedWorker {
         ready_rx
             .await
             .map_err(|_| Error::Inference("the model thread stopped while loading".into()))??;
-        Ok(Self { dir, tx })
+        Ok(Self { dir, tx, counts })
     }
 
     /// Runs `seqs` through the model (see [`PackedQwen3::run`]).
@@ -537,6 +585,11 @@ impl PackedWorker {
             .map_err(|_| Error::Inference("the model thread has stopped".into()))?;
         rx.await
             .map_err(|_| Error::Inference("the model thread stopped during the request".into()))?
+    }
+
+    /// The forward passes this worker has run.
+    pub fn counts(&self) -> &PassCounts {
+        &self.counts
     }
 }
 
@@ -558,12 +611,12 @@ impl PackedScorer {
 }
 
 /// The model thread: take a job, add whatever else is queued up to the token budget, run the
-/// lot in budget-sized forward passes, answer each job.
-fn serve(model: PackedQwen3, rx: mpsc::Receiver<Job>) {
+/// lot in forward passes within `limit`, answer each job.
+fn serve(model: PackedQwen3, rx: mpsc::Receiver<Job>, limit: PassLimit, counts: &PassCounts) {
     while let Ok(first) = rx.recv() {
         let mut tokens: usize = first.seqs.iter().map(Vec::len).sum();
         let mut jobs = vec![first];
-        while tokens < TOKEN_BUDGET {
+        while tokens < limit.tokens {
             match rx.try_recv() {
                 Ok(job) => {
                     tokens += job.seqs.iter().map(Vec::len).sum::<usize>();
@@ -576,7 +629,7 @@ fn serve(model: PackedQwen3, rx: mpsc::Receiver<Job>) {
             .iter()
             .flat_map(|j| j.seqs.iter().map(Vec::as_slice))
             .collect();
-        let result = run_budgeted(&model, &all);
+        let result = run_budgeted(&model, &all, limit, counts);
         let mut outputs = match result {
             Ok(v) => v.into_iter(),
             Err(e) => {
@@ -594,29 +647,141 @@ fn serve(model: PackedQwen3, rx: mpsc::Receiver<Job>) {
     }
 }
 
-/// Splits `seqs` into forward passes of about [`TOKEN_BUDGET`] tokens, in length order so each
-/// pass holds similar lengths (its attention blocks are then of similar cost). A panic inside
-/// candle becomes an error for this batch instead of killing the model thread.
-fn run_budgeted(model: &PackedQwen3, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
-    let mut order: Vec<usize> = (0..seqs.len()).collect();
-    order.sort_by_key(|&i| seqs[i].len());
-    let mut out: Vec<Vec<f32>> = vec![Vec::new(); seqs.len()];
+/// Splits sequences of `lens` (in the order given) into consecutive forward passes within
+/// `limit`: each pass takes sequences while their tokens stay within the budget and their
+/// number within the batch size; a pass always takes at least one sequence.
+fn plan_passes(lens: &[usize], limit: PassLimit) -> Vec<Range<usize>> {
+    let mut passes = Vec::new();
     let mut start = 0;
-    while start < order.len() {
+    while start < lens.len() {
         let mut end = start;
         let mut tokens = 0;
-        while end < order.len() && (end == start || tokens + seqs[order[end]].len() <= TOKEN_BUDGET)
+        while end < lens.len()
+            && (end == start || (tokens + lens[end] <= limit.tokens && end - start < limit.seqs))
         {
-            tokens += seqs[order[end]].len();
+            tokens += lens[end];
             end += 1;
         }
-        let group: Vec<&[u32]> = order[start..end].iter().map(|&i| seqs[i]).collect();
-        let vectors = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run(&group)))
-            .map_err(|_| Error::Inference("the packed forward pass panicked".into()))??;
-        for (&i, v) in order[start..end].iter().zip(vectors) {
-            out[i] = v;
-        }
+        passes.push(start..end);
         start = end;
     }
+    passes
+}
+
+/// Runs `seqs` in forward passes within `limit`, in length order so each pass holds similar
+/// lengths (its attention blocks are then of similar cost). A panic inside candle becomes an
+/// error for this batch instead of killing the model thread.
+fn run_budgeted(
+    model: &PackedQwen3,
+    seqs: &[&[u32]],
+    limit: PassLimit,
+    counts: &PassCounts,
+) -> Result<Vec<Vec<f32>>> {
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    order.sort_by_key(|&i| seqs[i].len());
+    let lens: Vec<usize> = order.iter().map(|&i| seqs[i].len()).collect();
+    let mut out: Vec<Vec<f32>> = vec![Vec::new(); seqs.len()];
+    for pass in plan_passes(&lens, limit) {
+        let group: Vec<&[u32]> = order[pass.clone()].iter().map(|&i| seqs[i]).collect();
+        counts.record(group.len());
+        let vectors = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run(&group)))
+            .map_err(|_| Error::Inference("the packed forward pass panicked".into()))??;
+        for (&i, v) in order[pass].iter().zip(vectors) {
+            out[i] = v;
+        }
+    }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::DeviceSpec;
+    use crate::model::config::Preset;
+    use crate::model::dir::Role;
+    use crate::model::random::{write_random_model, ModelKind, RandomModelSpec, WeightDtype};
+
+    #[test]
+    fn passes_keep_to_the_token_budget_and_the_batch_size() {
+        let limit = PassLimit {
+            tokens: 10,
+            seqs: 3,
+        };
+        assert_eq!(plan_passes(&[], limit), Vec::<Range<usize>>::new());
+        // Batch size: four short sequences make two passes.
+        assert_eq!(plan_passes(&[1, 1, 1, 1], limit), vec![0..3, 3..4]);
+        // Token budget: 4 + 4 fit, a third would not.
+        assert_eq!(plan_passes(&[4, 4, 4], limit), vec![0..2, 2..3]);
+        // A sequence over the budget runs alone.
+        assert_eq!(plan_passes(&[2, 30, 2], limit), vec![0..1, 1..2, 2..3]);
+        let one = PassLimit {
+            tokens: 100,
+            seqs: 1,
+        };
+        assert_eq!(plan_passes(&[1, 1], one), vec![0..1, 1..2]);
+    }
+
+    /// `--max-batch`: no forward pass holds more sequences, however many callers queue work
+    /// at once, and the results are those of unlimited passes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_forward_pass_exceeds_max_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = RandomModelSpec {
+            kind: ModelKind::Embedding,
+            preset: Preset::Tiny,
+            seed: 7,
+            dtype: WeightDtype::F32,
+        };
+        write_random_model(&spec, dir.path()).unwrap();
+        let model = ModelDir::open("tiny", dir.path(), Role::Embedding).unwrap();
+        let start = |max_batch| {
+            let opts = LoadOptions {
+                device: DeviceSpec::Cpu,
+                dtype: DTypeSpec::F32,
+                max_batch,
+            };
+            PackedWorker::start(model.clone(), opts, false)
+        };
+        let jobs: Vec<Vec<Vec<u32>>> = (0..4u32)
+            .map(|j| {
+                (0..5u32)
+                    .map(|i| {
+                        (0..3 + i + j)
+                            .map(|t| 100 + t * 7 + j)
+                            .chain([151643])
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
+
+        let limited = start(3).await.unwrap();
+        let runs = jobs.iter().map(|seqs| limited.run(seqs.clone()));
+        let got = futures::future::join_all(runs).await;
+        assert!(
+            limited.counts().largest() <= 3,
+            "{}",
+            limited.counts().largest()
+        );
+        // 20 sequences in passes of at most 3.
+        assert!(
+            limited.counts().passes() >= 7,
+            "{}",
+            limited.counts().passes()
+        );
+
+        let unlimited = start(64).await.unwrap();
+        for (seqs, got) in jobs.iter().zip(got) {
+            let want = unlimited.run(seqs.clone()).await.unwrap();
+            for (g, w) in got.unwrap().iter().zip(&want) {
+                let diff = g
+                    .iter()
+                    .zip(w)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(diff < 1e-5, "batch size changed a result by {diff}");
+            }
+        }
+        assert!(unlimited.counts().largest() > 3);
+    }
 }
