@@ -270,20 +270,26 @@ async fn remote_rerank_matches_local_on_rerank_and_score_apis() {
     assert!(err.contains("every rerank endpoint failed"), "{err}");
 }
 
-/// An embeddings endpoint whose `/health` answers 200 or 503 as `healthy` says; every
-/// embedding request gets unit vectors along the first axis and is counted.
-async fn probed_endpoint(healthy: Arc<AtomicBool>, requests: Arc<AtomicUsize>) -> String {
+/// An embeddings endpoint whose `/health` answers 200 or 503 as `healthy` says (and counts
+/// its probes); every embedding request gets unit vectors along the first axis and is counted.
+async fn probed_endpoint(
+    healthy: Arc<AtomicBool>,
+    probes: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+) -> String {
     use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
             let (healthy, requests) = (healthy.clone(), requests.clone());
+            let probes = probes.clone();
             tokio::spawn(async move {
                 let Ok(Some(request)) = common::raw_http::read_request(&mut sock).await else {
                     return;
                 };
                 let (status, body) = if request.head.starts_with("GET /health") {
+                    probes.fetch_add(1, Ordering::SeqCst);
                     if healthy.load(Ordering::SeqCst) {
                         ("200 OK", "ok".to_string())
                     } else {
@@ -315,7 +321,16 @@ async fn probed_endpoint(healthy: Arc<AtomicBool>, requests: Arc<AtomicUsize>) -
 async fn health_probes_take_an_endpoint_out_of_rotation_and_back() {
     let healthy = Arc::new(AtomicBool::new(false));
     let requests = Arc::new(AtomicUsize::new(0));
-    let probed = probed_endpoint(healthy.clone(), requests.clone()).await;
+    let probes = Arc::new(AtomicUsize::new(0));
+    let probed = probed_endpoint(healthy.clone(), probes.clone(), requests.clone()).await;
+    // Probes run one after another: once two more have been answered after a change, the
+    // first of them has been read and applied by the pool.
+    let two_more_probes = |probes: &Arc<AtomicUsize>| {
+        let seen = probes.load(Ordering::SeqCst);
+        let probes = probes.clone();
+        move || probes.load(Ordering::SeqCst) >= seen + 2
+    };
+    let limit = Duration::from_secs(30);
     let (good, _engine) = server().await;
     let remote = remote_engine_with(RemoteConfig {
         embed_endpoints: vec![probed, good],
@@ -323,9 +338,9 @@ async fn health_probes_take_an_endpoint_out_of_rotation_and_back() {
         ..Default::default()
     });
     let local = common::tiny_engine();
-    // The first query creates the pool (and its prober); give the probes time to run.
+    // The first query creates the pool (and its prober); wait for it to see the failing probes.
     vectors(&remote, "SELECT embed('health round 0')").await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    common::wait_until("health probes", limit, two_more_probes(&probes)).await;
     let out_of_rotation = requests.load(Ordering::SeqCst);
     for i in 0..6 {
         let sql = format!("SELECT embed('while out {i}')");
@@ -344,7 +359,7 @@ async fn health_probes_take_an_endpoint_out_of_rotation_and_back() {
     );
     // It recovers: probes put it back and it gets its share again.
     healthy.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    common::wait_until("health probes", limit, two_more_probes(&probes)).await;
     for i in 0..6 {
         vectors(&remote, &format!("SELECT embed('back in {i}')")).await;
     }

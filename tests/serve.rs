@@ -264,9 +264,10 @@ async fn a_token_is_required_when_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_capacity_requests_get_429_with_retry_after() {
+    let admission = semflow::serve::admission::Admission::new(1, 0);
     let (base, stop) = start_with(HttpOptions {
         listener: Listener {
-            admission: semflow::serve::admission::Admission::new(1, 0),
+            admission: admission.clone(),
             ..Listener::default()
         },
         max_items: 10_000,
@@ -283,7 +284,10 @@ async fn over_capacity_requests_get_429_with_retry_after() {
         json!({"input": texts}),
         None,
     ));
-    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    // (If it finished first, the assertion below says so.)
+    let taken = || admission.admitted() == 1 || long.is_finished();
+    let limit = std::time::Duration::from_secs(30);
+    common::wait_until("the long request to take the slot", limit, taken).await;
     // … so another is refused at once, with a hint when to retry.
     let url = format!("{base}/v1/embeddings");
     let (status, retry_after) = tokio::task::spawn_blocking(move || {

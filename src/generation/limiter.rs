@@ -66,34 +66,40 @@ impl RateLimiter {
     /// Waits until one request estimated at `tokens` tokens may start.
     pub async fn acquire(&self, tokens: u32) {
         loop {
-            let wait = {
-                let mut s = self.state.lock().await;
-                let now = Instant::now();
-                let secs = now.duration_since(s.last).as_secs_f64();
-                s.last = now;
-                let mut wait = Duration::ZERO;
-                if let Some(b) = s.requests.as_mut() {
-                    b.refill(secs);
-                    wait = wait.max(b.wait_for(1.0));
-                }
-                if let Some(b) = s.tokens.as_mut() {
-                    b.refill(secs);
-                    // Any positive level admits a request; its cost may overdraw the bucket.
-                    wait = wait.max(b.wait_for(f64::MIN_POSITIVE));
-                }
-                if wait.is_zero() {
-                    if let Some(b) = s.requests.as_mut() {
-                        b.level -= 1.0;
-                    }
-                    if let Some(b) = s.tokens.as_mut() {
-                        b.level -= f64::from(tokens);
-                    }
-                    return;
-                }
-                wait
-            };
+            let wait = self.state.lock().await.take(Instant::now(), tokens);
+            if wait.is_zero() {
+                return;
+            }
             tokio::time::sleep(wait).await;
         }
+    }
+}
+
+impl State {
+    /// At `now`: takes one request of `tokens` tokens from the buckets and returns zero, or
+    /// takes nothing and returns how long to wait before trying again.
+    fn take(&mut self, now: Instant, tokens: u32) -> Duration {
+        let secs = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        let mut wait = Duration::ZERO;
+        if let Some(b) = self.requests.as_mut() {
+            b.refill(secs);
+            wait = wait.max(b.wait_for(1.0));
+        }
+        if let Some(b) = self.tokens.as_mut() {
+            b.refill(secs);
+            // Any positive level admits a request; its cost may overdraw the bucket.
+            wait = wait.max(b.wait_for(f64::MIN_POSITIVE));
+        }
+        if wait.is_zero() {
+            if let Some(b) = self.requests.as_mut() {
+                b.level -= 1.0;
+            }
+            if let Some(b) = self.tokens.as_mut() {
+                b.level -= f64::from(tokens);
+            }
+        }
+        wait
     }
 }
 
@@ -101,35 +107,54 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn requests_per_minute_paces_requests() {
-        let l = RateLimiter::new(Some(600), None); // 10/s, bucket of 10
-        let start = Instant::now();
-        for _ in 0..15 {
-            l.acquire(0).await;
+    /// Runs requests of `tokens` tokens through `limiter`'s buckets on a simulated clock that
+    /// advances exactly by each wait; returns the simulated seconds they took.
+    fn simulated_seconds(limiter: RateLimiter, requests: &[u32]) -> f64 {
+        let mut state = limiter.state.into_inner();
+        let start = state.last;
+        let mut now = start;
+        for &tokens in requests {
+            loop {
+                let wait = state.take(now, tokens);
+                if wait.is_zero() {
+                    break;
+                }
+                now += wait;
+            }
         }
-        // Ten at once, then one per 100 ms.
-        let took = start.elapsed().as_secs_f64();
-        assert!((0.45..0.9).contains(&took), "{took}");
+        now.duration_since(start).as_secs_f64()
     }
 
-    #[tokio::test]
-    async fn tokens_per_minute_makes_big_requests_wait() {
-        let l = RateLimiter::new(None, Some(6000)); // 100 tokens/s, bucket of 100
-        let start = Instant::now();
-        l.acquire(150).await; // overdraws to -50
-        l.acquire(10).await; // waits ~0.5 s for the debt
-        let took = start.elapsed().as_secs_f64();
-        assert!((0.45..0.9).contains(&took), "{took}");
+    #[test]
+    fn requests_per_minute_paces_requests() {
+        // 10/s, bucket of 10: ten at once, then one per 100 ms.
+        let took = simulated_seconds(RateLimiter::new(Some(600), None), &[0; 15]);
+        assert!((took - 0.5).abs() < 1e-6, "{took}");
+    }
+
+    #[test]
+    fn tokens_per_minute_makes_big_requests_wait() {
+        // 100 tokens/s, bucket of 100: 150 overdraws to -50, the next waits 0.5 s for the debt.
+        let took = simulated_seconds(RateLimiter::new(None, Some(6000)), &[150, 10]);
+        assert!((took - 0.5).abs() < 1e-6, "{took}");
+    }
+
+    #[test]
+    fn both_limits_wait_for_the_slower() {
+        // 1 request/s (bucket of 1) and 6000 tokens/min: three 10-token requests are paced by
+        // the request bucket alone.
+        let took = simulated_seconds(RateLimiter::new(Some(60), Some(6000)), &[10; 3]);
+        assert!((took - 2.0).abs() < 1e-6, "{took}");
     }
 
     #[tokio::test]
     async fn no_limits_never_wait() {
+        let took = simulated_seconds(RateLimiter::new(None, None), &[10_000; 1000]);
+        assert_eq!(took, 0.0);
+        // And the async path returns without sleeping.
         let l = RateLimiter::new(None, None);
-        let start = Instant::now();
         for _ in 0..1000 {
             l.acquire(10_000).await;
         }
-        assert!(start.elapsed() < Duration::from_millis(100));
     }
 }

@@ -80,7 +80,7 @@ impl Admission {
     }
 
     /// Requests admitted (running or waiting).
-    fn admitted(&self) -> usize {
+    pub fn admitted(&self) -> usize {
         self.max_concurrency + self.max_queue - self.admitted.available_permits()
     }
 

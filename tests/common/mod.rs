@@ -354,3 +354,20 @@ pub async fn one_heavy_test_at_a_time() -> tokio::sync::MutexGuard<'static, ()> 
     static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     HEAVY.lock().await
 }
+
+/// Waits until `condition` holds, checking every 20 ms; panics naming `what` after `limit`.
+/// Tests wait for conditions, never for fixed time.
+pub async fn wait_until(
+    what: &str,
+    limit: std::time::Duration,
+    mut condition: impl FnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
