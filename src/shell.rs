@@ -14,6 +14,50 @@ fn history_path() -> Option<std::path::PathBuf> {
     std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".semflow_history"))
 }
 
+/// A backslash command of the shell (as in psql), read when no statement is half typed.
+#[derive(Debug, PartialEq, Eq)]
+enum Meta {
+    Quit,
+    Help,
+    /// A command answered by running this SQL.
+    Sql(String),
+    Unknown(String),
+}
+
+const HELP: &str = "\\d          list tables
+\\dt         list tables
+\\d NAME     describe a table's columns
+\\?          this help
+\\q          quit (also quit, exit, Ctrl-D)
+Statements end with ';' and may span lines.";
+
+/// The tables of every schema but the catalog's own.
+const LIST_TABLES: &str = "SELECT table_schema AS schema, table_name AS name, table_type AS type \
+     FROM information_schema.tables \
+     WHERE table_schema NOT IN ('information_schema', 'pg_catalog') \
+     ORDER BY table_schema, table_name";
+
+/// `line` as a shell command, or `None` when it is SQL.
+fn meta_command(line: &str) -> Option<Meta> {
+    let line = line.trim();
+    if matches!(line, "quit" | "exit") {
+        return Some(Meta::Quit);
+    }
+    let rest = line.strip_prefix('\\')?;
+    let rest = rest.trim_end_matches(';').trim();
+    let (command, argument) = match rest.split_once(char::is_whitespace) {
+        Some((c, a)) => (c, a.trim()),
+        None => (rest, ""),
+    };
+    Some(match (command, argument) {
+        ("q", "") => Meta::Quit,
+        ("?", "") => Meta::Help,
+        ("d" | "dt", "") => Meta::Sql(LIST_TABLES.to_string()),
+        ("d", table) => Meta::Sql(format!("DESCRIBE {table}")),
+        _ => Meta::Unknown(line.to_string()),
+    })
+}
+
 /// Reads statements until EOF (Ctrl-D) or `\q`; a statement ends with `;`.
 pub async fn run(engine: Engine) -> Result<()> {
     let mut editor = DefaultEditor::new().map_err(|e| Error::InvalidArgument(e.to_string()))?;
@@ -21,7 +65,7 @@ pub async fn run(engine: Engine) -> Result<()> {
     if let Some(h) = &history {
         let _ = editor.load_history(h);
     }
-    println!("semflow shell: end statements with ';', \\q to quit");
+    println!("semflow shell: end statements with ';', \\? for help, \\q to quit");
     let mut buffer = String::new();
     loop {
         let prompt = if buffer.is_empty() {
@@ -32,9 +76,19 @@ pub async fn run(engine: Engine) -> Result<()> {
         match editor.readline(prompt) {
             Ok(line) => {
                 let trimmed = line.trim();
-                if buffer.is_empty() && (trimmed == "\\q" || trimmed == "quit" || trimmed == "exit")
-                {
-                    break;
+                if buffer.is_empty() {
+                    if let Some(meta) = meta_command(trimmed) {
+                        let _ = editor.add_history_entry(trimmed);
+                        match meta {
+                            Meta::Quit => break,
+                            Meta::Help => println!("{HELP}"),
+                            Meta::Sql(sql) => run_statements(&engine, &sql).await,
+                            Meta::Unknown(c) => {
+                                eprintln!("error: unknown command {c}; \\? lists the commands")
+                            }
+                        }
+                        continue;
+                    }
                 }
                 buffer.push_str(&line);
                 buffer.push('\n');
@@ -77,5 +131,25 @@ async fn run_statements(engine: &Engine, sql: &str) {
             }
             Err(e) => eprintln!("error: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backslash_commands() {
+        assert_eq!(meta_command("\\q"), Some(Meta::Quit));
+        assert_eq!(meta_command("  exit "), Some(Meta::Quit));
+        assert_eq!(meta_command("\\?"), Some(Meta::Help));
+        assert_eq!(meta_command("\\d"), Some(Meta::Sql(LIST_TABLES.into())));
+        assert_eq!(meta_command("\\dt;"), Some(Meta::Sql(LIST_TABLES.into())));
+        assert_eq!(
+            meta_command("\\d  docs "),
+            Some(Meta::Sql("DESCRIBE docs".into()))
+        );
+        assert_eq!(meta_command("\\x"), Some(Meta::Unknown("\\x".into())));
+        assert_eq!(meta_command("SELECT 1;"), None);
     }
 }

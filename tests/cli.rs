@@ -302,15 +302,29 @@ fn shell_reads_statements_from_stdin() {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"SELECT arrow_typeof(embed('x'))\n  AS t;\nSELECT nope;\n\\q\n")
+        .write_all(
+            b"SELECT arrow_typeof(embed('x'))\n  AS t;\nSELECT nope;\n\
+              CREATE TABLE notes (id INT, body TEXT);\n\\dt\n\\d notes\n\\?\n\\x\n\\q\n",
+        )
         .unwrap();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
+    let errors = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success());
     assert!(text.contains("FixedSizeList(64 x Float32)"), "{text}");
     assert!(text.contains("1 row(s)"), "{text}");
     // A failing statement reports and the shell goes on.
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+    assert!(errors.contains("nope"), "{errors}");
+    // Backslash commands: \\dt lists the table (not the catalog's own), \\d NAME its columns.
+    let row = |cells: &[&str]| text.lines().any(|l| cells.iter().all(|c| l.contains(c)));
+    assert!(row(&["| public ", "| notes ", "| BASE TABLE "]), "{text}");
+    assert!(!text.contains("information_schema"), "{text}");
+    assert!(
+        row(&["| id ", "| Int32 "]) && row(&["| body ", "| Utf8"]),
+        "{text}"
+    );
+    assert!(text.contains("describe a table's columns"), "{text}");
+    assert!(errors.contains("unknown command \\x"), "{errors}");
 }
 
 #[test]
