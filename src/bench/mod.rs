@@ -439,8 +439,11 @@ pub fn render(report: &Report) -> String {
         report.rerank_model,
         report.rounds,
     );
-    s.push_str("| workload | tokens | semflow | peer | speedup | semflow seq/s | padding semflow / peer |\n");
-    s.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    // The model workloads' table, only when one ran (`--workloads c1` alone has none).
+    if !report.results.is_empty() {
+        s.push_str("| workload | tokens | semflow | peer | speedup | semflow seq/s | padding semflow / peer |\n");
+        s.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    }
     let fmt = |r: &WorkloadResult, x: &Side| match r.metric {
         Metric::Throughput => format!("{:.0} tok/s", x.value),
         Metric::Latency => format!("p50 {:.1} ms, p99 {:.1} ms", x.value, x.p99_ms),
@@ -547,4 +550,45 @@ pub fn render(report: &Report) -> String {
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_without_model_workloads_has_no_empty_table() {
+        let report = Report {
+            machine: Machine {
+                cpu: "cpu".into(),
+                cores: 2,
+                gpu: None,
+                os: "linux".into(),
+                commit: "abc".into(),
+            },
+            backend: "packed".into(),
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            embed_model: "tiny".into(),
+            rerank_model: "tiny".into(),
+            rounds: 1,
+            results: Vec::new(),
+            ingest: Vec::new(),
+            retrieval: None,
+            chunking: Some(chunking::ChunkingResult {
+                docs: 40,
+                bytes: 4000,
+                max_tokens: 32,
+                chunks: 90,
+                chunk_s: 0.1,
+                chunk_mb_per_s: 0.04,
+                chunk_and_embed_s: 1.0,
+                chunk_share: 0.1,
+            }),
+            decode: None,
+        };
+        let text = render(&report);
+        assert!(!text.contains("| workload |"), "{text}");
+        assert!(text.contains("C1 chunking: 40 documents"), "{text}");
+    }
 }
