@@ -4,15 +4,18 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_optimizer::sanity_checker::SanityCheckPlan;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::{EmptyRecordBatchStream, SendableRecordBatchStream};
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::ast::{CreateIndex, Statement as SqlStatement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::inference::{Inference, InferenceConfig, Models};
 
 mod insert;
@@ -209,9 +212,14 @@ impl Planned {
     ) -> Result<(SchemaRef, SendableRecordBatchStream)> {
         match self {
             Self::Plan(plan) => {
+                let unbounded = crate::kafka::table::unbounded_scans(&plan);
                 let df = ctx.execute_logical_plan(*plan).await?;
                 let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-                Ok((schema, df.execute_stream().await?))
+                let rows = df
+                    .execute_stream()
+                    .await
+                    .map_err(|e| explain_unbounded(e, &unbounded))?;
+                Ok((schema, rows))
             }
             Self::CreateIndex(create) => {
                 crate::index::create::create_index(ctx, &create).await?;
@@ -220,5 +228,62 @@ impl Planned {
                 Ok((schema, rows))
             }
         }
+    }
+}
+
+/// DataFusion refuses a plan whose operator waits for the end of an unbounded input (its
+/// SanityCheckPlan rule, with a dump of the operator); when the input is a Kafka table read
+/// without an end, say so in one line with the option that fixes it.
+fn explain_unbounded(e: DataFusionError, unbounded: &[String]) -> Error {
+    let sanity_check = SanityCheckPlan::new();
+    match &e {
+        DataFusionError::Context(rule, inner)
+            if rule == sanity_check.name()
+                && matches!(inner.as_ref(), DataFusionError::Plan(_))
+                && !unbounded.is_empty() =>
+        {
+            Error::InvalidArgument(format!(
+                "Kafka table {} is an unbounded stream, and this query waits for the end of its \
+                 input (an aggregate, a sort or a join); create the table with OPTIONS ('end' \
+                 'latest-at-start') to read the topic up to its offsets when the query starts",
+                unbounded.join(", ")
+            ))
+        }
+        _ => e.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An aggregate over a Kafka table without an end cannot finish: one line naming the
+    /// table and the option, not DataFusion's dump of the operator. (Planning alone: no
+    /// broker is contacted.)
+    #[tokio::test]
+    async fn an_aggregate_over_an_unbounded_topic_names_the_option() {
+        let engine = Engine::new(InferenceConfig::default());
+        let err = engine
+            .run_sql(
+                "CREATE EXTERNAL TABLE live (id TEXT, body TEXT) STORED AS KAFKA LOCATION 'docs'
+                   OPTIONS ('bootstrap.servers' '127.0.0.1:9', 'group.id' 'g');
+                 SELECT count(*) FROM live",
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        let message = err.user_message();
+        assert!(
+            message.starts_with("Kafka table live is an unbounded stream"),
+            "{message}"
+        );
+        assert!(
+            message.contains("OPTIONS ('end' 'latest-at-start')"),
+            "{message}"
+        );
+        assert!(
+            !message.contains('\n') && !message.contains("Exec"),
+            "{message}"
+        );
     }
 }

@@ -10,12 +10,13 @@ use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{exec_err, DataFusionError};
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::datasource::TableType;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::{CreateExternalTable, Expr};
+use datafusion::logical_expr::{CreateExternalTable, Expr, LogicalPlan};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{
@@ -61,6 +62,27 @@ impl KafkaTable {
     pub fn decoder(&self) -> &Decoder {
         &self.decoder
     }
+}
+
+/// The Kafka tables `plan` reads without an end (`'end' 'never'`, the default): a query over
+/// them that waits for its input's end (an aggregate, a sort) can never finish.
+pub fn unbounded_scans(plan: &LogicalPlan) -> Vec<String> {
+    let mut tables = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let unbounded = datafusion::datasource::source_as_provider(&scan.source)
+                .ok()
+                .and_then(|p| {
+                    p.downcast_ref::<KafkaTable>()
+                        .map(|t| t.options.end == End::Never)
+                });
+            if unbounded == Some(true) {
+                tables.push(scan.table_name.to_string());
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    tables
 }
 
 #[async_trait]
