@@ -177,6 +177,15 @@ pub fn write_results(
 }
 
 /// A spinner with inference counts while a statement runs, shown only on a terminal.
+/// The spinner's line: what the statement is waiting for, or what it has done so far.
+fn progress_message(embedded: u64, reranked: u64, kafka_joining: usize) -> String {
+    if kafka_joining > 0 {
+        "waiting for the Kafka consumer group to assign partitions (after a member left, up to its session.timeout.ms)".to_string()
+    } else {
+        format!("running: {embedded} texts embedded, {reranked} pairs reranked")
+    }
+}
+
 pub struct Progress {
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -198,7 +207,8 @@ impl Progress {
             loop {
                 let e = inference.stats.embed_inferred.load(Ordering::Relaxed) - start.0;
                 let r = inference.stats.rerank_inferred.load(Ordering::Relaxed) - start.1;
-                bar.set_message(format!("running: {e} texts embedded, {r} pairs reranked"));
+                let joining = crate::kafka::consumer::consumers_joining();
+                bar.set_message(progress_message(e, r, joining));
                 bar.tick();
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -211,5 +221,19 @@ impl Progress {
             t.abort();
             eprint!("\r\x1b[2K");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spinner_says_what_a_statement_waits_for() {
+        assert!(progress_message(0, 0, 1).starts_with("waiting for the Kafka consumer group"));
+        assert_eq!(
+            progress_message(3, 2, 0),
+            "running: 3 texts embedded, 2 pairs reranked"
+        );
     }
 }

@@ -850,3 +850,55 @@ async fn maintenance_is_scheduled_by_rows_written() {
     assert!(stats.maintenance >= 1, "{stats:?}");
     assert!(stats.rows_written >= 20, "{stats:?}");
 }
+
+/// `semflow run` on a topic that does not exist yet waits for it (saying so) and indexes it
+/// once it is created; with `'topic_wait_s' '0'` it fails at once, naming the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_waits_for_its_topic_to_be_created() {
+    use common::pipeline::{
+        assert_index_equals, log_text, setup, start, terminate, wait_caught_up, workload,
+    };
+    let mut s = setup("late-topic", 2).await;
+    let late = unique("late-topic-created");
+    let text = std::fs::read_to_string(&s.pipeline).unwrap();
+    std::fs::write(&s.pipeline, text.replace(&s.topic, &late)).unwrap();
+    s.topic = late.clone();
+    let log = s.dir.path().join("worker.log");
+    let mut worker = start(&s.pipeline, &log);
+    let limit = std::time::Duration::from_secs(60);
+    common::wait_until("the worker to wait for its topic", limit, || {
+        log_text(&log).contains(&format!("topic {late} does not exist (yet); waiting"))
+    })
+    .await;
+    assert!(worker.try_wait().unwrap().is_none(), "{}", log_text(&log));
+
+    create_topic(&late, 2).await;
+    let (ops, expected) = workload(5, 200);
+    let delivered = produce(&producer(), &late, &ops).await;
+    let ends = common::kafka::end_offsets(&delivered, 2);
+    wait_caught_up(&s, &ends, &mut [(&mut worker, &log)]).await;
+    terminate(&mut worker, &log);
+    assert_index_equals(&s.location, &expected).await;
+
+    // Not waiting: one line naming the topic and the option.
+    let never = unique("never-created");
+    let text = std::fs::read_to_string(&s.pipeline).unwrap();
+    let impatient = text
+        .replace(&late, &never)
+        .replace("'batch_ms' '100'", "'batch_ms' '100', 'topic_wait_s' '0'");
+    std::fs::write(&s.pipeline, impatient).unwrap();
+    let out = common::semflow_command()
+        .arg("run")
+        .arg(&s.pipeline)
+        .args(["--metrics-addr", "off"])
+        .output()
+        .unwrap();
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{errors}");
+    assert!(
+        errors.contains(&format!(
+            "topic {never} does not exist (waited 0 s, option 'topic_wait_s')"
+        )),
+        "{errors}"
+    );
+}

@@ -259,6 +259,14 @@ impl Consumer {
         // Bounded prefetch: what librdkafka buffers ahead of the pipeline.
         set_default(&mut config, options, "queued.max.messages.kbytes", "8192");
         set_default(&mut config, options, "statistics.interval.ms", "5000");
+        // A subscribed topic created after the worker started (or given more partitions) is
+        // noticed at the next metadata refresh: every 10 s rather than librdkafka's 5 min.
+        set_default(
+            &mut config,
+            options,
+            "topic.metadata.refresh.interval.ms",
+            "10000",
+        );
         set_default(
             &mut config,
             options,
@@ -558,10 +566,47 @@ impl Cursor {
     }
 }
 
+/// Subscribed consumers of this process still waiting for their group to assign them
+/// partitions (a join takes up to `session.timeout.ms` while a departed member is waited for):
+/// the statement spinner says so instead of sitting silent.
+static JOINING: AtomicUsize = AtomicUsize::new(0);
+
+/// How many consumers of this process are waiting for their group's assignment.
+pub fn consumers_joining() -> usize {
+    JOINING.load(Ordering::Relaxed)
+}
+
+/// Counts one consumer in [`JOINING`] until its first assignment (or its end).
+struct Joining(bool);
+
+impl Joining {
+    fn start(subscribed: bool) -> Self {
+        if subscribed {
+            JOINING.fetch_add(1, Ordering::Relaxed);
+        }
+        Self(subscribed)
+    }
+
+    fn assigned(&mut self) {
+        if std::mem::take(&mut self.0) {
+            JOINING.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Joining {
+    fn drop(&mut self) {
+        self.assigned();
+    }
+}
+
 impl Loop {
     fn run(self) {
         let mut cursor = Cursor::default();
         let mut transient = Throttled::default();
+        // A subscribed topic that does not exist yet: since when it has been waited for.
+        let mut missing_since: Option<Instant> = None;
+        let mut joining = Joining::start(self.end.is_none());
         if let Some(end) = &self.end {
             for (p, high) in end {
                 cursor.assigned.insert((self.options.topic.clone(), *p));
@@ -596,8 +641,29 @@ impl Loop {
                     return;
                 }
             }
+            if !cursor.assigned.is_empty() {
+                joining.assigned();
+            }
             match polled {
                 Some(Ok(record)) => cursor.take(record, self.end.as_ref()),
+                Some(Err(e)) if self.topic_missing(&e, &cursor) => {
+                    let since = *missing_since.get_or_insert_with(|| {
+                        tracing::warn!(
+                            "kafka: topic {} does not exist (yet); waiting up to {} s for it to be created (option 'topic_wait_s')",
+                            self.options.topic,
+                            self.options.topic_wait.as_secs()
+                        );
+                        Instant::now()
+                    });
+                    if since.elapsed() >= self.options.topic_wait {
+                        let _ = self.tx.blocking_send(Err(Error::Kafka(format!(
+                            "topic {} does not exist (waited {} s, option 'topic_wait_s'): create it, or correct the table's LOCATION",
+                            self.options.topic,
+                            self.options.topic_wait.as_secs()
+                        ))));
+                        return;
+                    }
+                }
                 Some(Err(e)) if fatal(&e) => {
                     let _ = self.tx.blocking_send(Err(Error::Kafka(format!(
                         "consuming {}: {e}",
@@ -623,6 +689,18 @@ impl Loop {
                 let _ = self.tx.blocking_send(Ok(batch));
             }
         }
+    }
+
+    /// A subscription's topic does not exist (yet): nothing is assigned and the broker says
+    /// the topic is unknown. A topic created later is assigned at the next metadata refresh.
+    fn topic_missing(&self, e: &KafkaError, cursor: &Cursor) -> bool {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        self.end.is_none()
+            && cursor.assigned.is_empty()
+            && matches!(
+                e.rdkafka_error_code(),
+                Some(C::UnknownTopicOrPartition | C::UnknownTopic)
+            )
     }
 
     /// Hands the waiting batch to the channel if it has room: the source pauses while it has

@@ -68,6 +68,9 @@ pub struct KafkaOptions {
     pub dlq_topic: String,
     /// Larger values are rejected (dead-lettered) instead of decoded.
     pub max_value_bytes: usize,
+    /// A subscribed topic that does not exist yet is waited for this long (`'topic_wait_s'`;
+    /// zero: fail at once).
+    pub topic_wait: Duration,
     /// The column whose value keys messages written to a KAFKA sink table.
     pub key_column: Option<String>,
     /// `'schema.registry.url'`: where `'format' 'avro'` finds writer schemas by id.
@@ -121,7 +124,7 @@ fn is_secret(property: &str) -> bool {
 }
 
 const KNOWN: &str =
-    "format, envelope, start, end, batch_rows, batch_ms, on_error, dlq_topic, max_value_bytes, key";
+    "format, envelope, start, end, batch_rows, batch_ms, on_error, dlq_topic, max_value_bytes, topic_wait_s, key";
 
 impl KafkaOptions {
     /// Parses table options; `topic` is the table's LOCATION.
@@ -141,6 +144,7 @@ impl KafkaOptions {
             on_error: OnError::Dlq,
             dlq_topic: format!("{topic}.dlq"),
             max_value_bytes: 1 << 20,
+            topic_wait: Duration::from_secs(300),
             key_column: None,
             schema_registry: None,
             schema_registry_auth: None,
@@ -215,6 +219,14 @@ impl KafkaOptions {
             }
             "dlq_topic" => self.dlq_topic = value.to_string(),
             "max_value_bytes" => self.max_value_bytes = positive("max_value_bytes", value)?,
+            "topic_wait_s" => {
+                let secs = value.parse::<u64>().map_err(|_| {
+                    invalid(&format!(
+                        "option 'topic_wait_s' must be a number of seconds (0 or more), not '{value}'"
+                    ))
+                })?;
+                self.topic_wait = Duration::from_secs(secs)
+            }
             "key" => self.key_column = Some(value.to_string()),
             other => {
                 return Err(invalid(&format!(
