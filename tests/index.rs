@@ -125,4 +125,28 @@ async fn top_k_vector_queries_use_lance_search_and_match_exact_results() {
         .unwrap_err()
         .user_message();
     assert!(err.contains("not a vector"), "{err}");
+    // IVF_PQ trains 256 centroids per sub-vector: on fewer rows it says so (Lance would
+    // build an empty index with only a warning); IVF_FLAT builds.
+    let small = dir.path().join("small").to_string_lossy().into_owned();
+    engine
+        .run_sql(&format!(
+            "CREATE EXTERNAL TABLE small (id TEXT NOT NULL, embedding FLOAT[], PRIMARY KEY (id))
+               STORED AS LANCE LOCATION '{small}';
+             INSERT INTO small SELECT 'doc ' || v, embed('doc ' || v) FROM generate_series(1, 6) AS t(v);"
+        ))
+        .await
+        .unwrap();
+    let err = engine
+        .run_sql("CREATE INDEX ON small USING ivf_pq (embedding)")
+        .await
+        .unwrap_err()
+        .user_message();
+    assert!(
+        err.contains("at least 256 rows") && err.contains("6 rows"),
+        "{err}"
+    );
+    engine
+        .run_sql("CREATE INDEX ON small USING ivf_flat (embedding)")
+        .await
+        .unwrap();
 }

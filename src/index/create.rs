@@ -51,6 +51,11 @@ pub async fn create_index(ctx: &SessionContext, stmt: &CreateIndex) -> Result<()
         num_partitions.unwrap_or_else(|| ((rows as f64).sqrt() as usize).clamp(1, 256));
     let params = match kind.as_str() {
         "ivf_pq" => {
+            if rows < PQ_TRAINING_ROWS {
+                return Err(invalid(&format!(
+                    "USING ivf_pq on {rows} rows: product quantization trains {PQ_TRAINING_ROWS} centroids per sub-vector and needs at least {PQ_TRAINING_ROWS} rows; load more rows first, or use ivf_flat (or no index: queries then search exactly)"
+                )));
+            }
             let sub = num_sub_vectors.unwrap_or_else(|| default_sub_vectors(dims));
             if !dims.is_multiple_of(sub) {
                 return Err(invalid(&format!(
@@ -68,6 +73,9 @@ pub async fn create_index(ctx: &SessionContext, stmt: &CreateIndex) -> Result<()
     };
     table.create_vector_index(&column, name, &params).await
 }
+
+/// Rows IVF_PQ needs to train its codebooks (8-bit codes: 256 centroids per sub-vector).
+const PQ_TRAINING_ROWS: usize = 256;
 
 /// A vector index's WITH options.
 struct VectorOptions {
