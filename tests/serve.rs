@@ -578,6 +578,34 @@ async fn self_hosted_generator_returns_schema_valid_json_and_drives_synth() {
         assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0);
     }
 
+    // Generation stays within the model's context (512 tokens for tiny): a long prompt with
+    // the default max_tokens (512) is answered, not failed in the KV cache …
+    let long = "streams carry documents into the index ".repeat(50);
+    let (status, v) = post(
+        format!("{base}/v1/chat/completions"),
+        json!({"messages": [{"role": "user", "content": long}]}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let used = v["usage"]["prompt_tokens"].as_u64().unwrap()
+        + v["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(used <= 512, "{v}");
+    // … and one that fills the context is refused in one line, naming the field.
+    let (status, v) = post(
+        format!("{base}/v1/chat/completions"),
+        json!({"messages": [{"role": "user", "content": long.repeat(3)}]}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "messages", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("512-token context") && !message.contains('\n'),
+        "{message}"
+    );
+
     // semflow synth end to end against it.
     let work = tempfile::tempdir().unwrap();
     let docs = work.path().join("docs.jsonl");

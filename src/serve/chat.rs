@@ -8,12 +8,25 @@ use serde_json::Value;
 
 use crate::error::Result;
 use crate::inference::config::LoadOptions;
+use crate::inference::tokenize::QwenTokenizer;
 
 /// A loaded chat model.
 pub struct ChatModel {
     pub id: String,
     model: Generator,
+    /// The model's context in tokens (`max_position_embeddings`): prompt plus completion.
+    context: usize,
+    /// Counts prompt tokens, to bound each completion by what is left of the context.
+    tokenizer: QwenTokenizer,
 }
+
+/// Tokens the Qwen3 chat template adds per message (`<|im_start|>role\n … <|im_end|>\n`) …
+const TEMPLATE_TOKENS_PER_MESSAGE: usize = 5;
+/// … and around the answer (the assistant header and an empty thinking block), with room
+/// to spare.
+const TEMPLATE_TOKENS_FOR_ANSWER: usize = 16;
+/// Completion tokens when the request sets no limit.
+const DEFAULT_MAX_TOKENS: usize = 512;
 
 /// The model behind a [`ChatModel`]; in builds without mistral.rs there is none, so no
 /// `ChatModel` can be made.
@@ -74,9 +87,12 @@ impl ChatModel {
         use crate::model::dir::{ModelDir, Role};
         let dir = ModelDir::resolve(spec, Role::Reranker).await?;
         let model = crate::inference::local::load_causal_lm(&dir, opts, true, None).await?;
+        let tokenizer = QwenTokenizer::from_file(&dir.path.join("tokenizer.json"))?;
         Ok(Self {
             id: dir.id.clone(),
             model,
+            context: dir.config.max_position_embeddings,
+            tokenizer,
         })
     }
 
@@ -125,6 +141,25 @@ impl ChatModel {
         }
     }
 
+    /// Completion tokens for `req`: what it asks for (512 by default), at most what the
+    /// context leaves after the prompt; a prompt that fills the context is refused.
+    #[cfg_attr(not(feature = "mistralrs"), allow(dead_code))]
+    fn completion_budget(&self, req: &ChatRequest) -> std::result::Result<usize, BadRequest> {
+        let mut prompt = TEMPLATE_TOKENS_FOR_ANSWER;
+        for m in &req.messages {
+            let tokens = self.tokenizer.encode(&m.content).map_err(|e| BadRequest {
+                param: "messages",
+                message: e.to_string(),
+            })?;
+            prompt += tokens.len() + TEMPLATE_TOKENS_PER_MESSAGE;
+        }
+        let asked = req
+            .max_completion_tokens
+            .or(req.max_tokens)
+            .unwrap_or(DEFAULT_MAX_TOKENS);
+        bounded_completion(prompt, asked, self.context)
+    }
+
     /// Runs one chat completion; the response is OpenAI's `chat.completion` object.
     pub async fn complete(&self, req: ChatRequest) -> std::result::Result<Value, ChatError> {
         if req.stream == Some(true) {
@@ -166,9 +201,10 @@ impl ChatModel {
             builder = builder.add_message(role, &m.content);
         }
         let constraint = Self::constraint(req.response_format.as_ref()).map_err(ChatError::Bad)?;
+        let max_len = self.completion_budget(&req).map_err(ChatError::Bad)?;
         builder = builder
             .set_constraint(constraint)
-            .set_sampler_max_len(req.max_completion_tokens.or(req.max_tokens).unwrap_or(512));
+            .set_sampler_max_len(max_len);
         if let Some(t) = req.temperature {
             builder = builder.set_sampler_temperature(t);
         }
@@ -179,12 +215,35 @@ impl ChatModel {
             .model
             .send_chat_request(builder)
             .await
-            .map_err(|e| ChatError::Failed(format!("{e:#}")))?;
+            .map_err(|e| ChatError::Failed(first_line(&e.to_string())))?;
         let mut v = serde_json::to_value(&response)
             .map_err(|e| ChatError::Failed(format!("response: {e}")))?;
         v["model"] = Value::String(req.model.unwrap_or_else(|| self.id.clone()));
         Ok(v)
     }
+}
+
+/// `asked` completion tokens after a prompt of `prompt` tokens, within `context`.
+fn bounded_completion(
+    prompt: usize,
+    asked: usize,
+    context: usize,
+) -> std::result::Result<usize, BadRequest> {
+    match context.checked_sub(prompt) {
+        Some(left) if left > 0 => Ok(asked.clamp(1, left)),
+        _ => Err(BadRequest {
+            param: "messages",
+            message: format!(
+                "the messages take about {prompt} tokens of the chat model's {context}-token context, leaving none for the answer; shorten them"
+            ),
+        }),
+    }
+}
+
+/// The first line of a backend error: the message, without the backtrace some carry.
+#[cfg_attr(not(feature = "mistralrs"), allow(dead_code))]
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().trim().to_string()
 }
 
 /// Why a chat request failed.
@@ -214,5 +273,24 @@ mod tests {
             Err(e) => assert_eq!(e.param, "response_format"),
             Ok(_) => panic!("a json_schema without schema was accepted"),
         }
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn completions_fit_the_context() {
+        assert_eq!(bounded_completion(100, 512, 512).unwrap(), 412);
+        assert_eq!(bounded_completion(100, 50, 512).unwrap(), 50);
+        let err = bounded_completion(600, 10, 512).unwrap_err();
+        assert_eq!(err.param, "messages");
+        assert!(err.message.contains("512-token context"), "{}", err.message);
+        assert!(bounded_completion(512, 10, 512).is_err());
+        assert_eq!(
+            first_line("kv-cache: full\n   0: backtrace"),
+            "kv-cache: full"
+        );
     }
 }
