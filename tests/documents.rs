@@ -1,7 +1,8 @@
 //! Every documented command is a test: what README.md and the shipped files tell a newcomer
 //! to run must run as written. So far: every `examples/*.sql` file, without a warning, with
 //! the random tiny models (`SEMFLOW_EXAMPLE_DIR` points the files that write Lance tables at a scratch
-//! directory). tests/pipeline_files.rs runs the shipped pipelines against a broker.
+//! directory). tests/pipeline_files.rs runs the shipped pipelines against a broker, and
+//! every file under pipelines/ must be run by some test.
 
 use crate::common;
 
@@ -43,6 +44,48 @@ fn every_example_sql_file_runs() {
             file.display()
         );
     }
+}
+
+/// Every file under pipelines/ is run by a test: its path appears in a test file (the
+/// walkthrough, synth and pipeline tests run them as shipped), or it is a template of
+/// pipelines/synth.toml (`templates = "synth"`), which the synth test loads. A file added
+/// there without a test fails here.
+#[test]
+fn every_shipped_pipeline_file_is_run_by_a_test() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tests: String = files("tests", "rs")
+        .iter()
+        .filter(|p| !p.ends_with("documents.rs"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let mut shipped = Vec::new();
+    let mut dirs = vec![root.join("pipelines")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                shipped.push(
+                    path.strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    let synth_templates = ["pipelines/synth/configure.txt", "pipelines/synth/query.txt"];
+    let untested: Vec<&String> = shipped
+        .iter()
+        .filter(|f| f.as_str() != "pipelines/README.md")
+        .filter(|f| !synth_templates.contains(&f.as_str()) && !tests.contains(f.as_str()))
+        .collect();
+    assert!(
+        untested.is_empty(),
+        "pipelines/ files no test runs: {untested:?}"
+    );
+    assert!(shipped.len() >= 10, "{shipped:?}");
 }
 
 /// The fenced `sql` blocks of README.md, in order.
