@@ -10,7 +10,7 @@
 //! No chunk exceeds `max_tokens`, which must leave room for the end token below the model's
 //! limit, so `embed()` of a chunk never truncates.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, AsArray, Int32Builder, Int64Builder, ListBuilder, StringBuilder, StructBuilder,
@@ -156,7 +156,6 @@ fn chunk_fields() -> Fields {
 pub struct ChunkUdf {
     inference: InferenceRef,
     signature: Signature,
-    tokenizer: OnceLock<Arc<QwenTokenizer>>,
 }
 
 impl PartialEq for ChunkUdf {
@@ -176,27 +175,18 @@ impl ChunkUdf {
         Self {
             inference: super::args::ByPtr(inference),
             signature: Signature::user_defined(Volatility::Immutable),
-            tokenizer: OnceLock::new(),
         }
     }
 
-    /// The embedding model's tokenizer and its token limit (files only; weights not loaded).
+    /// The embedding model's tokenizer, shared with the model (the inference service owns
+    /// it; the weights are not loaded for it), and its token limit.
     fn tokenizer(&self) -> Result<(Arc<QwenTokenizer>, usize)> {
         let inference = self.inference.0.clone();
-        let (path, limit) = model_work(async move {
-            let dir = inference.embed_model_dir().await?;
-            Ok::<_, semflow_inference::Error>((
-                dir.path.join("tokenizer.json"),
-                inference.token_limit_of(dir),
-            ))
-        })?;
-        if let Some(t) = self.tokenizer.get() {
-            return Ok((t.clone(), limit));
-        }
-        // The engine's loader (padding and truncation off), without loading the weights.
-        let t = QwenTokenizer::from_file(&path).map_err(crate::error::Error::from)?;
-        let t = self.tokenizer.get_or_init(|| Arc::new(t)).clone();
-        Ok((t, limit))
+        model_work(async move {
+            let tokenizer = inference.embed_tokenizer().await?;
+            let limit = inference.token_limit_of(inference.embed_model_dir().await?);
+            Ok((tokenizer, limit))
+        })
     }
 }
 

@@ -74,7 +74,9 @@ pub struct Inference {
     rerank_dir: OnceCell<ModelDir>,
     embedder: OnceCell<Arc<EmbedModel>>,
     scorer: OnceCell<Arc<ScoreModel>>,
-    /// The reranker's tokenizer, also without its weights (request limits count prompts).
+    /// Each model's tokenizer, loaded once without the weights; the one owner every user
+    /// shares (the model itself, `chunk()`, request limits and usage counts).
+    embed_tokenizer: OnceCell<Arc<QwenTokenizer>>,
     rerank_tokenizer: OnceCell<Arc<QwenTokenizer>>,
     embed_cache: ContentCache<Arc<[f32]>>,
     rerank_cache: ContentCache<f32>,
@@ -99,6 +101,7 @@ impl Inference {
             rerank_dir: OnceCell::new(),
             embedder: OnceCell::new(),
             scorer: OnceCell::new(),
+            embed_tokenizer: OnceCell::new(),
             rerank_tokenizer: OnceCell::new(),
             stats: Stats::default(),
         })
@@ -155,9 +158,7 @@ impl Inference {
             .embedder
             .get_or_try_init(|| async {
                 let dir = self.embed_model_dir().await?.clone();
-                let tokenizer =
-                    Arc::new(QwenTokenizer::from_file(&dir.path.join("tokenizer.json"))?);
-                tokenizer.check_special_tokens(&dir.id, false)?;
+                let tokenizer = self.embed_tokenizer().await?;
                 let max_tokens = self.token_limit_of(&dir);
                 tracing::info!(model = %dir.id, "loading embedding model");
                 let backend = backend::load_embedder(dir.clone(), &self.config).await?;
@@ -202,6 +203,20 @@ impl Inference {
             tokenizer,
             self.token_limit_of(self.rerank_model_dir().await?),
         ))
+    }
+
+    /// The embedding model's tokenizer (its directory resolved, the weights not loaded).
+    pub async fn embed_tokenizer(&self) -> Result<Arc<QwenTokenizer>> {
+        let tokenizer = self
+            .embed_tokenizer
+            .get_or_try_init(|| async {
+                let dir = self.embed_model_dir().await?;
+                let tokenizer = QwenTokenizer::from_file(&dir.path.join("tokenizer.json"))?;
+                tokenizer.check_special_tokens(&dir.id, false)?;
+                Ok::<_, Error>(Arc::new(tokenizer))
+            })
+            .await?;
+        Ok(tokenizer.clone())
     }
 
     /// The reranker's tokenizer (its directory resolved, the weights not loaded).
@@ -360,7 +375,7 @@ impl Inference {
 
     /// Token ids of `text` with the embedding model's tokenizer (nothing appended).
     pub async fn embed_tokenize(&self, text: &str) -> Result<Vec<u32>> {
-        self.embedder().await?.tokenizer.encode(text)
+        self.embed_tokenizer().await?.encode(text)
     }
 
     // ---- reranking ----
@@ -721,5 +736,38 @@ mod tests {
         ))
         .unwrap_err();
         assert!(matches!(err, Error::Inference(_)), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod tokenizer_tests {
+    use super::*;
+    use crate::model::config::Preset;
+    use crate::model::random::{write_random_model, ModelKind, RandomModelSpec, WeightDtype};
+
+    /// One tokenizer per model: `chunk()`, usage counts and the loaded model share the
+    /// service's, and asking for it loads no weights.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_model_and_its_callers_share_one_tokenizer() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = RandomModelSpec {
+            kind: ModelKind::Embedding,
+            preset: Preset::Tiny,
+            seed: 3,
+            dtype: WeightDtype::F32,
+        };
+        write_random_model(&spec, dir.path()).unwrap();
+        let svc = Inference::new(InferenceConfig {
+            embed_model: dir.path().to_string_lossy().into_owned(),
+            ..InferenceConfig::default()
+        });
+        let first = svc.embed_tokenizer().await.unwrap();
+        assert!(
+            svc.embedder.get().is_none(),
+            "the tokenizer loaded the model"
+        );
+        assert!(Arc::ptr_eq(&first, &svc.embed_tokenizer().await.unwrap()));
+        let model = svc.embedder().await.unwrap();
+        assert!(Arc::ptr_eq(&first, &model.tokenizer));
     }
 }
