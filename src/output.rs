@@ -176,7 +176,6 @@ pub fn write_results(
     Ok(())
 }
 
-/// A spinner with inference counts while a statement runs, shown only on a terminal.
 /// The spinner's line: what the statement is waiting for, or what it has done so far.
 fn progress_message(embedded: u64, reranked: u64, kafka_joining: usize) -> String {
     if kafka_joining > 0 {
@@ -186,6 +185,7 @@ fn progress_message(embedded: u64, reranked: u64, kafka_joining: usize) -> Strin
     }
 }
 
+/// A spinner with inference counts while a statement runs, shown only on a terminal.
 pub struct Progress {
     task: Option<tokio::task::JoinHandle<()>>,
 }

@@ -697,9 +697,8 @@ fn run_budgeted(
 mod tests {
     use super::*;
     use crate::device::DeviceSpec;
-    use crate::model::config::Preset;
     use crate::model::dir::Role;
-    use crate::model::random::{write_random_model, ModelKind, RandomModelSpec, WeightDtype};
+    use crate::model::random::{tiny_model_dir, ModelKind};
 
     #[test]
     fn passes_keep_to_the_token_budget_and_the_batch_size() {
@@ -725,14 +724,7 @@ mod tests {
     /// at once, and the results are those of unlimited passes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn no_forward_pass_exceeds_max_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = RandomModelSpec {
-            kind: ModelKind::Embedding,
-            preset: Preset::Tiny,
-            seed: 7,
-            dtype: WeightDtype::F32,
-        };
-        write_random_model(&spec, dir.path()).unwrap();
+        let dir = tiny_model_dir(ModelKind::Embedding, 7);
         let model = ModelDir::open("tiny", dir.path(), Role::Embedding).unwrap();
         let start = |max_batch| {
             let opts = LoadOptions {

@@ -742,21 +742,13 @@ mod tests {
 #[cfg(test)]
 mod tokenizer_tests {
     use super::*;
-    use crate::model::config::Preset;
-    use crate::model::random::{write_random_model, ModelKind, RandomModelSpec, WeightDtype};
+    use crate::model::random::{tiny_model_dir, ModelKind};
 
     /// One tokenizer per model: `chunk()`, usage counts and the loaded model share the
     /// service's, and asking for it loads no weights.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_model_and_its_callers_share_one_tokenizer() {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = RandomModelSpec {
-            kind: ModelKind::Embedding,
-            preset: Preset::Tiny,
-            seed: 3,
-            dtype: WeightDtype::F32,
-        };
-        write_random_model(&spec, dir.path()).unwrap();
+        let dir = tiny_model_dir(ModelKind::Embedding, 3);
         let svc = Inference::new(InferenceConfig {
             embed_model: dir.path().to_string_lossy().into_owned(),
             ..InferenceConfig::default()

@@ -274,6 +274,21 @@ pub fn write_random_model(spec: &RandomModelSpec, out: &Path) -> Result<QwenConf
     Ok(cfg)
 }
 
+/// A random `tiny` model of `kind` (F32 weights) in a new temporary directory: the fixture the
+/// crate's unit tests load.
+#[cfg(test)]
+pub(crate) fn tiny_model_dir(kind: ModelKind, seed: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = RandomModelSpec {
+        kind,
+        preset: Preset::Tiny,
+        seed,
+        dtype: WeightDtype::F32,
+    };
+    write_random_model(&spec, dir.path()).unwrap();
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,14 +346,7 @@ mod tests {
 
     #[test]
     fn reranker_layout_has_model_prefix() {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = RandomModelSpec {
-            kind: ModelKind::Reranker,
-            preset: Preset::Tiny,
-            seed: 1,
-            dtype: WeightDtype::F32,
-        };
-        write_random_model(&spec, dir.path()).unwrap();
+        let dir = tiny_model_dir(ModelKind::Reranker, 1);
         let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         assert!(st.tensor("model.layers.0.mlp.up_proj.weight").is_ok());
