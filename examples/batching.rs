@@ -46,7 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             dtype: DTypeSpec::Auto,
             max_batch: 64,
         },
-        cache_capacity: 0,
+        cache_size: semflow::inference::cache::CacheSize(0),
         ..InferenceConfig::default()
     });
     let opts = CallOptions {

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::inference::cache::CacheSize;
 use crate::inference::InferenceConfig;
 
 /// Declares [`Settings`] once: each field is a command-line flag (with its environment
@@ -41,6 +42,7 @@ trait Given {
 impl Given for String {}
 impl Given for usize {}
 impl Given for f64 {}
+impl Given for CacheSize {}
 impl Given for Vec<String> {
     fn given(&self) -> bool {
         self.iter().any(|v| !v.trim().is_empty())
@@ -66,9 +68,11 @@ settings! {
     /// auto, f32, bf16 or f16. On CPU auto means f32, the only exact choice there.
     #[arg(long, env = "SEMFLOW_DTYPE")]
     dtype: String,
-    /// Entries kept in each inference cache; 0 turns caching off (repeats are recomputed).
+    /// Memory for the inference content cache (embeddings and rerank scores of every model),
+    /// e.g. 512MiB or 2GiB; 0 turns caching off (repeats are recomputed). Default: 1/32 of the
+    /// machine's memory (or its cgroup's limit), between 32 MiB and 1 GiB.
     #[arg(long, env = "SEMFLOW_CACHE_SIZE")]
-    cache_size: usize,
+    cache_size: CacheSize,
     /// Sequences the model runs together at most; higher uses more memory per forward pass.
     #[arg(long, env = "SEMFLOW_MAX_BATCH")]
     max_batch: usize,
@@ -159,7 +163,7 @@ pub fn inference_config(s: &Settings) -> Result<InferenceConfig> {
         cfg.load.dtype = d.parse()?;
     }
     if let Some(c) = s.cache_size {
-        cfg.cache_capacity = c;
+        cfg.cache_size = c;
     }
     if let Some(b) = s.max_batch {
         cfg.load.max_batch = at_least(b, 1, "max-batch")?;
@@ -218,14 +222,15 @@ mod tests {
     #[test]
     fn flags_beat_file_beat_defaults() {
         let file: Settings =
-            toml::from_str("embed_model = 'file-model'\ncache_size = 5\ndevice = 'cpu'").unwrap();
+            toml::from_str("embed_model = 'file-model'\ncache_size = '5MiB'\ndevice = 'cpu'")
+                .unwrap();
         let over = Settings {
             embed_model: Some("flag-model".into()),
             ..Default::default()
         };
         let cfg = inference_config(&over.over(file.clone())).unwrap();
         assert_eq!(cfg.embed_model, "flag-model");
-        assert_eq!(cfg.cache_capacity, 5);
+        assert_eq!(cfg.cache_size.bytes(), 5 << 20);
         assert_eq!(cfg.rerank_model, "Qwen/Qwen3-Reranker-0.6B");
         let bad = Settings {
             dtype: Some("bf16".into()),

@@ -50,16 +50,26 @@ type Generators = Arc<Mutex<HashMap<String, Arc<Generator>>>>;
 
 /// Generation outcomes by (settings key, document). DataFusion may inline the call into
 /// every `g['field']` reference of a query (and a pipeline retries failed batches row by row),
-/// so one document would be generated several times; this keeps it to one request chain.
-type Results = Arc<Mutex<lru::LruCache<(String, String), GenResult>>>;
+/// so one document would be generated several times; this keeps it to one request chain. Keys
+/// hold whole documents, so the cache is bounded in bytes ([`RESULTS_BUDGET`]), not entries.
+type Results = moka::sync::Cache<(String, String), GenResult>;
 type GenResult = std::result::Result<Generated, Failure>;
 
 /// The `generate_query` SQL function. Generators are built per distinct settings and reused.
-#[derive(Debug)]
 pub struct GenerateQueryUdf {
     signature: Signature,
     generators: Generators,
     results: Results,
+}
+
+/// Not derived: the results' Debug would print every cached document.
+impl std::fmt::Debug for GenerateQueryUdf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenerateQueryUdf")
+            .field("signature", &self.signature)
+            .field("cached_results", &self.results.entry_count())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PartialEq for GenerateQueryUdf {
@@ -81,11 +91,33 @@ impl Default for GenerateQueryUdf {
             // duplicate it (a filter on its result must not call it twice).
             signature: Signature::user_defined(Volatility::Volatile),
             generators: Arc::default(),
-            results: Arc::new(Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(10_000).unwrap_or(std::num::NonZeroUsize::MIN),
-            ))),
+            results: moka::sync::Cache::builder()
+                .max_capacity(RESULTS_BUDGET)
+                .weigher(result_weight)
+                .build(),
         }
     }
+}
+
+/// Bytes the generation results may hold (documents in the keys, queries and settings).
+const RESULTS_BUDGET: u64 = 64 << 20;
+
+/// What one generation result costs [`RESULTS_BUDGET`]: its strings plus a fixed 128 bytes
+/// of bookkeeping.
+fn result_weight((settings, document): &(String, String), result: &GenResult) -> u32 {
+    let produced = match result {
+        Ok(g) => {
+            let c = &g.config;
+            g.query.len()
+                + c.persona.len()
+                + c.query_type.len()
+                + c.difficulty.len()
+                + c.length.len()
+                + c.language.len()
+        }
+        Err(_) => 64,
+    };
+    u32::try_from(settings.len() + document.len() + produced + 128).unwrap_or(u32::MAX)
 }
 
 /// Applies an options object (`{"language": "German", "seed": 3, …}`) to a recipe.
@@ -219,20 +251,14 @@ impl ScalarUDFImpl for GenerateQueryUdf {
         let rows = args.number_rows;
         let mut jobs = Vec::new();
         let mut cached = Vec::new();
-        {
-            let mut results = match self.results.lock() {
-                Ok(r) => r,
-                Err(p) => p.into_inner(),
-            };
-            for row in 0..rows {
-                if let Some(doc) = docs.get(row) {
-                    let key = (Self::settings_key(&opts, options.get(row)), doc.to_string());
-                    match results.get(&key) {
-                        Some(r) => cached.push((row, r.clone())),
-                        None => {
-                            let g = self.generator(&opts, options.get(row))?;
-                            jobs.push((row, g, key));
-                        }
+        for row in 0..rows {
+            if let Some(doc) = docs.get(row) {
+                let key = (Self::settings_key(&opts, options.get(row)), doc.to_string());
+                match self.results.get(&key) {
+                    Some(r) => cached.push((row, r)),
+                    None => {
+                        let g = self.generator(&opts, options.get(row))?;
+                        jobs.push((row, g, key));
                     }
                 }
             }
@@ -253,19 +279,13 @@ impl ScalarUDFImpl for GenerateQueryUdf {
         })
         .map_err(crate::error::Error::from)?;
         let mut results = cached;
-        {
-            let mut cache = match self.results.lock() {
-                Ok(r) => r,
-                Err(p) => p.into_inner(),
-            };
-            for (row, key, r) in fresh {
-                // Failures too: a failed document costs its retries once per process, not
-                // once per reference to its result.
-                if !matches!(&r, Err(Failure::Request(e)) if e.is_fatal()) {
-                    cache.put(key, r.clone());
-                }
-                results.push((row, r));
+        for (row, key, r) in fresh {
+            // Failures too: a failed document costs its retries once per process, not once
+            // per reference to its result.
+            if !matches!(&r, Err(Failure::Request(e)) if e.is_fatal()) {
+                self.results.insert(key, r.clone());
             }
+            results.push((row, r));
         }
         let array = result_array(rows, results)?;
         if args

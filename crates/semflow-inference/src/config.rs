@@ -57,8 +57,9 @@ pub struct InferenceConfig {
     pub rerank_model: String,
     pub backend: BackendKind,
     pub load: LoadOptions,
-    /// Entries per content cache (embeddings, rerank scores); 0 turns caching off.
-    pub cache_capacity: usize,
+    /// Bytes the content cache (embeddings and rerank scores of every model) may hold;
+    /// 0 turns caching off. Default: sized to the machine's memory.
+    pub cache_size: crate::cache::CacheSize,
     /// Longest input in tokens; `None` means the model's `max_position_embeddings`.
     pub max_tokens: Option<usize>,
     /// Remote embedding endpoints (empty: the local backend).
@@ -78,7 +79,7 @@ impl Default for InferenceConfig {
                 dtype: device::DTypeSpec::Auto,
                 max_batch: 64,
             },
-            cache_capacity: 100_000,
+            cache_size: crate::cache::CacheSize::for_this_machine(),
             max_tokens: None,
             remote: remote::RemoteConfig::default(),
             models: Vec::new(),

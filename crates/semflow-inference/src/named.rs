@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::cache::ContentStore;
 use super::{Inference, InferenceConfig};
 use crate::error::{Error, Result};
 
@@ -72,9 +73,12 @@ pub struct Models {
 
 impl Models {
     /// The default model from `config`, and one service per entry of `config.models` with the
-    /// same device, dtype, batch and cache settings (remote endpoints serve the default only).
+    /// same device, dtype and batch settings, all filing results in one content cache (one byte
+    /// budget); remote endpoints serve the default only.
     /// Of two entries with the same name the last counts ([`parse_all`] refuses them).
     pub fn new(config: InferenceConfig) -> Arc<Self> {
+        // One content cache for all of them: one byte budget for the engine.
+        let store = ContentStore::new(config.cache_size);
         let mut named = BTreeMap::new();
         for model in &config.models {
             let own = InferenceConfig {
@@ -84,12 +88,15 @@ impl Models {
                 models: Vec::new(),
                 ..config.clone()
             };
-            named.insert(model.name.clone(), Inference::new(own));
+            named.insert(model.name.clone(), Inference::sharing(own, store.clone()));
         }
-        let default = Inference::new(InferenceConfig {
-            models: Vec::new(),
-            ..config
-        });
+        let default = Inference::sharing(
+            InferenceConfig {
+                models: Vec::new(),
+                ..config
+            },
+            store,
+        );
         Arc::new(Self { default, named })
     }
 

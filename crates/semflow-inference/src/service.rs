@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::OnceCell;
 
 use super::backend::{self, EmbedBackend, ScoreBackend};
-use super::cache::{cache_key, CacheKey, ContentCache};
+use super::cache::{cache_key, CacheKey, CacheValue, ContentCache, ContentStore};
 use super::config::{token_limit, CallOptions, InferenceConfig};
 use super::prompts;
 use super::remote;
@@ -92,10 +92,17 @@ impl std::fmt::Debug for Inference {
 }
 
 impl Inference {
+    /// A service with a content cache of its own (`config.cache_size`).
     pub fn new(config: InferenceConfig) -> Arc<Self> {
+        let store = ContentStore::new(config.cache_size);
+        Self::sharing(config, store)
+    }
+
+    /// A service filing its results in `store`, which other services may share.
+    pub fn sharing(config: InferenceConfig, store: Arc<ContentStore>) -> Arc<Self> {
         Arc::new(Self {
-            embed_cache: ContentCache::new(config.cache_capacity),
-            rerank_cache: ContentCache::new(config.cache_capacity),
+            embed_cache: ContentCache::new(store.clone()),
+            rerank_cache: ContentCache::new(store),
             config,
             embed_dir: OnceCell::new(),
             rerank_dir: OnceCell::new(),
@@ -565,19 +572,22 @@ impl Inference {
     /// Counter name/value pairs for `semflow_stats()` and `/metrics`.
     pub fn stats_rows(&self) -> Vec<(&'static str, u64)> {
         let [ei, ein, et, ri, rin, rt] = self.stats.rows();
+        let store = self.embed_cache.store();
+        store.settle();
         vec![
             ei,
             ein,
             et,
             ("embed_cache_hits", self.embed_cache.hits()),
             ("embed_cache_misses", self.embed_cache.misses()),
-            ("embed_cache_entries", self.embed_cache.len() as u64),
             ri,
             rin,
             rt,
             ("rerank_cache_hits", self.rerank_cache.hits()),
             ("rerank_cache_misses", self.rerank_cache.misses()),
-            ("rerank_cache_entries", self.rerank_cache.len() as u64),
+            ("cache_entries", store.entries()),
+            ("cache_bytes", store.bytes()),
+            ("cache_budget_bytes", store.budget()),
         ]
     }
 }
@@ -605,7 +615,7 @@ async fn through_cache<I, O, Fut>(
 ) -> Result<Vec<O>>
 where
     I: Eq + std::hash::Hash,
-    O: Clone,
+    O: CacheValue,
     Fut: Future<Output = Result<Vec<O>>>,
 {
     let (unique, slots) = dedupe(inputs);
@@ -700,7 +710,7 @@ mod tests {
 
     #[test]
     fn through_cache_runs_each_unique_input_once_and_remembers_it() {
-        let cache = ContentCache::new(16);
+        let cache = ContentCache::new(ContentStore::new(crate::cache::CacheSize(1 << 20)));
         let key = |s: &&str| cache_key(&[s.as_bytes()]);
         let calls = std::sync::Mutex::new(Vec::new());
         let run = |inputs: Vec<&'static str>| {
@@ -709,30 +719,31 @@ mod tests {
             async move {
                 through_cache(cache, &inputs, key, true, |todo| {
                     calls.lock().unwrap().push(todo.clone());
-                    let answers = todo.iter().map(|&i| inputs[i].len()).collect();
+                    let answers = todo.iter().map(|&i| inputs[i].len() as f32).collect();
                     async move { Ok(answers) }
                 })
                 .await
             }
         };
         let out = futures::executor::block_on(run(vec!["a", "bb", "a"])).unwrap();
-        assert_eq!(out, vec![1, 2, 1]);
+        assert_eq!(out, vec![1.0, 2.0, 1.0]);
         let out = futures::executor::block_on(run(vec!["bb", "ccc"])).unwrap();
-        assert_eq!(out, vec![2, 3]);
+        assert_eq!(out, vec![2.0, 3.0]);
         // The first call ran positions 0 and 1; the second only "ccc" (position 1).
         assert_eq!(*calls.lock().unwrap(), vec![vec![0, 1], vec![1]]);
     }
 
     #[test]
     fn through_cache_refuses_a_short_answer() {
-        let cache: ContentCache<usize> = ContentCache::new(0);
+        let cache: ContentCache<f32> =
+            ContentCache::new(ContentStore::new(crate::cache::CacheSize(0)));
         let inputs = ["a", "b"];
         let err = futures::executor::block_on(through_cache(
             &cache,
             &inputs,
             |s| cache_key(&[s.as_bytes()]),
             false,
-            |_| async { Ok(vec![1]) },
+            |_| async { Ok(vec![1.0]) },
         ))
         .unwrap_err();
         assert!(matches!(err, Error::Inference(_)), "{err}");
