@@ -6,7 +6,9 @@
 //!   (tests/fleet.rs does the same with an inference fleet);
 //! - two workers in one group, either one SIGKILLed at random every few seconds and
 //!   restarted, over a table of chunks, plain documents and Debezium change events, with
-//!   poison records among them.
+//!   poison records among them;
+//! - the same with the index on an S3-compatible store (moto), where Lance commits by
+//!   conditional put.
 //!
 //! Either way the final index must equal the final state of the topic exactly.
 
@@ -465,4 +467,37 @@ async fn two_chunked_workers_survive_a_zombie_and_sigkills() {
     let run = either_of_two(&s, ops, &[Kill, Pause, Kill, Pause], 89).await;
     assert_chunks_equal(&s.location, &expected).await;
     report("chunks, zombies", n, expected.len(), &run);
+}
+
+/// The two-worker chunk scenario with the index on an S3-compatible store (moto on loopback),
+/// where Lance commits by conditional put and the fence's check must hold through it:
+/// SIGKILLs of either worker and a zombie; the index ends exact, with no stored position
+/// moving back (checked by [`either_of_two`]), read back through the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_chunked_workers_on_object_storage_survive_sigkills_and_a_zombie() {
+    use Disruption::{Kill, Pause};
+    let Some(store) = common::s3::store() else {
+        return;
+    };
+    let _heavy = common::one_heavy_test_at_a_time().await;
+    let mut s = setup_source(
+        &common::kafka::bootstrap(),
+        "s3-chunks",
+        PARTITIONS,
+        Target::Chunks,
+        "",
+    )
+    .await;
+    common::s3::index_on_s3(store, &mut s).await;
+    set_batch_rows(&s, 200);
+    let (ops, expected) = revision_workload(97, 800);
+    let ops = with_poison(ops, 200, 101);
+    let n = ops.len();
+    let run = either_of_two(&s, ops, &[Kill, Pause, Kill, Kill], 103).await;
+    assert!(
+        !s.dir.path().join("idx").exists(),
+        "the index was written to the local disk"
+    );
+    assert_chunks_equal(&s.location, &expected).await;
+    report("chunks on S3", n, expected.len(), &run);
 }

@@ -10,4 +10,5 @@ mod common;
 mod exactly_once;
 mod fencing;
 mod fleet;
+mod object_store;
 mod soak;

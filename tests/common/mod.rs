@@ -9,6 +9,7 @@ pub mod outage;
 pub mod pipeline;
 pub mod raw_http;
 pub mod registry;
+pub mod s3;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
