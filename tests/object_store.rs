@@ -1,7 +1,9 @@
 //! Serving from an index on an S3-compatible store (moto on loopback) while it is written:
 //! two `semflow serve` replicas over one Lance dataset at `s3://…`, a writer committing row
-//! after row, and how long each committed row takes to show in each replica's answers.
-//! (Workers on the store: tests/exactly_once.rs.)
+//! after row, and how long each committed row takes to show in each replica's answers; and a
+//! worker cut off from the broker and the store by the network (its own network namespace,
+//! the link dropped past its session timeout). (Two workers with SIGKILLs and a zombie on the
+//! store: tests/exactly_once.rs.)
 
 use crate::common;
 
@@ -133,4 +135,96 @@ async fn two_serve_replicas_see_every_commit_on_object_storage() {
         "two serve replicas on S3 (moto): {ROWS} commits; commit to visible: {}",
         report.join("; ")
     );
+}
+
+/// A worker cut off from the broker and the store by the network rather than by a signal:
+/// worker A runs in a network namespace of its own and reaches the broker and the S3 store
+/// over a veth link (through relays on the host's end); worker B runs on the host. Once A has
+/// committed, its link is dropped — its packets lost, its connections neither closed nor
+/// reset — past the group's 6 s session timeout: B takes every partition over and commits on
+/// while records keep arriving. Then the link comes back; whatever A was doing when it was
+/// cut (a batch half-written, a commit in flight) must not land over B's work. Both catch up;
+/// the index is exact and no stored position moved back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_by_the_network_neither_loses_nor_overwrites() {
+    use common::outage::{Broker, Proxy};
+    use common::pipeline::*;
+    let Some(store) = common::s3::store() else {
+        return;
+    };
+    let _heavy = common::one_heavy_test_at_a_time().await;
+    let Some(ns) = common::netns::Namespace::create() else {
+        return;
+    };
+    // The broker (advertising its relay) and the store, both on the host's end of the link.
+    let kafka_addr = ns.free_host_addr();
+    let broker = Broker::start(kafka_addr).await;
+    let _kafka_relay = Proxy::start(kafka_addr, broker.addr).await;
+    let s3_addr = ns.free_host_addr();
+    let _s3_relay = Proxy::start(s3_addr, store.addr).await;
+    let bootstrap = kafka_addr.to_string();
+
+    let mut s = setup_source(&bootstrap, "netns-chunks", 3, Target::Chunks, "").await;
+    common::s3::index_on_s3(store, &mut s).await;
+    set_batch_rows(&s, 200);
+    let (ops, expected) = revision_workload(107, 800);
+    let records = ops.len();
+    // About 20 s of records, so they keep coming while A is cut off.
+    let producing = produce_paced(&bootstrap, &s.topic, ops, 120, Duration::from_secs(1));
+    let logs = [s.dir.path().join("a.log"), s.dir.path().join("b.log")];
+    let s3_endpoint = format!("http://{s3_addr}");
+    let mut a = start_in(
+        &ns,
+        &s.pipeline,
+        &logs[0],
+        &[("AWS_ENDPOINT", s3_endpoint.as_str())],
+    );
+    let mut b = start(&s.pipeline, &logs[1]);
+
+    common::wait_until("worker A's first commit", Duration::from_secs(90), || {
+        read_by_run(&logs[0], 0) > 0
+    })
+    .await;
+    let cut_at = Instant::now();
+    let b_assignments = assignments(&logs[1]);
+    ns.cut();
+    // B gets A's partitions once A's session has expired, and commits records of them.
+    common::wait_until(
+        "worker B to take A's partitions",
+        Duration::from_secs(60),
+        || assignments(&logs[1]) > b_assignments,
+    )
+    .await;
+    let b_read = read_by_run(&logs[1], 0);
+    common::wait_until("worker B to commit on", Duration::from_secs(60), || {
+        read_by_run(&logs[1], 0) > b_read
+    })
+    .await;
+    let taken_over = cut_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(15).saturating_sub(taken_over)).await;
+    let cut_for = cut_at.elapsed();
+    ns.restore();
+
+    let delivered = producing.await.unwrap();
+    wait_caught_up(
+        &s,
+        &common::kafka::end_offsets(&delivered, 3),
+        &mut [(&mut a, &logs[0]), (&mut b, &logs[1])],
+    )
+    .await;
+    terminate(&mut a, &logs[0]);
+    terminate(&mut b, &logs[1]);
+    let positions = assert_positions_never_move_back(&s.location).await;
+    assert_chunks_equal(&s.location, &expected).await;
+    let rejoined = log_text(&logs[0]).matches("rejoining the group").count();
+    println!(
+        "worker cut off by the network: {records} records over 3 partitions, A's link dropped for \
+         {:.1} s (B took over and committed after {:.1} s); A fenced {rejoined} batch(es); \
+         committed A {} B {}; {positions} stored positions, none moving back",
+        cut_for.as_secs_f64(),
+        taken_over.as_secs_f64(),
+        read_by_run(&logs[0], 0),
+        read_by_run(&logs[1], 0),
+    );
+    drop(broker);
 }

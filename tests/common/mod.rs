@@ -5,6 +5,7 @@ pub mod fake_llm;
 pub mod hub;
 pub mod kafka;
 pub mod layouts;
+pub mod netns;
 pub mod outage;
 pub mod pipeline;
 pub mod raw_http;
@@ -237,7 +238,15 @@ pub fn stdout_of(command: &mut std::process::Command) -> Vec<u8> {
 /// `semflow` run from the repository root with the tiny random models as its embedding and
 /// reranking models (a test's own flags or environment override them).
 pub fn semflow_command() -> std::process::Command {
-    let mut command = std::process::Command::new(semflow_bin());
+    with_tiny_models(std::process::Command::new(semflow_bin()))
+}
+
+/// [`semflow_command`] inside the network namespace `ns`.
+pub fn semflow_command_in(ns: &netns::Namespace) -> std::process::Command {
+    with_tiny_models(ns.command(&semflow_bin()))
+}
+
+fn with_tiny_models(mut command: std::process::Command) -> std::process::Command {
     command
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env(

@@ -11,7 +11,7 @@ use arrow::array::{Array, AsArray};
 use rand::{Rng, SeedableRng};
 use semflow::index::LanceTable;
 
-use super::kafka::{bootstrap, create_topic_on, produce, producer, unique};
+use super::kafka::{bootstrap, create_topic_on, produce, unique};
 
 /// (key, value) records; a `None` value is a tombstone.
 pub type Records = Vec<(Option<String>, Option<String>)>;
@@ -182,12 +182,31 @@ pub fn start(pipeline: &Path, log: &Path) -> Child {
 
 /// `semflow run PIPELINE` with extra environment variables, logging to `log`.
 pub fn start_with(pipeline: &Path, log: &Path, envs: &[(&str, &str)]) -> Child {
+    run_command(super::semflow_command(), pipeline, log, envs)
+}
+
+/// [`start_with`] inside the network namespace `ns`.
+pub fn start_in(
+    ns: &super::netns::Namespace,
+    pipeline: &Path,
+    log: &Path,
+    envs: &[(&str, &str)],
+) -> Child {
+    run_command(super::semflow_command_in(ns), pipeline, log, envs)
+}
+
+fn run_command(
+    mut command: std::process::Command,
+    pipeline: &Path,
+    log: &Path,
+    envs: &[(&str, &str)],
+) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
-    super::semflow_command()
+    command
         .arg("run")
         .arg(pipeline)
         .args(["--metrics-addr", "off"])
@@ -301,13 +320,25 @@ pub fn produce_in_background(
     topic: &str,
     ops: Records,
 ) -> tokio::task::JoinHandle<Vec<(i32, i64)>> {
-    let topic = topic.to_string();
+    produce_paced(&bootstrap(), topic, ops, 1000, Duration::from_millis(300))
+}
+
+/// Produces `ops` to the broker at `bootstrap`, `chunk` records at a time with `pause`
+/// after each; returns each record's (partition, offset).
+pub fn produce_paced(
+    bootstrap: &str,
+    topic: &str,
+    ops: Records,
+    chunk: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<Vec<(i32, i64)>> {
+    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
     tokio::spawn(async move {
-        let p = producer();
+        let p = super::kafka::producer_on(&bootstrap);
         let mut delivered = Vec::new();
-        for chunk in ops.chunks(1000) {
+        for chunk in ops.chunks(chunk) {
             delivered.extend(produce(&p, &topic, chunk).await);
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(pause).await;
         }
         delivered
     })

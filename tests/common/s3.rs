@@ -25,6 +25,8 @@ server.stop()
 /// The running store.
 pub struct S3 {
     pub endpoint: String,
+    /// Where the server listens (127.0.0.1 and a free port).
+    pub addr: std::net::SocketAddr,
     /// Kept so its stdin stays open while the tests run.
     _server: Mutex<Child>,
 }
@@ -76,6 +78,7 @@ fn start() -> Option<S3> {
     }
     Some(S3 {
         endpoint,
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         _server: Mutex::new(child),
     })
 }
