@@ -30,8 +30,10 @@ pub fn cache_key(parts: &[&[u8]]) -> CacheKey {
 }
 
 /// Bytes an entry costs beyond its value: the key and the cache's own bookkeeping for it
-/// (hash-table slot, access-order and write-order nodes, frequency sketch), an estimate.
-pub const ENTRY_OVERHEAD: u64 = 128;
+/// (hash-table slot, access-order node, the value's Arc). Measured with heaptrack in a
+/// `semflow run` worker (BENCHMARKS §7, session 17): moka's allocations came to ~300 bytes per
+/// entry, about as much as a 64-dim vector itself.
+pub const ENTRY_OVERHEAD: u64 = 320;
 
 /// The cache budget of a machine with `memory` bytes: 1/32 of it, at least 32 MiB and at most
 /// 1 GiB (768 MiB on a 24 GiB machine; 100,000 vectors of 1024 dims take ~420 MiB).
