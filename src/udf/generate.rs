@@ -5,7 +5,7 @@
 //! `semflow.generator_model` and `semflow.synth_config`; `options` is a JSON object fixing
 //! any of persona, query_type, difficulty, length, language, or giving a seed. A document the
 //! generator fails on gets a NULL query and the failure kind in `error`. Each distinct
-//! (document, settings) is generated once per process (the latest 10,000 are remembered).
+//! (document, settings) is generated once per process (up to 64 MiB of results are remembered).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +25,7 @@ use crate::error::{arg_err, Error};
 use crate::generation::config::SynthConfig;
 use crate::generation::generate::{Failure, Generated, Generator};
 use crate::inference::block_on;
+use crate::inference::cache::ENTRY_OVERHEAD;
 
 const FIELDS: [&str; 7] = [
     "query",
@@ -102,8 +103,8 @@ impl Default for GenerateQueryUdf {
 /// Bytes the generation results may hold (documents in the keys, queries and settings).
 const RESULTS_BUDGET: u64 = 64 << 20;
 
-/// What one generation result costs [`RESULTS_BUDGET`]: its strings plus a fixed 128 bytes
-/// of bookkeeping.
+/// What one generation result costs [`RESULTS_BUDGET`]: its strings plus moka's bookkeeping per
+/// entry, as measured for the content cache ([`ENTRY_OVERHEAD`]).
 fn result_weight((settings, document): &(String, String), result: &GenResult) -> u32 {
     let produced = match result {
         Ok(g) => {
@@ -117,7 +118,8 @@ fn result_weight((settings, document): &(String, String), result: &GenResult) ->
         }
         Err(_) => 64,
     };
-    u32::try_from(settings.len() + document.len() + produced + 128).unwrap_or(u32::MAX)
+    let strings = (settings.len() + document.len() + produced) as u64;
+    u32::try_from(strings + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
 }
 
 /// Applies an options object (`{"language": "German", "seed": 3, …}`) to a recipe.

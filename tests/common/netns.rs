@@ -101,10 +101,7 @@ impl Namespace {
     /// A free address on the host's end of the link (bound once and released), where the
     /// namespace can reach a service of the test's.
     pub fn free_host_addr(&self) -> std::net::SocketAddr {
-        std::net::TcpListener::bind((self.host_ip, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
+        super::outage::free_addr_at(self.host_ip.into())
     }
 
     /// Drops the link: the namespace's packets are lost until [`restore`](Self::restore).

@@ -58,7 +58,12 @@ impl Drop for Broker {
 
 /// A free local address (bound once and released).
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    free_addr_at([127, 0, 0, 1].into())
+}
+
+/// A free address on `ip`, one of this machine's (bound once and released).
+pub fn free_addr_at(ip: std::net::IpAddr) -> SocketAddr {
+    std::net::TcpListener::bind((ip, 0))
         .unwrap()
         .local_addr()
         .unwrap()

@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use super::kafka::unique;
 
@@ -28,7 +28,7 @@ pub struct S3 {
     /// Where the server listens (127.0.0.1 and a free port).
     pub addr: std::net::SocketAddr,
     /// Kept so its stdin stays open while the tests run.
-    _server: Mutex<Child>,
+    _server: Child,
 }
 
 /// The store, started on first use. `None`, with a message, when moto is not installed —
@@ -79,7 +79,7 @@ fn start() -> Option<S3> {
     Some(S3 {
         endpoint,
         addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        _server: Mutex::new(child),
+        _server: child,
     })
 }
 

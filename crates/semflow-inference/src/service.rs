@@ -216,12 +216,7 @@ impl Inference {
     pub async fn embed_tokenizer(&self) -> Result<Arc<QwenTokenizer>> {
         let tokenizer = self
             .embed_tokenizer
-            .get_or_try_init(|| async {
-                let dir = self.embed_model_dir().await?;
-                let tokenizer = QwenTokenizer::from_file(&dir.path.join("tokenizer.json"))?;
-                tokenizer.check_special_tokens(&dir.id, false)?;
-                Ok::<_, Error>(Arc::new(tokenizer))
-            })
+            .get_or_try_init(|| async { load_tokenizer(self.embed_model_dir().await?, false) })
             .await?;
         Ok(tokenizer.clone())
     }
@@ -230,12 +225,7 @@ impl Inference {
     async fn rerank_tokenizer(&self) -> Result<Arc<QwenTokenizer>> {
         let tokenizer = self
             .rerank_tokenizer
-            .get_or_try_init(|| async {
-                let dir = self.rerank_model_dir().await?;
-                let tokenizer = QwenTokenizer::from_file(&dir.path.join("tokenizer.json"))?;
-                tokenizer.check_special_tokens(&dir.id, true)?;
-                Ok::<_, Error>(Arc::new(tokenizer))
-            })
+            .get_or_try_init(|| async { load_tokenizer(self.rerank_model_dir().await?, true) })
             .await?;
         Ok(tokenizer.clone())
     }
@@ -596,6 +586,13 @@ impl Inference {
 fn take_known(ids: &mut Option<Vec<Vec<u32>>>, todo: &[usize]) -> Option<Vec<Vec<u32>>> {
     let ids = ids.as_mut()?;
     Some(todo.iter().map(|&i| std::mem::take(&mut ids[i])).collect())
+}
+
+/// `dir`'s tokenizer, checked for the special tokens its role reads (`reranker`: yes/no too).
+fn load_tokenizer(dir: &ModelDir, reranker: bool) -> Result<Arc<QwenTokenizer>> {
+    let tokenizer = QwenTokenizer::from_file(&dir.path.join("tokenizer.json"))?;
+    tokenizer.check_special_tokens(&dir.id, reranker)?;
+    Ok(Arc::new(tokenizer))
 }
 
 /// The reranker prompt's variable part for one input.
