@@ -8,9 +8,6 @@
 
 use std::time::Instant;
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use semflow::inference::config::LoadOptions;
 use semflow::inference::device::{DTypeSpec, DeviceSpec};
 use semflow::inference::tokenize::Truncation;
@@ -30,6 +27,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    semflow::inference::allocator::configure();
     let args: Vec<String> = std::env::args().collect();
     let preset = args.get(1).cloned().unwrap_or_else(|| "small".into());
     let repeats: usize = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(5);

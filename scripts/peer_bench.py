@@ -4,7 +4,7 @@ with Hugging Face transformers, as users run Qwen3-Embedding / Qwen3-Reranker wi
 
 Protocol: one JSON workload per line on stdin ({"name", "kind": "embed"|"rerank", "metric",
 "requests": [[[token ids]]]}); one JSON measurement per line on stdout ({"seconds", "tokens",
-"padded_tokens", "sequences", "latencies_ms"}). semflow starts it and alternates with it:
+"padded_tokens", "sequences", "latencies_ms", "minor_faults"}). semflow starts it and alternates with it:
 
     semflow bench --embed-model DIR --rerank-model DIR --peer ".venv/bin/python scripts/peer_bench.py"
 
@@ -18,6 +18,7 @@ SDPA on GPU.
 """
 import argparse
 import json
+import resource
 import sys
 import time
 
@@ -64,6 +65,7 @@ def main():
     for line in sys.stdin:
         work = json.loads(line)
         out = {"seconds": 0.0, "tokens": 0, "padded_tokens": 0, "sequences": 0, "latencies_ms": []}
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         with torch.inference_mode():
             for request in work["requests"]:
                 sync()
@@ -83,6 +85,7 @@ def main():
                 out["seconds"] += ms / 1000
                 out["tokens"] += sum(len(s) for s in request)
                 out["sequences"] += len(request)
+        out["minor_faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
         print(json.dumps(out), flush=True)
 
 

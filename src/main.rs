@@ -1,12 +1,10 @@
 //! `semflow` binary: parse the command line, set up logging, run.
 
 use clap::Parser;
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
+    semflow::inference::allocator::configure();
     let cli = semflow::cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -456,7 +456,14 @@ fn bench_reports_json_and_alternates_with_a_peer() {
         assert_eq!(r["semflow"]["padding_fraction"].as_f64().unwrap(), 0.0);
         assert!((r["peer"]["padding_fraction"].as_f64().unwrap() - 0.2).abs() < 1e-9);
         assert!(r["speedup"].as_f64().unwrap() > 0.0);
+        // The stand-in peer reports no faults; semflow's rounds always carry a count.
+        assert!(r["semflow_rounds"][0]["minor_faults"].is_u64(), "{r}");
+        assert_eq!(r["peer"]["minor_faults"].as_f64(), Some(0.0));
     }
+    assert!(
+        report["peak_rss_bytes"].as_u64().unwrap() > 1 << 20,
+        "{report}"
+    );
     assert!(report["machine"]["cores"].as_u64().unwrap() >= 1);
     assert_eq!(report["dtype"], "f32");
 

@@ -22,9 +22,15 @@
 //!   pool model work runs on), [`device`], [`single_token`].
 //! - [`model`]: model directories: configs, presets, random weights, the Hugging Face hub,
 //!   fingerprints, merging.
-//! - [`outbound`] (HTTP clients that trust `--ca-cert`), [`error`].
+//! - [`outbound`] (HTTP clients that trust `--ca-cert`), [`error`], [`allocator`] (the
+//!   memory allocator's settings every binary applies at start-up).
+//! - [`bench`]: the model workloads (W1–W5) `semflow bench` runs, and this crate's `bench`
+//!   example runs without the engine (`cargo run --release -p semflow-inference --example
+//!   bench`).
 
+pub mod allocator;
 pub mod backend;
+pub mod bench;
 pub mod cache;
 pub mod config;
 pub mod cpu_kernels;

@@ -6,7 +6,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, LogNormal};
 use serde::{Deserialize, Serialize};
 
-use crate::inference::prompts::EOS_TOKEN_ID;
+use crate::prompts::EOS_TOKEN_ID;
 
 /// Which model a workload runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
