@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Keeps semflow's layers: fails when a crate's top-level modules import each other in a
-cycle, or when a heavy dependency leaks into the inference crate.
+cycle, when a heavy dependency leaks into the inference crate, or when the tests' dependencies
+would make `cargo test` rebuild what `cargo build` built.
 
 1. Within each crate of the workspace (src/ and crates/*/src/): reads every
    `crate::<module>` path (use lines and inline paths alike), builds the graph of top-level
@@ -10,6 +11,10 @@ cycle, or when a heavy dependency leaks into the inference crate.
 2. `cargo tree` of the inference crate (default features, and with mistral.rs): none of the engine's,
    sources' or servers' crates (DataFusion, Arrow, Lance, rdkafka, axum, tonic, pgwire), so
    inference work builds and tests without them.
+3. `cargo tree` of the workspace with and without dev-dependencies: no crate may get other
+   features when the tests' dependencies join (cargo would build it, and everything above it,
+   a second time: once the Lance stack did). The fix is to ask for the same features in
+   [dependencies] (see `der` in Cargo.toml).
 
 Run:  python3 scripts/check-layers.py        (exit 1 on a cycle or a leak)
 """
@@ -106,6 +111,30 @@ def leaks(features: list[str]) -> list[str]:
     return sorted(n for n in names if HEAVY.match(n))
 
 
+def features(edges: str) -> dict[str, set[str]]:
+    """Each package of the workspace's tree over `edges`, with the features it is built with."""
+    tree = subprocess.run(
+        ["cargo", "tree", "--locked", "-e", edges, "--prefix", "none", "-f", "{p} {f}"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    ).stdout
+    out: dict[str, set[str]] = {}
+    for line in tree.splitlines():
+        parts = line.removesuffix(" (*)").split(" ")
+        if len(parts) >= 2:
+            out.setdefault(" ".join(parts[:2]), set()).add(" ".join(parts[2:]))
+    return out
+
+
+def rebuilt_for_tests() -> list[str]:
+    """Packages whose features differ between `cargo build` and `cargo test`."""
+    run, test = features("normal,build"), features("normal,build,dev")
+    return sorted(
+        f"{p}: {sorted(run[p])} -> {sorted(test[p])}"
+        for p in run
+        if p in test and run[p] != test[p]
+    )
+
+
 def main() -> int:
     self_test()
     assert HEAVY.match("datafusion-common") and not HEAVY.match("candle-core")
@@ -127,6 +156,12 @@ def main() -> int:
             failed = True
         else:
             print(f"layers: {INFERENCE_CRATE} ({label}) depends on no engine, source or server crate")
+    rebuilt = rebuilt_for_tests()
+    for line in rebuilt:
+        print(f"the tests' dependencies change a feature set, so `cargo test` rebuilds {line}")
+    failed |= bool(rebuilt)
+    if not rebuilt:
+        print("layers: `cargo test` builds every dependency with the features `cargo build` did")
     return 1 if failed else 0
 
 
