@@ -16,7 +16,7 @@ use std::panic::AssertUnwindSafe;
 use futures::FutureExt;
 use rand::{Rng, SeedableRng};
 use semflow::inference::tokenize::Truncation;
-use semflow::inference::Error;
+use semflow::inference::{CallOptions, Error};
 
 const SHIPPED_TOML: &str = include_str!("../pipelines/index.toml");
 const SHIPPED_SQL: &str = include_str!("../pipelines/index.sql");
@@ -200,6 +200,14 @@ fn token_ids(rng: &mut impl Rng, vocab: u32, limit: usize) -> Vec<u32> {
     ids
 }
 
+/// Every call computes: the fuzzed inputs are what is under test, not the cache.
+fn options(truncation: Truncation) -> CallOptions {
+    CallOptions {
+        truncation,
+        use_cache: false,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_id_inputs_embed_or_fail_cleanly() {
     const CALLS: usize = 1500;
@@ -208,7 +216,7 @@ async fn token_id_inputs_embed_or_fail_cleanly() {
     let limit = inference.embed_token_limit().await.unwrap();
     // The vocabulary's size, from the refusal of an id far past it.
     let probe = inference
-        .embed_ids(vec![vec![u32::MAX]], Truncation::End)
+        .embed_ids(vec![vec![u32::MAX]], options(Truncation::End))
         .await
         .unwrap_err()
         .to_string();
@@ -230,7 +238,7 @@ async fn token_id_inputs_embed_or_fail_cleanly() {
             Truncation::Error
         };
         let n = seqs.len();
-        let result = AssertUnwindSafe(inference.embed_ids(seqs.clone(), truncation))
+        let result = AssertUnwindSafe(inference.embed_ids(seqs.clone(), options(truncation)))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| panic!("panic on {seqs:?}"));

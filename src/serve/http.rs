@@ -315,16 +315,13 @@ async fn embeddings(
         lengths.extend(seqs.iter().map(|ids| prompts::embedding_length(ids)));
         check_tokens(&lengths, &state.options, "input")?;
         prompt_tokens = lengths.iter().sum();
-        let truncation = call_options(&state.options).truncation;
-        let vectors =
-            inference
-                .embed_ids(seqs, truncation)
-                .await
-                .map_err(|e| match Error::from(e) {
-                    Error::InvalidArgument(m) => ApiError::bad("input", m),
-                    other => other.into(),
-                })?;
-        vectors.into_iter().map(Arc::from).collect()
+        inference
+            .embed_ids(seqs, call_options(&state.options))
+            .await
+            .map_err(|e| match Error::from(e) {
+                Error::InvalidArgument(m) => ApiError::bad("input", m),
+                other => other.into(),
+            })?
     } else {
         let (vectors, tokens) = embed_texts(
             &state,
@@ -692,7 +689,7 @@ async fn score(
     };
     let items = pairs.len();
     let scores = inference
-        .score_raw_pairs(pairs, call_options(&state.options).truncation)
+        .score_raw_pairs(pairs, call_options(&state.options))
         .await?;
     record_batch("/v1/score", items, 0);
     let data = scores

@@ -320,12 +320,14 @@ impl Inference {
 
     /// Embeds caller-tokenized inputs (the HTTP API's token-id input): ids are checked
     /// against the vocabulary, `<|endoftext|>` is appended unless already last, and long
-    /// inputs are truncated or refused as `truncation` says. `item` names the input in errors.
+    /// inputs are truncated or refused as `opts.truncation` says (errors name the input's
+    /// position); then deduplicated and cached like text inputs, keyed by the finished ids.
     pub async fn embed_ids(
         &self,
         seqs: Vec<Vec<u32>>,
-        truncation: Truncation,
-    ) -> Result<Vec<Vec<f32>>> {
+        opts: CallOptions,
+    ) -> Result<Vec<Arc<[f32]>>> {
+        self.stats.asked(Task::Embed, seqs.len());
         let model = self.embedder().await?;
         let vocab = model.dir.config.vocab_size;
         let mut finished = Vec::with_capacity(seqs.len());
@@ -340,10 +342,20 @@ impl Inference {
                     "input {item}: token id {bad} is outside the vocabulary (size {vocab})"
                 )));
             }
-            finished.push(model.finish_ids(ids, truncation, item)?);
+            finished.push(model.finish_ids(ids, opts.truncation, item)?);
         }
-        self.stats.inferred(Task::Embed, &finished);
-        model.backend.embed_ids(finished).await
+        let identity = model.dir.weights_digest.as_bytes();
+        let key = |ids: &Vec<u32>| ids_key(b"embed-ids", identity, ids);
+        through_cache(&self.embed_cache, &finished, key, opts.use_cache, |todo| {
+            let seqs: Vec<Vec<u32>> = todo.iter().map(|&i| finished[i].clone()).collect();
+            self.stats.inferred(Task::Embed, &seqs);
+            let backend = &model.backend;
+            async move {
+                let vectors = backend.embed_ids(seqs).await?;
+                Ok(vectors.into_iter().map(Arc::from).collect())
+            }
+        })
+        .await
     }
 
     /// Embeds finished sequences (each already ending in `<|endoftext|>`), bypassing
@@ -482,13 +494,14 @@ impl Inference {
     }
 
     /// P(yes) of raw text pairs joined as they are (`text_1 + text_2`, nothing added): the
-    /// `/v1/score` API, where the client sends the Qwen3 prompt split in two. `item` numbers
-    /// pairs in errors.
+    /// `/v1/score` API, where the client sends the Qwen3 prompt split in two. Errors number
+    /// the pairs; repeats are deduplicated and cached like rerank inputs, keyed by the ids.
     pub async fn score_raw_pairs(
         &self,
         pairs: Vec<(String, String)>,
-        truncation: Truncation,
+        opts: CallOptions,
     ) -> Result<Vec<f32>> {
+        self.stats.asked(Task::Rerank, pairs.len());
         let model = self.scorer().await?;
         if model.backend.takes_inputs() {
             return Err(Error::InvalidArgument(format!(
@@ -506,22 +519,23 @@ impl Inference {
                     "pair {item}: both texts are empty"
                 )));
             }
-            if ids.len() > max_tokens {
-                if truncation == Truncation::Error {
-                    return Err(Error::TooLong {
-                        function: "score",
-                        tokens: ids.len(),
-                        max: max_tokens,
-                        row: item,
-                    });
-                }
-                // Keep the end: the prompt's last position is where the answer is read.
-                ids.drain(..ids.len() - max_tokens);
-            }
+            let ids = QwenTokenizer::finish_raw_pair_ids(ids, max_tokens, opts.truncation)
+                .map_err(|TooLong(n)| Error::TooLong {
+                    function: "score",
+                    tokens: n,
+                    max: max_tokens,
+                    row: item,
+                })?;
             seqs.push(ids);
         }
-        self.stats.inferred(Task::Rerank, &seqs);
-        model.backend.score_ids(seqs).await
+        let identity = model.identity.as_bytes();
+        let key = |ids: &Vec<u32>| ids_key(b"score-ids", identity, ids);
+        through_cache(&self.rerank_cache, &seqs, key, opts.use_cache, |todo| {
+            let todo: Vec<Vec<u32>> = todo.iter().map(|&i| seqs[i].clone()).collect();
+            self.stats.inferred(Task::Rerank, &todo);
+            model.backend.score_ids(todo)
+        })
+        .await
     }
 
     /// P(yes) for pre-built reranker prompts (token ids), bypassing dedupe and cache.
@@ -662,6 +676,12 @@ fn call_key(task: &[u8], identity: &[u8], truncation: Truncation, input: &[&[u8]
     cache_key(&parts)
 }
 
+/// The cache key of caller-made token ids (already finished: appended, limited).
+fn ids_key(task: &[u8], identity: &[u8], ids: &[u32]) -> CacheKey {
+    let bytes: Vec<u8> = ids.iter().flat_map(|t| t.to_le_bytes()).collect();
+    cache_key(&[task, identity, &bytes])
+}
+
 fn instruction(i: &Option<String>) -> &[u8] {
     i.as_deref().unwrap_or("").as_bytes()
 }
@@ -748,7 +768,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod tokenizer_tests {
+mod model_tests {
     use super::*;
     use crate::model::random::{tiny_model_dir, ModelKind};
 
@@ -769,5 +789,111 @@ mod tokenizer_tests {
         assert!(Arc::ptr_eq(&first, &svc.embed_tokenizer().await.unwrap()));
         let model = svc.embedder().await.unwrap();
         assert!(Arc::ptr_eq(&first, &model.tokenizer));
+    }
+
+    fn counter(svc: &Inference, name: &str) -> u64 {
+        let rows = svc.stats_rows();
+        rows.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v)
+    }
+
+    const CACHED: CallOptions = CallOptions {
+        truncation: Truncation::End,
+        use_cache: true,
+    };
+
+    /// Token-id inputs (HTTP's `input` as ids) take the path text inputs take: repeats in a
+    /// request run once, a later request is answered from the cache, and the answers are
+    /// those of an uncached call.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn token_id_inputs_are_deduplicated_and_cached() {
+        let dir = tiny_model_dir(ModelKind::Embedding, 4);
+        let svc = Inference::new(InferenceConfig {
+            embed_model: dir.path().to_string_lossy().into_owned(),
+            ..InferenceConfig::default()
+        });
+        let (a, b) = (vec![11, 12, 13], vec![21, 22]);
+        let first = svc
+            .embed_ids(vec![a.clone(), b.clone(), a.clone()], CACHED)
+            .await
+            .unwrap();
+        assert_eq!(counter(&svc, "embed_inferred"), 2);
+        assert_eq!(first[0], first[2]);
+        let again = svc.embed_ids(vec![b.clone()], CACHED).await.unwrap();
+        assert_eq!(
+            counter(&svc, "embed_inferred"),
+            2,
+            "answered from the cache"
+        );
+        assert_eq!(counter(&svc, "embed_cache_hits"), 1);
+        assert_eq!(again[0], first[1]);
+        let uncached = CallOptions {
+            use_cache: false,
+            ..CACHED
+        };
+        let fresh = svc.embed_ids(vec![b], uncached).await.unwrap();
+        assert_eq!(counter(&svc, "embed_inferred"), 3);
+        assert_eq!(fresh[0], first[1]);
+        let e = svc
+            .embed_ids(vec![vec![1], vec![]], CACHED)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("input 1: no token ids"), "{e}");
+    }
+
+    /// `/v1/score`'s raw pairs likewise; a pair past the limit is cut from the front or, with
+    /// `Truncation::Error`, refused naming the pair.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn raw_pairs_are_deduplicated_cached_and_limited() {
+        let dir = tiny_model_dir(ModelKind::Reranker, 4);
+        let svc = Inference::new(InferenceConfig {
+            rerank_model: dir.path().to_string_lossy().into_owned(),
+            max_tokens: Some(16),
+            ..InferenceConfig::default()
+        });
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        let scores = svc
+            .score_raw_pairs(
+                vec![
+                    pair("query: x", " doc"),
+                    pair("q", "d"),
+                    pair("query: x", " doc"),
+                ],
+                CACHED,
+            )
+            .await
+            .unwrap();
+        assert_eq!(counter(&svc, "rerank_inferred"), 2);
+        assert_eq!(scores[0], scores[2]);
+        let again = svc
+            .score_raw_pairs(vec![pair("q", "d")], CACHED)
+            .await
+            .unwrap();
+        assert_eq!(counter(&svc, "rerank_inferred"), 2);
+        assert_eq!(again[0], scores[1]);
+        let long = "word ".repeat(40);
+        let strict = CallOptions {
+            truncation: Truncation::Error,
+            ..CACHED
+        };
+        let e = svc
+            .score_raw_pairs(vec![pair("q", "d"), pair(&long, "d")], strict)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::TooLong {
+                    row: 1,
+                    max: 16,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let cut = svc
+            .score_raw_pairs(vec![pair(&long, "d")], CACHED)
+            .await
+            .unwrap();
+        assert!((0.0..=1.0).contains(&cut[0]));
     }
 }

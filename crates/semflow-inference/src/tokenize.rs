@@ -142,6 +142,23 @@ impl QwenTokenizer {
         Ok(ids)
     }
 
+    /// Limits a raw scoring prompt (the caller's two texts, tokenized and joined, nothing
+    /// added) to `max_len`: cut from the front, because the prompt's last position is where
+    /// the answer is read.
+    pub fn finish_raw_pair_ids(
+        mut ids: Vec<u32>,
+        max_len: usize,
+        truncation: Truncation,
+    ) -> std::result::Result<Vec<u32>, TooLong> {
+        if ids.len() > max_len {
+            if truncation == Truncation::Error {
+                return Err(TooLong(ids.len()));
+            }
+            ids.drain(..ids.len() - max_len);
+        }
+        Ok(ids)
+    }
+
     /// Builds the reranker's token ids from the tokenized prompt body (see
     /// [`prompts::rerank_body`]): prefix + body + suffix, the body cut to fit `max_len`
     /// as the Qwen3-Reranker reference code does.
@@ -186,6 +203,20 @@ mod tests {
             vec![1, 2, EOS_TOKEN_ID]
         );
         assert_eq!(f(vec![1, 2, 3, 4], 3, Truncation::Error), Err(TooLong(5)));
+    }
+
+    #[test]
+    fn raw_pairs_keep_their_end() {
+        let f = QwenTokenizer::finish_raw_pair_ids;
+        assert_eq!(
+            f(vec![1, 2, 3], 3, Truncation::Error).unwrap(),
+            vec![1, 2, 3]
+        );
+        assert_eq!(
+            f(vec![1, 2, 3, 4], 3, Truncation::End).unwrap(),
+            vec![2, 3, 4]
+        );
+        assert_eq!(f(vec![1, 2, 3, 4], 3, Truncation::Error), Err(TooLong(4)));
     }
 
     #[test]
