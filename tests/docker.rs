@@ -1,12 +1,19 @@
 //! docker/: the compose file and Dockerfiles reference only files that exist, every semflow
 //! command line in them parses with semflow's CLI, and the ports they publish are the ones
-//! those commands listen on. (No Docker engine here; the linters run in `.ci/run`.)
+//! those commands listen on; docker/README.md's steps run without Docker, on the compose
+//! file's own commands and environment. (No Docker engine here; the linters run in `.ci/run`.)
 
-use std::collections::BTreeSet;
-use std::path::Path;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::Duration;
 
 use clap::Parser;
 use semflow::cli::{Cli, Command};
+
+use crate::common::kafka::{bootstrap, create_topic, unique};
+use crate::common::outage::free_addr;
+use crate::common::{semflow_bin, wait_until};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -110,5 +117,357 @@ fn dockerfiles_copy_only_what_exists() {
         }
         assert!(copies >= 4, "{file}");
         assert!(text.contains("USER semflow") && text.contains("ENTRYPOINT [\"semflow\"]"));
+    }
+}
+
+/// `${NAME}`, `${NAME:-default}` and `${NAME:?message}` in a compose value, from `vars` (the
+/// shell compose runs in); a `:?` variable that is not set fails, as compose does.
+fn compose_value(value: &str, vars: &HashMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').expect("unclosed ${") + start;
+        let inner = &rest[start + 2..end];
+        let (name, fallback) = match (inner.split_once(":-"), inner.split_once(":?")) {
+            (Some((n, d)), _) => (n, Some(d)),
+            (None, Some((n, _))) => (n, None),
+            (None, None) => (inner, Some("")),
+        };
+        match (vars.get(name), fallback) {
+            (Some(v), _) => out.push_str(v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => panic!("compose needs {name} set: {value}"),
+        }
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// What the containers reach, mapped to this machine: the broker for `kafka:9092`, a
+/// directory for the `data` volume, free loopback ports for the container ports.
+struct Host {
+    data: PathBuf,
+    ports: HashMap<u16, u16>,
+    /// Topic and group names of their own: the tests share one in-memory broker.
+    topic: String,
+    group: String,
+}
+
+impl Host {
+    fn value(&self, key: &str, value: &str) -> String {
+        match key {
+            "SEMFLOW_TOPIC" => self.topic.clone(),
+            "SEMFLOW_GROUP" => self.group.clone(),
+            _ => value
+                .replace("kafka:9092", &bootstrap())
+                .replace("/data/", &format!("{}/", self.data.display())),
+        }
+    }
+
+    /// A command-line argument: `0.0.0.0:PORT` (listening in the container) becomes the
+    /// loopback port PORT is published on here.
+    fn arg(&self, arg: &str) -> String {
+        match arg
+            .strip_prefix("0.0.0.0:")
+            .and_then(|p| p.parse::<u16>().ok())
+        {
+            Some(port) => format!("127.0.0.1:{}", self.ports[&port]),
+            None => arg.to_string(),
+        }
+    }
+
+    /// A README command line as run on the host: the published ports replaced by ours.
+    fn command_line(&self, line: &str) -> String {
+        let mut line = line.to_string();
+        for (published, ours) in &self.ports {
+            for (from, to) in [
+                (
+                    format!("localhost:{published}"),
+                    format!("127.0.0.1:{ours}"),
+                ),
+                (
+                    format!("127.0.0.1:{published}"),
+                    format!("127.0.0.1:{ours}"),
+                ),
+                (format!("-p {published}"), format!("-p {ours}")),
+            ] {
+                line = line.replace(&from, &to);
+            }
+            assert!(
+                !line.contains(&published.to_string()),
+                "a published port left unmapped in {line}"
+            );
+        }
+        line
+    }
+}
+
+/// A compose service run as a process: its command and environment as compose gives them.
+fn start_service(
+    compose: &serde_yaml::Value,
+    name: &str,
+    extra_env: &[(String, String)],
+    args_after: Option<&[String]>,
+    vars: &HashMap<String, String>,
+    host: &Host,
+    log: &Path,
+) -> std::process::Command {
+    let svc = &compose["services"][name];
+    let mut command = std::process::Command::new(semflow_bin());
+    command.current_dir(root());
+    for (k, v) in svc["environment"].as_mapping().into_iter().flatten() {
+        let (k, v) = (
+            k.as_str().unwrap(),
+            compose_value(v.as_str().unwrap(), vars),
+        );
+        command.env(k, host.value(k, &v));
+    }
+    for (k, v) in extra_env {
+        command.env(k, host.value(k, v));
+    }
+    let args: Vec<String> = match args_after {
+        Some(args) => args.to_vec(),
+        None => serde_yaml::from_value(svc["command"].clone()).unwrap(),
+    };
+    command.args(args.iter().map(|a| host.arg(a)));
+    command.stderr(std::fs::File::create(log).unwrap());
+    command
+}
+
+/// The processes standing in for compose's services; killed if the test fails.
+#[derive(Default)]
+struct Services(Vec<(String, Child)>);
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The README's first `sh` block as commands: continued lines joined, multi-line quotes
+/// kept whole, comment lines dropped.
+fn readme_commands(markdown: &str) -> Vec<String> {
+    let block = markdown
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("docker/README.md has a sh block");
+    let mut commands = Vec::new();
+    let mut pending = String::new();
+    for line in block.lines() {
+        let line = line.trim_end();
+        if pending.is_empty() && (line.trim().is_empty() || line.trim_start().starts_with('#')) {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(head) => {
+                pending.push_str(head);
+                pending.push(' ');
+                continue;
+            }
+            None => pending.push_str(line),
+        }
+        if shlex::split(&pending).is_some() {
+            commands.push(std::mem::take(&mut pending));
+        } else {
+            pending.push('\n');
+        }
+    }
+    assert!(pending.is_empty(), "unfinished command: {pending}");
+    commands
+}
+
+fn http_rows(http: u16, token: &str, sql: &str) -> Option<usize> {
+    let answer: serde_json::Value = ureq::post(&format!("http://127.0.0.1:{http}/v1/sql"))
+        .set("authorization", &format!("Bearer {token}"))
+        .send_json(serde_json::json!({ "sql": sql }))
+        .ok()?
+        .into_json()
+        .ok()?;
+    answer["row_count"].as_u64().map(|n| n as usize)
+}
+
+/// docker/README.md's steps without Docker: the compose file's `indexer` and `serve` services
+/// run as processes with the commands and environment compose gives them (the `topics`
+/// service's topic created on the test broker), then every command line of the README's
+/// block runs — its `docker compose run` on the service's environment, psql and curl through
+/// `sh` against the published ports. Only the GPU steps (vLLM) are skipped, by name; a new
+/// line in the block fails this test until it is handled here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_steps_run_without_docker() {
+    if !crate::common::psql_available() {
+        return;
+    }
+    let text = std::fs::read_to_string(root().join("docker/compose.yaml")).unwrap();
+    let compose: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut ports = HashMap::new();
+    for svc in ["indexer", "serve"] {
+        for p in compose["services"][svc]["ports"].as_sequence().unwrap() {
+            let published: u16 = p
+                .as_str()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            ports.insert(published, free_addr().port());
+        }
+    }
+    let host = Host {
+        data: dir.path().join("data"),
+        ports,
+        topic: unique("docker-docs"),
+        group: unique("docker-indexer"),
+    };
+    std::fs::create_dir_all(&host.data).unwrap();
+    // `random:tiny` instead of the hub's models (docker/README.md: it needs no download).
+    let mut vars: HashMap<String, String> = [
+        ("SEMFLOW_EMBED_MODEL", "random:tiny"),
+        ("SEMFLOW_RERANK_MODEL", "random:tiny"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let entrypoint: Vec<String> =
+        serde_yaml::from_value(compose["services"]["topics"]["entrypoint"].clone()).unwrap();
+    let partitions = entrypoint
+        .iter()
+        .position(|a| a == "--partitions")
+        .and_then(|i| entrypoint[i + 1].parse().ok())
+        .expect("the topics service names --partitions");
+    let log = |name: &str| dir.path().join(format!("{name}.log"));
+    let mut services = Services::default();
+    let mut ran = Vec::new();
+    let markdown = std::fs::read_to_string(root().join("docker/README.md")).unwrap();
+    for line in readme_commands(&markdown) {
+        let words = shlex::split(&line).unwrap();
+        let compose_args: Vec<&str> = words.iter().map(String::as_str).collect();
+        match compose_args.as_slice() {
+            ["export", assignments @ ..] => {
+                for a in assignments {
+                    let (k, v) = a.split_once('=').unwrap();
+                    vars.insert(k.into(), v.into());
+                }
+            }
+            ["docker", "compose", _, _, "--profile", "synth", ..] => {
+                ran.push(format!("skipped (needs an NVIDIA GPU for vLLM): {line}"));
+            }
+            ["docker", "compose", _, _, "cp", "synth:/data/pairs.parquet", ..] => {
+                ran.push(format!("skipped (the synth service's output): {line}"));
+            }
+            ["docker", "compose", _, _, "up", ..] => {
+                create_topic(&host.topic, partitions).await;
+                for name in ["indexer", "serve"] {
+                    let child = start_service(&compose, name, &[], None, &vars, &host, &log(name))
+                        .spawn()
+                        .unwrap();
+                    services.0.push((name.to_string(), child));
+                }
+                let health = format!("http://127.0.0.1:{}/health", host.ports[&8080]);
+                wait_until("serve to answer /health", Duration::from_secs(120), || {
+                    ureq::get(&health).call().is_ok()
+                })
+                .await;
+                ran.push(line.clone());
+            }
+            ["docker", "compose", _, _, "run", rest @ ..] => {
+                let mut env = Vec::new();
+                let mut i = 0;
+                while i < rest.len() && rest[i].starts_with('-') {
+                    if rest[i] == "-e" {
+                        let (k, v) = rest[i + 1].split_once('=').unwrap();
+                        env.push((k.to_string(), v.to_string()));
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                let (service, args) = (rest[i], &rest[i + 1..]);
+                let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+                let out = start_service(
+                    &compose,
+                    service,
+                    &env,
+                    Some(&args),
+                    &vars,
+                    &host,
+                    &log("run"),
+                )
+                .output()
+                .unwrap();
+                let why = std::fs::read_to_string(log("run")).unwrap_or_default();
+                assert!(out.status.success(), "{line}: {why}");
+                // The indexer picks the documents up; the next steps search them.
+                let token = vars["SEMFLOW_API_TOKEN"].clone();
+                let http = host.ports[&8080];
+                wait_until(
+                    "the five documents indexed",
+                    Duration::from_secs(120),
+                    || http_rows(http, &token, "SELECT id FROM idx") == Some(5),
+                )
+                .await;
+                ran.push(line.clone());
+            }
+            ["docker", "compose", _, _, "down", ..] => {
+                for (name, child) in &mut services.0 {
+                    let status = crate::common::sigterm(child);
+                    assert!(status.success(), "{name} stopped with {status}");
+                }
+                services.0.clear();
+                ran.push(line.clone());
+            }
+            ["docker", ..] => panic!("a docker/README.md step this test does not run: {line}"),
+            _ => {
+                let out = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(host.command_line(&line))
+                    .envs(&vars)
+                    .current_dir(root())
+                    .output()
+                    .unwrap();
+                let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+                assert!(
+                    out.status.success(),
+                    "{line}: {}{stdout}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                check_output(&line, &stdout);
+                ran.push(line.clone());
+            }
+        }
+    }
+    eprintln!("docker/README.md steps:\n{}", ran.join("\n"));
+    assert!(services.0.is_empty(), "the block ends with `down`");
+    assert!(ran.len() >= 8, "{ran:#?}");
+}
+
+/// What each README step must print.
+fn check_output(line: &str, stdout: &str) {
+    if line.contains("psql") {
+        assert!(stdout.contains("(3 rows)"), "{line}: {stdout}");
+    } else if line.contains("/v1/embeddings") {
+        let asked: usize = line
+            .split("\"dimensions\": ")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .expect("the step asks for dimensions");
+        let answer: serde_json::Value = serde_json::from_str(stdout).unwrap();
+        let v = answer["data"][0]["embedding"].as_array().unwrap();
+        assert_eq!(v.len(), asked, "{stdout}");
+    } else if line.contains("/v1/sql") {
+        for id in ["rust", "kafka", "lance", "qwen", "pasta"] {
+            assert!(stdout.contains(&format!("\"{id}\"")), "{id}: {stdout}");
+        }
+    } else if line.contains("/metrics") {
+        assert!(stdout.contains("semflow_kafka_consumer_lag"), "{stdout}");
+    } else {
+        panic!("no check for the output of {line}");
     }
 }
