@@ -689,6 +689,39 @@ async fn readme_job_over_the_sample_documents() {
     check_with_pyarrow(&out, 3);
 }
 
+/// README's synth job against README's self-hosted generator (`semflow serve --chat-model
+/// random:tiny`), as a newcomer runs the two: every request answered the first time. Before
+/// mistral.rs's prefix cache was turned off for the chat model, prompts sharing the recipe's
+/// template made it overflow the 512-token KV cache of the tiny model (11 of 35 requests
+/// failed and were retried, each failure logged with a backtrace).
+#[cfg(feature = "mistralrs")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_job_against_the_self_hosted_generator() {
+    let mut server = common::spawn_serve(&["--chat-model", "random:tiny"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = dir.path().join("pairs.parquet");
+    let report_path = dir.path().join("report.json");
+    let mut c = command(
+        &root.join("pipelines/synth.toml"),
+        &root.join("pipelines/synth/sample-docs.jsonl"),
+        &out,
+        &["--report", report_path.to_str().unwrap()],
+    );
+    c.env(
+        "SEMFLOW_GENERATOR_URL",
+        format!("http://{}/v1", server.http),
+    )
+    .env("SEMFLOW_GENERATOR_MODEL", "random:tiny");
+    ok(&run(c).await);
+    common::terminate_child(&mut server.child);
+    let r = report(&report_path);
+    assert_eq!(r["generated"], 12, "{r:#}");
+    assert_eq!(r["retries"], 0, "{r:#}");
+    assert_eq!(r["failures"], serde_json::json!({}), "{r:#}");
+    assert_eq!(r["malformed_replies"], serde_json::json!({}), "{r:#}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_pipeline_turns_new_documents_into_pairs() {
     use common::kafka::{bootstrap, create_topic, produce, producer, unique};

@@ -8,24 +8,18 @@ use serde_json::Value;
 
 use crate::error::Result;
 use crate::inference::config::LoadOptions;
-use crate::inference::tokenize::QwenTokenizer;
 
 /// A loaded chat model.
 pub struct ChatModel {
     pub id: String,
     model: Generator,
     /// The model's context in tokens (`max_position_embeddings`): prompt plus completion.
+    #[cfg_attr(not(feature = "mistralrs"), allow(dead_code))]
     context: usize,
-    /// Counts prompt tokens, to bound each completion by what is left of the context.
-    tokenizer: QwenTokenizer,
 }
 
-/// Tokens the Qwen3 chat template adds per message (`<|im_start|>role\n … <|im_end|>\n`) …
-const TEMPLATE_TOKENS_PER_MESSAGE: usize = 5;
-/// … and around the answer (the assistant header and an empty thinking block), with room
-/// to spare.
-const TEMPLATE_TOKENS_FOR_ANSWER: usize = 16;
 /// Completion tokens when the request sets no limit.
+#[cfg_attr(not(feature = "mistralrs"), allow(dead_code))]
 const DEFAULT_MAX_TOKENS: usize = 512;
 
 /// The model behind a [`ChatModel`]; in builds without mistral.rs there is none, so no
@@ -86,13 +80,15 @@ impl ChatModel {
     pub async fn load(spec: &str, opts: LoadOptions) -> Result<Self> {
         use crate::model::dir::{ModelDir, Role};
         let dir = ModelDir::resolve(spec, Role::Reranker).await?;
-        let model = crate::inference::local::load_causal_lm(&dir, opts, true, None).await?;
-        let tokenizer = QwenTokenizer::from_file(&dir.path.join("tokenizer.json"))?;
+        // No prefix cache: mistral.rs 0.8.1's restores cached KV blocks for prompts that share
+        // a prefix (synth's recipe prompts all do) and the sequence then outgrows the KV
+        // cache's capacity ("kv-cache: requested capacity (1024) above max seq len (512)" on
+        // the tiny model, a failed request and a reboot of the engine).
+        let model = crate::inference::local::load_causal_lm(&dir, opts, false, None).await?;
         Ok(Self {
             id: dir.id.clone(),
             model,
             context: dir.config.max_position_embeddings,
-            tokenizer,
         })
     }
 
@@ -141,25 +137,6 @@ impl ChatModel {
         }
     }
 
-    /// Completion tokens for `req`: what it asks for (512 by default), at most what the
-    /// context leaves after the prompt; a prompt that fills the context is refused.
-    #[cfg_attr(not(feature = "mistralrs"), allow(dead_code))]
-    fn completion_budget(&self, req: &ChatRequest) -> std::result::Result<usize, BadRequest> {
-        let mut prompt = TEMPLATE_TOKENS_FOR_ANSWER;
-        for m in &req.messages {
-            let tokens = self.tokenizer.encode(&m.content).map_err(|e| BadRequest {
-                param: "messages",
-                message: e.to_string(),
-            })?;
-            prompt += tokens.len() + TEMPLATE_TOKENS_PER_MESSAGE;
-        }
-        let asked = req
-            .max_completion_tokens
-            .or(req.max_tokens)
-            .unwrap_or(DEFAULT_MAX_TOKENS);
-        bounded_completion(prompt, asked, self.context)
-    }
-
     /// Runs one chat completion; the response is OpenAI's `chat.completion` object.
     pub async fn complete(&self, req: ChatRequest) -> std::result::Result<Value, ChatError> {
         if req.stream == Some(true) {
@@ -185,24 +162,29 @@ impl ChatModel {
     /// The completion of a checked request.
     #[cfg(feature = "mistralrs")]
     async fn generate(&self, req: ChatRequest) -> std::result::Result<Value, ChatError> {
-        let mut builder = mistralrs::RequestBuilder::new();
-        for m in &req.messages {
-            let role = match m.role.as_str() {
-                "system" | "developer" => mistralrs::TextMessageRole::System,
-                "user" => mistralrs::TextMessageRole::User,
-                "assistant" => mistralrs::TextMessageRole::Assistant,
-                other => {
-                    return Err(ChatError::Bad(BadRequest {
-                        param: "messages",
-                        message: format!("role must be system, user or assistant, not {other}"),
-                    }))
-                }
-            };
-            builder = builder.add_message(role, &m.content);
-        }
+        let messages = text_messages(&req)?;
         let constraint = Self::constraint(req.response_format.as_ref()).map_err(ChatError::Bad)?;
-        let max_len = self.completion_budget(&req).map_err(ChatError::Bad)?;
-        builder = builder
+        // The prompt as the model will read it (chat template applied, generation prompt
+        // added), counted by the model's own tokenizer: the completion must fit in the rest
+        // of the context, or the KV cache overflows mid-generation.
+        let prompt = self
+            .model
+            .tokenize(
+                either::Either::Left(messages.clone()),
+                None,
+                true,
+                true,
+                None,
+            )
+            .await
+            .map_err(|e| ChatError::Failed(first_line(&e.to_string())))?
+            .len();
+        let asked = req
+            .max_completion_tokens
+            .or(req.max_tokens)
+            .unwrap_or(DEFAULT_MAX_TOKENS);
+        let max_len = bounded_completion(prompt, asked, self.context).map_err(ChatError::Bad)?;
+        let mut builder = mistralrs::RequestBuilder::from(messages)
             .set_constraint(constraint)
             .set_sampler_max_len(max_len);
         if let Some(t) = req.temperature {
@@ -223,7 +205,29 @@ impl ChatModel {
     }
 }
 
+/// The request's messages in mistral.rs's form; an unknown role is refused.
+#[cfg(feature = "mistralrs")]
+fn text_messages(req: &ChatRequest) -> std::result::Result<mistralrs::TextMessages, ChatError> {
+    let mut messages = mistralrs::TextMessages::new();
+    for m in &req.messages {
+        let role = match m.role.as_str() {
+            "system" | "developer" => mistralrs::TextMessageRole::System,
+            "user" => mistralrs::TextMessageRole::User,
+            "assistant" => mistralrs::TextMessageRole::Assistant,
+            other => {
+                return Err(ChatError::Bad(BadRequest {
+                    param: "messages",
+                    message: format!("role must be system, user or assistant, not {other}"),
+                }))
+            }
+        };
+        messages = messages.add_message(role, &m.content);
+    }
+    Ok(messages)
+}
+
 /// `asked` completion tokens after a prompt of `prompt` tokens, within `context`.
+#[cfg_attr(not(feature = "mistralrs"), allow(dead_code))]
 fn bounded_completion(
     prompt: usize,
     asked: usize,
@@ -234,7 +238,7 @@ fn bounded_completion(
         _ => Err(BadRequest {
             param: "messages",
             message: format!(
-                "the messages take about {prompt} tokens of the chat model's {context}-token context, leaving none for the answer; shorten them"
+                "the messages take {prompt} tokens of the chat model's {context}-token context, leaving none for the answer; shorten them"
             ),
         }),
     }
