@@ -654,20 +654,27 @@ fn merge_slerps_checkpoints_that_still_load() {
     assert!((n - 1.0).abs() < 1e-5 && v.iter().all(|x| x.is_finite()));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn readme_job_over_the_sample_documents() {
-    // The README's command: the repo's sample documents and settings file.
-    let llm = FakeLlm::start(Mode::default()).await;
-    let dir = tempfile::tempdir().unwrap();
+/// README's synth command (the repo's sample documents and settings file) writing into
+/// `dir`: the command, its output file and its report.
+fn readme_job(dir: &Path) -> (Command, PathBuf, PathBuf) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = dir.path().join("pairs.parquet");
-    let report_path = dir.path().join("report.json");
-    let mut c = command(
+    let out = dir.join("pairs.parquet");
+    let report_path = dir.join("report.json");
+    let c = command(
         &root.join("pipelines/synth.toml"),
         &root.join("pipelines/synth/sample-docs.jsonl"),
         &out,
         &["--report", report_path.to_str().unwrap()],
     );
+    (c, out, report_path)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_job_over_the_sample_documents() {
+    // The README's command: the repo's sample documents and settings file.
+    let llm = FakeLlm::start(Mode::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut c, out, report_path) = readme_job(dir.path());
     c.env("SEMFLOW_GENERATOR_URL", llm.base_url());
     let stderr = ok(&run(c).await);
     assert!(stderr.contains("kept"), "{stderr}");
@@ -699,15 +706,7 @@ async fn readme_job_over_the_sample_documents() {
 async fn readme_job_against_the_self_hosted_generator() {
     let mut server = common::spawn_serve(&["--chat-model", "random:tiny"]).await;
     let dir = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = dir.path().join("pairs.parquet");
-    let report_path = dir.path().join("report.json");
-    let mut c = command(
-        &root.join("pipelines/synth.toml"),
-        &root.join("pipelines/synth/sample-docs.jsonl"),
-        &out,
-        &["--report", report_path.to_str().unwrap()],
-    );
+    let (mut c, _, report_path) = readme_job(dir.path());
     c.env(
         "SEMFLOW_GENERATOR_URL",
         format!("http://{}/v1", server.http),
