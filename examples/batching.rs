@@ -27,7 +27,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    semflow::inference::allocator::configure();
+    for refused in semflow::inference::allocator::configure() {
+        eprintln!("{refused}");
+    }
     let args: Vec<String> = std::env::args().collect();
     let preset = args.get(1).cloned().unwrap_or_else(|| "small".into());
     let repeats: usize = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(5);

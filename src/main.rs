@@ -4,7 +4,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
-    semflow::inference::allocator::configure();
+    let refused = semflow::inference::allocator::configure();
     let cli = semflow::cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -13,6 +13,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    for r in refused {
+        tracing::warn!("{r}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -53,7 +53,9 @@ struct Args {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     #[cfg(not(feature = "mimalloc"))]
-    semflow_inference::allocator::configure();
+    for refused in semflow_inference::allocator::configure() {
+        eprintln!("{refused}");
+    }
     let args = Args::parse();
     // The workloads bypass the content cache (`embed_token_ids`): every round computes.
     let mut config = InferenceConfig {

@@ -25,13 +25,16 @@ pub const MMAP_MAX: i32 = 0;
 /// Free bytes at the top of the heap kept before glibc returns memory to the system.
 pub const TRIM_THRESHOLD: i32 = 1 << 30;
 
-/// Applies the settings; call first thing in `main`, before other threads start.
-pub fn configure() {
+/// Applies the settings; call first thing in `main`, before other threads start. Returns
+/// what the allocator refused, one line each, for the caller to log once logging is set up.
+#[must_use = "the refused settings are for the log"]
+pub fn configure() -> Vec<String> {
+    let mut refused = Vec::new();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let set_in_env = |name: &str| std::env::var_os(name).is_some();
         if set_in_env("GLIBC_TUNABLES") {
-            return;
+            return refused;
         }
         for (param, name, value, env) in [
             (
@@ -54,8 +57,23 @@ pub fn configure() {
             // SAFETY: mallopt changes one malloc parameter; it is called before other threads
             // exist, and a parameter or value it does not take is refused (returns 0).
             if unsafe { libc::mallopt(param, value) } == 0 {
-                tracing::warn!("the allocator refused {name}={value}");
+                refused.push(format!("the allocator refused {name}={value}"));
             }
+        }
+    }
+    refused
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// glibc takes every setting (a refusal would be logged by the binaries and go unseen).
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn glibc_takes_the_settings() {
+        if std::env::var_os("GLIBC_TUNABLES").is_none() {
+            assert_eq!(configure(), Vec::<String>::new());
         }
     }
 }
