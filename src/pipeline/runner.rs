@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use datafusion::execution::context::SessionContext;
@@ -245,7 +245,17 @@ async fn process(
             offsets: Some(positions.clone()),
             properties: Vec::new(),
         };
-        let committed = table.apply(change).await?;
+        let uri = table.uri();
+        // Boxed: the commit's future nested in the wait's would deepen the pipeline's future
+        // type past the compiler's layout depth limit.
+        let commit = Box::pin(table.apply(change));
+        let committed = while_waiting(commit, SLOW_COMMIT, |waited| {
+            tracing::warn!(
+                "the commit to {uri} has waited {:.0} s (is the store answering? its client retries)",
+                waited.as_secs_f64()
+            )
+        })
+        .await?;
         histogram!("semflow_pipeline_commit_seconds")
             .record(commit_started.elapsed().as_secs_f64());
         stats.rows_written += committed.rows;
@@ -408,5 +418,59 @@ async fn dispose(
             counter!("semflow_pipeline_dead_letters_total").increment(n);
             Ok(())
         }
+    }
+}
+
+/// How long a commit may wait before the worker says so (and again each time as long): a
+/// store that stops answering is otherwise waited on silently through its client's retries.
+const SLOW_COMMIT: Duration = Duration::from_secs(30);
+
+/// Awaits `work`, calling `still_waiting` with the time waited each `every` it is pending.
+async fn while_waiting<F: Future>(
+    work: F,
+    every: Duration,
+    mut still_waiting: impl FnMut(Duration),
+) -> F::Output {
+    let started = tokio::time::Instant::now();
+    tokio::pin!(work);
+    loop {
+        match tokio::time::timeout(every, &mut work).await {
+            Ok(out) => return out,
+            Err(_) => still_waiting(started.elapsed()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reported each interval while pending (the work here ends once reported twice), and
+    /// not at all when it finishes at once.
+    #[tokio::test]
+    async fn a_long_wait_is_reported_each_interval() {
+        let every = Duration::from_millis(10);
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let mut done = Some(done);
+        let mut reports = Vec::new();
+        let work = async {
+            finished.await.unwrap();
+            7
+        };
+        let out = while_waiting(work, every, |waited| {
+            reports.push(waited);
+            if reports.len() == 2 {
+                done.take().unwrap().send(()).unwrap();
+            }
+        })
+        .await;
+        assert_eq!(out, 7);
+        assert_eq!(reports.len(), 2);
+        assert!(
+            reports[0] >= every && reports[1] >= 2 * every,
+            "{reports:?}"
+        );
+        let quick = while_waiting(async { 1 }, every, |_| panic!("reported")).await;
+        assert_eq!(quick, 1);
     }
 }
