@@ -46,10 +46,30 @@ fn listening(cli: &Cli) -> BTreeSet<u16> {
     }
 }
 
+/// docker/compose.yaml, parsed.
+fn compose() -> serde_yaml::Value {
+    let text = std::fs::read_to_string(root().join("docker/compose.yaml")).unwrap();
+    serde_yaml::from_str(&text).unwrap()
+}
+
+/// A service's published ports as (host port, container port), from `[IP:]HOST:CONTAINER`.
+fn published(svc: &serde_yaml::Value) -> Vec<(u16, u16)> {
+    let port = |p: &str| p.parse::<u16>().unwrap();
+    svc["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let mut parts = p.as_str().unwrap().rsplit(':');
+            let container = port(parts.next().unwrap());
+            (parts.next().map_or(container, port), container)
+        })
+        .collect()
+}
+
 #[test]
 fn compose_references_real_files_commands_and_ports() {
-    let text = std::fs::read_to_string(root().join("docker/compose.yaml")).unwrap();
-    let compose: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let compose = compose();
     let services = compose["services"].as_mapping().unwrap();
     let mut semflow_services = 0;
     for (name, svc) in services {
@@ -72,9 +92,7 @@ fn compose_references_real_files_commands_and_ports() {
             );
         }
         let listens = listening(&cli);
-        for p in svc["ports"].as_sequence().into_iter().flatten() {
-            let spec = p.as_str().unwrap();
-            let container: u16 = spec.rsplit(':').next().unwrap().parse().unwrap();
+        for (_, container) in published(svc) {
             assert!(
                 listens.contains(&container),
                 "{name} publishes {container}, but its command listens on {listens:?}"
@@ -146,10 +164,12 @@ fn compose_value(value: &str, vars: &HashMap<String, String>) -> String {
 }
 
 /// What the containers reach, mapped to this machine: the broker for `kafka:9092`, a
-/// directory for the `data` volume, free loopback ports for the container ports.
+/// directory for the `data` volume, free loopback ports for the published ones.
 struct Host {
     data: PathBuf,
-    ports: HashMap<u16, u16>,
+    /// Container port → ours, and the host port compose publishes it on → ours.
+    container_ports: HashMap<u16, u16>,
+    host_ports: HashMap<u16, u16>,
     /// Topic and group names of their own: the tests share one in-memory broker.
     topic: String,
     group: String,
@@ -173,7 +193,7 @@ impl Host {
             .strip_prefix("0.0.0.0:")
             .and_then(|p| p.parse::<u16>().ok())
         {
-            Some(port) => format!("127.0.0.1:{}", self.ports[&port]),
+            Some(port) => format!("127.0.0.1:{}", self.container_ports[&port]),
             None => arg.to_string(),
         }
     }
@@ -181,7 +201,7 @@ impl Host {
     /// A README command line as run on the host: the published ports replaced by ours.
     fn command_line(&self, line: &str) -> String {
         let mut line = line.to_string();
-        for (published, ours) in &self.ports {
+        for (published, ours) in &self.host_ports {
             for (from, to) in [
                 (
                     format!("localhost:{published}"),
@@ -196,7 +216,7 @@ impl Host {
                 line = line.replace(&from, &to);
             }
             assert!(
-                !line.contains(&published.to_string()),
+                !names_number(&line, *published),
                 "a published port left unmapped in {line}"
             );
         }
@@ -204,49 +224,22 @@ impl Host {
     }
 }
 
-/// A compose service run as a process: its command and environment as compose gives them.
-fn start_service(
-    compose: &serde_yaml::Value,
-    name: &str,
-    extra_env: &[(String, String)],
-    args_after: Option<&[String]>,
-    vars: &HashMap<String, String>,
-    host: &Host,
-    log: &Path,
-) -> std::process::Command {
-    let svc = &compose["services"][name];
-    let mut command = std::process::Command::new(semflow_bin());
-    command.current_dir(root());
-    for (k, v) in svc["environment"].as_mapping().into_iter().flatten() {
-        let (k, v) = (
-            k.as_str().unwrap(),
-            compose_value(v.as_str().unwrap(), vars),
-        );
-        command.env(k, host.value(k, &v));
-    }
-    for (k, v) in extra_env {
-        command.env(k, host.value(k, v));
-    }
-    let args: Vec<String> = match args_after {
-        Some(args) => args.to_vec(),
-        None => serde_yaml::from_value(svc["command"].clone()).unwrap(),
-    };
-    command.args(args.iter().map(|a| host.arg(a)));
-    command.stderr(std::fs::File::create(log).unwrap());
-    command
+/// Whether `text` holds `n` as a number of its own (not inside a longer run of digits, such
+/// as the free port that replaced it).
+fn names_number(text: &str, n: u16) -> bool {
+    let n = n.to_string();
+    text.match_indices(&n).any(|(at, _)| {
+        let digit = |c: Option<char>| c.is_some_and(|c| c.is_ascii_digit());
+        !digit(text[..at].chars().next_back()) && !digit(text[at + n.len()..].chars().next())
+    })
 }
 
-/// The processes standing in for compose's services; killed if the test fails.
-#[derive(Default)]
-struct Services(Vec<(String, Child)>);
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+#[test]
+fn a_port_is_found_only_as_a_number_of_its_own() {
+    assert!(names_number("curl -s localhost:8080/v1/sql", 8080));
+    assert!(names_number("8080", 8080));
+    assert!(!names_number("curl -s 127.0.0.1:48080/v1/sql", 8080));
+    assert!(!names_number("port 80801", 8080));
 }
 
 /// The README's first `sh` block as commands: continued lines joined, multi-line quotes
@@ -292,6 +285,179 @@ fn http_rows(http: u16, token: &str, sql: &str) -> Option<usize> {
     answer["row_count"].as_u64().map(|n| n as usize)
 }
 
+/// The compose stack as processes on this machine: the services compose would start, the
+/// shell its commands run in, the logs.
+struct Stack {
+    compose: serde_yaml::Value,
+    host: Host,
+    /// The shell's variables (README's `export`s), which compose substitutes.
+    vars: HashMap<String, String>,
+    /// The services started by `up`; killed if the test fails.
+    services: Vec<(String, Child)>,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.services {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Stack {
+    fn new() -> Self {
+        let compose = compose();
+        let dir = tempfile::tempdir().unwrap();
+        let (mut container_ports, mut host_ports) = (HashMap::new(), HashMap::new());
+        for svc in ["indexer", "serve"] {
+            for (host, container) in published(&compose["services"][svc]) {
+                let ours = free_addr().port();
+                host_ports.insert(host, ours);
+                container_ports.insert(container, ours);
+            }
+        }
+        let host = Host {
+            data: dir.path().join("data"),
+            container_ports,
+            host_ports,
+            topic: unique("docker-docs"),
+            group: unique("docker-indexer"),
+        };
+        std::fs::create_dir_all(&host.data).unwrap();
+        // `random:tiny` instead of the hub's models (docker/README.md: it needs no download).
+        let vars = [
+            ("SEMFLOW_EMBED_MODEL", "random:tiny"),
+            ("SEMFLOW_RERANK_MODEL", "random:tiny"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        Self {
+            compose,
+            host,
+            vars,
+            services: Vec::new(),
+            dir,
+        }
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// Service `name` as a process: its environment as compose gives it (plus `extra_env`,
+    /// as `run -e` adds), its command or `args` instead (as `run SERVICE ARGS` does); its
+    /// stderr to the log `log`.
+    fn service(
+        &self,
+        name: &str,
+        log: &str,
+        extra_env: &[(String, String)],
+        args: Option<Vec<String>>,
+    ) -> std::process::Command {
+        let svc = &self.compose["services"][name];
+        let mut command = std::process::Command::new(semflow_bin());
+        command.current_dir(root());
+        for (k, v) in svc["environment"].as_mapping().into_iter().flatten() {
+            let k = k.as_str().unwrap();
+            let v = compose_value(v.as_str().unwrap(), &self.vars);
+            command.env(k, self.host.value(k, &v));
+        }
+        for (k, v) in extra_env {
+            command.env(k, self.host.value(k, v));
+        }
+        let args: Vec<String> =
+            args.unwrap_or_else(|| serde_yaml::from_value(svc["command"].clone()).unwrap());
+        command.args(args.iter().map(|a| self.host.arg(a)));
+        command.stderr(std::fs::File::create(self.log(log)).unwrap());
+        command
+    }
+
+    fn http_port(&self) -> u16 {
+        self.host.host_ports[&8080]
+    }
+
+    /// `up`: the topics service's topic, then the indexer and the server, until it answers.
+    async fn up(&mut self) {
+        let entrypoint: Vec<String> =
+            serde_yaml::from_value(self.compose["services"]["topics"]["entrypoint"].clone())
+                .unwrap();
+        let partitions = entrypoint
+            .iter()
+            .position(|a| a == "--partitions")
+            .and_then(|i| entrypoint[i + 1].parse().ok())
+            .expect("the topics service names --partitions");
+        create_topic(&self.host.topic, partitions).await;
+        for name in ["indexer", "serve"] {
+            let child = self.service(name, name, &[], None).spawn().unwrap();
+            self.services.push((name.to_string(), child));
+        }
+        let health = format!("http://127.0.0.1:{}/health", self.http_port());
+        wait_until("serve to answer /health", Duration::from_secs(120), || {
+            ureq::get(&health).call().is_ok()
+        })
+        .await;
+    }
+
+    /// `run [--rm] [--no-deps] [-e K=V …] SERVICE ARGS…`: one command on a service's
+    /// environment; here the sample documents, so it then waits until they are indexed.
+    async fn run(&self, words: &[&str]) {
+        let mut env = Vec::new();
+        let mut i = 0;
+        while i < words.len() && words[i].starts_with('-') {
+            if words[i] == "-e" {
+                let (k, v) = words[i + 1].split_once('=').unwrap();
+                env.push((k.to_string(), v.to_string()));
+                i += 1;
+            }
+            i += 1;
+        }
+        let args = words[i + 1..].iter().map(|a| a.to_string()).collect();
+        let out = self
+            .service(words[i], "run", &env, Some(args))
+            .output()
+            .unwrap();
+        let why = std::fs::read_to_string(self.log("run")).unwrap_or_default();
+        assert!(out.status.success(), "{words:?}: {why}");
+        let token = &self.vars["SEMFLOW_API_TOKEN"];
+        let http = self.http_port();
+        wait_until(
+            "the five documents indexed",
+            Duration::from_secs(120),
+            || http_rows(http, token, "SELECT id FROM idx") == Some(5),
+        )
+        .await;
+    }
+
+    /// `down`: every service stops cleanly on SIGTERM.
+    fn down(&mut self) {
+        for (name, mut child) in self.services.drain(..) {
+            let status = crate::common::sigterm(&mut child);
+            assert!(status.success(), "{name} stopped with {status}");
+        }
+    }
+
+    /// A host command line (psql, curl) in the shell, against our ports; its stdout.
+    fn shell(&self, line: &str) -> String {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(self.host.command_line(line))
+            .envs(&self.vars)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{line}: {}{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+}
+
 /// docker/README.md's steps without Docker: the compose file's `indexer` and `serve` services
 /// run as processes with the commands and environment compose gives them (the `topics`
 /// service's topic created on the test broker), then every command line of the README's
@@ -303,147 +469,38 @@ async fn readme_steps_run_without_docker() {
     if !crate::common::psql_available() {
         return;
     }
-    let text = std::fs::read_to_string(root().join("docker/compose.yaml")).unwrap();
-    let compose: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut ports = HashMap::new();
-    for svc in ["indexer", "serve"] {
-        for p in compose["services"][svc]["ports"].as_sequence().unwrap() {
-            let published: u16 = p
-                .as_str()
-                .unwrap()
-                .rsplit(':')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
-            ports.insert(published, free_addr().port());
-        }
-    }
-    let host = Host {
-        data: dir.path().join("data"),
-        ports,
-        topic: unique("docker-docs"),
-        group: unique("docker-indexer"),
-    };
-    std::fs::create_dir_all(&host.data).unwrap();
-    // `random:tiny` instead of the hub's models (docker/README.md: it needs no download).
-    let mut vars: HashMap<String, String> = [
-        ("SEMFLOW_EMBED_MODEL", "random:tiny"),
-        ("SEMFLOW_RERANK_MODEL", "random:tiny"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let entrypoint: Vec<String> =
-        serde_yaml::from_value(compose["services"]["topics"]["entrypoint"].clone()).unwrap();
-    let partitions = entrypoint
-        .iter()
-        .position(|a| a == "--partitions")
-        .and_then(|i| entrypoint[i + 1].parse().ok())
-        .expect("the topics service names --partitions");
-    let log = |name: &str| dir.path().join(format!("{name}.log"));
-    let mut services = Services::default();
+    let mut stack = Stack::new();
     let mut ran = Vec::new();
     let markdown = std::fs::read_to_string(root().join("docker/README.md")).unwrap();
     for line in readme_commands(&markdown) {
         let words = shlex::split(&line).unwrap();
-        let compose_args: Vec<&str> = words.iter().map(String::as_str).collect();
-        match compose_args.as_slice() {
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        match words.as_slice() {
             ["export", assignments @ ..] => {
                 for a in assignments {
                     let (k, v) = a.split_once('=').unwrap();
-                    vars.insert(k.into(), v.into());
+                    stack.vars.insert(k.into(), v.into());
                 }
+                continue;
             }
             ["docker", "compose", _, _, "--profile", "synth", ..] => {
                 ran.push(format!("skipped (needs an NVIDIA GPU for vLLM): {line}"));
+                continue;
             }
             ["docker", "compose", _, _, "cp", "synth:/data/pairs.parquet", ..] => {
                 ran.push(format!("skipped (the synth service's output): {line}"));
+                continue;
             }
-            ["docker", "compose", _, _, "up", ..] => {
-                create_topic(&host.topic, partitions).await;
-                for name in ["indexer", "serve"] {
-                    let child = start_service(&compose, name, &[], None, &vars, &host, &log(name))
-                        .spawn()
-                        .unwrap();
-                    services.0.push((name.to_string(), child));
-                }
-                let health = format!("http://127.0.0.1:{}/health", host.ports[&8080]);
-                wait_until("serve to answer /health", Duration::from_secs(120), || {
-                    ureq::get(&health).call().is_ok()
-                })
-                .await;
-                ran.push(line.clone());
-            }
-            ["docker", "compose", _, _, "run", rest @ ..] => {
-                let mut env = Vec::new();
-                let mut i = 0;
-                while i < rest.len() && rest[i].starts_with('-') {
-                    if rest[i] == "-e" {
-                        let (k, v) = rest[i + 1].split_once('=').unwrap();
-                        env.push((k.to_string(), v.to_string()));
-                        i += 1;
-                    }
-                    i += 1;
-                }
-                let (service, args) = (rest[i], &rest[i + 1..]);
-                let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-                let out = start_service(
-                    &compose,
-                    service,
-                    &env,
-                    Some(&args),
-                    &vars,
-                    &host,
-                    &log("run"),
-                )
-                .output()
-                .unwrap();
-                let why = std::fs::read_to_string(log("run")).unwrap_or_default();
-                assert!(out.status.success(), "{line}: {why}");
-                // The indexer picks the documents up; the next steps search them.
-                let token = vars["SEMFLOW_API_TOKEN"].clone();
-                let http = host.ports[&8080];
-                wait_until(
-                    "the five documents indexed",
-                    Duration::from_secs(120),
-                    || http_rows(http, &token, "SELECT id FROM idx") == Some(5),
-                )
-                .await;
-                ran.push(line.clone());
-            }
-            ["docker", "compose", _, _, "down", ..] => {
-                for (name, child) in &mut services.0 {
-                    let status = crate::common::sigterm(child);
-                    assert!(status.success(), "{name} stopped with {status}");
-                }
-                services.0.clear();
-                ran.push(line.clone());
-            }
+            ["docker", "compose", _, _, "up", ..] => stack.up().await,
+            ["docker", "compose", _, _, "run", rest @ ..] => stack.run(rest).await,
+            ["docker", "compose", _, _, "down", ..] => stack.down(),
             ["docker", ..] => panic!("a docker/README.md step this test does not run: {line}"),
-            _ => {
-                let out = std::process::Command::new("sh")
-                    .arg("-c")
-                    .arg(host.command_line(&line))
-                    .envs(&vars)
-                    .current_dir(root())
-                    .output()
-                    .unwrap();
-                let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-                assert!(
-                    out.status.success(),
-                    "{line}: {}{stdout}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                check_output(&line, &stdout);
-                ran.push(line.clone());
-            }
+            _ => check_output(&line, &stack.shell(&line)),
         }
+        ran.push(line);
     }
     eprintln!("docker/README.md steps:\n{}", ran.join("\n"));
-    assert!(services.0.is_empty(), "the block ends with `down`");
+    assert!(stack.services.is_empty(), "the block ends with `down`");
     assert!(ran.len() >= 8, "{ran:#?}");
 }
 

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::median;
 use crate::engine::Engine;
 use crate::error::Result;
 
@@ -42,11 +43,6 @@ async fn timed(engine: &Engine, sql: &str) -> Result<(f64, u64)> {
         })
         .unwrap_or(0);
     Ok((seconds, count))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 pub async fn run(

@@ -12,6 +12,7 @@ use apache_avro::types::Value as Avro;
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use serde::Serialize;
 
+use super::median;
 use crate::error::{Error, Result};
 use crate::kafka::decode::Decoder;
 use crate::kafka::intake::{intake, Reader};
@@ -115,11 +116,6 @@ async fn timed(records: &[Record], options: &KafkaOptions, decoder: &Decoder) ->
         }
     }
     Ok(started.elapsed().as_secs_f64())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 pub async fn run(seed: u64, docs: usize, rounds: usize) -> Result<DecodeResult> {

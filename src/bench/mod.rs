@@ -17,8 +17,9 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::inference::bench::machine::Machine;
 use crate::inference::bench::{self as models, ModelOptions, ModelResults, Setup};
-// The nearest-rank percentile the pipeline workloads report with, as the model ones do.
-use crate::inference::bench::percentile;
+// The median and nearest-rank percentile the pipeline workloads report with, as the model
+// ones do.
+use crate::inference::bench::{median, percentile};
 use crate::inference::Inference;
 
 /// The pipeline workloads, by the names `--workloads` takes.

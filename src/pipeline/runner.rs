@@ -245,13 +245,13 @@ async fn process(
             offsets: Some(positions.clone()),
             properties: Vec::new(),
         };
-        let uri = table.uri();
         // Boxed: the commit's future nested in the wait's would deepen the pipeline's future
         // type past the compiler's layout depth limit.
         let commit = Box::pin(table.apply(change));
         let committed = while_waiting(commit, SLOW_COMMIT, |waited| {
             tracing::warn!(
-                "the commit to {uri} has waited {:.0} s (is the store answering? its client retries)",
+                "the commit to {} has waited {:.0} s (is the store answering? its client retries)",
+                table.uri(),
                 waited.as_secs_f64()
             )
         })
