@@ -78,9 +78,9 @@ print("| --- | ---: | ---: | ---: | ---: | ---: |")
 def fmt(w, s):
     return f"p50 {s['value']:.1f} ms, p99 {s['p99_ms']:.1f} ms" if w["metric"] == "latency" else f"{s['value']:.0f} tok/s"
 for w in r["results"]:
-    p = w.get("peer")
+    p = w["peers"][0] if w.get("peers") else None
     print(f"| {w['name']} | {w['tokens']} | {fmt(w, w['semflow'])} | {fmt(w, p) if p else '-'} | "
-          f"{w['speedup']:.2f}x | {100*w['semflow']['padding_fraction']:.1f}% / {100*p['padding_fraction'] if p else 0:.1f}% |")
+          f"{p['speedup'] if p else float('nan'):.2f}x | {100*w['semflow']['padding_fraction']:.1f}% / {100*p['padding_fraction'] if p else 0:.1f}% |")
 w2 = next((w for w in r["results"] if w["name"] == "W2 fixed L=512"), None)
 if w2:
     # Issue 6: 100% of an H100's dense bf16 peak is ~1.05M tokens/s for the 0.6b shape.

@@ -55,8 +55,8 @@ pub struct BenchOptions {
     pub docs: usize,
     /// W1 requests per batch size.
     pub queries: usize,
-    /// Peer command; semflow appends `--model DIR --reranker DIR --device D --dtype T`.
-    pub peer: Option<String>,
+    /// Peer commands; semflow appends `--model DIR --reranker DIR --device D --dtype T`.
+    pub peers: Vec<String>,
     /// K1 settings (Kafka address, documents, rate).
     pub ingest: Option<ingest::IngestOptions>,
     pub retrieval: retrieval::RetrievalOptions,
@@ -163,11 +163,8 @@ pub async fn run(engine: &Engine, opts: &BenchOptions) -> Result<Report> {
         .iter()
         .any(|w| !["w5", "r1", "d1"].contains(&w.to_ascii_lowercase().as_str()));
     let setup = models::setup(&inference, needs_embed, opts.wants("w5")).await?;
-    let mut peer = match &opts.peer {
-        Some(cmd) => Some(models::start_peer(cmd, &setup)?),
-        None => None,
-    };
-    let model_results = models::run(&inference, &model_opts, peer.as_mut()).await?;
+    let mut peers = models::start_peers(&opts.peers, &setup)?;
+    let model_results = models::run(&inference, &model_opts, &mut peers).await?;
     let (ingest, retrieval, chunking) = pipeline_workloads(engine, opts, ingest_opts).await?;
     let decode = if opts.wants("d1") {
         eprintln!(

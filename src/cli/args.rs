@@ -275,10 +275,12 @@ pub struct BenchArgs {
     /// W1 requests per batch size.
     #[arg(long, default_value_t = 10)]
     pub queries: usize,
-    /// Peer command run alternately with semflow (A B A B), e.g.
-    /// ".venv/bin/python scripts/peer_bench.py"; semflow appends the model directories.
+    /// Peer command run alternately with semflow (A B A B); repeatable (A B C A B C), e.g.
+    /// ".venv/bin/python scripts/peer_onnx.py" (ONNX Runtime) and
+    /// ".venv/bin/python scripts/peer_bench.py" (transformers); semflow appends the model
+    /// directories.
     #[arg(long)]
-    pub peer: Option<String>,
+    pub peer: Vec<String>,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -283,7 +283,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         seed: args.seed,
         docs: args.docs.max(1),
         queries: args.queries.max(1),
-        peer: args.peer,
+        peers: args.peer,
         ingest: args.kafka.map(|kafka| crate::bench::ingest::IngestOptions {
             kafka,
             docs: args.k1_docs,

@@ -43,9 +43,10 @@ struct Args {
     /// auto, f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
     dtype: String,
-    /// Peer command run alternately (semflow appends the model directories).
+    /// Peer command run alternately (semflow appends the model directories); repeatable,
+    /// e.g. scripts/peer_onnx.py and scripts/peer_bench.py.
     #[arg(long)]
-    peer: Option<String>,
+    peer: Vec<String>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json_out: Option<std::path::PathBuf>,
@@ -78,11 +79,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (setup, results) = semflow_inference::block_on(async move {
         let inference = Inference::new(config);
         let setup = bench::setup(&inference, needs_embed, needs_rerank).await?;
-        let mut peer = match &peer_cmd {
-            Some(cmd) => Some(bench::start_peer(cmd, &setup)?),
-            None => None,
-        };
-        let results = bench::run(&inference, &opts, peer.as_mut()).await?;
+        let mut peers = bench::start_peers(&peer_cmd, &setup)?;
+        let results = bench::run(&inference, &opts, &mut peers).await?;
         Ok::<_, semflow_inference::Error>((setup, results))
     })??;
     let rounds = args.rounds.max(1);

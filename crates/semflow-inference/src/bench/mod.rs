@@ -1,6 +1,7 @@
 //! Model benchmarks: embedding and reranking workloads (W1 queries, W2 fixed length, W3
 //! realistic documents, W5 rerank) as token ids, run on an [`Inference`] and optionally
-//! alternated round by round with a peer process on the same model directories and ids.
+//! alternated round by round with peer processes (ONNX Runtime, transformers) on the same
+//! model directories and ids.
 //!
 //! `semflow bench` runs these beside its pipeline workloads; this crate's `bench` example
 //! runs them alone, so inference experiments (kernels, allocators, the CUDA build) build and
@@ -16,7 +17,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use self::machine::Machine;
-use self::peer::Peer;
+use self::peer::{Peer, PeerInfo};
 use self::workload::{Kind, Metric, Workload};
 use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
@@ -100,11 +101,20 @@ pub struct WorkloadResult {
     pub tokens: usize,
     pub sequences: usize,
     pub semflow: Side,
-    pub peer: Option<Side>,
-    /// > 1 means semflow is faster (throughput ratio, or latency ratio peer / semflow).
-    pub speedup: Option<f64>,
     pub semflow_rounds: Vec<Measurement>,
-    pub peer_rounds: Vec<Measurement>,
+    /// Each peer's numbers, in the order the peers were given.
+    pub peers: Vec<PeerResult>,
+}
+
+/// One peer's numbers on one workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerResult {
+    pub name: String,
+    #[serde(flatten)]
+    pub side: Side,
+    /// > 1 means semflow is faster (throughput ratio, or latency ratio peer / semflow).
+    pub speedup: f64,
+    pub rounds: Vec<Measurement>,
 }
 
 /// What the workloads run on.
@@ -138,6 +148,8 @@ pub struct ModelOptions {
 /// The model workloads' results.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ModelResults {
+    /// The peers run beside semflow, as they named themselves.
+    pub peers: Vec<PeerInfo>,
     pub results: Vec<WorkloadResult>,
     /// The process's peak resident memory when they finished (model loading included).
     pub peak_rss_bytes: u64,
@@ -191,6 +203,20 @@ pub async fn setup(inference: &Inference, embed: bool, rerank: bool) -> Result<S
     })
 }
 
+/// Starts each peer command (see [`start_peer`]); a name given twice gets its place appended
+/// (`onnxruntime#2`), so every column of the report is one process.
+pub fn start_peers(commands: &[String], setup: &Setup) -> Result<Vec<Peer>> {
+    let mut peers: Vec<Peer> = Vec::new();
+    for (i, command) in commands.iter().enumerate() {
+        let mut peer = start_peer(command, setup)?;
+        if peers.iter().any(|p| p.info.name == peer.info.name) {
+            peer.info.name = format!("{}#{}", peer.info.name, i + 1);
+        }
+        peers.push(peer);
+    }
+    Ok(peers)
+}
+
 /// Starts the peer `command` on the same model directories, device and dtype.
 pub fn start_peer(command: &str, setup: &Setup) -> Result<Peer> {
     let mut args = Vec::new();
@@ -206,7 +232,9 @@ pub fn start_peer(command: &str, setup: &Setup) -> Result<Peer> {
         "--dtype".into(),
         setup.dtype.clone(),
     ]);
-    Peer::start(command, &args)
+    let peer = Peer::start(command, &args)?;
+    eprintln!("peer {}: {}", peer.info.name, peer.info.about);
+    Ok(peer)
 }
 
 fn side(metric: Metric, rounds: &[Measurement]) -> Side {
@@ -288,7 +316,7 @@ async fn workloads(inference: &Inference, opts: &ModelOptions) -> Result<Vec<Wor
 /// One workload: a warm-up, then `rounds` rounds alternating semflow and the peer.
 async fn measure(
     inference: &Inference,
-    mut peer: Option<&mut Peer>,
+    peers: &mut [Peer],
     w: &Workload,
     rounds: usize,
 ) -> Result<WorkloadResult> {
@@ -300,10 +328,11 @@ async fn measure(
         ..w.clone()
     };
     run_semflow(inference, &warm).await?;
-    if let Some(p) = peer.as_deref_mut() {
+    for p in peers.iter_mut() {
         p.run(&warm)?;
     }
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let mut ours = Vec::new();
+    let mut theirs: Vec<Vec<Measurement>> = vec![Vec::new(); peers.len()];
     for round in 0..rounds {
         let m = run_semflow(inference, w).await?;
         eprintln!(
@@ -313,23 +342,35 @@ async fn measure(
             m.tokens_per_s()
         );
         ours.push(m);
-        if let Some(p) = peer.as_deref_mut() {
+        for (p, rounds) in peers.iter_mut().zip(&mut theirs) {
             let m = p.run(w)?;
             eprintln!(
-                "{} round {}: peer    {:.1} tok/s",
+                "{} round {}: {} {:.1} tok/s",
                 w.name,
                 round + 1,
+                p.info.name,
                 m.tokens_per_s()
             );
-            theirs.push(m);
+            rounds.push(m);
         }
     }
     let semflow = side(w.metric, &ours);
-    let peer_side = (!theirs.is_empty()).then(|| side(w.metric, &theirs));
-    let speedup = peer_side.as_ref().map(|p| match w.metric {
-        Metric::Throughput => semflow.value / p.value,
-        Metric::Latency => p.value / semflow.value,
-    });
+    let peers = peers
+        .iter()
+        .zip(theirs)
+        .map(|(p, rounds)| {
+            let side = side(w.metric, &rounds);
+            PeerResult {
+                name: p.info.name.clone(),
+                speedup: match w.metric {
+                    Metric::Throughput => semflow.value / side.value,
+                    Metric::Latency => side.value / semflow.value,
+                },
+                side,
+                rounds,
+            }
+        })
+        .collect();
     Ok(WorkloadResult {
         unit: match w.metric {
             Metric::Throughput => "tokens/s",
@@ -340,25 +381,24 @@ async fn measure(
         tokens: w.tokens(),
         sequences: w.requests.iter().map(Vec::len).sum(),
         semflow,
-        peer: peer_side,
-        speedup,
         semflow_rounds: ours,
-        peer_rounds: theirs,
+        peers,
     })
 }
 
 /// Runs the workloads: for each, a warm-up, then `rounds` rounds alternating semflow and the
-/// peer (A B A B …).
+/// peers (A B C A B C …).
 pub async fn run(
     inference: &Inference,
     opts: &ModelOptions,
-    mut peer: Option<&mut Peer>,
+    peers: &mut [Peer],
 ) -> Result<ModelResults> {
     let mut results = Vec::new();
     for w in workloads(inference, opts).await? {
-        results.push(measure(inference, peer.as_deref_mut(), &w, opts.rounds.max(1)).await?);
+        results.push(measure(inference, peers, &w, opts.rounds.max(1)).await?);
     }
     Ok(ModelResults {
+        peers: peers.iter().map(|p| p.info.clone()).collect(),
         results,
         peak_rss_bytes: process_usage().1,
     })
@@ -381,38 +421,54 @@ pub fn render_setup(machine: &Machine, setup: &Setup, rounds: usize) -> String {
     )
 }
 
-/// The workloads' table (Markdown, the form BENCHMARKS.md keeps); empty when none ran.
+/// The workloads' table (Markdown, the form BENCHMARKS.md keeps): semflow, then each peer
+/// with semflow's speedup over it; empty when none ran.
 pub fn render_results(results: &ModelResults) -> String {
     if results.results.is_empty() {
         return String::new();
     }
-    let mut s = String::from(
-        "| workload | tokens | semflow | peer | speedup | semflow seq/s | padding semflow / peer | page faults/round semflow / peer |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-    );
+    let names: Vec<&str> = results.peers.iter().map(|p| p.name.as_str()).collect();
+    let mut s = String::new();
+    for p in &results.peers {
+        s.push_str(&format!("peer {}: {}\n", p.name, p.about));
+    }
+    if !names.is_empty() {
+        s.push('\n');
+    }
+    let mut header = String::from("| workload | tokens | semflow |");
+    for n in &names {
+        header.push_str(&format!(" {n} | vs {n} |"));
+    }
+    let both = |what: &str| {
+        format!(
+            " {what} semflow{} |",
+            names.iter().map(|n| format!(" / {n}")).collect::<String>()
+        )
+    };
+    header.push_str(" semflow seq/s |");
+    header.push_str(&both("padding"));
+    header.push_str(&both("page faults/round"));
+    let columns = 6 + 2 * names.len();
+    s.push_str(&header);
+    s.push_str(&format!("\n| --- |{}\n", " ---: |".repeat(columns - 1)));
     let fmt = |r: &WorkloadResult, x: &Side| match r.metric {
         Metric::Throughput => format!("{:.0} tok/s", x.value),
         Metric::Latency => format!("p50 {:.1} ms, p99 {:.1} ms", x.value, x.p99_ms),
     };
-    let or_dash = |x: Option<String>| x.unwrap_or_else(|| "-".into());
     for r in &results.results {
-        s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {:.1} | {:.1}% / {} | {:.0} / {} |\n",
-            r.name,
-            r.tokens,
-            fmt(r, &r.semflow),
-            or_dash(r.peer.as_ref().map(|p| fmt(r, p))),
-            or_dash(r.speedup.map(|x| format!("{x:.2}x"))),
+        let mut row = format!("| {} | {} | {} |", r.name, r.tokens, fmt(r, &r.semflow));
+        for p in &r.peers {
+            row.push_str(&format!(" {} | {:.2}x |", fmt(r, &p.side), p.speedup));
+        }
+        let sides = || std::iter::once(&r.semflow).chain(r.peers.iter().map(|p| &p.side));
+        let joined = |f: &dyn Fn(&Side) -> String| sides().map(f).collect::<Vec<_>>().join(" / ");
+        row.push_str(&format!(
+            " {:.1} | {} | {} |\n",
             r.semflow.sequences_per_s,
-            r.semflow.padding_fraction * 100.0,
-            or_dash(
-                r.peer
-                    .as_ref()
-                    .map(|p| format!("{:.1}%", p.padding_fraction * 100.0))
-            ),
-            r.semflow.minor_faults,
-            or_dash(r.peer.as_ref().map(|p| format!("{:.0}", p.minor_faults))),
+            joined(&|x| format!("{:.1}%", x.padding_fraction * 100.0)),
+            joined(&|x| format!("{:.0}", x.minor_faults)),
         ));
+        s.push_str(&row);
     }
     s.push_str(&format!(
         "\npeak resident memory (semflow): {:.0} MiB\n",
@@ -464,12 +520,12 @@ mod tests {
         };
         let setup = setup(&inference, true, true).await.unwrap();
         assert_eq!(setup.embed_dir.as_deref(), Some(embed.path()));
-        let results = run(&inference, &opts, None).await.unwrap();
+        let results = run(&inference, &opts, &mut []).await.unwrap();
         let names: Vec<&str> = results.results.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["W3 realistic docs=5", "W5 rerank 1x100"]);
         for r in &results.results {
             assert_eq!(r.semflow_rounds.len(), 2);
-            assert!(r.semflow.value > 0.0 && r.peer.is_none());
+            assert!(r.semflow.value > 0.0 && r.peers.is_empty());
         }
         assert!(results.peak_rss_bytes > 1 << 20);
         let table = render_results(&results);
@@ -477,7 +533,7 @@ mod tests {
         assert!(table.contains("peak resident memory"), "{table}");
 
         opts.workloads = vec!["w9".into()];
-        let e = run(&inference, &opts, None).await.unwrap_err();
+        let e = run(&inference, &opts, &mut []).await.unwrap_err();
         assert!(e.to_string().contains("'w9'"), "{e}");
     }
 }
