@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::inference::bench::machine::Machine;
-use crate::inference::bench::{self as models, ModelOptions, ModelResults, Setup};
+use crate::inference::bench::{self as models, ModelOptions, ModelReport};
 // The median and nearest-rank percentile the pipeline workloads report with, as the model
 // ones do.
 use crate::inference::bench::{median, percentile};
@@ -27,13 +27,9 @@ const PIPELINE_WORKLOADS: [&str; 4] = ["k1", "r1", "c1", "d1"];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    pub machine: Machine,
+    /// Machine, setup and W1, W2, W3 and W5, those asked for.
     #[serde(flatten)]
-    pub setup: Setup,
-    pub rounds: usize,
-    /// W1, W2, W3 and W5, those asked for.
-    #[serde(flatten)]
-    pub models: ModelResults,
+    pub models: ModelReport,
     /// K1 (Kafka → embed → Lance), when asked for.
     /// K1 runs: one, or without and then with maintenance (`--k1-maintenance-commits`).
     pub ingest: Vec<ingest::IngestResult>,
@@ -176,10 +172,12 @@ pub async fn run(engine: &Engine, opts: &BenchOptions) -> Result<Report> {
         None
     };
     Ok(Report {
-        machine: Machine::detect(),
-        setup,
-        rounds: opts.rounds,
-        models: model_results,
+        models: ModelReport {
+            machine: Machine::detect(),
+            setup,
+            rounds: opts.rounds,
+            models: model_results,
+        },
         ingest,
         retrieval,
         chunking,
@@ -189,8 +187,7 @@ pub async fn run(engine: &Engine, opts: &BenchOptions) -> Result<Report> {
 
 /// The report as a Markdown table (the form BENCHMARKS.md keeps).
 pub fn render(report: &Report) -> String {
-    let mut s = models::render_setup(&report.machine, &report.setup, report.rounds);
-    s.push_str(&models::render_results(&report.models));
+    let mut s = report.models.render();
     for k in &report.ingest {
         let rate = if k.rate_asked > 0.0 {
             format!("produced at {:.0} docs/s", k.rate_asked)
@@ -270,28 +267,31 @@ pub fn render(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inference::bench::{ModelResults, Setup};
 
     #[test]
     fn a_report_without_model_workloads_has_no_empty_table() {
         let report = Report {
-            machine: Machine {
-                cpu: "cpu".into(),
-                cores: 2,
-                gpu: None,
-                os: "linux".into(),
-                commit: "abc".into(),
+            models: ModelReport {
+                machine: Machine {
+                    cpu: "cpu".into(),
+                    cores: 2,
+                    gpu: None,
+                    os: "linux".into(),
+                    commit: "abc".into(),
+                },
+                setup: Setup {
+                    backend: "packed".into(),
+                    device: "cpu".into(),
+                    dtype: "f32".into(),
+                    embed_model: "tiny".into(),
+                    rerank_model: "tiny".into(),
+                    embed_dir: None,
+                    rerank_dir: None,
+                },
+                rounds: 1,
+                models: ModelResults::default(),
             },
-            setup: Setup {
-                backend: "packed".into(),
-                device: "cpu".into(),
-                dtype: "f32".into(),
-                embed_model: "tiny".into(),
-                rerank_model: "tiny".into(),
-                embed_dir: None,
-                rerank_dir: None,
-            },
-            rounds: 1,
-            models: ModelResults::default(),
             ingest: Vec::new(),
             retrieval: None,
             chunking: Some(chunking::ChunkingResult {

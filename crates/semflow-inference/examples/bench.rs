@@ -47,7 +47,8 @@ struct Args {
     /// e.g. scripts/peer_onnx.py and scripts/peer_bench.py.
     #[arg(long)]
     peer: Vec<String>,
-    /// Also write the results as JSON to this file.
+    /// Also write the report (machine, setup, results: `semflow bench --json`'s fields) as JSON
+    /// to this file.
     #[arg(long)]
     json_out: Option<std::path::PathBuf>,
 }
@@ -83,19 +84,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let results = bench::run(&inference, &opts, &mut peers).await?;
         Ok::<_, semflow_inference::Error>((setup, results))
     })??;
-    let rounds = args.rounds.max(1);
+    let report = bench::ModelReport {
+        machine: Machine::detect(),
+        setup,
+        rounds: args.rounds.max(1),
+        models: results,
+    };
     print!(
         "{}",
-        bench::render_setup(&Machine::detect(), &setup, rounds)
+        bench::render_setup(&report.machine, &report.setup, report.rounds)
     );
     if cfg!(feature = "mimalloc") {
         println!("allocator: mimalloc\n");
     } else {
         println!("allocator: system (semflow's settings unless the environment sets its own)\n");
     }
-    print!("{}", bench::render_results(&results));
+    print!("{}", bench::render_results(&report.models));
     if let Some(path) = args.json_out {
-        std::fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
+        std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
     }
     Ok(())
 }

@@ -155,6 +155,26 @@ pub struct ModelResults {
     pub peak_rss_bytes: u64,
 }
 
+/// The model workloads' report: where they ran, on what, and the results (the JSON of
+/// `semflow bench --json` opens with these fields; the `bench` example writes this alone).
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelReport {
+    pub machine: Machine,
+    #[serde(flatten)]
+    pub setup: Setup,
+    pub rounds: usize,
+    /// W1, W2, W3 and W5, those asked for.
+    #[serde(flatten)]
+    pub models: ModelResults,
+}
+
+impl ModelReport {
+    /// The report as Markdown: the setup's lines, then the table.
+    pub fn render(&self) -> String {
+        render_setup(&self.machine, &self.setup, self.rounds) + &render_results(&self.models)
+    }
+}
+
 /// The process's minor page faults so far and its peak resident memory in bytes.
 pub fn process_usage() -> (u64, u64) {
     #[cfg(unix)]
