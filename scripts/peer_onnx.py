@@ -32,7 +32,14 @@ def session(model_dir, kind_flag, threads):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"]), opset(path)
+
+
+def opset(path):
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def main():
@@ -46,15 +53,17 @@ def main():
     args = ap.parse_args()
     if args.device != "cpu":
         sys.exit(f"peer_onnx.py: CPU only (asked for {args.device})")
-    sessions = {
-        "embed": session(args.model, "--model", args.threads) if args.model else None,
-        "rerank": session(args.reranker, "--reranker", args.threads) if args.reranker else None,
-    }
+    sessions, opsets = {}, set()
+    for kind, flag, model_dir in [("embed", "--model", args.model),
+                                  ("rerank", "--reranker", args.reranker)]:
+        if model_dir:
+            sessions[kind], version = session(model_dir, flag, args.threads)
+            opsets.add(version)
 
     def run_batch(kind, ids, mask):
         sessions[kind].run(None, {"input_ids": ids, "attention_mask": mask})
 
-    about = (f"onnxruntime {ort.__version__}, fp32, CPU, "
+    about = (f"onnxruntime {ort.__version__}, fp32, opset {'/'.join(map(str, sorted(opsets)))}, CPU, "
              f"{args.threads or 'default'} intra-op threads, batches of {args.batch_size}")
     serve("onnxruntime", about, run_batch, args.batch_size)
 
