@@ -1,8 +1,8 @@
 //! Criterion micro-benchmarks of semflow's hot CPU paths: tokenization in the Qwen3 formats,
 //! the vector functions over a 10k x 1024 table, and a packed forward pass over mixed vs
-//! equal lengths (tiny random model: measures batching overhead, not model FLOPs), the F32
-//! CPU kernels of the packed forward pass at the 0.6B shape, and Kafka record decoding (JSON
-//! documents → Arrow rows).
+//! equal lengths (tiny random model: measures batching overhead, not model FLOPs), and Kafka
+//! record decoding (JSON documents → Arrow rows). The CPU kernels of the forward pass have
+//! theirs beside them: `cargo bench -p semflow-inference --bench kernels`.
 //!
 //!     cargo bench --bench hot_paths
 
@@ -183,60 +183,11 @@ fn kafka_decode(c: &mut Criterion) {
     group.finish();
 }
 
-/// The packed forward pass's CPU kernels at the Qwen3-0.6B shape (16 query heads, 8 kv
-/// heads of 128, hidden 1024) over 8 sequences of 512 tokens.
-fn cpu_kernels(c: &mut Criterion) {
-    use semflow::inference::cpu_kernels::{self as k, Heads, Rope, Rows};
-    let shape = Heads {
-        heads: 16,
-        kv_heads: 8,
-        head_dim: 128,
-    };
-    let (seqs, len, hidden) = (8usize, 512usize, 1024usize);
-    let tokens = seqs * len;
-    let noise = |n: usize, seed: usize| -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i + seed) * 7919) % 2000) as f32 / 1000.0 - 1.0)
-            .collect()
-    };
-    let qkv = noise(tokens * shape.qkv_width(), 1);
-    let packed: Vec<(usize, usize)> = (0..seqs).map(|s| (s * len, len)).collect();
-    let positions: Vec<usize> = (0..seqs).flat_map(|_| 0..len).collect();
-    let inv_freq: Vec<f32> = (0..64)
-        .map(|i| 1.0 / 1_000_000f32.powf(i as f32 / 64.0))
-        .collect();
-    let rope = Rope::new(&inv_freq, len);
-    let (w, x, delta) = (
-        noise(hidden, 2),
-        noise(tokens * hidden, 3),
-        noise(tokens * hidden, 4),
-    );
-    let mut g = c.benchmark_group("cpu_kernels_0.6b_8x512");
-    g.throughput(Throughput::Elements(tokens as u64));
-    g.sample_size(10);
-    g.bench_function("qk_norm_rope", |b| {
-        let norm = k::QkNorm {
-            q: &w[..128],
-            k: &w[..128],
-            eps: 1e-6,
-        };
-        b.iter(|| k::qk_norm_rope(&qkv, shape, &positions, norm, &rope))
-    });
-    g.bench_function("attention_all_rows", |b| {
-        b.iter(|| k::attention(&qkv, shape, &packed, Rows::All))
-    });
-    g.bench_function("add_rms_norm", |b| {
-        b.iter(|| k::add_rms_norm(&x, &delta, &w, 1e-6))
-    });
-    g.finish();
-}
-
 criterion_group!(
     benches,
     tokenization,
     vector_functions,
     batching,
-    cpu_kernels,
     kafka_decode
 );
 criterion_main!(benches);

@@ -15,6 +15,9 @@
 //!   each weight row once; gemm would first copy (pack) the whole weight, which at a few rows
 //!   costs more than the product.
 //!
+//! - [`bf16::linear`]: linear layers whose weights stay bf16 in memory, on AVX512-BF16's
+//!   `vdpbf16ps` where the CPU has it.
+//!
 //! Loops are compiled three times (AVX-512, AVX2+FMA, baseline x86-64) and the best the CPU
 //! has is chosen at run time (`by_isa!`), so one binary runs everywhere.
 
@@ -22,6 +25,8 @@ use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
+
+pub mod bf16;
 
 /// Query rows per attention task: bounds a task's score block to 64 x sequence length.
 const QUERY_BLOCK: usize = 64;
