@@ -517,8 +517,15 @@ fn dot_rows(dots: &mut [f32], x: &[f32], w: &[f32], k: usize) {
     }
 }
 
-/// [`dot_rows`] with AVX-512 FMAs: four weight rows against two rows of x at a time, eight
-/// independent accumulators to keep both FMA units busy.
+/// Rows of x and of the weight per [`dot_rows_avx512`] block: 4 x 6 = 24 accumulators. x is
+/// read again for every block of weight rows (from L2 once it outgrows L1), so more weight
+/// rows per block means less of that traffic per FMA; on the 0.6B gate/up projection at 40
+/// rows (a query) 4 x 6 ran 1.55x the first 2 x 4 blocks here (50 -> 78 G multiply-adds/s;
+/// 3 x 8 74, 5 x 5 77, 2 x 12 52: `cargo bench -p semflow-inference --bench kernels`).
+const DOT_X_ROWS: usize = 4;
+const DOT_W_ROWS: usize = 6;
+
+/// [`dot_rows`] with AVX-512 FMAs over blocks of [`DOT_X_ROWS`] x [`DOT_W_ROWS`] rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn dot_rows_avx512(dots: &mut [f32], x: &[f32], w: &[f32], k: usize) {
@@ -534,38 +541,40 @@ unsafe fn dot_rows_avx512(dots: &mut [f32], x: &[f32], w: &[f32], k: usize) {
     };
     let mut j = 0;
     while j < width {
-        let group = (width - j).min(4);
+        let group = (width - j).min(DOT_W_ROWS);
         // Rows past the group's end repeat its last row; their sums are not stored.
-        let rows: [&[f32]; 4] =
-            std::array::from_fn(|r| &w[(j + r.min(group - 1)) * k..(j + r.min(group - 1) + 1) * k]);
+        let rows: [&[f32]; DOT_W_ROWS] = std::array::from_fn(|r| {
+            let row = j + r.min(group - 1);
+            &w[row * k..(row + 1) * k]
+        });
         let mut i = 0;
         while i < m {
-            let pair = (m - i).min(2);
-            let xs: [&[f32]; 2] = std::array::from_fn(|p| {
-                &x[(i + p.min(pair - 1)) * k..(i + p.min(pair - 1) + 1) * k]
+            let some = (m - i).min(DOT_X_ROWS);
+            let xs: [&[f32]; DOT_X_ROWS] = std::array::from_fn(|p| {
+                let row = i + p.min(some - 1);
+                &x[row * k..(row + 1) * k]
             });
-            let mut acc = [[_mm512_setzero_ps(); 4]; 2];
+            let mut acc = [[_mm512_setzero_ps(); DOT_W_ROWS]; DOT_X_ROWS];
             let mut c = 0;
             while c < lanes {
                 // Safety: c + 16 <= lanes <= k, the length of every row here.
-                let xv = [
-                    _mm512_loadu_ps(xs[0].as_ptr().add(c)),
-                    _mm512_loadu_ps(xs[1].as_ptr().add(c)),
-                ];
-                for r in 0..4 {
+                let xv: [__m512; DOT_X_ROWS] =
+                    std::array::from_fn(|p| _mm512_loadu_ps(xs[p].as_ptr().add(c)));
+                for r in 0..DOT_W_ROWS {
                     let wv = _mm512_loadu_ps(rows[r].as_ptr().add(c));
-                    acc[0][r] = _mm512_fmadd_ps(xv[0], wv, acc[0][r]);
-                    acc[1][r] = _mm512_fmadd_ps(xv[1], wv, acc[1][r]);
+                    for p in 0..DOT_X_ROWS {
+                        acc[p][r] = _mm512_fmadd_ps(xv[p], wv, acc[p][r]);
+                    }
                 }
                 c += 16;
             }
-            for p in 0..pair {
+            for p in 0..some {
                 for r in 0..group {
                     dots[(i + p) * width + j + r] =
                         _mm512_reduce_add_ps(acc[p][r]) + dot_tail(xs[p], rows[r]);
                 }
             }
-            i += pair;
+            i += some;
         }
         j += group;
     }
