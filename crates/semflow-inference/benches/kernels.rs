@@ -68,7 +68,7 @@ fn linear(c: &mut Criterion) {
     };
     let w = noise(out * hidden, 5);
     let packed = bf16::PackedBf16::from_f32(&w, out, hidden);
-    for rows in [40usize, 512] {
+    for rows in [40usize, 128, 512] {
         let x = noise(rows * hidden, 6);
         let mut g = c.benchmark_group(format!("linear_0.6b_gate_up_{rows}_rows"));
         g.throughput(Throughput::Elements((rows * hidden * out) as u64));
@@ -82,7 +82,7 @@ fn linear(c: &mut Criterion) {
         g.bench_function("f32_gemm", |b| {
             b.iter(|| xt.matmul(&wt.t().expect("t")).expect("matmul"))
         });
-        if rows <= k::SKINNY_ROWS {
+        if rows <= 128 {
             g.bench_function("f32_skinny", |b| {
                 b.iter(|| k::linear_skinny(&x, rows, &w, out))
             });
