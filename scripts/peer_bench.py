@@ -10,24 +10,15 @@ Setup (not part of CI): python3 -m venv .venv && .venv/bin/pip install torch tra
 Embeddings are the last position's final hidden state, L2-normalised; rerank reads the last
 position's "yes"/"no" logits (logits_to_keep=1). fp32 on CPU, bf16 with SDPA on GPU.
 """
-import argparse
-
 import torch
 import transformers
 from transformers import AutoModel, AutoModelForCausalLM
 
-from peer_protocol import NO, YES, serve
+from peer_protocol import NO, YES, arguments, serve
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model")
-    ap.add_argument("--reranker")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="f32")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    args = ap.parse_args()
+    args = arguments("torch CPU threads (0: torch's default)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device.startswith("cuda") else "cpu")

@@ -10,14 +10,13 @@ left-padded batches): scripts/peer_protocol.py.
 Setup (not part of CI): python3 -m venv .venv && .venv/bin/pip install torch transformers onnx
 onnxscript onnxruntime (torch only for the export).
 """
-import argparse
 import os
 import subprocess
 import sys
 
 import onnxruntime as ort
 
-from peer_protocol import serve
+from peer_protocol import arguments, serve
 
 
 def session(model_dir, kind_flag, threads):
@@ -43,14 +42,7 @@ def opset(path):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model")
-    ap.add_argument("--reranker")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="f32")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: ONNX Runtime's default, one per physical core)")
-    args = ap.parse_args()
+    args = arguments("intra-op threads (0: ONNX Runtime's default, one per physical core)")
     if args.device != "cpu":
         sys.exit(f"peer_onnx.py: CPU only (asked for {args.device})")
     sessions, opsets = {}, set()

@@ -10,6 +10,7 @@ Batching is what sentence-transformers does: each request is cut into batches of
 sequences after sorting by length, left-padded with <|endoftext|> (Qwen3-Embedding's padding
 side) under an attention mask, so the last position of every row is its last token.
 """
+import argparse
 import json
 import resource
 import sys
@@ -18,6 +19,19 @@ import time
 import numpy as np
 
 PAD, YES, NO = 151643, 9693, 2152
+
+
+def arguments(threads_help):
+    """The command line semflow gives every peer (the model directories, device and dtype it
+    appends), plus the batch size and threads a peer is started with."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", help="embedding model directory")
+    ap.add_argument("--reranker", help="reranker model directory")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="f32")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=0, help=threads_help)
+    return ap.parse_args()
 
 
 def batches(seqs, size):

@@ -584,8 +584,8 @@ unsafe fn dot_rows_avx512(dots: &mut [f32], x: &[f32], w: &[f32], k: usize) {
 mod tests {
     use super::*;
 
-    /// A deterministic pseudo-random vector in [-1, 1).
-    fn noise(n: usize, seed: u64) -> Vec<f32> {
+    /// A deterministic pseudo-random vector in [-1, 1) (the bf16 kernels' tests use it too).
+    pub(super) fn noise(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..n)
             .map(|_| {

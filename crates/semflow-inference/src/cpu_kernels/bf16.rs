@@ -213,19 +213,8 @@ unsafe fn tile_avx512_bf16(tile: &mut [f32], rows: &[u32], panels: &[u32], pairs
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::noise;
     use super::*;
-
-    fn noise(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
 
     fn round(v: f32) -> f64 {
         f64::from(half::bf16::from_f32(v).to_f32())
