@@ -358,6 +358,24 @@ pub fn assignments(log: &Path) -> usize {
     log_text(log).matches("partitions assigned").count()
 }
 
+/// The partitions of `topic` in the worker's latest assignment (its last "partitions
+/// assigned" line: `parts=[("topic", 0), ("topic", 1)]`).
+pub fn assigned_partitions(log: &Path, topic: &str) -> Vec<i32> {
+    let text = log_text(log);
+    let Some(line) = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("partitions assigned"))
+    else {
+        return Vec::new();
+    };
+    let quoted = format!("\"{topic}\", ");
+    line.split(quoted.as_str())
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next()?.trim().parse().ok())
+        .collect()
+}
+
 /// Records in the batches a run committed (its last status line), from the run's first
 /// byte in `log`.
 pub fn read_by_run(log: &Path, from: usize) -> u64 {
