@@ -468,7 +468,7 @@ pub fn render_results(results: &ModelResults) -> String {
     header.push_str(" semflow seq/s |");
     header.push_str(&both("padding"));
     header.push_str(&both("page faults/round"));
-    let columns = 6 + 2 * names.len();
+    let columns = header.matches('|').count() - 1;
     s.push_str(&header);
     s.push_str(&format!("\n| --- |{}\n", " ---: |".repeat(columns - 1)));
     let fmt = |r: &WorkloadResult, x: &Side| match r.metric {

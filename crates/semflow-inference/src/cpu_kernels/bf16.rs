@@ -103,11 +103,17 @@ fn round_rows(x: &[f32], m: usize, k: usize) -> Vec<u32> {
         .zip(x.par_chunks(k))
         .for_each(|(dst, row)| {
             for (d, two) in dst.iter_mut().zip(row.chunks(2)) {
-                let bits = |v: f32| u32::from(half::bf16::from_f32(v).to_bits());
-                *d = bits(two[0]) | two.get(1).map_or(0, |&h| bits(h) << 16);
+                *d = pair(two);
             }
         });
     out
+}
+
+/// One or two f32 values rounded to bf16 and paired as the kernels read them (the first in
+/// the low half; a missing second is zero).
+fn pair(two: &[f32]) -> u32 {
+    let bits = |v: f32| u32::from(half::bf16::from_f32(v).to_bits());
+    bits(two[0]) | two.get(1).map_or(0, |&h| bits(h) << 16)
 }
 
 /// `x · wᵀ` for `x` `[m, k]` (f32) and a packed bf16 weight `[n, k]`: `[m, n]` in f32, with x
@@ -122,7 +128,6 @@ pub fn linear(x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
     let ptr = OutPtr(out.as_mut_ptr());
     let task_len = PANELS_PER_TASK * pairs * PANEL;
-    let fast = has_avx512_bf16();
     w.pairs
         .par_chunks(task_len)
         .enumerate()
@@ -135,17 +140,7 @@ pub fn linear(x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
             let mut tile = [0f32; ROWS * PANELS_PER_TASK * PANEL];
             for (block, rows) in xs.chunks_exact(ROWS * pairs).enumerate() {
                 let row0 = block * ROWS;
-                #[cfg(target_arch = "x86_64")]
-                if fast {
-                    // Safety: the CPU has AVX-512F and AVX512-BF16 (detected); the slices
-                    // hold ROWS rows and two panels of `pairs` pairs each.
-                    unsafe { tile_avx512_bf16(&mut tile, rows, panels, pairs) };
-                } else {
-                    tile_portable(&mut tile, rows, panels, pairs);
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                tile_portable(&mut tile, rows, panels, pairs);
-                let _ = fast;
+                tile_sums(&mut tile, rows, panels, pairs);
                 for r in 0..ROWS.min(m - row0) {
                     let src = &tile[r * PANELS_PER_TASK * PANEL..][..cols];
                     let at = (row0 + r) * n + col0;
@@ -156,6 +151,17 @@ pub fn linear(x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
             }
         });
     out
+}
+
+/// One tile, `[ROWS, 2 * PANEL]` sums, on `vdpbf16ps` where the CPU has it.
+fn tile_sums(tile: &mut [f32], rows: &[u32], panels: &[u32], pairs: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512_bf16() {
+        // Safety: the CPU has AVX-512F and AVX512-BF16 (detected); the slices hold ROWS rows
+        // and two panels of `pairs` pairs each.
+        return unsafe { tile_avx512_bf16(tile, rows, panels, pairs) };
+    }
+    tile_portable(tile, rows, panels, pairs)
 }
 
 /// The two bf16 values of a pair as f32 (exact: bf16 is f32's upper half).
@@ -271,14 +277,7 @@ mod tests {
             return; // nothing to compare against on this CPU; the definition test covers it
         }
         let (pairs, rows, panels) = (50, noise(ROWS * 100, 41), noise(2 * 16 * 100, 42));
-        let pack = |v: &[f32]| -> Vec<u32> {
-            v.chunks(2)
-                .map(|t| {
-                    let b = |f: f32| u32::from(half::bf16::from_f32(f).to_bits());
-                    b(t[0]) | (b(t[1]) << 16)
-                })
-                .collect()
-        };
+        let pack = |v: &[f32]| -> Vec<u32> { v.chunks(2).map(pair).collect() };
         let (rows, panels) = (pack(&rows), pack(&panels));
         let (mut fast, mut portable) = ([0f32; ROWS * 32], [0f32; ROWS * 32]);
         // Safety: the CPU has AVX512-BF16 (checked above); sizes as the kernel requires.
