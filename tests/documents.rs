@@ -149,6 +149,16 @@ const README_BLOCKS: &[(&str, Block)] = &[
         },
     ),
     (
+        "SELECT measure, avg(value) FROM ir_measures(",
+        Block::Run {
+            prelude: "CREATE TABLE run (query_id TEXT, doc_id TEXT, score DOUBLE) AS
+                        VALUES ('q1', 'a', 0.9), ('q1', 'b', 0.5), ('q2', 'c', 0.7);
+                      CREATE TABLE qrels (query_id TEXT, doc_id TEXT, relevance INT) AS
+                        VALUES ('q1', 'b', 1), ('q2', 'c', 2);",
+            after_previous: false,
+        },
+    ),
+    (
         "CREATE EXTERNAL TABLE docs (id TEXT NOT NULL, title TEXT, body TEXT) STORED AS KAFKA",
         Block::Skip(
             "a Kafka pipeline: tests/pipeline_files.rs runs pipelines/index.sql, which it abridges",

@@ -20,6 +20,7 @@ mod fuzz_http;
 mod fuzz_inputs;
 mod hub;
 mod index;
+mod ir_measures;
 mod maintenance;
 mod models;
 mod parity;

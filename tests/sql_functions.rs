@@ -46,6 +46,11 @@ const TABLES: &[(&str, &[&str], usize)] = &[
         &["'kb'", "'body'", "'graphene'", "5"],
         5,
     ),
+    (
+        "ir_measures",
+        &["'run'", "'qrels'", "'ndcg@10 recall@5'", "'judged_only'"],
+        5,
+    ),
 ];
 
 fn is_text(v: &str) -> bool {
@@ -100,6 +105,10 @@ async fn every_function_answers_bad_arguments_with_a_clear_error() {
                STORED AS LANCE LOCATION '{}';
              INSERT INTO kb VALUES ('a', 'graphene lattice'), ('b', 'copper wire');
              CREATE INDEX ON kb USING inverted (body);
+             CREATE TABLE run (query_id TEXT, doc_id TEXT, score DOUBLE);
+             INSERT INTO run VALUES ('q1', 'a', 0.5), ('q1', 'b', 0.5), ('q2', 'a', 1);
+             CREATE TABLE qrels (query_id TEXT, doc_id TEXT, relevance INT);
+             INSERT INTO qrels VALUES ('q1', 'a', 2), ('q2', 'b', 0);
              SET semflow.generator_url = 'http://127.0.0.1:1/v1'",
             dir.path().join("kb").display()
         ))

@@ -1,11 +1,12 @@
 //! SQL functions: `embed`, `rerank`, `embed_model` (inference), `chunk` (token-sized
-//! splitting), `generate_query` (synthesis)
-//! and the vector functions.
+//! splitting), `generate_query` (synthesis), the vector functions and `ir_measures`
+//! (retrieval evaluation).
 
 pub(crate) mod args;
 pub mod chunk;
 pub mod embed;
 pub mod generate;
+pub mod ir;
 pub mod model;
 pub mod options;
 pub mod rerank;
@@ -37,6 +38,7 @@ pub fn register_all(ctx: &SessionContext, models: &Arc<Models>) {
         "semflow_stats",
         Arc::new(stats::StatsFunction::new(inference.clone())),
     );
+    ctx.register_udtf("ir_measures", Arc::new(ir::IrMeasuresFunction));
     ctx.register_udtf(
         "embed_prompts",
         Arc::new(stats::PromptsFunction::new(inference.clone())),
