@@ -32,7 +32,7 @@
 //! | jobs and front ends | [`synth`], [`pipeline`], [`reindex`], [`serve`], [`output`] | `semflow synth` (queries, cosine filter, hard negatives, resumable rows); `semflow run` (continuous INSERT loop, dead letters); `semflow reindex` (re-embedding an index with a new model, resumable, alias swap); `semflow serve` (HTTP, Postgres wire, Arrow Flight SQL); result formats and the statement spinner |
 //! | SQL engine | [`engine`] | the DataFusion session with every function and table factory registered |
 //! | data sources | [`kafka`], [`index`] | topics as tables (JSON, raw, registry-framed Avro/Protobuf, Debezium envelopes) and the pipeline consumer; Lance datasets as tables with rows and Kafka offsets in one commit, aliases |
-//! | SQL functions | [`udf`] | `embed`, `rerank`, `chunk`, `generate_query`, vector functions, `ir_measures` (retrieval evaluation), `semflow.*` settings |
+//! | SQL functions | [`udf`] | `embed`, `rerank`, `chunk`, `generate_query`, vector functions, `ir_measures`, `beir`, `holdout` (retrieval evaluation), `semflow.*` settings |
 //! | services | [`generation`], [`config`], [`telemetry`] | the LLM client and recipe behind query generation; engine settings from flags, env and TOML; Prometheus metrics |
 //! | inference (crate `semflow-inference`) | [`inference`] | the core every caller uses (`service`: dedupe → cache → Qwen3 formats → tokenize once → limits) over backends behind two traits (`backend`): `packed` (candle, with `cpu_kernels` on CPU), `local` (mistral.rs), `remote` (endpoint pools) |
 //! | models (crate `semflow-inference`) | [`model`] | model directories: configs, presets, random weights, the Hugging Face hub, fingerprints, merging |

@@ -159,6 +159,16 @@ const README_BLOCKS: &[(&str, Block)] = &[
         },
     ),
     (
+        "CREATE EXTERNAL TABLE pairs STORED AS PARQUET LOCATION 'pairs.parquet';",
+        Block::Run {
+            // Rows in synth's output columns (those the block reads).
+            prelude: "COPY (SELECT 'p' || CAST(v AS TEXT) AS pair_id, 'd' || CAST(v AS TEXT) AS doc_id,
+                              'query ' || CAST(v AS TEXT) AS anchor
+                       FROM (SELECT unnest(range(50)) AS v)) TO 'pairs.parquet';",
+            after_previous: false,
+        },
+    ),
+    (
         "CREATE EXTERNAL TABLE docs (id TEXT NOT NULL, title TEXT, body TEXT) STORED AS KAFKA",
         Block::Skip(
             "a Kafka pipeline: tests/pipeline_files.rs runs pipelines/index.sql, which it abridges",

@@ -37,6 +37,7 @@ const SCALARS: &[(&str, &[&str], usize)] = &[
     ("l2_distance", &["[1.0, 2.0]", "[3.0, 4.0]"], 3),
     // Valid text would call an LLM: NULL text keeps every generated call local.
     ("generate_query", &["NULL", "'{}'"], 3),
+    ("holdout", &["'doc-1'", "0.1", "7"], 4),
 ];
 const TABLES: &[(&str, &[&str], usize)] = &[
     ("semflow_stats", &[], 1),
@@ -51,6 +52,7 @@ const TABLES: &[(&str, &[&str], usize)] = &[
         &["'run'", "'qrels'", "'ndcg@10 recall@5'", "'judged_only'"],
         5,
     ),
+    ("beir", &["'tests/fixtures/beir-mini'", "'qrels'"], 3),
 ];
 
 fn is_text(v: &str) -> bool {

@@ -38,7 +38,9 @@ pub fn register_all(ctx: &SessionContext, models: &Arc<Models>) {
         "semflow_stats",
         Arc::new(stats::StatsFunction::new(inference.clone())),
     );
+    ctx.register_udf(ScalarUDF::from(ir::holdout::HoldoutUdf::default()));
     ctx.register_udtf("ir_measures", Arc::new(ir::IrMeasuresFunction));
+    ctx.register_udtf("beir", Arc::new(ir::beir::BeirFunction));
     ctx.register_udtf(
         "embed_prompts",
         Arc::new(stats::PromptsFunction::new(inference.clone())),

@@ -1,4 +1,6 @@
-//! `ir_measures(run, qrels, measures [, options])`: retrieval evaluation in SQL.
+//! Retrieval evaluation in SQL: `ir_measures(run, qrels, measures [, options])` (here),
+//! evaluation sets read in place ([`beir`]) and deterministic evaluation/training splits
+//! ([`holdout`]).
 //!
 //! `run` and `qrels` are each a table name or a query (anything with a space in it is taken as
 //! a query). The run has columns `query_id`, `doc_id`, `score`; the qrels `query_id`, `doc_id`,
@@ -11,6 +13,8 @@
 //!
 //! The measures themselves, and the conventions they follow, are in [`measures`].
 
+pub mod beir;
+pub mod holdout;
 pub mod measures;
 
 use std::sync::Arc;
@@ -44,15 +48,15 @@ impl TableFunctionImpl for IrMeasuresFunction {
                 exprs.len()
             );
         }
-        let run = string_arg(exprs, 0, "run")?;
-        let qrels = string_arg(exprs, 1, "qrels")?;
-        let measures = parse_measures(&string_arg(exprs, 2, "measures")?)
+        let run = string_arg(NAME, exprs, 0, "run")?;
+        let qrels = string_arg(NAME, exprs, 1, "qrels")?;
+        let measures = parse_measures(&string_arg(NAME, exprs, 2, "measures")?)
             .map_err(|e| Error::sql_argument(format!("{NAME}(): {e}")))?;
         if measures.is_empty() {
             return arg_err!("{NAME}(): argument 3 (measures) names no measure");
         }
         let options = match exprs.get(3) {
-            Some(_) => parse_options(&string_arg(exprs, 3, "options")?)?,
+            Some(_) => parse_options(&string_arg(NAME, exprs, 3, "options")?)?,
             None => Options::default(),
         };
         Ok(Arc::new(IrMeasures {
@@ -69,7 +73,8 @@ impl TableFunctionImpl for IrMeasuresFunction {
     }
 }
 
-fn string_arg(exprs: &[Expr], i: usize, name: &str) -> Result<String> {
+/// Argument `i` of table function `function`, a string constant.
+pub(super) fn string_arg(function: &str, exprs: &[Expr], i: usize, name: &str) -> Result<String> {
     match &exprs[i] {
         Expr::Literal(
             ScalarValue::Utf8(Some(s))
@@ -78,7 +83,7 @@ fn string_arg(exprs: &[Expr], i: usize, name: &str) -> Result<String> {
             _,
         ) => Ok(s.clone()),
         other => arg_err!(
-            "{NAME}(): argument {} ({name}) must be a string constant, got {other}",
+            "{function}(): argument {} ({name}) must be a string constant, got {other}",
             i + 1
         ),
     }
