@@ -29,7 +29,7 @@
 //! | layer | modules | what they do |
 //! | --- | --- | --- |
 //! | commands | [`cli`] (and `main`), [`shell`], [`bench`] | the `semflow` command line, the interactive shell, `semflow bench` |
-//! | jobs and front ends | [`synth`], [`pipeline`], [`reindex`], [`serve`], [`output`] | `semflow synth` (queries, cosine filter, hard negatives, resumable rows); `semflow run` (continuous INSERT loop, dead letters); `semflow reindex` (re-embedding an index with a new model, resumable, alias swap); `semflow serve` (HTTP, Postgres wire, Arrow Flight SQL); result formats and the statement spinner |
+//! | jobs and front ends | [`synth`], [`pipeline`], [`reindex`], [`eval`], [`serve`], [`output`] | `semflow eval` (retrieval measured per model and dimension on a BEIR set); `semflow synth` (queries, cosine filter, hard negatives, resumable rows); `semflow run` (continuous INSERT loop, dead letters); `semflow reindex` (re-embedding an index with a new model, resumable, alias swap); `semflow serve` (HTTP, Postgres wire, Arrow Flight SQL); result formats and the statement spinner |
 //! | SQL engine | [`engine`] | the DataFusion session with every function and table factory registered |
 //! | data sources | [`kafka`], [`index`] | topics as tables (JSON, raw, registry-framed Avro/Protobuf, Debezium envelopes) and the pipeline consumer; Lance datasets as tables with rows and Kafka offsets in one commit, aliases |
 //! | SQL functions | [`udf`] | `embed`, `rerank`, `chunk`, `generate_query`, vector functions, `ir_measures`, `beir`, `holdout` (retrieval evaluation), `semflow.*` settings |
@@ -43,6 +43,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod generation;
 pub mod index;
 pub mod kafka;

@@ -14,6 +14,7 @@ mod checkpoints;
 mod cli;
 mod docker;
 mod documents;
+mod eval;
 mod flight;
 mod fuzz_decode;
 mod fuzz_http;

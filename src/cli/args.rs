@@ -45,6 +45,10 @@ pub enum Command {
     Synth(SynthArgs),
     /// Merge safetensors checkpoints by spherical linear interpolation (slerp).
     Merge(MergeArgs),
+    /// Measure retrieval on a BEIR evaluation set for every model (--embed-model and each
+    /// --model) and Matryoshka dimension: nDCG, recall, MRR…, bytes per vector, index size,
+    /// query latency and embedding throughput, side by side.
+    Eval(EvalArgs),
     /// Compact a Lance index, bring its vector and full-text indexes up to date and carry
     /// its stream positions forward; optionally remove old versions.
     Optimize(OptimizeArgs),
@@ -156,6 +160,42 @@ pub struct SynthArgs {
     /// Also write the final report as JSON to this file.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A BEIR / MTEB directory: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.
+    #[arg(long)]
+    pub set: PathBuf,
+    /// The qrels split whose queries are evaluated.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Matryoshka dimensions to evaluate per model, e.g. 1024,256 (default: the full one).
+    #[arg(long, value_delimiter = ',')]
+    pub dims: Vec<usize>,
+    /// Documents retrieved per query.
+    #[arg(long, default_value_t = 100)]
+    pub k: usize,
+    /// Measures, comma-separated (ndcg@k, map@k, mrr@k, recall@k, precision@k).
+    #[arg(long, default_value = "ndcg@10,recall@100,mrr@10")]
+    pub measures: String,
+    /// The query side's instruction, or a prompt name of the model.
+    #[arg(long, default_value = "query")]
+    pub instruction: String,
+    /// Also search through an IVF_PQ index (at least 256 documents).
+    #[arg(long)]
+    pub ann: bool,
+    /// Also rerank the best N of the exact search with the reranker (--rerank-model).
+    #[arg(long)]
+    pub rerank_top: Option<usize>,
+    /// Where the evaluation's Lance tables are written (removed afterwards).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
 }

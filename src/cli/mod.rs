@@ -30,6 +30,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Synth(args) => run_synth(args).await,
         Command::Optimize(args) => run_optimize(args).await,
         Command::Reindex(args) => run_reindex(args).await,
+        Command::Eval(args) => run_eval(args).await,
         Command::Alias(args) => run_alias(args),
         Command::Merge(args) => {
             let weights = crate::model::merge::weights(args.models.len(), args.t, args.weights)?;
@@ -66,6 +67,61 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn run_eval(args: EvalArgs) -> Result<()> {
+    let engine = args.engine.engine()?;
+    let measures = crate::udf::ir::measures::parse_measures(&args.measures)
+        .map_err(|e| Error::InvalidArgument(format!("--measures: {e}")))?;
+    let options = crate::eval::EvalOptions {
+        set: args.set,
+        split: args.split,
+        dims: args.dims,
+        k: args.k,
+        measures,
+        instruction: args.instruction,
+        ann: args.ann,
+        rerank_top: args.rerank_top,
+        work_dir: args.work_dir.unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("semflow-eval-{}", std::process::id()))
+        }),
+    };
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {percent}%  ETA {eta}  {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let last_stage = std::sync::Mutex::new(String::new());
+    let progress = |p: crate::eval::Progress<'_>| {
+        if let Some(bar) = &bar {
+            bar.set_length(p.total as u64);
+            bar.set_position(p.done as u64);
+            bar.set_message(p.stage.to_string());
+            return;
+        }
+        // Without a terminal: each stage once in the log.
+        if let Ok(mut last) = last_stage.lock() {
+            if *last != p.stage {
+                tracing::info!("eval: {} ({}/{})", p.stage, p.done, p.total);
+                *last = p.stage.to_string();
+            }
+        }
+    };
+    let report = crate::eval::run(&engine, &options, progress).await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let report = report?;
+    print!("{}", report.render());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::InvalidArgument(format!("report: {e}")))?;
+        std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
 }
 
 async fn run_reindex(args: ReindexArgs) -> Result<()> {

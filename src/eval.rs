@@ -1,0 +1,611 @@
+//! `semflow eval`: how well each of the engine's embedding models retrieves on an evaluation
+//! set, and at what cost, side by side.
+//!
+//! The set is a BEIR / MTEB directory (read with [`crate::udf::ir::beir`]); its queries are
+//! those its qrels split judges. For every model the engine has (the default, then each
+//! `--model NAME=SPEC`) and every Matryoshka dimension asked for, one configuration:
+//! 1. the corpus (`title` and `text` joined by a space) is embedded into a Lance table —
+//!    throughput in documents per second, with the content cache off so every configuration
+//!    pays its own embedding;
+//! 2. each query runs as a user's search would: `ORDER BY cosine_similarity(embedding,
+//!    embed(query, instruction, dims, model)) DESC LIMIT k`, served by Lance's exact (flat)
+//!    search — latency per query, end to end (query embedding included);
+//! 3. optionally the top `rerank_top` of that search are re-scored with `rerank()` (the
+//!    default reranker) and the run is that reranked list;
+//! 4. optionally an IVF_PQ index is built and the searches run again through it (`ivf_pq`
+//!    rows: index size and latency of approximate search).
+//!
+//! Each run is measured with [`crate::udf::ir::measures`] (trec_eval's conventions), averaged
+//! over the evaluated queries.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Float64Type};
+use serde::Serialize;
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::text::sql_string;
+use crate::udf::ir::measures::{evaluate, Measure, Options, Qrels, Run};
+
+/// What to evaluate.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// A BEIR directory: `corpus.jsonl`, `queries.jsonl`, `qrels/<split>.tsv`.
+    pub set: PathBuf,
+    pub split: String,
+    /// Matryoshka dimensions to try per model; empty: the model's full dimension only.
+    pub dims: Vec<usize>,
+    /// Documents retrieved per query.
+    pub k: usize,
+    pub measures: Vec<Measure>,
+    /// The query side's instruction or prompt name.
+    pub instruction: String,
+    /// Also search through an IVF_PQ index.
+    pub ann: bool,
+    /// Rerank this many of the exact search's best documents.
+    pub rerank_top: Option<usize>,
+    /// Where the Lance tables go (emptied first, removed after).
+    pub work_dir: PathBuf,
+}
+
+/// One configuration's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct Configuration {
+    /// `default` or the `--model` name.
+    pub model: String,
+    /// `embed_model()`: the model id and weights digest.
+    pub fingerprint: String,
+    pub dims: usize,
+    /// How the vectors are stored.
+    pub form: String,
+    /// `exact` (flat search) or `ivf_pq`.
+    pub search: String,
+    pub rerank_top: Option<usize>,
+    /// Each measure's mean over the evaluated queries.
+    pub measures: BTreeMap<String, f64>,
+    pub bytes_per_vector: usize,
+    /// The vector index's bytes on disk (`ivf_pq` rows).
+    pub index_bytes: Option<u64>,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p99: f64,
+    /// Corpus embedding throughput.
+    pub embed_docs_per_s: f64,
+}
+
+/// The whole evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub set: String,
+    pub split: String,
+    pub documents: usize,
+    pub queries: usize,
+    pub k: usize,
+    pub instruction: String,
+    /// The measures, in the order asked for.
+    pub measures: Vec<String>,
+    pub configurations: Vec<Configuration>,
+}
+
+/// Progress: units done of all units (documents embedded plus queries run), and what runs.
+pub struct Progress<'a> {
+    pub done: usize,
+    pub total: usize,
+    pub stage: &'a str,
+}
+
+/// One query of the set.
+struct Query {
+    id: String,
+    text: String,
+}
+
+/// The fewest rows IVF_PQ trains on.
+const ANN_MIN_DOCS: usize = 256;
+
+/// Runs the evaluation on `engine`'s models.
+pub async fn run(
+    engine: &Engine,
+    options: &EvalOptions,
+    progress: impl Fn(Progress<'_>),
+) -> Result<EvalReport> {
+    if options.k == 0 {
+        return Err(Error::InvalidArgument(
+            "eval: --k must be at least 1".into(),
+        ));
+    }
+    if options.measures.is_empty() {
+        return Err(Error::InvalidArgument(
+            "eval: --measures names no measure".into(),
+        ));
+    }
+    let set = sql_string(&options.set.to_string_lossy());
+    let qrels_part = sql_string(&format!("qrels/{}", options.split));
+    // Every configuration embeds for itself: cache hits would flatter the later ones.
+    engine.run_sql("SET semflow.cache = false").await?;
+    engine
+        .run_sql(&format!(
+            "CREATE OR REPLACE VIEW semflow_eval_corpus AS
+               SELECT doc_id, trim(concat_ws(' ', title, text)) AS body FROM beir({set}, 'corpus');
+             CREATE OR REPLACE VIEW semflow_eval_qrels AS SELECT * FROM beir({set}, {qrels_part})"
+        ))
+        .await?;
+    let qrels = read_qrels(engine).await?;
+    let queries = read_queries(engine, &set).await?;
+    let documents = count(engine, "SELECT count(*) FROM semflow_eval_corpus").await?;
+    if queries.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "eval: no query of {} is judged in qrels/{}.tsv",
+            options.set.display(),
+            options.split
+        )));
+    }
+    if options.ann && documents < ANN_MIN_DOCS {
+        return Err(Error::InvalidArgument(format!(
+            "eval: --ann builds an IVF_PQ index, which needs at least {ANN_MIN_DOCS} documents; the corpus has {documents}"
+        )));
+    }
+
+    let mut models: Vec<Option<String>> = vec![None];
+    models.extend(engine.models().names().map(|n| Some(n.to_string())));
+    let dims: Vec<Option<usize>> = if options.dims.is_empty() {
+        vec![None]
+    } else {
+        options.dims.iter().copied().map(Some).collect()
+    };
+    let passes = 1 + usize::from(options.rerank_top.is_some()) + usize::from(options.ann);
+    let total = models.len() * dims.len() * (documents + passes * queries.len());
+    let mut done = 0;
+    let mut configurations = Vec::new();
+    std::fs::create_dir_all(&options.work_dir).map_err(|e| Error::io(&options.work_dir, e))?;
+    for model in &models {
+        for d in &dims {
+            let table = Table::create(engine, options, configurations.len(), model, *d).await?;
+            let name = format!("{} dims {}", table.model_name(), table.dims);
+            progress(Progress {
+                done,
+                total,
+                stage: &format!("{name}: embedding {documents} documents"),
+            });
+            let embed_docs_per_s = table.fill(engine, documents).await?;
+            done += documents;
+            let base = Configuration {
+                model: table.model_name(),
+                fingerprint: table.fingerprint.clone(),
+                dims: table.dims,
+                form: "float32".into(),
+                search: "exact".into(),
+                rerank_top: None,
+                measures: BTreeMap::new(),
+                bytes_per_vector: table.dims * std::mem::size_of::<f32>(),
+                index_bytes: None,
+                latency_ms_p50: 0.0,
+                latency_ms_p99: 0.0,
+                embed_docs_per_s,
+            };
+            let pass = |search: &str, rerank: Option<usize>, index_bytes: Option<u64>| {
+                let mut c = base.clone();
+                c.search = search.into();
+                c.rerank_top = rerank;
+                c.index_bytes = index_bytes;
+                c
+            };
+            let mut configs = vec![pass("exact", None, None)];
+            if let Some(n) = options.rerank_top {
+                configs.push(pass("exact", Some(n), None));
+            }
+            for c in configs.iter_mut() {
+                let stage = format!("{name}: {} search{}", c.search, rerank_label(c.rerank_top));
+                let timed = table
+                    .search_all(engine, options, &queries, c.rerank_top, |i| {
+                        progress(Progress {
+                            done: done + i,
+                            total,
+                            stage: &stage,
+                        })
+                    })
+                    .await?;
+                done += queries.len();
+                timed.into_configuration(c, &qrels, options);
+            }
+            if options.ann {
+                let index_bytes = table.build_index(engine).await?;
+                let mut c = pass("ivf_pq", None, Some(index_bytes));
+                let stage = format!("{name}: ivf_pq search");
+                let timed = table
+                    .search_all(engine, options, &queries, None, |i| {
+                        progress(Progress {
+                            done: done + i,
+                            total,
+                            stage: &stage,
+                        })
+                    })
+                    .await?;
+                done += queries.len();
+                timed.into_configuration(&mut c, &qrels, options);
+                configs.push(c);
+            }
+            configurations.extend(configs);
+            table.drop(engine).await?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&options.work_dir);
+    Ok(EvalReport {
+        set: options.set.display().to_string(),
+        split: options.split.clone(),
+        documents,
+        queries: queries.len(),
+        k: options.k,
+        instruction: options.instruction.clone(),
+        measures: options.measures.iter().map(ToString::to_string).collect(),
+        configurations,
+    })
+}
+
+fn rerank_label(rerank: Option<usize>) -> String {
+    rerank.map_or_else(String::new, |n| format!(" + rerank top {n}"))
+}
+
+async fn count(engine: &Engine, sql: &str) -> Result<usize> {
+    let results = engine.run_sql(sql).await?;
+    let value = results
+        .first()
+        .and_then(|r| r.batches.first())
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| {
+            b.column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0)
+        });
+    Ok(value.unwrap_or(0).max(0) as usize)
+}
+
+/// Text columns of `sql`'s rows.
+async fn text_rows(engine: &Engine, sql: &str, columns: usize) -> Result<Vec<Vec<String>>> {
+    let mut rows = Vec::new();
+    for result in engine.run_sql(sql).await? {
+        for batch in &result.batches {
+            let texts: Vec<_> = (0..columns)
+                .map(|c| arrow::compute::cast(batch.column(c), &DataType::Utf8))
+                .collect::<std::result::Result<_, _>>()?;
+            for i in 0..batch.num_rows() {
+                rows.push(
+                    texts
+                        .iter()
+                        .map(|a| a.as_string::<i32>().value(i).to_string())
+                        .collect(),
+                );
+            }
+        }
+    }
+    Ok(rows)
+}
+
+async fn read_qrels(engine: &Engine) -> Result<Qrels> {
+    let mut qrels = Qrels::default();
+    let rows = text_rows(
+        engine,
+        "SELECT query_id, doc_id, relevance FROM semflow_eval_qrels
+         WHERE query_id IS NOT NULL AND doc_id IS NOT NULL AND relevance IS NOT NULL",
+        3,
+    )
+    .await?;
+    for row in rows {
+        let grade = row[2].parse().map_err(|_| {
+            Error::InvalidArgument(format!("eval: qrels grade {:?} is not an integer", row[2]))
+        })?;
+        qrels
+            .insert(&row[0], &row[1], grade)
+            .map_err(|e| Error::InvalidArgument(format!("eval: {e}")))?;
+    }
+    Ok(qrels)
+}
+
+/// The queries the split judges, by id.
+async fn read_queries(engine: &Engine, set: &str) -> Result<Vec<Query>> {
+    let rows = text_rows(
+        engine,
+        &format!(
+            "SELECT q.query_id, q.text FROM beir({set}, 'queries') q
+             WHERE q.text IS NOT NULL
+               AND q.query_id IN (SELECT query_id FROM semflow_eval_qrels)
+             ORDER BY q.query_id"
+        ),
+        2,
+    )
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|mut r| Query {
+            text: r.pop().unwrap_or_default(),
+            id: r.pop().unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// One configuration's Lance table.
+struct Table {
+    name: String,
+    location: PathBuf,
+    model: Option<String>,
+    fingerprint: String,
+    dims: usize,
+}
+
+impl Table {
+    async fn create(
+        engine: &Engine,
+        options: &EvalOptions,
+        i: usize,
+        model: &Option<String>,
+        dims: Option<usize>,
+    ) -> Result<Self> {
+        let name = format!("semflow_eval_{i}");
+        let location = options.work_dir.join(format!("{name}.lance"));
+        if location.exists() {
+            std::fs::remove_dir_all(&location).map_err(|e| Error::io(&location, e))?;
+        }
+        let model_arg = model.as_deref().map_or("NULL".into(), sql_string);
+        let dims_arg = dims.map_or("NULL".into(), |d| d.to_string());
+        let probe = engine
+            .run_sql(&format!(
+                "SELECT embed('probe', NULL, {dims_arg}, {model_arg}), embed_model({model_arg})"
+            ))
+            .await?;
+        let batch = probe
+            .first()
+            .and_then(|r| r.batches.first())
+            .ok_or_else(|| {
+                Error::InvalidArgument("eval: the model probe returned nothing".into())
+            })?;
+        let dims = match batch.column(0).data_type() {
+            DataType::FixedSizeList(_, n) => *n as usize,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "eval: embed() returned {other}, not a vector"
+                )))
+            }
+        };
+        let fingerprint = batch.column(1).as_string::<i32>().value(0).to_string();
+        engine
+            .run_sql(&format!(
+                "CREATE EXTERNAL TABLE {name} (doc_id TEXT NOT NULL, body TEXT, embedding FLOAT[],
+                   PRIMARY KEY (doc_id)) STORED AS LANCE LOCATION {}",
+                sql_string(&location.to_string_lossy())
+            ))
+            .await?;
+        Ok(Table {
+            name,
+            location,
+            model: model.clone(),
+            fingerprint,
+            dims,
+        })
+    }
+
+    fn model_name(&self) -> String {
+        self.model.clone().unwrap_or_else(|| "default".into())
+    }
+
+    fn model_arg(&self) -> String {
+        self.model.as_deref().map_or("NULL".into(), sql_string)
+    }
+
+    /// Embeds the corpus into the table; documents per second.
+    async fn fill(&self, engine: &Engine, documents: usize) -> Result<f64> {
+        let started = Instant::now();
+        engine
+            .run_sql(&format!(
+                "INSERT INTO {} SELECT doc_id, body, embed(body, NULL, {}, {}) FROM semflow_eval_corpus
+                 WHERE doc_id IS NOT NULL AND body IS NOT NULL",
+                self.name,
+                self.dims,
+                self.model_arg()
+            ))
+            .await?;
+        Ok(documents as f64 / started.elapsed().as_secs_f64().max(1e-9))
+    }
+
+    /// Builds the IVF_PQ index; its size on disk.
+    async fn build_index(&self, engine: &Engine) -> Result<u64> {
+        engine
+            .run_sql(&format!(
+                "CREATE INDEX {0}_idx ON {0} USING ivf_pq (embedding)",
+                self.name
+            ))
+            .await?;
+        Ok(directory_bytes(&self.location.join("_indices")))
+    }
+
+    /// The search SQL for one query: the user's form of top-k, reranked when asked.
+    fn search_sql(&self, options: &EvalOptions, query: &str, rerank: Option<usize>) -> String {
+        let q = sql_string(query);
+        let search = |limit: usize| {
+            format!(
+                "SELECT doc_id, body, cosine_similarity(embedding, embed({q}, {}, {}, {})) AS score
+                 FROM {} ORDER BY score DESC LIMIT {limit}",
+                sql_string(&options.instruction),
+                self.dims,
+                self.model_arg(),
+                self.name
+            )
+        };
+        match rerank {
+            None => search(options.k),
+            Some(n) => format!(
+                "WITH hits AS ({}) SELECT doc_id, CAST(rerank({q}, body) AS DOUBLE) AS score FROM hits",
+                search(n)
+            ),
+        }
+    }
+
+    /// Runs every query, timing each; the run and the latencies.
+    async fn search_all(
+        &self,
+        engine: &Engine,
+        options: &EvalOptions,
+        queries: &[Query],
+        rerank: Option<usize>,
+        progress: impl Fn(usize),
+    ) -> Result<Timed> {
+        let mut run = Run::default();
+        let mut latencies = Vec::with_capacity(queries.len());
+        for (i, query) in queries.iter().enumerate() {
+            progress(i);
+            let sql = self.search_sql(options, &query.text, rerank);
+            let started = Instant::now();
+            let results = engine.run_sql(&sql).await?;
+            latencies.push(started.elapsed());
+            for result in &results {
+                for batch in &result.batches {
+                    let docs = batch.column(0).as_string::<i32>();
+                    let score_column = batch.num_columns() - 1;
+                    let scores =
+                        arrow::compute::cast(batch.column(score_column), &DataType::Float64)?;
+                    let scores = scores.as_primitive::<Float64Type>();
+                    for r in 0..batch.num_rows() {
+                        if docs.is_null(r) || scores.is_null(r) {
+                            continue;
+                        }
+                        run.insert(&query.id, docs.value(r), scores.value(r))
+                            .map_err(|e| Error::InvalidArgument(format!("eval: {e}")))?;
+                    }
+                }
+            }
+        }
+        Ok(Timed { run, latencies })
+    }
+
+    async fn drop(&self, engine: &Engine) -> Result<()> {
+        engine
+            .run_sql(&format!("DROP TABLE IF EXISTS {}", self.name))
+            .await?;
+        Ok(())
+    }
+}
+
+/// A pass's run and per-query latencies.
+struct Timed {
+    run: Run,
+    latencies: Vec<Duration>,
+}
+
+impl Timed {
+    fn into_configuration(mut self, c: &mut Configuration, qrels: &Qrels, options: &EvalOptions) {
+        let scores = evaluate(&self.run, qrels, &options.measures, Options::default());
+        for (m, measure) in options.measures.iter().enumerate() {
+            let sum: f64 = scores.values().map(|v| v[m]).sum();
+            let mean = if scores.is_empty() {
+                0.0
+            } else {
+                sum / scores.len() as f64
+            };
+            c.measures.insert(measure.to_string(), mean);
+        }
+        self.latencies.sort();
+        c.latency_ms_p50 = percentile_ms(&self.latencies, 0.50);
+        c.latency_ms_p99 = percentile_ms(&self.latencies, 0.99);
+    }
+}
+
+/// Nearest-rank percentile of sorted durations, in milliseconds.
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1].as_secs_f64() * 1e3
+}
+
+/// Bytes of every file under `dir` (0 when it does not exist).
+fn directory_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => directory_bytes(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+impl EvalReport {
+    /// The configurations side by side, one row each.
+    pub fn render(&self) -> String {
+        let measures = &self.measures;
+        let mut header = vec![
+            "model".to_string(),
+            "dims".into(),
+            "form".into(),
+            "search".into(),
+        ];
+        header.extend(measures.iter().cloned());
+        header.extend([
+            "bytes/vector".into(),
+            "index bytes".into(),
+            "p50 ms".into(),
+            "p99 ms".into(),
+            "embed docs/s".into(),
+        ]);
+        let mut rows = vec![header];
+        for c in &self.configurations {
+            let mut row = vec![
+                c.model.clone(),
+                c.dims.to_string(),
+                c.form.clone(),
+                format!(
+                    "{}{}",
+                    c.search,
+                    c.rerank_top
+                        .map_or(String::new(), |n| format!("+rerank@{n}"))
+                ),
+            ];
+            row.extend(measures.iter().map(|m| format!("{:.4}", c.measures[m])));
+            row.extend([
+                c.bytes_per_vector.to_string(),
+                c.index_bytes.map_or("-".into(), |b| b.to_string()),
+                format!("{:.2}", c.latency_ms_p50),
+                format!("{:.2}", c.latency_ms_p99),
+                format!("{:.1}", c.embed_docs_per_s),
+            ]);
+            rows.push(row);
+        }
+        let widths: Vec<usize> = (0..rows[0].len())
+            .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+            .collect();
+        let mut out = format!(
+            "{} ({} split): {} documents, {} queries, top {}\n",
+            self.set, self.split, self.documents, self.queries, self.k
+        );
+        for row in rows {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
+            out.push_str(cells.join("  ").trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let d: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile_ms(&d, 0.5), 50.0);
+        assert_eq!(percentile_ms(&d, 0.99), 99.0);
+        assert_eq!(percentile_ms(&d[..1], 0.99), 1.0);
+        assert_eq!(percentile_ms(&[], 0.5), 0.0);
+    }
+}

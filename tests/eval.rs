@@ -1,0 +1,208 @@
+//! `semflow eval` end to end (issue 36, item 3), as a user runs it: two models (the default
+//! and a `--model`), two Matryoshka dimensions, exact search, reranked search and search
+//! through an IVF_PQ index, on a generated BEIR directory, report as a table and JSON.
+//!
+//! Random models retrieve noise, so the set makes the right answer certain instead: each
+//! query's text is its relevant document's text and the queries are embedded without an
+//! instruction (`--instruction ''`, the document form), so the relevant document has cosine
+//! 1 and exact search must put it first — every measure is 1. A run assembled wrongly (ids
+//! mixed up, queries paired with other queries' results, dims not applied to both sides)
+//! scores near 0.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::common;
+use common::{random_model, semflow_command, stdout_of};
+use semflow::model::config::Preset;
+use semflow::model::random::ModelKind;
+
+const DOCS: usize = 300;
+const QUERIES: usize = 20;
+
+/// A BEIR directory: DOCS distinct documents (some with titles), QUERIES queries each equal to
+/// one document's text, judged relevant (grade 2) to it and not relevant (0) to another.
+fn write_set(dir: &Path) {
+    let text = |i: usize| {
+        format!(
+            "document {i} is about subject {} and detail {}",
+            i % 17,
+            i * 7919 % 1000
+        )
+    };
+    let mut corpus = String::new();
+    for i in 0..DOCS {
+        // Titles are joined to the text with a space; the query below repeats that form.
+        let title = if i % 3 == 0 {
+            format!(", \"title\": \"title {i}\"")
+        } else {
+            String::new()
+        };
+        writeln!(
+            corpus,
+            "{{\"_id\": \"doc{i}\"{title}, \"text\": \"{}\", \"metadata\": {{}}}}",
+            text(i)
+        )
+        .unwrap();
+    }
+    let mut queries = String::new();
+    let mut qrels = String::from("query-id\tcorpus-id\tscore\n");
+    for q in 0..QUERIES {
+        let d = q * 15;
+        let body = if d % 3 == 0 {
+            format!("title {d} {}", text(d))
+        } else {
+            text(d)
+        };
+        writeln!(queries, "{{\"_id\": \"q{q}\", \"text\": \"{body}\"}}").unwrap();
+        writeln!(qrels, "q{q}\tdoc{d}\t2\nq{q}\tdoc{}\t0", d + 1).unwrap();
+    }
+    // An unjudged query: not evaluated.
+    writeln!(queries, "{{\"_id\": \"unjudged\", \"text\": \"nothing\"}}").unwrap();
+    std::fs::create_dir_all(dir.join("qrels")).unwrap();
+    std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
+    std::fs::write(dir.join("queries.jsonl"), queries).unwrap();
+    std::fs::write(dir.join("qrels/test.tsv"), qrels).unwrap();
+}
+
+#[test]
+fn eval_compares_models_dims_and_searches() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set");
+    write_set(&set);
+    let json = dir.path().join("report.json");
+    let other = random_model(ModelKind::Embedding, Preset::Tiny, 8);
+    let stdout = stdout_of(
+        semflow_command()
+            .args(["eval", "--set"])
+            .arg(&set)
+            .args(["--dims", "64,32", "--k", "10", "--instruction", ""])
+            .args([
+                "--measures",
+                "ndcg@10,recall@10,mrr@10",
+                "--rerank-top",
+                "5",
+                "--ann",
+            ])
+            .arg("--model")
+            .arg(format!("other={}", other.display()))
+            .arg("--work-dir")
+            .arg(dir.path().join("work"))
+            .arg("--json")
+            .arg(&json),
+    );
+    let table = String::from_utf8_lossy(&stdout);
+    println!("{table}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["documents"], DOCS);
+    assert_eq!(
+        report["queries"], QUERIES,
+        "the unjudged query is not evaluated"
+    );
+    assert_eq!(
+        report["measures"],
+        serde_json::json!(["ndcg@10", "recall@10", "mrr@10"])
+    );
+    let configs = report["configurations"].as_array().unwrap();
+    // 2 models × 2 dims × (exact, exact + rerank, ivf_pq).
+    assert_eq!(configs.len(), 12, "{configs:#?}");
+    let mut seen = Vec::new();
+    for c in configs {
+        let (model, dims, search) = (
+            c["model"].as_str().unwrap(),
+            c["dims"].as_u64().unwrap(),
+            c["search"].as_str().unwrap(),
+        );
+        let rerank = c["rerank_top"].as_u64();
+        seen.push(format!("{model}/{dims}/{search}/{rerank:?}"));
+        assert_eq!(c["bytes_per_vector"].as_u64(), Some(dims * 4));
+        assert!(c["embed_docs_per_s"].as_f64().unwrap() > 0.0);
+        let (p50, p99) = (
+            c["latency_ms_p50"].as_f64().unwrap(),
+            c["latency_ms_p99"].as_f64().unwrap(),
+        );
+        assert!(p50 > 0.0 && p99 >= p50, "{c}");
+        assert!(c["fingerprint"].as_str().unwrap().contains('@'));
+        let measure = |m: &str| c["measures"][m].as_f64().unwrap();
+        match (search, rerank) {
+            ("exact", None) => {
+                for m in ["ndcg@10", "recall@10", "mrr@10"] {
+                    assert!(
+                        (measure(m) - 1.0).abs() < 1e-9,
+                        "{model}/{dims} exact {m}: {}",
+                        measure(m)
+                    );
+                }
+                assert!(c["index_bytes"].is_null());
+            }
+            // The reranker is random: its order is noise, but it reorders only the top 5,
+            // which hold the relevant document.
+            ("exact", Some(5)) => assert!((measure("recall@10") - 1.0).abs() < 1e-9, "{c}"),
+            ("ivf_pq", None) => {
+                assert!(c["index_bytes"].as_u64().unwrap() > 0);
+                // Approximate: nearly every exact duplicate is still found.
+                assert!(measure("recall@10") >= 0.9, "{c}");
+            }
+            other => panic!("unexpected configuration {other:?}"),
+        }
+    }
+    let expected: Vec<String> = ["default", "other"]
+        .iter()
+        .flat_map(|m| {
+            [64, 32].into_iter().flat_map(move |d| {
+                [("exact", None), ("exact", Some(5u64)), ("ivf_pq", None)]
+                    .into_iter()
+                    .map(move |(s, r)| format!("{m}/{d}/{s}/{r:?}"))
+            })
+        })
+        .collect();
+    assert_eq!(seen, expected);
+    // The table has a row per configuration, under a header naming the measures.
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .unwrap()
+            .contains("ndcg@10  recall@10  mrr@10"),
+        "{table}"
+    );
+    assert_eq!(table.lines().count(), 2 + 12, "{table}");
+    assert!(
+        !dir.path().join("work").exists(),
+        "the work directory is removed"
+    );
+}
+
+#[test]
+fn eval_refuses_what_it_cannot_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/beir-mini");
+    for (args, message) in [
+        (
+            vec!["--ann"],
+            "needs at least 256 documents; the corpus has 4",
+        ),
+        (vec!["--split", "train"], "qrels/train.tsv not found"),
+        (
+            vec!["--measures", "ndcg@10,bleu"],
+            "--measures: unknown measure \"bleu\"",
+        ),
+        (vec!["--k", "0"], "--k must be at least 1"),
+    ] {
+        let out = semflow_command()
+            .args(["eval", "--set"])
+            .arg(&fixture)
+            .args(&args)
+            .arg("--work-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(message),
+            "{args:?}: {stderr}"
+        );
+    }
+}
