@@ -28,6 +28,7 @@ use serde::Serialize;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::inference::NamedModel;
 use crate::text::sql_string;
 use crate::udf::ir::measures::{evaluate, Measure, Options, Qrels, Run};
 
@@ -50,6 +51,8 @@ pub struct EvalOptions {
     pub rerank_top: Option<usize>,
     /// Where the Lance tables go (emptied first, removed after).
     pub work_dir: PathBuf,
+    /// Evaluate the default model too, not only the named ones.
+    pub include_default: bool,
 }
 
 /// One configuration's results.
@@ -149,8 +152,16 @@ pub async fn run(
         )));
     }
 
-    let mut models: Vec<Option<String>> = vec![None];
+    let mut models: Vec<Option<String>> = Vec::new();
+    if options.include_default {
+        models.push(None);
+    }
     models.extend(engine.models().names().map(|n| Some(n.to_string())));
+    if models.is_empty() {
+        return Err(Error::InvalidArgument(
+            "eval: no model to evaluate (name some with --model NAME=SPEC)".into(),
+        ));
+    }
     let dims: Vec<Option<usize>> = if options.dims.is_empty() {
         vec![None]
     } else {
@@ -243,6 +254,54 @@ pub async fn run(
         measures: options.measures.iter().map(ToString::to_string).collect(),
         configurations,
     })
+}
+
+/// A merge sweep's point: the model name it is evaluated under, and its directory.
+pub fn sweep_point(t: f64, out: &Path) -> NamedModel {
+    NamedModel {
+        name: format!("t={t}"),
+        spec: out.join(format!("t-{t}")).to_string_lossy().into_owned(),
+    }
+}
+
+/// Merges two checkpoints at every interpolation point of `points` (each in [0, 1]) into
+/// `out/t-<t>`; the points as named models to evaluate.
+pub fn merge_sweep(models: &[PathBuf], points: &[f64], out: &Path) -> Result<Vec<NamedModel>> {
+    if models.len() != 2 {
+        return Err(Error::InvalidArgument(format!(
+            "--sweep interpolates between exactly two models, got {}",
+            models.len()
+        )));
+    }
+    if let Some(t) = points.iter().find(|t| !(0.0..=1.0).contains(*t)) {
+        return Err(Error::InvalidArgument(format!(
+            "--sweep: every point must be between 0 and 1, got {t}"
+        )));
+    }
+    let mut named = Vec::with_capacity(points.len());
+    for &t in points {
+        let point = sweep_point(t, out);
+        let weights = crate::model::merge::weights(2, Some(t), None)?;
+        crate::model::merge::merge(models, &weights, Path::new(&point.spec))?;
+        named.push(point);
+    }
+    Ok(named)
+}
+
+/// Of `models`, the one whose first configuration (exact search, no rerank, the first dims)
+/// has the highest `measure`; the earliest of equals.
+pub fn best<'a>(
+    report: &'a EvalReport,
+    models: &[String],
+    measure: &str,
+) -> Option<&'a Configuration> {
+    models
+        .iter()
+        .filter_map(|m| report.configurations.iter().find(|c| &c.model == m))
+        .fold(None, |best: Option<&Configuration>, c| match best {
+            Some(b) if b.measures.get(measure) >= c.measures.get(measure) => Some(b),
+            _ => Some(c),
+        })
 }
 
 fn rerank_label(rerank: Option<usize>) -> String {

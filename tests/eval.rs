@@ -206,3 +206,78 @@ fn eval_refuses_what_it_cannot_do() {
         );
     }
 }
+
+/// `semflow merge A B --sweep …` (issue 36, item 4): every point is merged and evaluated
+/// beside A and B themselves; t=0 is A's weights and t=1 B's, so their measures must equal
+/// A's and B's exactly, and the best point named is the one with the highest first measure.
+#[test]
+fn merge_sweep_evaluates_every_point_and_names_the_best() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set");
+    write_set(&set);
+    let (a, b) = (
+        random_model(ModelKind::Embedding, Preset::Tiny, 3),
+        random_model(ModelKind::Embedding, Preset::Tiny, 4),
+    );
+    let json = dir.path().join("sweep.json");
+    let out = dir.path().join("merged");
+    let stdout = stdout_of(
+        semflow_command()
+            .arg("merge")
+            .args([&a, &b])
+            .args(["--sweep", "0,0.5,1", "--eval-set"])
+            .arg(&set)
+            // The model's query prompt: random models rank noise, different per model.
+            .args(["--measures", "ndcg@10,mrr@10", "--k", "10"])
+            .arg("--model")
+            .arg(format!("a={}", a.display()))
+            .arg("--model")
+            .arg(format!("b={}", b.display()))
+            .arg("-o")
+            .arg(&out)
+            .arg("--json")
+            .arg(&json),
+    );
+    let stdout = String::from_utf8_lossy(&stdout);
+    println!("{stdout}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let configs = report["eval"]["configurations"].as_array().unwrap();
+    let measures = |model: &str| -> Vec<f64> {
+        let c = configs.iter().find(|c| c["model"] == model).unwrap();
+        ["ndcg@10", "mrr@10"]
+            .iter()
+            .map(|m| c["measures"][m].as_f64().unwrap())
+            .collect()
+    };
+    let names: Vec<&str> = configs
+        .iter()
+        .map(|c| c["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["a", "b", "t=0", "t=0.5", "t=1"],
+        "the default model is not evaluated"
+    );
+    assert_eq!(measures("t=0"), measures("a"));
+    assert_eq!(measures("t=1"), measures("b"));
+    assert_ne!(
+        measures("a"),
+        measures("b"),
+        "the two models must rank differently"
+    );
+    let best = ["t=0", "t=0.5", "t=1"]
+        .into_iter()
+        .fold(None, |best: Option<&str>, m| match best {
+            Some(b) if measures(b)[0] >= measures(m)[0] => Some(b),
+            _ => Some(m),
+        })
+        .unwrap();
+    assert_eq!(report["best"], best);
+    assert!(
+        stdout.contains(&format!("best: {best} (ndcg@10 ")),
+        "{stdout}"
+    );
+    for t in ["0", "0.5", "1"] {
+        assert!(out.join(format!("t-{t}/config.json")).is_file());
+    }
+}

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{inference_config, Settings};
 use crate::engine::Engine;
 use crate::error::Result;
+use crate::inference::NamedModel;
 use crate::model::config::Preset;
 use crate::model::random::{ModelKind, WeightDtype};
 use crate::output::Format;
@@ -169,6 +170,15 @@ pub struct EvalArgs {
     /// A BEIR / MTEB directory: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.
     #[arg(long)]
     pub set: PathBuf,
+    #[command(flatten)]
+    pub eval: EvalSettings,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// How `semflow eval` (and `semflow merge --sweep`) evaluates.
+#[derive(Debug, Clone, Args)]
+pub struct EvalSettings {
     /// The qrels split whose queries are evaluated.
     #[arg(long, default_value = "test")]
     pub split: String,
@@ -178,7 +188,8 @@ pub struct EvalArgs {
     /// Documents retrieved per query.
     #[arg(long, default_value_t = 100)]
     pub k: usize,
-    /// Measures, comma-separated (ndcg@k, map@k, mrr@k, recall@k, precision@k).
+    /// Measures, comma-separated (ndcg@k, map@k, mrr@k, recall@k, precision@k); a sweep's
+    /// best point is the one with the highest first measure.
     #[arg(long, default_value = "ndcg@10,recall@100,mrr@10")]
     pub measures: String,
     /// The query side's instruction, or a prompt name of the model.
@@ -196,25 +207,36 @@ pub struct EvalArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    #[command(flatten)]
-    pub engine: EngineArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct MergeArgs {
     /// Model directories (safetensors), merged pairwise in order.
-    #[arg(required = true, num_args = 2..)]
+    // Its own id: the engine's settings (flattened below) call --model's values "models".
+    #[arg(id = "checkpoints", value_name = "MODELS", required = true, num_args = 2..)]
     pub models: Vec<PathBuf>,
     /// Interpolation factor for two models: 0 gives the first, 1 the second.
-    #[arg(long, conflicts_with = "weights")]
+    #[arg(long, conflicts_with_all = ["weights", "sweep"])]
     pub t: Option<f64>,
     /// Relative weights for two or more models (default equal); model k is merged into the
     /// running result with t = w_k / (w_1 + … + w_k).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "sweep")]
     pub weights: Option<Vec<f64>>,
-    /// Output directory (config and tokenizer files are copied from the first model).
+    /// Output directory (config and tokenizer files are copied from the first model); with
+    /// --sweep, one subdirectory t-<t> per point.
     #[arg(short, long)]
     pub out: PathBuf,
+    /// Interpolation points for two models, e.g. 0,0.25,0.5,0.75,1: each is merged and
+    /// evaluated on --eval-set (with any --model given, for comparison), and the best named.
+    #[arg(long, value_delimiter = ',', requires = "eval_set")]
+    pub sweep: Option<Vec<f64>>,
+    /// The BEIR directory a sweep is evaluated on.
+    #[arg(long, requires = "sweep")]
+    pub eval_set: Option<PathBuf>,
+    #[command(flatten)]
+    pub eval: EvalSettings,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 #[derive(Debug, Args)]
@@ -400,17 +422,29 @@ pub struct EngineArgs {
 
 impl EngineArgs {
     pub fn engine(&self) -> Result<Engine> {
-        let file = match &self.config {
-            Some(p) => Settings::from_path(p)?,
-            None => Settings::default(),
-        };
-        self.engine_with(&file)
+        self.engine_with(&self.file_settings()?)
     }
 
     /// An engine from these flags over `file` settings (read elsewhere).
     pub fn engine_with(&self, file: &Settings) -> Result<Engine> {
+        self.engine_adding(file, Vec::new())
+    }
+
+    /// An engine from these flags over `file` settings, with `models` named besides those of
+    /// `--model`.
+    pub fn engine_adding(&self, file: &Settings, models: Vec<NamedModel>) -> Result<Engine> {
         let settings = self.settings.clone().over(file.clone());
-        Ok(Engine::new(inference_config(&settings)?))
+        let mut config = inference_config(&settings)?;
+        config.models.extend(models);
+        Ok(Engine::new(config))
+    }
+
+    /// The `--config` file's settings (none without one).
+    pub fn file_settings(&self) -> Result<Settings> {
+        match &self.config {
+            Some(p) => Settings::from_path(p),
+            None => Ok(Settings::default()),
+        }
     }
 }
 
@@ -455,5 +489,18 @@ fn non_negative(value: &str) -> std::result::Result<f64, String> {
     match value.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
         _ => Err(format!("{value:?} is not a number of 0 or more")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap's own consistency checks (unique ids, valid requires/conflicts), which otherwise
+    /// only fire when a user runs the command.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

@@ -32,7 +32,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Reindex(args) => run_reindex(args).await,
         Command::Eval(args) => run_eval(args).await,
         Command::Alias(args) => run_alias(args),
-        Command::Merge(args) => {
+        Command::Merge(mut args) => {
+            if let (Some(points), Some(set)) = (args.sweep.take(), args.eval_set.take()) {
+                return run_merge_sweep(args, points, set).await;
+            }
             let weights = crate::model::merge::weights(args.models.len(), args.t, args.weights)?;
             let stats = crate::model::merge::merge(&args.models, &weights, &args.out)?;
             println!(
@@ -71,21 +74,76 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 async fn run_eval(args: EvalArgs) -> Result<()> {
     let engine = args.engine.engine()?;
-    let measures = crate::udf::ir::measures::parse_measures(&args.measures)
+    let options = eval_options(args.set, &args.eval, true)?;
+    let report = evaluate_with_progress(&engine, &options).await?;
+    print!("{}", report.render());
+    write_json(args.eval.json.as_deref(), &report)
+}
+
+/// `semflow merge --sweep`: every point merged, all evaluated in one engine (with the
+/// `--model`s given, for comparison), the best point named.
+async fn run_merge_sweep(args: MergeArgs, points: Vec<f64>, set: std::path::PathBuf) -> Result<()> {
+    let named = crate::eval::merge_sweep(&args.models, &points, &args.out)?;
+    let names: Vec<String> = named.iter().map(|m| m.name.clone()).collect();
+    let dirs: std::collections::HashMap<String, String> = named
+        .iter()
+        .map(|m| (m.name.clone(), m.spec.clone()))
+        .collect();
+    for m in &named {
+        eprintln!("merged {} into {}", m.name, m.spec);
+    }
+    let engine = args
+        .engine
+        .engine_adding(&args.engine.file_settings()?, named)?;
+    let options = eval_options(set, &args.eval, false)?;
+    let report = evaluate_with_progress(&engine, &options).await?;
+    print!("{}", report.render());
+    let measure = report.measures.first().cloned().unwrap_or_default();
+    let best = crate::eval::best(&report, &names, &measure);
+    if let Some(b) = best {
+        println!(
+            "best: {} ({measure} {:.4}) in {}",
+            b.model,
+            b.measures.get(&measure).copied().unwrap_or_default(),
+            dirs.get(&b.model).map_or("?", String::as_str)
+        );
+    }
+    let json = serde_json::json!({
+        "best": best.map(|b| b.model.clone()),
+        "measure": measure,
+        "eval": report,
+    });
+    write_json(args.eval.json.as_deref(), &json)
+}
+
+fn eval_options(
+    set: std::path::PathBuf,
+    settings: &EvalSettings,
+    include_default: bool,
+) -> Result<crate::eval::EvalOptions> {
+    let measures = crate::udf::ir::measures::parse_measures(&settings.measures)
         .map_err(|e| Error::InvalidArgument(format!("--measures: {e}")))?;
-    let options = crate::eval::EvalOptions {
-        set: args.set,
-        split: args.split,
-        dims: args.dims,
-        k: args.k,
+    Ok(crate::eval::EvalOptions {
+        set,
+        split: settings.split.clone(),
+        dims: settings.dims.clone(),
+        k: settings.k,
         measures,
-        instruction: args.instruction,
-        ann: args.ann,
-        rerank_top: args.rerank_top,
-        work_dir: args.work_dir.unwrap_or_else(|| {
+        instruction: settings.instruction.clone(),
+        ann: settings.ann,
+        rerank_top: settings.rerank_top,
+        work_dir: settings.work_dir.clone().unwrap_or_else(|| {
             std::env::temp_dir().join(format!("semflow-eval-{}", std::process::id()))
         }),
-    };
+        include_default,
+    })
+}
+
+/// Runs an evaluation with a progress bar on a terminal, each stage in the log otherwise.
+async fn evaluate_with_progress(
+    engine: &Engine,
+    options: &crate::eval::EvalOptions,
+) -> Result<crate::eval::EvalReport> {
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -102,7 +160,6 @@ async fn run_eval(args: EvalArgs) -> Result<()> {
             bar.set_message(p.stage.to_string());
             return;
         }
-        // Without a terminal: each stage once in the log.
         if let Ok(mut last) = last_stage.lock() {
             if *last != p.stage {
                 tracing::info!("eval: {} ({}/{})", p.stage, p.done, p.total);
@@ -110,18 +167,21 @@ async fn run_eval(args: EvalArgs) -> Result<()> {
             }
         }
     };
-    let report = crate::eval::run(&engine, &options, progress).await;
+    let report = crate::eval::run(engine, options, progress).await;
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    let report = report?;
-    print!("{}", report.render());
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)
-            .map_err(|e| Error::InvalidArgument(format!("report: {e}")))?;
-        std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
-    }
-    Ok(())
+    report
+}
+
+/// Writes `value` as pretty JSON to `path`, when there is one.
+fn write_json(path: Option<&std::path::Path>, value: &impl serde::Serialize) -> Result<()> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::InvalidArgument(format!("report: {e}")))?;
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
 }
 
 async fn run_reindex(args: ReindexArgs) -> Result<()> {
