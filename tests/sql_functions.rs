@@ -38,6 +38,13 @@ const SCALARS: &[(&str, &[&str], usize)] = &[
     // Valid text would call an LLM: NULL text keeps every generated call local.
     ("generate_query", &["NULL", "'{}'"], 3),
     ("holdout", &["'doc-1'", "0.1", "7"], 4),
+    ("int8_quantize", &["embed('a')"], 2),
+    ("binary_quantize", &["[1.0, 2.0]"], 2),
+    (
+        "hamming_distance",
+        &["binary_quantize([1.0])", "binary_quantize([-1.0])"],
+        3,
+    ),
 ];
 const TABLES: &[(&str, &[&str], usize)] = &[
     ("semflow_stats", &[], 1),

@@ -1,5 +1,6 @@
 //! SQL functions: `embed`, `rerank`, `embed_model` (inference), `chunk` (token-sized
-//! splitting), `generate_query` (synthesis), the vector functions and `ir_measures`
+//! splitting), `generate_query` (synthesis), the vector functions, quantized vector forms
+//! (`int8_quantize`, `binary_quantize`, `hamming_distance`) and `ir_measures`
 //! (retrieval evaluation).
 
 pub(crate) mod args;
@@ -9,6 +10,7 @@ pub mod generate;
 pub mod ir;
 pub mod model;
 pub mod options;
+pub mod quantize;
 pub mod rerank;
 pub mod stats;
 pub mod vector;
@@ -34,6 +36,10 @@ pub fn register_all(ctx: &SessionContext, models: &Arc<Models>) {
     for kind in vector::VectorFn::ALL {
         ctx.register_udf(ScalarUDF::from(vector::VectorUdf::new(kind)));
     }
+    for form in quantize::Form::ALL {
+        ctx.register_udf(ScalarUDF::from(quantize::QuantizeUdf::new(form)));
+    }
+    ctx.register_udf(ScalarUDF::from(quantize::HammingUdf::default()));
     ctx.register_udtf(
         "semflow_stats",
         Arc::new(stats::StatsFunction::new(inference.clone())),

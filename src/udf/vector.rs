@@ -1,11 +1,11 @@
-//! Vector functions over `FixedSizeList`/`List`/`LargeList` of `Float32` or `Float64`:
-//! `cosine_similarity`, `inner_product`, `l2_distance`. Results are `Float64`, accumulated in
+//! Vector functions over `FixedSizeList`/`List`/`LargeList` of `Float32`, `Float64` or `Int8`
+//! (the form `int8_quantize` makes): `cosine_similarity`, `inner_product`, `l2_distance`. Results are `Float64`, accumulated in
 //! f64. A constant side (the query vector of a search) is read once, not copied per row.
 
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array};
-use arrow::datatypes::{DataType, Field, FieldRef, Float32Type, Float64Type};
+use arrow::datatypes::{DataType, Field, FieldRef, Float32Type, Float64Type, Int8Type};
 use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
@@ -98,13 +98,16 @@ impl VectorUdf {
 fn check_vector_type(function: &str, position: usize, t: &DataType) -> Result<DataType> {
     match t {
         DataType::FixedSizeList(f, _) | DataType::List(f) | DataType::LargeList(f)
-            if matches!(f.data_type(), DataType::Float32 | DataType::Float64) =>
+            if matches!(
+                f.data_type(),
+                DataType::Float32 | DataType::Float64 | DataType::Int8
+            ) =>
         {
             Ok(t.clone())
         }
         DataType::Null => Ok(t.clone()),
         _ => arg_err!(
-            "{function}(): argument {position} must be a vector (FixedSizeList or List of Float32/Float64), got {t}"
+            "{function}(): argument {position} must be a vector (FixedSizeList or List of Float32/Float64/Int8), got {t}"
         ),
     }
 }
@@ -113,6 +116,7 @@ fn check_vector_type(function: &str, position: usize, t: &DataType) -> Result<Da
 enum VecRef<'a> {
     F32(&'a [f32]),
     F64(&'a [f64]),
+    I8(&'a [i8]),
 }
 
 impl VecRef<'_> {
@@ -120,6 +124,7 @@ impl VecRef<'_> {
         match self {
             VecRef::F32(v) => v.len(),
             VecRef::F64(v) => v.len(),
+            VecRef::I8(v) => v.len(),
         }
     }
     #[inline]
@@ -127,6 +132,7 @@ impl VecRef<'_> {
         match self {
             VecRef::F32(v) => v[i] as f64,
             VecRef::F64(v) => v[i],
+            VecRef::I8(v) => v[i] as f64,
         }
     }
 }
@@ -184,6 +190,9 @@ impl VecColumn {
             )),
             DataType::Float64 => Some(VecRef::F64(
                 &values.as_primitive::<Float64Type>().values()[start..end],
+            )),
+            DataType::Int8 => Some(VecRef::I8(
+                &values.as_primitive::<Int8Type>().values()[start..end],
             )),
             _ => None,
         }
