@@ -49,6 +49,11 @@ pub struct EvalOptions {
     pub ann: bool,
     /// Rerank this many of the exact search's best documents.
     pub rerank_top: Option<usize>,
+    /// Quantized forms searched besides float32.
+    pub forms: Vec<Form>,
+    /// Quantized searches are also rescored: their best `k × rescore` by the float vectors
+    /// (0: not).
+    pub rescore: usize,
     /// Where the Lance tables go (emptied first, removed after).
     pub work_dir: PathBuf,
     /// Evaluate the default model too, not only the named ones.
@@ -68,6 +73,8 @@ pub struct Configuration {
     /// `exact` (flat search) or `ivf_pq`.
     pub search: String,
     pub rerank_top: Option<usize>,
+    /// Quantized searches rescored by the float vectors: candidates per result.
+    pub rescore: Option<usize>,
     /// Each measure's mean over the evaluated queries.
     pub measures: BTreeMap<String, f64>,
     pub bytes_per_vector: usize,
@@ -100,11 +107,111 @@ pub struct Progress<'a> {
     pub stage: &'a str,
 }
 
+/// A quantized form of the vectors, stored beside the float32 ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// `int8_quantize`, searched by cosine over the int8 vectors.
+    Int8,
+    /// `binary_quantize`, searched by Hamming distance.
+    Binary,
+}
+
+impl std::str::FromStr for Form {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "int8" => Ok(Form::Int8),
+            "binary" => Ok(Form::Binary),
+            other => Err(Error::InvalidArgument(format!(
+                "--forms: unknown form {other:?} (float32, int8, binary)"
+            ))),
+        }
+    }
+}
+
+impl Form {
+    /// The SQL that scores a row of `t` against the query vector `q.v` (higher is better).
+    fn score(self) -> String {
+        match self {
+            Form::Int8 => "cosine_similarity(t.embedding_int8, int8_quantize(q.v))".into(),
+            Form::Binary => {
+                "-CAST(hamming_distance(t.embedding_binary, binary_quantize(q.v)) AS DOUBLE)".into()
+            }
+        }
+    }
+}
+
+/// One way of searching a configuration's table.
+#[derive(Debug, Clone, Copy)]
+enum Pass {
+    /// float32 cosine, Lance's flat search.
+    Exact,
+    /// `Exact`'s best n reranked.
+    Rerank(usize),
+    /// A quantized form's own scores, optionally rescored by the float vectors.
+    Quantized { form: Form, rescore: Option<usize> },
+    /// float32 through an IVF_PQ index.
+    Ivf,
+}
+
+impl Pass {
+    fn form(self) -> &'static str {
+        match self {
+            Pass::Quantized {
+                form: Form::Int8, ..
+            } => "int8",
+            Pass::Quantized {
+                form: Form::Binary, ..
+            } => "binary",
+            _ => "float32",
+        }
+    }
+
+    fn search(self) -> &'static str {
+        match self {
+            Pass::Ivf => "ivf_pq",
+            Pass::Quantized {
+                form: Form::Binary, ..
+            } => "hamming",
+            _ => "exact",
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Pass::Rerank(n) => format!("exact search + rerank top {n}"),
+            Pass::Quantized { rescore, .. } => format!(
+                "{} {} search{}",
+                self.form(),
+                self.search(),
+                rescore.map_or(String::new(), |r| format!(" + rescore x{r}"))
+            ),
+            _ => format!("{} search", self.search()),
+        }
+    }
+
+    fn bytes_per_vector(self, dims: usize) -> usize {
+        match self {
+            Pass::Quantized {
+                form: Form::Int8, ..
+            } => dims,
+            Pass::Quantized {
+                form: Form::Binary, ..
+            } => dims.div_ceil(8),
+            _ => dims * std::mem::size_of::<f32>(),
+        }
+    }
+}
+
 /// One query of the set.
 struct Query {
     id: String,
     text: String,
 }
+
+/// The one-row table holding the current query's vector for quantized searches.
+const QUERY_TABLE: &str = "semflow_eval_query";
 
 /// The fewest rows IVF_PQ trains on.
 const ANN_MIN_DOCS: usize = 256;
@@ -167,7 +274,10 @@ pub async fn run(
     } else {
         options.dims.iter().copied().map(Some).collect()
     };
-    let passes = 1 + usize::from(options.rerank_top.is_some()) + usize::from(options.ann);
+    let passes = 1
+        + usize::from(options.rerank_top.is_some())
+        + options.forms.len() * (1 + usize::from(options.rescore > 1))
+        + usize::from(options.ann);
     let total = models.len() * dims.len() * (documents + passes * queries.len());
     let mut done = 0;
     let mut configurations = Vec::new();
@@ -183,51 +293,32 @@ pub async fn run(
             });
             let embed_docs_per_s = table.fill(engine, documents).await?;
             done += documents;
-            let base = Configuration {
-                model: table.model_name(),
-                fingerprint: table.fingerprint.clone(),
-                dims: table.dims,
-                form: "float32".into(),
-                search: "exact".into(),
-                rerank_top: None,
-                measures: BTreeMap::new(),
-                bytes_per_vector: table.dims * std::mem::size_of::<f32>(),
-                index_bytes: None,
-                latency_ms_p50: 0.0,
-                latency_ms_p99: 0.0,
-                embed_docs_per_s,
-            };
-            let pass = |search: &str, rerank: Option<usize>, index_bytes: Option<u64>| {
-                let mut c = base.clone();
-                c.search = search.into();
-                c.rerank_top = rerank;
-                c.index_bytes = index_bytes;
-                c
-            };
-            let mut configs = vec![pass("exact", None, None)];
-            if let Some(n) = options.rerank_top {
-                configs.push(pass("exact", Some(n), None));
-            }
-            for c in configs.iter_mut() {
-                let stage = format!("{name}: {} search{}", c.search, rerank_label(c.rerank_top));
-                let timed = table
-                    .search_all(engine, options, &queries, c.rerank_top, |i| {
-                        progress(Progress {
-                            done: done + i,
-                            total,
-                            stage: &stage,
-                        })
-                    })
-                    .await?;
-                done += queries.len();
-                timed.into_configuration(c, &qrels, options);
+            let mut passes = vec![Pass::Exact];
+            passes.extend(options.rerank_top.map(Pass::Rerank));
+            for &form in &options.forms {
+                passes.push(Pass::Quantized {
+                    form,
+                    rescore: None,
+                });
+                if options.rescore > 1 {
+                    passes.push(Pass::Quantized {
+                        form,
+                        rescore: Some(options.rescore),
+                    });
+                }
             }
             if options.ann {
-                let index_bytes = table.build_index(engine).await?;
-                let mut c = pass("ivf_pq", None, Some(index_bytes));
-                let stage = format!("{name}: ivf_pq search");
+                passes.push(Pass::Ivf);
+            }
+            let mut configs = Vec::with_capacity(passes.len());
+            for pass in passes {
+                let index_bytes = match pass {
+                    Pass::Ivf => Some(table.build_index(engine).await?),
+                    _ => None,
+                };
+                let stage = format!("{name}: {}", pass.label());
                 let timed = table
-                    .search_all(engine, options, &queries, None, |i| {
+                    .search_all(engine, options, &queries, pass, |i| {
                         progress(Progress {
                             done: done + i,
                             total,
@@ -236,6 +327,27 @@ pub async fn run(
                     })
                     .await?;
                 done += queries.len();
+                let mut c = Configuration {
+                    model: table.model_name(),
+                    fingerprint: table.fingerprint.clone(),
+                    dims: table.dims,
+                    form: pass.form().into(),
+                    search: pass.search().into(),
+                    rerank_top: match pass {
+                        Pass::Rerank(n) => Some(n),
+                        _ => None,
+                    },
+                    rescore: match pass {
+                        Pass::Quantized { rescore, .. } => rescore,
+                        _ => None,
+                    },
+                    measures: BTreeMap::new(),
+                    bytes_per_vector: pass.bytes_per_vector(table.dims),
+                    index_bytes,
+                    latency_ms_p50: 0.0,
+                    latency_ms_p99: 0.0,
+                    embed_docs_per_s,
+                };
                 timed.into_configuration(&mut c, &qrels, options);
                 configs.push(c);
             }
@@ -302,10 +414,6 @@ pub fn best<'a>(
             Some(b) if b.measures.get(measure) >= c.measures.get(measure) => Some(b),
             _ => Some(c),
         })
-}
-
-fn rerank_label(rerank: Option<usize>) -> String {
-    rerank.map_or_else(String::new, |n| format!(" + rerank top {n}"))
 }
 
 async fn count(engine: &Engine, sql: &str) -> Result<usize> {
@@ -432,6 +540,7 @@ impl Table {
         engine
             .run_sql(&format!(
                 "CREATE EXTERNAL TABLE {name} (doc_id TEXT NOT NULL, body TEXT, embedding FLOAT[],
+                   embedding_int8 TINYINT[], embedding_binary TINYINT UNSIGNED[],
                    PRIMARY KEY (doc_id)) STORED AS LANCE LOCATION {}",
                 sql_string(&location.to_string_lossy())
             ))
@@ -458,8 +567,9 @@ impl Table {
         let started = Instant::now();
         engine
             .run_sql(&format!(
-                "INSERT INTO {} SELECT doc_id, body, embed(body, NULL, {}, {}) FROM semflow_eval_corpus
-                 WHERE doc_id IS NOT NULL AND body IS NOT NULL",
+                "INSERT INTO {} SELECT doc_id, body, e, int8_quantize(e), binary_quantize(e)
+                 FROM (SELECT doc_id, body, embed(body, NULL, {}, {}) AS e FROM semflow_eval_corpus
+                       WHERE doc_id IS NOT NULL AND body IS NOT NULL)",
                 self.name,
                 self.dims,
                 self.model_arg()
@@ -479,43 +589,97 @@ impl Table {
         Ok(directory_bytes(&self.location.join("_indices")))
     }
 
-    /// The search SQL for one query: the user's form of top-k, reranked when asked.
-    fn search_sql(&self, options: &EvalOptions, query: &str, rerank: Option<usize>) -> String {
+    /// The query's embedding, as a search with the vector in hand would have it.
+    fn embed_sql(&self, options: &EvalOptions, query: &str) -> String {
+        format!(
+            "SELECT embed({}, {}, {}, {}) AS v",
+            sql_string(query),
+            sql_string(&options.instruction),
+            self.dims,
+            self.model_arg()
+        )
+    }
+
+    /// The search SQL for one query: the user's form of top-k for `pass`. Quantized passes
+    /// read the query's vector from the one-row table [`QUERY_TABLE`].
+    fn search_sql(&self, options: &EvalOptions, query: &str, pass: Pass) -> String {
         let q = sql_string(query);
+        let t = &self.name;
         let search = |limit: usize| {
             format!(
                 "SELECT doc_id, body, cosine_similarity(embedding, embed({q}, {}, {}, {})) AS score
-                 FROM {} ORDER BY score DESC LIMIT {limit}",
+                 FROM {t} ORDER BY score DESC LIMIT {limit}",
                 sql_string(&options.instruction),
                 self.dims,
                 self.model_arg(),
-                self.name
             )
         };
-        match rerank {
-            None => search(options.k),
-            Some(n) => format!(
+        let k = options.k;
+        match pass {
+            Pass::Exact | Pass::Ivf => search(k),
+            Pass::Rerank(n) => format!(
                 "WITH hits AS ({}) SELECT doc_id, CAST(rerank({q}, body) AS DOUBLE) AS score FROM hits",
                 search(n)
+            ),
+            Pass::Quantized {
+                form,
+                rescore: None,
+            } => format!(
+                "SELECT t.doc_id, {} AS score FROM {t} t CROSS JOIN {QUERY_TABLE} q
+                 ORDER BY score DESC LIMIT {k}",
+                form.score()
+            ),
+            Pass::Quantized {
+                form,
+                rescore: Some(r),
+            } => format!(
+                "WITH c AS (SELECT t.doc_id, t.embedding FROM {t} t CROSS JOIN {QUERY_TABLE} q
+                            ORDER BY {} DESC LIMIT {})
+                 SELECT c.doc_id, cosine_similarity(c.embedding, q.v) AS score
+                 FROM c CROSS JOIN {QUERY_TABLE} q ORDER BY score DESC LIMIT {k}",
+                form.score(),
+                k * r
             ),
         }
     }
 
-    /// Runs every query, timing each; the run and the latencies.
+    /// Embeds the query and leaves its vector in [`QUERY_TABLE`].
+    async fn hold_query_vector(
+        &self,
+        engine: &Engine,
+        options: &EvalOptions,
+        query: &str,
+    ) -> Result<()> {
+        let results = engine.run_sql(&self.embed_sql(options, query)).await?;
+        let batch = results
+            .into_iter()
+            .next()
+            .and_then(|r| r.batches.into_iter().next())
+            .ok_or_else(|| Error::InvalidArgument("eval: a query embedded to nothing".into()))?;
+        let ctx = engine.context();
+        ctx.deregister_table(QUERY_TABLE)?;
+        ctx.register_batch(QUERY_TABLE, batch)?;
+        Ok(())
+    }
+
+    /// Runs every query, timing each (query embedding included); the run and the latencies.
     async fn search_all(
         &self,
         engine: &Engine,
         options: &EvalOptions,
         queries: &[Query],
-        rerank: Option<usize>,
+        pass: Pass,
         progress: impl Fn(usize),
     ) -> Result<Timed> {
         let mut run = Run::default();
         let mut latencies = Vec::with_capacity(queries.len());
         for (i, query) in queries.iter().enumerate() {
             progress(i);
-            let sql = self.search_sql(options, &query.text, rerank);
+            let sql = self.search_sql(options, &query.text, pass);
             let started = Instant::now();
+            if let Pass::Quantized { .. } = pass {
+                self.hold_query_vector(engine, options, &query.text).await?;
+            }
             let results = engine.run_sql(&sql).await?;
             latencies.push(started.elapsed());
             for result in &results {
@@ -619,10 +783,12 @@ impl EvalReport {
                 c.dims.to_string(),
                 c.form.clone(),
                 format!(
-                    "{}{}",
+                    "{}{}{}",
                     c.search,
                     c.rerank_top
-                        .map_or(String::new(), |n| format!("+rerank@{n}"))
+                        .map_or(String::new(), |n| format!("+rerank@{n}")),
+                    c.rescore
+                        .map_or(String::new(), |r| format!("+rescore x{r}"))
                 ),
             ];
             row.extend(measures.iter().map(|m| format!("{:.4}", c.measures[m])));

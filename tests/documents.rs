@@ -169,6 +169,15 @@ const README_BLOCKS: &[(&str, Block)] = &[
         },
     ),
     (
+        "WITH candidates AS (",
+        Block::Run {
+            prelude: "CREATE TABLE idx AS SELECT id AS doc_id, e AS embedding,
+                        binary_quantize(e) AS embedding_binary
+                      FROM (SELECT id, embed(body) AS e FROM docs);",
+            after_previous: false,
+        },
+    ),
+    (
         "CREATE EXTERNAL TABLE docs (id TEXT NOT NULL, title TEXT, body TEXT) STORED AS KAFKA",
         Block::Skip(
             "a Kafka pipeline: tests/pipeline_files.rs runs pipelines/index.sql, which it abridges",

@@ -190,6 +190,10 @@ fn eval_refuses_what_it_cannot_do() {
             "--measures: unknown measure \"bleu\"",
         ),
         (vec!["--k", "0"], "--k must be at least 1"),
+        (
+            vec!["--forms", "int8,int4"],
+            "--forms: unknown form \"int4\" (float32, int8, binary)",
+        ),
     ] {
         let out = semflow_command()
             .args(["eval", "--set"])
@@ -279,5 +283,73 @@ fn merge_sweep_evaluates_every_point_and_names_the_best() {
     );
     for t in ["0", "0.5", "1"] {
         assert!(out.join(format!("t-{t}/config.json")).is_file());
+    }
+}
+
+/// `--forms int8,binary` (issue 36, item 5): each quantized form searched on its own and
+/// rescored by the float vectors, with its bytes per vector. The set's answer is certain (as
+/// above): the relevant document's quantized vector equals the query's, so int8 and every
+/// rescored search find it first; plain Hamming search ties it with near-duplicates.
+#[test]
+fn eval_measures_quantized_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set");
+    write_set(&set);
+    let json = dir.path().join("report.json");
+    stdout_of(
+        semflow_command()
+            .args(["eval", "--set"])
+            .arg(&set)
+            .args([
+                "--k",
+                "10",
+                "--instruction",
+                "",
+                "--forms",
+                "float32,int8,binary",
+            ])
+            .args(["--rescore", "4", "--measures", "recall@10,mrr@10"])
+            .arg("--work-dir")
+            .arg(dir.path().join("work"))
+            .arg("--json")
+            .arg(&json),
+    );
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows: Vec<(String, String, Option<u64>, u64, f64, f64)> = report["configurations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["form"].as_str().unwrap().to_string(),
+                c["search"].as_str().unwrap().to_string(),
+                c["rescore"].as_u64(),
+                c["bytes_per_vector"].as_u64().unwrap(),
+                c["measures"]["recall@10"].as_f64().unwrap(),
+                c["measures"]["mrr@10"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let shape: Vec<(&str, &str, Option<u64>, u64)> = rows
+        .iter()
+        .map(|r| (r.0.as_str(), r.1.as_str(), r.2, r.3))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("float32", "exact", None, 256),
+            ("int8", "exact", None, 64),
+            ("int8", "exact", Some(4), 64),
+            ("binary", "hamming", None, 8),
+            ("binary", "hamming", Some(4), 8),
+        ]
+    );
+    for r in &rows {
+        let certain = !(r.1 == "hamming" && r.2.is_none());
+        if certain {
+            assert_eq!((r.4, r.5), (1.0, 1.0), "{r:?}");
+        } else {
+            assert!(r.4 >= 0.8, "{r:?}");
+        }
     }
 }

@@ -201,6 +201,13 @@ pub struct EvalSettings {
     /// Also rerank the best N of the exact search with the reranker (--rerank-model).
     #[arg(long)]
     pub rerank_top: Option<usize>,
+    /// Quantized forms searched besides float32: int8 (cosine over int8_quantize) and/or
+    /// binary (Hamming distance over binary_quantize), e.g. int8,binary.
+    #[arg(long, value_delimiter = ',')]
+    pub forms: Vec<String>,
+    /// Each quantized search also rescored: its best k × N by the float32 vectors (0: not).
+    #[arg(long, default_value_t = 4)]
+    pub rescore: usize,
     /// Where the evaluation's Lance tables are written (removed afterwards).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,

@@ -132,6 +132,13 @@ fn eval_options(
         instruction: settings.instruction.clone(),
         ann: settings.ann,
         rerank_top: settings.rerank_top,
+        forms: settings
+            .forms
+            .iter()
+            .filter(|f| f.trim() != "float32")
+            .map(|f| f.parse())
+            .collect::<Result<_>>()?,
+        rescore: settings.rescore,
         work_dir: settings.work_dir.clone().unwrap_or_else(|| {
             std::env::temp_dir().join(format!("semflow-eval-{}", std::process::id()))
         }),
