@@ -16,11 +16,9 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableFunctionImpl, TableProvider};
-use datafusion::common::{Column, DataFusionError, Result};
+use datafusion::common::{Column, Result};
 use datafusion::datasource::TableType;
-use datafusion::execution::context::SessionContext;
 use datafusion::execution::options::{CsvReadOptions, JsonReadOptions};
-use datafusion::execution::SessionState;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
@@ -154,11 +152,7 @@ impl TableProvider for BeirTable {
         _filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let state = state
-            .as_any()
-            .downcast_ref::<SessionState>()
-            .ok_or_else(|| DataFusionError::Plan(format!("{NAME}(): no session to read from")))?;
-        let ctx = SessionContext::new_with_state(state.clone());
+        let ctx = super::session_of(state, NAME)?;
         let path = self.file.to_string_lossy();
         let file_schema = self.part.file_schema();
         let frame = match self.part {

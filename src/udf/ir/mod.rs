@@ -20,7 +20,9 @@ pub mod measures;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Builder, RecordBatch, StringBuilder};
-use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
+use arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Field, Float64Type, Int64Type, Schema, SchemaRef,
+};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableFunctionImpl, TableProvider};
 use datafusion::common::{DataFusionError, Result, ScalarValue};
@@ -31,7 +33,7 @@ use datafusion::execution::SessionState;
 use datafusion::logical_expr::{cast, col, Expr};
 use datafusion::physical_plan::ExecutionPlan;
 
-use self::measures::{evaluate, parse_measures, Measure, Options, Qrels, Run};
+use self::measures::{evaluate, parse_measures, Measure, MeasureError, Options, Qrels, Run};
 use crate::error::{arg_err, Error};
 
 const NAME: &str = "ir_measures";
@@ -182,77 +184,30 @@ struct IrMeasures {
 
 impl IrMeasures {
     async fn read_run(&self, ctx: &SessionContext) -> Result<Run> {
-        let batches = self
-            .run
-            .read(
-                ctx,
-                "run",
-                [
-                    ("query_id", DataType::Utf8),
-                    ("doc_id", DataType::Utf8),
-                    ("score", DataType::Float64),
-                ],
-            )
-            .await?;
         let mut run = Run::default();
-        let mut row = 0;
-        for batch in &batches {
-            let (queries, docs) = (
-                batch.column(0).as_string::<i32>(),
-                batch.column(1).as_string::<i32>(),
-            );
-            let scores = batch.column(2).as_primitive::<Float64Type>();
-            for i in 0..batch.num_rows() {
-                row += 1;
-                no_nulls(
-                    "run",
-                    row,
-                    batch.columns(),
-                    i,
-                    ["query_id", "doc_id", "score"],
-                )?;
-                run.insert(queries.value(i), docs.value(i), scores.value(i))
-                    .map_err(|e| Error::sql_argument(format!("{NAME}(): {e}")))?;
-            }
-        }
+        let columns = [
+            ("query_id", DataType::Utf8),
+            ("doc_id", DataType::Utf8),
+            ("score", DataType::Float64),
+        ];
+        read_rows::<Float64Type>(&self.run, ctx, "run", columns, |q, d, score| {
+            run.insert(q, d, score)
+        })
+        .await?;
         Ok(run)
     }
 
     async fn read_qrels(&self, ctx: &SessionContext) -> Result<Qrels> {
-        let batches = self
-            .qrels
-            .read(
-                ctx,
-                "qrels",
-                [
-                    ("query_id", DataType::Utf8),
-                    ("doc_id", DataType::Utf8),
-                    ("relevance", DataType::Int64),
-                ],
-            )
-            .await?;
         let mut qrels = Qrels::default();
-        let mut row = 0;
-        for batch in &batches {
-            let (queries, docs) = (
-                batch.column(0).as_string::<i32>(),
-                batch.column(1).as_string::<i32>(),
-            );
-            let grades = batch.column(2).as_primitive::<Int64Type>();
-            for i in 0..batch.num_rows() {
-                row += 1;
-                no_nulls(
-                    "qrels",
-                    row,
-                    batch.columns(),
-                    i,
-                    ["query_id", "doc_id", "relevance"],
-                )?;
-                qrels
-                    .insert(queries.value(i), docs.value(i), grades.value(i))
-                    .map_err(|e| Error::sql_argument(format!("{NAME}(): {e}")))?;
-            }
-        }
+        let columns = [
+            ("query_id", DataType::Utf8),
+            ("doc_id", DataType::Utf8),
+            ("relevance", DataType::Int64),
+        ];
+        read_rows::<Int64Type>(&self.qrels, ctx, "qrels", columns, |q, d, grade| {
+            qrels.insert(q, d, grade)
+        })
+        .await?;
         Ok(qrels)
     }
 
@@ -277,6 +232,43 @@ impl IrMeasures {
         ];
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
+}
+
+/// Reads `source`'s (query id, document id, value) rows into `insert`, refusing NULLs and
+/// what `insert` refuses with the row's number.
+async fn read_rows<T: ArrowPrimitiveType>(
+    source: &Source,
+    ctx: &SessionContext,
+    role: &str,
+    columns: [(&str, DataType); 3],
+    mut insert: impl FnMut(&str, &str, T::Native) -> std::result::Result<(), MeasureError>,
+) -> Result<()> {
+    let names = columns.clone().map(|(name, _)| name);
+    let batches = source.read(ctx, role, columns).await?;
+    let mut row = 0;
+    for batch in &batches {
+        let (queries, docs) = (
+            batch.column(0).as_string::<i32>(),
+            batch.column(1).as_string::<i32>(),
+        );
+        let values = batch.column(2).as_primitive::<T>();
+        for i in 0..batch.num_rows() {
+            row += 1;
+            no_nulls(role, row, batch.columns(), i, names)?;
+            insert(queries.value(i), docs.value(i), values.value(i))
+                .map_err(|e| Error::sql_argument(format!("{NAME}(): {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// A session to run a table function's own queries in: the one planning it.
+pub(super) fn session_of(state: &dyn Session, function: &str) -> Result<SessionContext> {
+    let state = state
+        .as_any()
+        .downcast_ref::<SessionState>()
+        .ok_or_else(|| DataFusionError::Plan(format!("{function}(): no session to read from")))?;
+    Ok(SessionContext::new_with_state(state.clone()))
 }
 
 /// A NULL id, score or grade is an error naming the row (1-based, in the order read).
@@ -310,11 +302,7 @@ impl TableProvider for IrMeasures {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let state = state
-            .as_any()
-            .downcast_ref::<SessionState>()
-            .ok_or_else(|| DataFusionError::Plan(format!("{NAME}(): no session to read from")))?;
-        let ctx = SessionContext::new_with_state(state.clone());
+        let ctx = session_of(state, NAME)?;
         let run = self.read_run(&ctx).await?;
         let qrels = self.read_qrels(&ctx).await?;
         let batch = self.to_batch(&run, &qrels)?;
