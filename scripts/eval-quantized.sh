@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Binary (and int8) vectors judged against exact float search (issue 36, BENCHMARKS §12):
+# a BEIR set of DOCS synthetic documents and QUERIES queries whose qrels are the exact float32
+# top 10 of each query (computed by semflow itself), then `semflow eval --forms int8,binary
+# --rescore R`: recall@10 of each form is its recall against exact search (float32 exact must
+# score 1.0, which checks the set), with bytes per vector and query latency p50/p99 side by side.
+#
+# usage: scripts/eval-quantized.sh [DOCS] [QUERIES] [PRESET] [RESCORE]
+#   defaults 100000 200 small 4; SEMFLOW=path/to/semflow (default target/release/semflow);
+#   OUT=dir (default benchmarks/eval-quantized-<commit>)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+docs=${1:-100000}
+queries=${2:-200}
+preset=${3:-small}
+rescore=${4:-4}
+semflow=${SEMFLOW:-target/release/semflow}
+commit=$(git rev-parse --short HEAD)
+out=${OUT:-benchmarks/eval-quantized-$commit}
+set_dir=$(mktemp -d)
+trap 'rm -rf "$set_dir"' EXIT
+mkdir -p "$out" "$set_dir/set/qrels"
+
+# Documents and queries: seeded random word sequences (same seed, same set).
+python3 - "$set_dir/set" "$docs" "$queries" <<'EOF'
+import json, random, sys
+root, docs, queries = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = random.Random(36)
+words = [f"w{i}" for i in range(5000)]
+def text(n):
+    return " ".join(rng.choice(words) for _ in range(n))
+with open(f"{root}/corpus.jsonl", "w") as f:
+    for i in range(docs):
+        f.write(json.dumps({"_id": f"d{i}", "text": text(rng.randint(8, 40))}) + "\n")
+with open(f"{root}/queries.jsonl", "w") as f:
+    for i in range(queries):
+        f.write(json.dumps({"_id": f"q{i}", "text": text(rng.randint(3, 10))}) + "\n")
+EOF
+
+# The qrels: each query's exact float32 top 10, as semflow eval's own exact search ranks it
+# (query prompt 'query', documents plain).
+"$semflow" sql --embed-model "random:$preset" --format csv -o "$set_dir/top10.csv" "
+CREATE TABLE d AS SELECT doc_id, embed(trim(concat_ws(' ', title, text))) AS e FROM beir('$set_dir/set', 'corpus');
+CREATE TABLE q AS SELECT query_id, embed(text, 'query') AS e FROM beir('$set_dir/set', 'queries');
+SELECT query_id, doc_id FROM (
+  SELECT q.query_id, d.doc_id,
+         row_number() OVER (PARTITION BY q.query_id
+                            ORDER BY cosine_similarity(d.e, q.e) DESC, d.doc_id DESC) AS r
+  FROM q CROSS JOIN d) WHERE r <= 10"
+python3 - "$set_dir/top10.csv" "$set_dir/set/qrels/test.tsv" <<'EOF'
+import csv, sys
+with open(sys.argv[1]) as f, open(sys.argv[2], "w") as g:
+    g.write("query-id\tcorpus-id\tscore\n")
+    for row in csv.DictReader(f):
+        g.write(f"{row['query_id']}\t{row['doc_id']}\t1\n")
+EOF
+
+"$semflow" eval --set "$set_dir/set" --embed-model "random:$preset" --k 10 \
+    --measures recall@10,ndcg@10 --forms int8,binary --rescore "$rescore" \
+    --json "$out/report.json" | tee "$out/report.txt"
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; commit $commit" | tee -a "$out/report.txt"
