@@ -31,10 +31,10 @@ def text(n):
     return " ".join(rng.choice(words) for _ in range(n))
 with open(f"{root}/corpus.jsonl", "w") as f:
     for i in range(docs):
-        f.write(json.dumps({"_id": f"d{i}", "text": text(rng.randint(8, 40))}) + "\n")
+        f.write(json.dumps({"_id": f"d{i}", "text": text(rng.randint(3, 8))}) + "\n")
 with open(f"{root}/queries.jsonl", "w") as f:
     for i in range(queries):
-        f.write(json.dumps({"_id": f"q{i}", "text": text(rng.randint(3, 10))}) + "\n")
+        f.write(json.dumps({"_id": f"q{i}", "text": text(rng.randint(2, 5))}) + "\n")
 EOF
 
 # The qrels: each query's exact float32 top 10, as semflow eval's own exact search ranks it
