@@ -25,6 +25,7 @@ use lance_index::scalar::FullTextSearchQuery;
 
 use super::LanceTable;
 use crate::error::{arg_err, Error};
+use crate::udf::args::table_string_arg;
 
 /// The score column Lance's full-text search adds.
 const SCORE: &str = "_score";
@@ -43,9 +44,9 @@ impl TableFunctionImpl for FullTextSearchFunction {
                 exprs.len()
             );
         }
-        let table_name = string_arg(exprs, 0, "table")?;
-        let column = string_arg(exprs, 1, "column")?;
-        let query = string_arg(exprs, 2, "query")?;
+        let table_name = table_string_arg("full_text_search", exprs, 0, "table")?;
+        let column = table_string_arg("full_text_search", exprs, 1, "column")?;
+        let query = table_string_arg("full_text_search", exprs, 2, "query")?;
         let k = match exprs.get(3) {
             None => DEFAULT_K,
             Some(Expr::Literal(v, _)) => match v.cast_to(&DataType::Int64) {
@@ -85,21 +86,6 @@ impl TableFunctionImpl for FullTextSearchFunction {
             k,
             schema: Arc::new(Schema::new(fields)),
         }))
-    }
-}
-
-fn string_arg(exprs: &[Expr], i: usize, name: &str) -> Result<String> {
-    match &exprs[i] {
-        Expr::Literal(
-            ScalarValue::Utf8(Some(s))
-            | ScalarValue::LargeUtf8(Some(s))
-            | ScalarValue::Utf8View(Some(s)),
-            _,
-        ) => Ok(s.clone()),
-        other => arg_err!(
-            "full_text_search(): argument {} ({name}) must be a string constant, got {other}",
-            i + 1
-        ),
     }
 }
 

@@ -178,3 +178,24 @@ pub fn call_options(config: &datafusion::config::ConfigOptions) -> Result<CallOp
         use_cache: opts.cache,
     })
 }
+
+/// Argument `i` (0-based) of table function `function`, which must be a string constant.
+pub(crate) fn table_string_arg(
+    function: &str,
+    exprs: &[datafusion::logical_expr::Expr],
+    i: usize,
+    name: &str,
+) -> Result<String> {
+    match &exprs[i] {
+        datafusion::logical_expr::Expr::Literal(
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)),
+            _,
+        ) => Ok(s.clone()),
+        other => arg_err!(
+            "{function}(): argument {} ({name}) must be a string constant, got {other}",
+            i + 1
+        ),
+    }
+}

@@ -22,8 +22,8 @@ use datafusion::execution::options::{CsvReadOptions, JsonReadOptions};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::string_arg;
 use crate::error::arg_err;
+use crate::udf::args::table_string_arg;
 
 const NAME: &str = "beir";
 
@@ -39,8 +39,8 @@ impl TableFunctionImpl for BeirFunction {
                 exprs.len()
             );
         }
-        let dir = PathBuf::from(string_arg(NAME, exprs, 0, "directory")?);
-        let part = Part::parse(&string_arg(NAME, exprs, 1, "part")?)?;
+        let dir = PathBuf::from(table_string_arg(NAME, exprs, 0, "directory")?);
+        let part = Part::parse(&table_string_arg(NAME, exprs, 1, "part")?)?;
         let file = part.file(&dir);
         if !file.is_file() {
             return arg_err!(

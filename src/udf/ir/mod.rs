@@ -25,7 +25,7 @@ use arrow::datatypes::{
 };
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableFunctionImpl, TableProvider};
-use datafusion::common::{DataFusionError, Result, ScalarValue};
+use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::TableType;
 use datafusion::execution::context::SessionContext;
@@ -34,6 +34,7 @@ use datafusion::logical_expr::{cast, col, Expr};
 use datafusion::physical_plan::ExecutionPlan;
 
 use self::measures::{evaluate, parse_measures, Measure, MeasureError, Options, Qrels, Run};
+use super::args::table_string_arg;
 use crate::error::{arg_err, Error};
 
 const NAME: &str = "ir_measures";
@@ -50,15 +51,15 @@ impl TableFunctionImpl for IrMeasuresFunction {
                 exprs.len()
             );
         }
-        let run = string_arg(NAME, exprs, 0, "run")?;
-        let qrels = string_arg(NAME, exprs, 1, "qrels")?;
-        let measures = parse_measures(&string_arg(NAME, exprs, 2, "measures")?)
+        let run = table_string_arg(NAME, exprs, 0, "run")?;
+        let qrels = table_string_arg(NAME, exprs, 1, "qrels")?;
+        let measures = parse_measures(&table_string_arg(NAME, exprs, 2, "measures")?)
             .map_err(|e| Error::sql_argument(format!("{NAME}(): {e}")))?;
         if measures.is_empty() {
             return arg_err!("{NAME}(): argument 3 (measures) names no measure");
         }
         let options = match exprs.get(3) {
-            Some(_) => parse_options(&string_arg(NAME, exprs, 3, "options")?)?,
+            Some(_) => parse_options(&table_string_arg(NAME, exprs, 3, "options")?)?,
             None => Options::default(),
         };
         Ok(Arc::new(IrMeasures {
@@ -72,22 +73,6 @@ impl TableFunctionImpl for IrMeasuresFunction {
                 Field::new("value", DataType::Float64, false),
             ])),
         }))
-    }
-}
-
-/// Argument `i` of table function `function`, a string constant.
-pub(super) fn string_arg(function: &str, exprs: &[Expr], i: usize, name: &str) -> Result<String> {
-    match &exprs[i] {
-        Expr::Literal(
-            ScalarValue::Utf8(Some(s))
-            | ScalarValue::LargeUtf8(Some(s))
-            | ScalarValue::Utf8View(Some(s)),
-            _,
-        ) => Ok(s.clone()),
-        other => arg_err!(
-            "{function}(): argument {} ({name}) must be a string constant, got {other}",
-            i + 1
-        ),
     }
 }
 
