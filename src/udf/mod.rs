@@ -1,6 +1,6 @@
 //! SQL functions: `embed`, `rerank`, `embed_model` (inference), `chunk` (token-sized
 //! splitting), `generate_query` (synthesis), the vector functions, quantized vector forms
-//! (`int8_quantize`, `binary_quantize`, `hamming_distance`) and `ir_measures`
+//! (`int8_quantize`, `int8_calibration`, `binary_quantize`, `hamming_distance`) and `ir_measures`
 //! (retrieval evaluation).
 
 pub(crate) mod args;
@@ -19,7 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use datafusion::execution::context::SessionContext;
-use datafusion::logical_expr::ScalarUDF;
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 
 use crate::error::Error;
 use crate::inference::{block_on, Models};
@@ -40,6 +40,9 @@ pub fn register_all(ctx: &SessionContext, models: &Arc<Models>) {
         ctx.register_udf(ScalarUDF::from(quantize::QuantizeUdf::new(form)));
     }
     ctx.register_udf(ScalarUDF::from(quantize::HammingUdf::default()));
+    ctx.register_udaf(AggregateUDF::from(
+        quantize::calibration::Int8CalibrationUdf::default(),
+    ));
     ctx.register_udtf(
         "semflow_stats",
         Arc::new(stats::StatsFunction::new(inference.clone())),

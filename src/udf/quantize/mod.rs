@@ -3,6 +3,8 @@
 //!   scalar quantization; a zero vector stays zero). A quarter of float32's bytes; cosine and
 //!   inner product work on it directly (`cosine_similarity` reads `Int8` vectors), and since the
 //!   scale is per vector, cosine between two int8 vectors approximates the float cosine.
+//! - `int8_quantize(v, calibration)` → per-dimension calibrated `Int8`: each dimension's range
+//!   `[min, max]` over a sample (`int8_calibration(v)`, [`calibration`]) mapped onto −128..127.
 //! - `binary_quantize(v)` → the sign bits, `x > 0` as 1, packed 8 per `UInt8`, most significant
 //!   bit first (numpy's `packbits(v > 0)`, sentence-transformers' `ubinary`): 1/32 of float32.
 //! - `hamming_distance(a, b)` → `Int64` count of differing bits of two packed vectors (lists
@@ -28,6 +30,8 @@ use datafusion::logical_expr::{
 };
 
 use crate::error::arg_err;
+
+pub mod calibration;
 
 /// Which quantized form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -155,11 +159,17 @@ impl ScalarUDFImpl for QuantizeUdf {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        let calibrated = self.form == Form::Int8 && arg_types.len() == 2;
         match arg_types {
-            [t] if is_float_vector(t) || *t == DataType::Null => Ok(vec![t.clone()]),
-            [t] => arg_err!(
+            [t, ..] if !(is_float_vector(t) || *t == DataType::Null) => arg_err!(
                 "{}(): argument 1 must be a float vector (FixedSizeList or List of Float32/Float64), got {t}",
                 self.name()
+            ),
+            [t] => Ok(vec![t.clone()]),
+            [t, c] if calibrated => Ok(vec![t.clone(), calibration::coerce(c)?]),
+            _ if self.form == Form::Int8 => arg_err!(
+                "int8_quantize() takes a vector and optionally a calibration (int8_calibration()'s result), got {} arguments",
+                arg_types.len()
             ),
             _ => arg_err!(
                 "{}() takes 1 argument (a vector), got {}",
@@ -193,10 +203,13 @@ impl ScalarUDFImpl for QuantizeUdf {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let (array, scalar) = match &args.args[0] {
-            ColumnarValue::Scalar(s) => (s.to_array()?, true),
-            ColumnarValue::Array(a) => (a.clone(), false),
-        };
+        // A constant vector with a calibration per row is quantized once per row.
+        let scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let rows = if scalar { 1 } else { args.number_rows };
+        let array = args.args[0].to_array(rows)?;
         let out_type = self.return_type(&[array.data_type().clone()])?;
         let (Some(ranges), Some(values)) = (row_ranges(&array), list_values(&array)) else {
             // A NULL literal.
@@ -208,9 +221,23 @@ impl ScalarUDFImpl for QuantizeUdf {
         }
         let values = cast(&values, &DataType::Float32)?;
         let values = values.as_primitive::<Float32Type>().values();
-        let out = match self.form {
-            Form::Int8 => build::<Int8Type>(&ranges, &out_type, self.form, int8, values)?,
-            Form::Binary => build::<UInt8Type>(&ranges, &out_type, self.form, binary, values)?,
+        let out = match (self.form, args.args.get(1)) {
+            (Form::Int8, None) => {
+                build::<Int8Type>(&ranges, &out_type, self.form, values, |_, v| {
+                    Ok(Some(int8(v)))
+                })?
+            }
+            (Form::Int8, Some(calibration)) => {
+                let calibration = calibration::Calibration::new(&calibration.to_array(rows)?)?;
+                build::<Int8Type>(&ranges, &out_type, self.form, values, |row, v| {
+                    calibration.quantize(row, v)
+                })?
+            }
+            (Form::Binary, _) => {
+                build::<UInt8Type>(&ranges, &out_type, self.form, values, |_, v| {
+                    Ok(Some(binary(v)))
+                })?
+            }
         };
         if scalar {
             Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
@@ -220,22 +247,30 @@ impl ScalarUDFImpl for QuantizeUdf {
     }
 }
 
-/// The quantized rows as an array of `out_type` (a FixedSizeList or a List).
+/// The quantized rows as an array of `out_type` (a FixedSizeList or a List). `quantize` maps
+/// row `i`'s values to its quantized form, `None` for a NULL row.
 fn build<T: ArrowPrimitiveType>(
     ranges: &[Option<(usize, usize)>],
     out_type: &DataType,
     form: Form,
-    quantize: impl Fn(&[f32]) -> Vec<T::Native>,
     values: &[f32],
+    quantize: impl Fn(usize, &[f32]) -> Result<Option<Vec<T::Native>>>,
 ) -> Result<ArrayRef> {
-    let nulls = NullBuffer::from(ranges.iter().map(Option::is_some).collect::<Vec<_>>());
+    let mut rows = Vec::with_capacity(ranges.len());
+    for (row, range) in ranges.iter().enumerate() {
+        rows.push(match range {
+            Some((start, end)) => quantize(row, &values[*start..*end])?,
+            None => None,
+        });
+    }
+    let nulls = NullBuffer::from(rows.iter().map(Option::is_some).collect::<Vec<_>>());
     match out_type {
         DataType::FixedSizeList(item, width) => {
             let width = *width as usize;
-            let mut out = Vec::with_capacity(ranges.len() * width);
-            for range in ranges {
-                match range {
-                    Some((start, end)) => out.extend(quantize(&values[*start..*end])),
+            let mut out = Vec::with_capacity(rows.len() * width);
+            for row in rows {
+                match row {
+                    Some(q) => out.extend(q),
                     None => out.extend(std::iter::repeat_n(T::Native::default(), width)),
                 }
             }
@@ -247,17 +282,16 @@ fn build<T: ArrowPrimitiveType>(
             )?))
         }
         _ => {
-            let mut out = Vec::new();
-            let mut lengths = Vec::with_capacity(ranges.len());
-            for range in ranges {
-                let q = range.map_or_else(Vec::new, |(start, end)| quantize(&values[start..end]));
-                lengths.push(q.len());
-                out.extend(q);
-            }
+            let lengths: Vec<usize> = rows
+                .iter()
+                .map(|q| q.as_ref().map_or(0, Vec::len))
+                .collect();
             Ok(Arc::new(ListArray::try_new(
                 form.item(),
                 OffsetBuffer::from_lengths(lengths),
-                Arc::new(PrimitiveArray::<T>::from_iter_values(out)),
+                Arc::new(PrimitiveArray::<T>::from_iter_values(
+                    rows.into_iter().flatten().flatten(),
+                )),
                 Some(nulls),
             )?))
         }
