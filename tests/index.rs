@@ -150,3 +150,83 @@ async fn top_k_vector_queries_use_lance_search_and_match_exact_results() {
         .await
         .unwrap();
 }
+
+/// `binary_quantize` columns are stored as fixed-size `UInt8` vectors, and top-k by
+/// `hamming_distance` is Lance's Hamming search; the rescoring pattern (the k·r nearest codes
+/// re-ranked by their float vectors) reads only those rows' float vectors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hamming_top_k_and_rescoring_use_lance_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("bits").to_string_lossy().into_owned();
+    let engine = common::tiny_engine();
+    engine
+        .run_sql(&format!(
+            "CREATE EXTERNAL TABLE bits (id TEXT NOT NULL, embedding FLOAT[], code TINYINT UNSIGNED[],
+               int8 TINYINT[], PRIMARY KEY (id)) STORED AS LANCE LOCATION '{location}';
+             INSERT INTO bits SELECT 'doc ' || v, e, binary_quantize(e), int8_quantize(e)
+               FROM (SELECT v, embed('document number ' || v || ' about subject ' || (v % 17)) AS e
+                     FROM generate_series(1, 300) AS t(v));"
+        ))
+        .await
+        .unwrap();
+    let stored = engine
+        .run_sql("SELECT arrow_typeof(code), arrow_typeof(int8) FROM bits LIMIT 1")
+        .await
+        .unwrap();
+    let types = pretty_format_batches(&stored[0].batches)
+        .unwrap()
+        .to_string();
+    assert!(
+        types.contains("FixedSizeList(8 x UInt8)") && types.contains("FixedSizeList(64 x Int8)"),
+        "{types}"
+    );
+
+    let query = "binary_quantize(embed('document number 17 about subject 0'))";
+    let knn =
+        format!("SELECT id, hamming_distance(code, {query}) AS d FROM bits ORDER BY d LIMIT 10");
+    let scan = format!(
+        "SELECT id, hamming_distance(code, {query}) + 0 AS d FROM bits ORDER BY d LIMIT 10"
+    );
+    let plan = explain(&engine, &knn).await;
+    assert!(
+        plan.contains("KNN"),
+        "Lance serves the Hamming search:\n{plan}"
+    );
+    assert!(!explain(&engine, &scan).await.contains("KNN"));
+    // Ties may pick other rows at the boundary; the distances are the same.
+    let distances = |sql: String| {
+        let engine = &engine;
+        async move {
+            let results = engine.run_sql(&sql).await.unwrap();
+            let mut d: Vec<i64> = results[0]
+                .batches
+                .iter()
+                .flat_map(|b| {
+                    b.column(1)
+                        .as_primitive::<arrow::datatypes::Int64Type>()
+                        .values()
+                        .to_vec()
+                })
+                .collect();
+            d.sort();
+            d
+        }
+    };
+    let exact = distances(scan).await;
+    assert_eq!(exact[0], 0, "the query's own document is at distance 0");
+    assert_eq!(distances(knn).await, exact);
+    // Descending Hamming is not a nearest-neighbour search.
+    let far = format!("SELECT id FROM bits ORDER BY hamming_distance(code, {query}) DESC LIMIT 3");
+    assert!(!explain(&engine, &far).await.contains("KNN"));
+
+    // Rescoring: 40 candidates by Hamming, re-ranked by cosine over their float vectors.
+    let rescored = "WITH c AS (SELECT id, embedding, hamming_distance(code, binary_quantize(embed('document number 17 about subject 0'))) AS d
+                    FROM bits ORDER BY d LIMIT 40)
+                    SELECT id FROM c ORDER BY cosine_similarity(embedding, embed('document number 17 about subject 0')) DESC LIMIT 5";
+    let plan = explain(&engine, rescored).await;
+    assert!(
+        plan.contains("KNNVectorDistance: metric=hamming") && plan.contains("TopK(fetch=40)"),
+        "{plan}"
+    );
+    assert_eq!(ids(&engine, rescored).await[0], "doc 17");
+}

@@ -1,14 +1,19 @@
 //! Vector search served by Lance. `… ORDER BY cosine_similarity(embedding, <constant>) DESC
-//! LIMIT k` (or `inner_product … DESC`, `l2_distance … ASC`) over a Lance table reads only the
-//! k nearest rows from Lance — approximate through a vector index when one was built
-//! (`CREATE INDEX … USING ivf_pq`), exact (flat) otherwise. DataFusion still computes the
-//! function on those rows and sorts them, so results and scores are the SQL's own.
+//! LIMIT k` (or `inner_product … DESC`, `l2_distance … ASC`, and `hamming_distance … ASC` over
+//! packed bits, `binary_quantize`'s `UInt8` vectors) over a Lance table reads only the k nearest
+//! rows from Lance — approximate through a vector index when one was built (`CREATE INDEX …
+//! USING ivf_pq`), exact (flat) otherwise. DataFusion still computes the function on those rows
+//! and sorts them, so results and scores are the SQL's own.
+//!
+//! Lance reads the other projected columns for the k rows only, after the search: a rescoring
+//! query (`WITH c AS (SELECT id, embedding … ORDER BY hamming_distance(bits, q) LIMIT k*r)
+//! SELECT … ORDER BY cosine_similarity(embedding, …)`) reads k·r float vectors, not all.
 
 use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef};
-use arrow::datatypes::{Field, SchemaRef};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::Transformed;
@@ -25,6 +30,7 @@ use lance_linalg::distance::MetricType;
 
 use super::LanceTable;
 use crate::udf::options::{SearchEffort, SemflowOptions};
+use crate::udf::quantize::HammingUdf;
 use crate::udf::vector::{check_same_model, VectorFn, VectorUdf};
 
 /// The optimizer rule that routes top-k vector queries on Lance tables to Lance's search.
@@ -101,15 +107,10 @@ fn rewrite_sort(sort: &Sort, k: usize) -> Result<Option<Sort>> {
     let Expr::ScalarFunction(f) = &key else {
         return Ok(None);
     };
-    let Some(udf) = f.func.inner().downcast_ref::<VectorUdf>() else {
+    let Some(search) = Search::of(&f.func) else {
         return Ok(None);
     };
-    let (metric, descending) = match udf.kind() {
-        VectorFn::Cosine => (MetricType::Cosine, true),
-        VectorFn::Inner => (MetricType::Dot, true),
-        VectorFn::L2 => (MetricType::L2, false),
-    };
-    if order.asc == descending {
+    if order.asc == search.descending {
         return Ok(None);
     }
     let (column, query, query_metadata) = match f.args.as_slice() {
@@ -118,7 +119,7 @@ fn rewrite_sort(sort: &Sort, k: usize) -> Result<Option<Sort>> {
         }
         _ => return Ok(None),
     };
-    let Some(query) = query_vector(&query) else {
+    let Some(query) = query_vector(&query, search.metric) else {
         return Ok(None);
     };
     let Ok(provider) = source_as_provider(&scan.source) else {
@@ -131,8 +132,11 @@ fn rewrite_sort(sort: &Sort, k: usize) -> Result<Option<Sort>> {
     let Ok(column_field) = schema.field_with_name(&column) else {
         return Ok(None);
     };
+    if !search.fits(column_field) {
+        return Ok(None);
+    }
     check_query_model(
-        udf.kind(),
+        search.function,
         column_field,
         query.data_type(),
         query_metadata.as_ref(),
@@ -142,7 +146,7 @@ fn rewrite_sort(sort: &Sort, k: usize) -> Result<Option<Sort>> {
         column,
         query,
         k,
-        metric,
+        metric: search.metric,
     });
     let new_scan = LogicalPlan::TableScan(TableScan::try_new(
         scan.table_name.clone(),
@@ -164,29 +168,75 @@ fn rewrite_sort(sort: &Sort, k: usize) -> Result<Option<Sort>> {
     }))
 }
 
+/// The search a sort key asks for: Lance's metric, and which way the key orders.
+struct Search {
+    function: &'static str,
+    metric: MetricType,
+    descending: bool,
+}
+
+impl Search {
+    fn of(udf: &datafusion::logical_expr::ScalarUDF) -> Option<Self> {
+        if let Some(udf) = udf.inner().downcast_ref::<VectorUdf>() {
+            let (metric, descending) = match udf.kind() {
+                VectorFn::Cosine => (MetricType::Cosine, true),
+                VectorFn::Inner => (MetricType::Dot, true),
+                VectorFn::L2 => (MetricType::L2, false),
+            };
+            return Some(Search {
+                function: udf.kind().name(),
+                metric,
+                descending,
+            });
+        }
+        udf.inner().downcast_ref::<HammingUdf>().map(|_| Search {
+            function: "hamming_distance",
+            metric: MetricType::Hamming,
+            descending: false,
+        })
+    }
+
+    /// Whether Lance can search `column` this way: float vectors by the float metrics, packed
+    /// `UInt8` bits by Hamming (other forms stay with DataFusion, which computes them all).
+    fn fits(&self, column: &Field) -> bool {
+        let DataType::FixedSizeList(item, _) = column.data_type() else {
+            return false;
+        };
+        match self.metric {
+            MetricType::Hamming => *item.data_type() == DataType::UInt8,
+            _ => item.data_type().is_floating(),
+        }
+    }
+}
+
 /// Refuses a query vector of another model than `column`'s. The query was folded to a
 /// constant by now; its literal's metadata still names its model.
 fn check_query_model(
-    kind: VectorFn,
+    function: &str,
     column: &Field,
-    query_type: &arrow::datatypes::DataType,
+    query_type: &DataType,
     metadata: Option<&datafusion::common::metadata::FieldMetadata>,
 ) -> Result<()> {
     let Some(metadata) = metadata else {
         return Ok(());
     };
     let query = metadata.add_to_field(Field::new("query", query_type.clone(), true));
-    check_same_model(kind.name(), column, &query)
+    check_same_model(function, column, &query)
 }
 
-/// The values of a constant, non-null vector literal.
-fn query_vector(v: &ScalarValue) -> Option<ArrayRef> {
+/// The values of a constant, non-null vector literal of the kind `metric` compares: floats,
+/// or packed bits (`UInt8`) for Hamming.
+fn query_vector(v: &ScalarValue, metric: MetricType) -> Option<ArrayRef> {
     let values = match v {
         ScalarValue::FixedSizeList(a) if !a.is_null(0) => a.value(0),
         ScalarValue::List(a) if !a.is_null(0) => a.value(0),
         _ => return None,
     };
-    (values.null_count() == 0 && values.data_type().is_floating()).then_some(values)
+    let kind = match metric {
+        MetricType::Hamming => *values.data_type() == DataType::UInt8,
+        _ => values.data_type().is_floating(),
+    };
+    (values.null_count() == 0 && kind).then_some(values)
 }
 
 /// A Lance table read through `nearest(column, query, k)`.

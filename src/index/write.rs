@@ -328,14 +328,17 @@ pub fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(target.clone(), columns)?)
 }
 
-/// The schema a new dataset gets from a declared one: variable-length float lists become
+/// The schema a new dataset gets from a declared one: variable-length lists of floats, int8 or
+/// uint8 (vectors and their quantized forms, `int8_quantize`/`binary_quantize`) become
 /// fixed-size lists sized by the first non-null value in `sample` (vector search needs them).
 pub fn storage_schema(declared: &SchemaRef, sample: &[RecordBatch]) -> Result<SchemaRef> {
     let fields = declared
         .fields()
         .iter()
         .map(|f| match f.data_type() {
-            DataType::List(item) | DataType::LargeList(item) if item.data_type().is_floating() => {
+            DataType::List(item) | DataType::LargeList(item)
+                if is_vector_item(item.data_type()) =>
+            {
                 let len = first_list_len(sample, f.name()).ok_or_else(|| {
                     Error::Index(format!(
                         "column {}: cannot size the vector column before a non-null value arrives",
@@ -367,6 +370,11 @@ pub fn storage_schema(declared: &SchemaRef, sample: &[RecordBatch]) -> Result<Sc
         fields,
         declared.metadata().clone(),
     )))
+}
+
+/// The element types of vector columns.
+fn is_vector_item(t: &DataType) -> bool {
+    t.is_floating() || matches!(t, DataType::Int8 | DataType::UInt8)
 }
 
 /// `metadata` plus the model that made the vectors of column `name` in `sample` (`embed()`'s
