@@ -17,19 +17,28 @@
 //!
 //! Each run is measured with [`crate::udf::ir::measures`] (trec_eval's conventions), averaged
 //! over the evaluated queries.
+//!
+//! With existing indexes ([`ExistingIndex`]: what a pipeline or `semflow reindex` built) the
+//! corpus is not embedded: each index is one configuration, searched as it is (through its
+//! own vector index when it has one), its queries embedded by the engine's model that made
+//! its vectors, at their dimension.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type};
+use datafusion::common::metadata::{FieldMetadata, ScalarAndMetadata};
+use datafusion::common::{ParamValues, ScalarValue};
 use serde::Serialize;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::index::LanceTable;
 use crate::inference::NamedModel;
 use crate::text::sql_string;
+use crate::udf::embed::vector_model;
 use crate::udf::ir::measures::{evaluate, Measure, Options, Qrels, Run};
 
 /// What to evaluate.
@@ -58,6 +67,20 @@ pub struct EvalOptions {
     pub work_dir: PathBuf,
     /// Evaluate the default model too, not only the named ones.
     pub include_default: bool,
+    /// Search these indexes instead of embedding the corpus.
+    pub indexes: Vec<ExistingIndex>,
+}
+
+/// An index built elsewhere (a `semflow run` pipeline, `semflow reindex`), searched as it is.
+#[derive(Debug, Clone)]
+pub struct ExistingIndex {
+    /// A Lance dataset or an alias (`*.alias`).
+    pub location: String,
+    /// The column holding the qrels' document ids.
+    pub id_column: String,
+    pub vector_column: String,
+    /// The text `--rerank-top` reranks.
+    pub text_column: String,
 }
 
 /// One configuration's results.
@@ -65,12 +88,15 @@ pub struct EvalOptions {
 pub struct Configuration {
     /// `default` or the `--model` name.
     pub model: String,
+    /// The existing index searched (`--index`), if this is one.
+    pub index: Option<String>,
     /// `embed_model()`: the model id and weights digest.
     pub fingerprint: String,
     pub dims: usize,
     /// How the vectors are stored.
     pub form: String,
-    /// `exact` (flat search) or `ivf_pq`.
+    /// `exact` (flat search), `ivf_pq`, `hamming`, or `index` (an existing index's own
+    /// vector index).
     pub search: String,
     pub rerank_top: Option<usize>,
     /// Quantized searches rescored by the float vectors: candidates per result.
@@ -82,8 +108,10 @@ pub struct Configuration {
     pub index_bytes: Option<u64>,
     pub latency_ms_p50: f64,
     pub latency_ms_p99: f64,
-    /// Corpus embedding throughput.
-    pub embed_docs_per_s: f64,
+    /// Documents searched.
+    pub documents: usize,
+    /// Corpus embedding throughput (not for existing indexes).
+    pub embed_docs_per_s: Option<f64>,
 }
 
 /// The whole evaluation.
@@ -131,13 +159,19 @@ impl std::str::FromStr for Form {
 }
 
 impl Form {
-    /// The SQL that scores a row of `t` against the query vector `q.v` (higher is better).
-    fn score(self) -> String {
+    /// The SQL that ranks a row against the query vector `$1`, and the order that puts the
+    /// best first: the form a user writes, which the vector-search rewrite serves from Lance
+    /// where Lance can (Hamming over the packed bits).
+    fn key(self) -> (&'static str, &'static str) {
         match self {
-            Form::Int8 => "cosine_similarity(t.embedding_int8, int8_quantize(q.v))".into(),
-            Form::Binary => {
-                "-CAST(hamming_distance(t.embedding_binary, binary_quantize(q.v)) AS DOUBLE)".into()
-            }
+            Form::Int8 => (
+                "cosine_similarity(embedding_int8, int8_quantize($1))",
+                "DESC",
+            ),
+            Form::Binary => (
+                "hamming_distance(embedding_binary, binary_quantize($1))",
+                "ASC",
+            ),
         }
     }
 }
@@ -210,9 +244,6 @@ struct Query {
     text: String,
 }
 
-/// The one-row table holding the current query's vector for quantized searches.
-const QUERY_TABLE: &str = "semflow_eval_query";
-
 /// The fewest rows IVF_PQ trains on.
 const ANN_MIN_DOCS: usize = 256;
 
@@ -222,30 +253,18 @@ pub async fn run(
     options: &EvalOptions,
     progress: impl Fn(Progress<'_>),
 ) -> Result<EvalReport> {
-    if options.k == 0 {
-        return Err(Error::InvalidArgument(
-            "eval: --k must be at least 1".into(),
-        ));
-    }
-    if options.measures.is_empty() {
-        return Err(Error::InvalidArgument(
-            "eval: --measures names no measure".into(),
-        ));
-    }
+    check(options)?;
     let set = sql_string(&options.set.to_string_lossy());
     let qrels_part = sql_string(&format!("qrels/{}", options.split));
     // Every configuration embeds for itself: cache hits would flatter the later ones.
     engine.run_sql("SET semflow.cache = false").await?;
     engine
         .run_sql(&format!(
-            "CREATE OR REPLACE VIEW semflow_eval_corpus AS
-               SELECT doc_id, trim(concat_ws(' ', title, text)) AS body FROM beir({set}, 'corpus');
-             CREATE OR REPLACE VIEW semflow_eval_qrels AS SELECT * FROM beir({set}, {qrels_part})"
+            "CREATE OR REPLACE VIEW semflow_eval_qrels AS SELECT * FROM beir({set}, {qrels_part})"
         ))
         .await?;
     let qrels = read_qrels(engine).await?;
     let queries = read_queries(engine, &set).await?;
-    let documents = count(engine, "SELECT count(*) FROM semflow_eval_corpus").await?;
     if queries.is_empty() {
         return Err(Error::InvalidArgument(format!(
             "eval: no query of {} is judged in qrels/{}.tsv",
@@ -253,109 +272,21 @@ pub async fn run(
             options.split
         )));
     }
-    if options.ann && documents < ANN_MIN_DOCS {
-        return Err(Error::InvalidArgument(format!(
-            "eval: --ann builds an IVF_PQ index, which needs at least {ANN_MIN_DOCS} documents; the corpus has {documents}"
-        )));
-    }
-
-    let mut models: Vec<Option<String>> = Vec::new();
-    if options.include_default {
-        models.push(None);
-    }
-    models.extend(engine.models().names().map(|n| Some(n.to_string())));
-    if models.is_empty() {
-        return Err(Error::InvalidArgument(
-            "eval: no model to evaluate (name some with --model NAME=SPEC)".into(),
-        ));
-    }
-    let dims: Vec<Option<usize>> = if options.dims.is_empty() {
-        vec![None]
-    } else {
-        options.dims.iter().copied().map(Some).collect()
+    let mut runner = Runner {
+        engine,
+        options,
+        qrels: &qrels,
+        queries: &queries,
+        passes: passes(options),
+        progress: &progress,
+        done: 0,
+        total: 0,
     };
-    let passes = 1
-        + usize::from(options.rerank_top.is_some())
-        + options.forms.len() * (1 + usize::from(options.rescore > 1))
-        + usize::from(options.ann);
-    let total = models.len() * dims.len() * (documents + passes * queries.len());
-    let mut done = 0;
-    let mut configurations = Vec::new();
-    std::fs::create_dir_all(&options.work_dir).map_err(|e| Error::io(&options.work_dir, e))?;
-    for model in &models {
-        for d in &dims {
-            let table = Table::create(engine, options, configurations.len(), model, *d).await?;
-            let name = format!("{} dims {}", table.model_name(), table.dims);
-            progress(Progress {
-                done,
-                total,
-                stage: &format!("{name}: embedding {documents} documents"),
-            });
-            let embed_docs_per_s = table.fill(engine, documents).await?;
-            done += documents;
-            let mut passes = vec![Pass::Exact];
-            passes.extend(options.rerank_top.map(Pass::Rerank));
-            for &form in &options.forms {
-                passes.push(Pass::Quantized {
-                    form,
-                    rescore: None,
-                });
-                if options.rescore > 1 {
-                    passes.push(Pass::Quantized {
-                        form,
-                        rescore: Some(options.rescore),
-                    });
-                }
-            }
-            if options.ann {
-                passes.push(Pass::Ivf);
-            }
-            let mut configs = Vec::with_capacity(passes.len());
-            for pass in passes {
-                let index_bytes = match pass {
-                    Pass::Ivf => Some(table.build_index(engine).await?),
-                    _ => None,
-                };
-                let stage = format!("{name}: {}", pass.label());
-                let timed = table
-                    .search_all(engine, options, &queries, pass, |i| {
-                        progress(Progress {
-                            done: done + i,
-                            total,
-                            stage: &stage,
-                        })
-                    })
-                    .await?;
-                done += queries.len();
-                let mut c = Configuration {
-                    model: table.model_name(),
-                    fingerprint: table.fingerprint.clone(),
-                    dims: table.dims,
-                    form: pass.form().into(),
-                    search: pass.search().into(),
-                    rerank_top: match pass {
-                        Pass::Rerank(n) => Some(n),
-                        _ => None,
-                    },
-                    rescore: match pass {
-                        Pass::Quantized { rescore, .. } => rescore,
-                        _ => None,
-                    },
-                    measures: BTreeMap::new(),
-                    bytes_per_vector: pass.bytes_per_vector(table.dims),
-                    index_bytes,
-                    latency_ms_p50: 0.0,
-                    latency_ms_p99: 0.0,
-                    embed_docs_per_s,
-                };
-                timed.into_configuration(&mut c, &qrels, options);
-                configs.push(c);
-            }
-            configurations.extend(configs);
-            table.drop(engine).await?;
-        }
-    }
-    let _ = std::fs::remove_dir_all(&options.work_dir);
+    let (documents, configurations) = if options.indexes.is_empty() {
+        runner.embedded(&set).await?
+    } else {
+        runner.existing().await?
+    };
     Ok(EvalReport {
         set: options.set.display().to_string(),
         split: options.split.clone(),
@@ -366,6 +297,170 @@ pub async fn run(
         measures: options.measures.iter().map(ToString::to_string).collect(),
         configurations,
     })
+}
+
+/// Refuses options that cannot run together.
+fn check(options: &EvalOptions) -> Result<()> {
+    let refuse = |m: &str| Err(Error::InvalidArgument(format!("eval: {m}")));
+    if options.k == 0 {
+        return refuse("--k must be at least 1");
+    }
+    if options.measures.is_empty() {
+        return refuse("--measures names no measure");
+    }
+    if !options.indexes.is_empty() {
+        if !options.dims.is_empty() {
+            return refuse(
+                "--dims does not apply to --index: an index's vectors have their dimension",
+            );
+        }
+        if !options.forms.is_empty() {
+            return refuse("--forms needs the corpus embedded by eval (its quantized columns); not with --index");
+        }
+        if options.ann {
+            return refuse("--ann builds an index over the corpus eval embeds; with --index, the index is searched as it is");
+        }
+    }
+    Ok(())
+}
+
+/// One evaluation under way: the set, the passes, and the progress made.
+struct Runner<'a, P: Fn(Progress<'_>)> {
+    engine: &'a Engine,
+    options: &'a EvalOptions,
+    qrels: &'a Qrels,
+    queries: &'a [Query],
+    passes: Vec<Pass>,
+    progress: &'a P,
+    done: usize,
+    total: usize,
+}
+
+impl<P: Fn(Progress<'_>)> Runner<'_, P> {
+    /// Every model × dims: the corpus embedded into a table of its own, searched, dropped.
+    async fn embedded(&mut self, set: &str) -> Result<(usize, Vec<Configuration>)> {
+        let (engine, options) = (self.engine, self.options);
+        engine
+            .run_sql(&format!(
+                "CREATE OR REPLACE VIEW semflow_eval_corpus AS
+                   SELECT doc_id, trim(concat_ws(' ', title, text)) AS body FROM beir({set}, 'corpus')"
+            ))
+            .await?;
+        let documents = count(engine, "SELECT count(*) FROM semflow_eval_corpus").await?;
+        if options.ann && documents < ANN_MIN_DOCS {
+            return Err(Error::InvalidArgument(format!(
+                "eval: --ann builds an IVF_PQ index, which needs at least {ANN_MIN_DOCS} documents; the corpus has {documents}"
+            )));
+        }
+        let mut models: Vec<Option<String>> = Vec::new();
+        if options.include_default {
+            models.push(None);
+        }
+        models.extend(engine.models().names().map(|n| Some(n.to_string())));
+        if models.is_empty() {
+            return Err(Error::InvalidArgument(
+                "eval: no model to evaluate (name some with --model NAME=SPEC)".into(),
+            ));
+        }
+        let dims: Vec<Option<usize>> = if options.dims.is_empty() {
+            vec![None]
+        } else {
+            options.dims.iter().copied().map(Some).collect()
+        };
+        self.total =
+            models.len() * dims.len() * (documents + self.passes.len() * self.queries.len());
+        let mut configurations = Vec::new();
+        std::fs::create_dir_all(&options.work_dir).map_err(|e| Error::io(&options.work_dir, e))?;
+        for model in &models {
+            for d in &dims {
+                let i = configurations.len();
+                let mut table = Table::create(engine, options, i, model, *d).await?;
+                self.report(&format!(
+                    "{}: embedding {documents} documents",
+                    table.label()
+                ));
+                table.fill(engine, documents).await?;
+                self.done += documents;
+                configurations.extend(self.search(&table).await?);
+                table.drop(engine).await?;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&options.work_dir);
+        Ok((documents, configurations))
+    }
+
+    /// Every existing index, searched as it is; the first one's rows are the report's
+    /// documents.
+    async fn existing(&mut self) -> Result<(usize, Vec<Configuration>)> {
+        let mut tables = Vec::new();
+        for (i, index) in self.options.indexes.iter().enumerate() {
+            tables.push(Table::open(self.engine, i, index).await?);
+        }
+        self.total = tables.len() * self.passes.len() * self.queries.len();
+        let mut configurations = Vec::new();
+        for table in &tables {
+            configurations.extend(self.search(table).await?);
+            table.drop(self.engine).await?;
+        }
+        Ok((tables.first().map_or(0, |t| t.documents), configurations))
+    }
+
+    /// Every pass over `table`: a configuration each.
+    async fn search(&mut self, table: &Table) -> Result<Vec<Configuration>> {
+        let mut configurations = Vec::new();
+        for pass in self.passes.clone() {
+            let index_bytes = match pass {
+                Pass::Ivf => Some(table.build_index(self.engine).await?),
+                _ => table.index_bytes(),
+            };
+            let stage = format!("{}: {}", table.label(), pass.label());
+            let (done, total) = (self.done, self.total);
+            let timed = table
+                .search_all(self.engine, self.options, self.queries, pass, |i| {
+                    (self.progress)(Progress {
+                        done: done + i,
+                        total,
+                        stage: &stage,
+                    })
+                })
+                .await?;
+            self.done += self.queries.len();
+            let mut c = table.configuration(pass, index_bytes);
+            timed.into_configuration(&mut c, self.qrels, self.options);
+            configurations.push(c);
+        }
+        Ok(configurations)
+    }
+
+    fn report(&self, stage: &str) {
+        (self.progress)(Progress {
+            done: self.done,
+            total: self.total,
+            stage,
+        });
+    }
+}
+
+/// The ways each configuration's table is searched, in report order.
+fn passes(options: &EvalOptions) -> Vec<Pass> {
+    let mut passes = vec![Pass::Exact];
+    passes.extend(options.rerank_top.map(Pass::Rerank));
+    for &form in &options.forms {
+        passes.push(Pass::Quantized {
+            form,
+            rescore: None,
+        });
+        if options.rescore > 1 {
+            passes.push(Pass::Quantized {
+                form,
+                rescore: Some(options.rescore),
+            });
+        }
+    }
+    if options.ann {
+        passes.push(Pass::Ivf);
+    }
+    passes
 }
 
 /// A merge sweep's point: the model name it is evaluated under, and its directory.
@@ -414,6 +509,38 @@ pub fn best<'a>(
             Some(b) if b.measures.get(measure) >= c.measures.get(measure) => Some(b),
             _ => Some(c),
         })
+}
+
+/// `embed_model(model)`: the model's id and weights digest.
+async fn fingerprint(engine: &Engine, model: &Option<String>) -> Result<String> {
+    let arg = model.as_deref().map_or("NULL".into(), sql_string);
+    let rows = text_rows(engine, &format!("SELECT embed_model({arg})"), 1).await?;
+    rows.into_iter()
+        .next()
+        .and_then(|mut r| r.pop())
+        .ok_or_else(|| Error::InvalidArgument("eval: embed_model() returned nothing".into()))
+}
+
+/// Of the engine's models (the default, then the named ones), the one whose fingerprint is
+/// `made_by`: its name and fingerprint.
+async fn model_that_made(
+    engine: &Engine,
+    made_by: &str,
+) -> Result<Option<(Option<String>, String)>> {
+    let candidates =
+        std::iter::once(None).chain(engine.models().names().map(|n| Some(n.to_string())));
+    for model in candidates.collect::<Vec<_>>() {
+        let fingerprint = fingerprint(engine, &model).await?;
+        if fingerprint == made_by {
+            return Ok(Some((model, fingerprint)));
+        }
+    }
+    Ok(None)
+}
+
+fn column_names(schema: &arrow::datatypes::Schema) -> String {
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    names.join(", ")
 }
 
 async fn count(engine: &Engine, sql: &str) -> Result<usize> {
@@ -493,13 +620,23 @@ async fn read_queries(engine: &Engine, set: &str) -> Result<Vec<Query>> {
         .collect())
 }
 
-/// One configuration's Lance table.
+/// One configuration's Lance table: embedded by eval, or an existing index.
 struct Table {
     name: String,
     location: PathBuf,
     model: Option<String>,
     fingerprint: String,
     dims: usize,
+    /// The columns searches read: document id, vector, text (for reranking).
+    id: String,
+    vector: String,
+    text: String,
+    /// The existing index's location (`--index`); `None` for eval's own tables.
+    existing: Option<String>,
+    /// Whether the vector column has a vector index searches go through.
+    indexed: bool,
+    documents: usize,
+    embed_docs_per_s: Option<f64>,
 }
 
 impl Table {
@@ -551,19 +688,125 @@ impl Table {
             model: model.clone(),
             fingerprint,
             dims,
+            id: "doc_id".into(),
+            vector: "embedding".into(),
+            text: "body".into(),
+            existing: None,
+            indexed: false,
+            documents: 0,
+            embed_docs_per_s: None,
         })
+    }
+
+    /// Registers an existing index and finds the engine's model that made its vectors (the
+    /// default model when the column does not record one).
+    async fn open(engine: &Engine, i: usize, index: &ExistingIndex) -> Result<Self> {
+        let name = format!("semflow_eval_index_{i}");
+        engine
+            .run_sql(&format!(
+                "CREATE EXTERNAL TABLE {name} STORED AS LANCE LOCATION {}",
+                sql_string(&index.location)
+            ))
+            .await?;
+        let refuse =
+            |m: String| Error::InvalidArgument(format!("eval: --index {}: {m}", index.location));
+        let provider = engine.context().table_provider(name.as_str()).await?;
+        let table = provider
+            .downcast_ref::<LanceTable>()
+            .ok_or_else(|| refuse("not a Lance table".into()))?;
+        let schema = datafusion::datasource::TableProvider::schema(table);
+        for column in [&index.id_column, &index.vector_column] {
+            if schema.field_with_name(column).is_err() {
+                return Err(refuse(format!(
+                    "no column {column} (it has {}); name the columns with --id-column and --vector-column",
+                    column_names(&schema)
+                )));
+            }
+        }
+        let (documents, dims) = table.vector_shape(&index.vector_column).await?;
+        let recorded = schema
+            .field_with_name(&index.vector_column)
+            .ok()
+            .and_then(vector_model);
+        let (model, fingerprint) = match &recorded {
+            Some(made_by) => model_that_made(engine, made_by).await?.ok_or_else(|| {
+                refuse(format!(
+                    "its vectors were made by {made_by}, which is not a model of this engine (give it with --embed-model or --model NAME=SPEC)"
+                ))
+            })?,
+            None => (None, fingerprint(engine, &None).await?),
+        };
+        Ok(Table {
+            location: PathBuf::from(table.uri()),
+            indexed: table.has_index_on(&index.vector_column).await?,
+            name,
+            model,
+            fingerprint,
+            dims,
+            id: index.id_column.clone(),
+            vector: index.vector_column.clone(),
+            text: index.text_column.clone(),
+            existing: Some(index.location.clone()),
+            documents,
+            embed_docs_per_s: None,
+        })
+    }
+
+    /// How progress names this table.
+    fn label(&self) -> String {
+        match &self.existing {
+            Some(location) => format!("{location} ({})", self.model_name()),
+            None => format!("{} dims {}", self.model_name(), self.dims),
+        }
+    }
+
+    /// The bytes of the vector index searches go through, for an existing index that has one.
+    fn index_bytes(&self) -> Option<u64> {
+        (self.existing.is_some() && self.indexed)
+            .then(|| directory_bytes(&self.location.join("_indices")))
     }
 
     fn model_name(&self) -> String {
         self.model.clone().unwrap_or_else(|| "default".into())
     }
 
+    /// The report row of `pass` over this table, before its measures and latencies.
+    fn configuration(&self, pass: Pass, index_bytes: Option<u64>) -> Configuration {
+        let search = match pass {
+            Pass::Exact | Pass::Rerank(_) if self.indexed => "index",
+            _ => pass.search(),
+        };
+        Configuration {
+            model: self.model_name(),
+            index: self.existing.clone(),
+            fingerprint: self.fingerprint.clone(),
+            dims: self.dims,
+            form: pass.form().into(),
+            search: search.into(),
+            rerank_top: match pass {
+                Pass::Rerank(n) => Some(n),
+                _ => None,
+            },
+            rescore: match pass {
+                Pass::Quantized { rescore, .. } => rescore,
+                _ => None,
+            },
+            measures: BTreeMap::new(),
+            bytes_per_vector: pass.bytes_per_vector(self.dims),
+            index_bytes,
+            latency_ms_p50: 0.0,
+            latency_ms_p99: 0.0,
+            documents: self.documents,
+            embed_docs_per_s: self.embed_docs_per_s,
+        }
+    }
+
     fn model_arg(&self) -> String {
         self.model.as_deref().map_or("NULL".into(), sql_string)
     }
 
-    /// Embeds the corpus into the table; documents per second.
-    async fn fill(&self, engine: &Engine, documents: usize) -> Result<f64> {
+    /// Embeds the corpus into the table, timing it.
+    async fn fill(&mut self, engine: &Engine, documents: usize) -> Result<()> {
         let started = Instant::now();
         engine
             .run_sql(&format!(
@@ -575,7 +818,9 @@ impl Table {
                 self.model_arg()
             ))
             .await?;
-        Ok(documents as f64 / started.elapsed().as_secs_f64().max(1e-9))
+        self.documents = documents;
+        self.embed_docs_per_s = Some(documents as f64 / started.elapsed().as_secs_f64().max(1e-9));
+        Ok(())
     }
 
     /// Builds the IVF_PQ index; its size on disk.
@@ -601,13 +846,19 @@ impl Table {
     }
 
     /// The search SQL for one query: the user's form of top-k for `pass`. Quantized passes
-    /// read the query's vector from the one-row table [`QUERY_TABLE`].
+    /// take the query's vector as the parameter `$1` (embedded once, as an application
+    /// holding the vector would search).
     fn search_sql(&self, options: &EvalOptions, query: &str, pass: Pass) -> String {
         let q = sql_string(query);
         let t = &self.name;
+        let (id, vector, text) = (&self.id, &self.vector, &self.text);
         let search = |limit: usize| {
+            let body = match pass {
+                Pass::Rerank(_) => format!(", {text} AS body"),
+                _ => String::new(),
+            };
             format!(
-                "SELECT doc_id, body, cosine_similarity(embedding, embed({q}, {}, {}, {})) AS score
+                "SELECT {id} AS doc_id{body}, cosine_similarity({vector}, embed({q}, {}, {}, {})) AS score
                  FROM {t} ORDER BY score DESC LIMIT {limit}",
                 sql_string(&options.instruction),
                 self.dims,
@@ -624,42 +875,63 @@ impl Table {
             Pass::Quantized {
                 form,
                 rescore: None,
-            } => format!(
-                "SELECT t.doc_id, {} AS score FROM {t} t CROSS JOIN {QUERY_TABLE} q
-                 ORDER BY score DESC LIMIT {k}",
-                form.score()
-            ),
+            } => {
+                let (key, order) = form.key();
+                // Higher is better in the run: distances are negated.
+                let sign = if order == "ASC" { "-" } else { "" };
+                format!(
+                    "SELECT doc_id, {sign}CAST(key AS DOUBLE) AS score
+                     FROM (SELECT doc_id, {key} AS key FROM {t} ORDER BY key {order} LIMIT {k})"
+                )
+            }
             Pass::Quantized {
                 form,
                 rescore: Some(r),
-            } => format!(
-                "WITH c AS (SELECT t.doc_id, t.embedding FROM {t} t CROSS JOIN {QUERY_TABLE} q
-                            ORDER BY {} DESC LIMIT {})
-                 SELECT c.doc_id, cosine_similarity(c.embedding, q.v) AS score
-                 FROM c CROSS JOIN {QUERY_TABLE} q ORDER BY score DESC LIMIT {k}",
-                form.score(),
-                k * r
-            ),
+            } => {
+                let (key, order) = form.key();
+                format!(
+                    "WITH c AS (SELECT doc_id, embedding, {key} AS key FROM {t}
+                                ORDER BY key {order} LIMIT {})
+                     SELECT doc_id, cosine_similarity(embedding, $1) AS score
+                     FROM c ORDER BY score DESC LIMIT {k}",
+                    k * r
+                )
+            }
         }
     }
 
-    /// Embeds the query and leaves its vector in [`QUERY_TABLE`].
-    async fn hold_query_vector(
+    /// Embeds the query: its vector, with the field metadata naming its model.
+    async fn query_vector(
         &self,
         engine: &Engine,
         options: &EvalOptions,
         query: &str,
-    ) -> Result<()> {
+    ) -> Result<ScalarAndMetadata> {
         let results = engine.run_sql(&self.embed_sql(options, query)).await?;
         let batch = results
             .into_iter()
             .next()
             .and_then(|r| r.batches.into_iter().next())
+            .filter(|b| b.num_rows() == 1)
             .ok_or_else(|| Error::InvalidArgument("eval: a query embedded to nothing".into()))?;
-        let ctx = engine.context();
-        ctx.deregister_table(QUERY_TABLE)?;
-        ctx.register_batch(QUERY_TABLE, batch)?;
-        Ok(())
+        let value = ScalarValue::try_from_array(batch.column(0), 0)?;
+        let metadata = FieldMetadata::from(batch.schema().field(0));
+        Ok(ScalarAndMetadata::new(value, Some(metadata)))
+    }
+
+    /// `sql`'s rows, with `$1` bound to `vector`.
+    async fn run_with(
+        engine: &Engine,
+        sql: &str,
+        vector: ScalarAndMetadata,
+    ) -> Result<Vec<RecordBatch>> {
+        Ok(engine
+            .context()
+            .sql(sql)
+            .await?
+            .with_param_values(ParamValues::List(vec![vector]))?
+            .collect()
+            .await?)
     }
 
     /// Runs every query, timing each (query embedding included); the run and the latencies.
@@ -677,25 +949,31 @@ impl Table {
             progress(i);
             let sql = self.search_sql(options, &query.text, pass);
             let started = Instant::now();
-            if let Pass::Quantized { .. } = pass {
-                self.hold_query_vector(engine, options, &query.text).await?;
-            }
-            let results = engine.run_sql(&sql).await?;
+            let batches = match pass {
+                Pass::Quantized { .. } => {
+                    let vector = self.query_vector(engine, options, &query.text).await?;
+                    Self::run_with(engine, &sql, vector).await?
+                }
+                _ => engine
+                    .run_sql(&sql)
+                    .await?
+                    .into_iter()
+                    .flat_map(|r| r.batches)
+                    .collect(),
+            };
             latencies.push(started.elapsed());
-            for result in &results {
-                for batch in &result.batches {
-                    let docs = batch.column(0).as_string::<i32>();
-                    let score_column = batch.num_columns() - 1;
-                    let scores =
-                        arrow::compute::cast(batch.column(score_column), &DataType::Float64)?;
-                    let scores = scores.as_primitive::<Float64Type>();
-                    for r in 0..batch.num_rows() {
-                        if docs.is_null(r) || scores.is_null(r) {
-                            continue;
-                        }
-                        run.insert(&query.id, docs.value(r), scores.value(r))
-                            .map_err(|e| Error::InvalidArgument(format!("eval: {e}")))?;
+            for batch in &batches {
+                let docs = arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
+                let docs = docs.as_string::<i32>();
+                let score_column = batch.num_columns() - 1;
+                let scores = arrow::compute::cast(batch.column(score_column), &DataType::Float64)?;
+                let scores = scores.as_primitive::<Float64Type>();
+                for r in 0..batch.num_rows() {
+                    if docs.is_null(r) || scores.is_null(r) {
+                        continue;
                     }
+                    run.insert(&query.id, docs.value(r), scores.value(r))
+                        .map_err(|e| Error::InvalidArgument(format!("eval: {e}")))?;
                 }
             }
         }
@@ -778,8 +1056,12 @@ impl EvalReport {
         ]);
         let mut rows = vec![header];
         for c in &self.configurations {
+            let model = match &c.index {
+                Some(index) => format!("{index} ({})", c.model),
+                None => c.model.clone(),
+            };
             let mut row = vec![
-                c.model.clone(),
+                model,
                 c.dims.to_string(),
                 c.form.clone(),
                 format!(
@@ -797,7 +1079,7 @@ impl EvalReport {
                 c.index_bytes.map_or("-".into(), |b| b.to_string()),
                 format!("{:.2}", c.latency_ms_p50),
                 format!("{:.2}", c.latency_ms_p99),
-                format!("{:.1}", c.embed_docs_per_s),
+                c.embed_docs_per_s.map_or("-".into(), |r| format!("{r:.1}")),
             ]);
             rows.push(row);
         }

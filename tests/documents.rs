@@ -171,10 +171,20 @@ const README_BLOCKS: &[(&str, Block)] = &[
     (
         "WITH candidates AS (",
         Block::Run {
-            prelude: "CREATE TABLE idx AS SELECT id AS doc_id, e AS embedding,
-                        binary_quantize(e) AS embedding_binary
+            // A Lance table, as README says: the Hamming stage is Lance's search.
+            prelude: "CREATE EXTERNAL TABLE idx (doc_id TEXT NOT NULL, embedding FLOAT[],
+                        embedding_binary TINYINT UNSIGNED[], PRIMARY KEY (doc_id))
+                      STORED AS LANCE LOCATION 'idx.lance';
+                      INSERT INTO idx SELECT id, e, binary_quantize(e)
                       FROM (SELECT id, embed(body) AS e FROM docs);",
             after_previous: false,
+        },
+    ),
+    (
+        "CREATE TABLE calibration AS SELECT int8_calibration(embedding)",
+        Block::Run {
+            prelude: "",
+            after_previous: true,
         },
     ),
     (

@@ -179,6 +179,7 @@ fn eval_compares_models_dims_and_searches() {
 fn eval_refuses_what_it_cannot_do() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/beir-mini");
+    let work_dir = dir.path().display().to_string();
     for (args, message) in [
         (
             vec!["--ann"],
@@ -195,20 +196,25 @@ fn eval_refuses_what_it_cannot_do() {
             "--forms: unknown form \"int4\" (float32, int8, binary)",
         ),
     ] {
-        let out = semflow_command()
-            .args(["eval", "--set"])
-            .arg(&fixture)
-            .args(&args)
-            .arg("--work-dir")
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && stderr.contains(message),
-            "{args:?}: {stderr}"
-        );
+        let mut args = args;
+        args.extend(["--work-dir", &work_dir]);
+        assert_eval_refuses(&fixture, &args, message);
     }
+}
+
+/// `semflow eval --set SET ARGS` fails, saying `message`.
+fn assert_eval_refuses(set: &Path, args: &[&str], message: &str) {
+    let out = semflow_command()
+        .args(["eval", "--set"])
+        .arg(set)
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(message),
+        "{args:?}: {stderr}"
+    );
 }
 
 /// `semflow merge A B --sweep …` (issue 36, item 4): every point is merged and evaluated
@@ -351,5 +357,122 @@ fn eval_measures_quantized_forms() {
         } else {
             assert!(r.4 >= 0.8, "{r:?}");
         }
+    }
+}
+
+/// `semflow eval --index` (issue 36, item 3: "or use an existing index"): indexes built
+/// elsewhere are searched as they are — not re-embedded — with the engine's model that made
+/// their vectors, at their dimension, through their own vector index when they have one.
+#[test]
+fn eval_searches_existing_indexes_as_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set");
+    write_set(&set);
+    let other = random_model(ModelKind::Embedding, Preset::Tiny, 8);
+    let other_model = format!("other={}", other.display());
+    let (a, b) = (dir.path().join("a.lance"), dir.path().join("b.lance"));
+    // a: the default model at 32 dims, flat; b: the other model, with an IVF_PQ index.
+    let build = |location: &Path, dims: &str, model: &str, index: &str| {
+        format!(
+            "CREATE EXTERNAL TABLE t (id TEXT NOT NULL, body TEXT, embedding FLOAT[], PRIMARY KEY (id))
+               STORED AS LANCE LOCATION '{}';
+             INSERT INTO t SELECT doc_id, b, embed(b, NULL, {dims}, {model})
+               FROM (SELECT doc_id, trim(concat_ws(' ', title, text)) AS b FROM beir('{}', 'corpus'));
+             {index}",
+            location.display(),
+            set.display()
+        )
+    };
+    for sql in [
+        build(&a, "32", "NULL", ""),
+        build(
+            &b,
+            "NULL",
+            "'other'",
+            "CREATE INDEX t_embedding ON t USING ivf_pq (embedding);",
+        ),
+    ] {
+        stdout_of(
+            semflow_command()
+                .args(["sql", "--model", &other_model])
+                .arg(sql),
+        );
+    }
+    let json = dir.path().join("report.json");
+    let stdout = stdout_of(
+        semflow_command()
+            .args(["eval", "--set"])
+            .arg(&set)
+            .arg("--index")
+            .arg(format!("{},{}", a.display(), b.display()))
+            .args(["--model", &other_model])
+            .args(["--k", "10", "--instruction", "", "--rerank-top", "5"])
+            .args(["--measures", "recall@10,mrr@10", "--json"])
+            .arg(&json),
+    );
+    println!("{}", String::from_utf8_lossy(&stdout));
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["documents"], DOCS);
+    let rows: Vec<String> = report["configurations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert!(c["embed_docs_per_s"].is_null(), "nothing is embedded: {c}");
+            assert_eq!(c["documents"], DOCS);
+            let recall = c["measures"]["recall@10"].as_f64().unwrap();
+            match (c["search"].as_str().unwrap(), c["rerank_top"].as_u64()) {
+                ("exact", _) => assert_eq!(recall, 1.0, "{c}"),
+                ("index", _) => {
+                    assert!(c["index_bytes"].as_u64().unwrap() > 0, "{c}");
+                    assert!(recall >= 0.9, "{c}");
+                }
+                other => panic!("unexpected search {other:?}"),
+            }
+            format!(
+                "{}/{}/{}/{}/{:?}",
+                Path::new(c["index"].as_str().unwrap())
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy(),
+                c["model"].as_str().unwrap(),
+                c["dims"],
+                c["search"].as_str().unwrap(),
+                c["rerank_top"].as_u64()
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            "a.lance/default/32/exact/None",
+            "a.lance/default/32/exact/Some(5)",
+            "b.lance/other/64/index/None",
+            "b.lance/other/64/index/Some(5)",
+        ]
+    );
+
+    // b's model is not in an engine without --model other; options that need the corpus
+    // embedded are refused.
+    let b = b.display().to_string();
+    for (args, message) in [
+        (
+            vec!["--index", b.as_str()],
+            "which is not a model of this engine",
+        ),
+        (
+            vec!["--index", b.as_str(), "--dims", "32"],
+            "--dims does not apply to --index",
+        ),
+        (
+            vec!["--index", b.as_str(), "--forms", "binary"],
+            "--forms needs the corpus embedded by eval",
+        ),
+        (
+            vec!["--index", b.as_str(), "--id-column", "doc"],
+            "no column doc (it has id, body, embedding)",
+        ),
+    ] {
+        assert_eval_refuses(&set, &args, message);
     }
 }

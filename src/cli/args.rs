@@ -170,6 +170,20 @@ pub struct EvalArgs {
     /// A BEIR / MTEB directory: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.
     #[arg(long)]
     pub set: PathBuf,
+    /// Search these existing indexes (Lance datasets or aliases; repeat or comma-separate)
+    /// instead of embedding the set's corpus: each is searched as it is, with the model of
+    /// this engine that made its vectors.
+    #[arg(long, value_delimiter = ',')]
+    pub index: Vec<String>,
+    /// With --index: the column holding the qrels' document ids.
+    #[arg(long, default_value = "id", requires = "index")]
+    pub id_column: String,
+    /// With --index: the vector column.
+    #[arg(long, default_value = "embedding", requires = "index")]
+    pub vector_column: String,
+    /// With --index: the text column --rerank-top reranks.
+    #[arg(long, default_value = "body", requires = "index")]
+    pub text_column: String,
     #[command(flatten)]
     pub eval: EvalSettings,
     #[command(flatten)]

@@ -74,7 +74,17 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 async fn run_eval(args: EvalArgs) -> Result<()> {
     let engine = args.engine.engine()?;
-    let options = eval_options(args.set, &args.eval, true)?;
+    let mut options = eval_options(args.set, &args.eval, true)?;
+    options.indexes = args
+        .index
+        .iter()
+        .map(|location| crate::eval::ExistingIndex {
+            location: location.clone(),
+            id_column: args.id_column.clone(),
+            vector_column: args.vector_column.clone(),
+            text_column: args.text_column.clone(),
+        })
+        .collect();
     let report = evaluate_with_progress(&engine, &options).await?;
     print!("{}", report.render());
     write_json(args.eval.json.as_deref(), &report)
@@ -143,6 +153,7 @@ fn eval_options(
             std::env::temp_dir().join(format!("semflow-eval-{}", std::process::id()))
         }),
         include_default,
+        indexes: Vec::new(),
     })
 }
 

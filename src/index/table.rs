@@ -348,6 +348,24 @@ impl LanceTable {
         Ok((rows, *dims as usize))
     }
 
+    /// Whether an index (other than Lance's system indexes) covers `column`.
+    pub async fn has_index_on(&self, column: &str) -> Result<bool> {
+        let Some(ds) = self.latest().await? else {
+            return Ok(false);
+        };
+        let Some(field) = ds.schema().field(column) else {
+            return Ok(false);
+        };
+        use lance::index::DatasetIndexExt;
+        let indices = ds
+            .load_indices()
+            .await
+            .map_err(|e| Error::Index(format!("{}: {e}", self.uri())))?;
+        Ok(indices
+            .iter()
+            .any(|i| !lance_index::is_system_index(i) && i.fields.contains(&field.id)))
+    }
+
     /// Builds (or replaces) a vector index on `column` and commits it.
     pub async fn create_vector_index(
         &self,
