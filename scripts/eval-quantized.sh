@@ -55,7 +55,10 @@ with open(sys.argv[1]) as f, open(sys.argv[2], "w") as g:
         g.write(f"{row['query_id']}\t{row['doc_id']}\t1\n")
 EOF
 
+# The evaluation alone is timed (the qrels step above is the set's preparation).
+started=$(date +%s.%N)
 "$semflow" eval --set "$set_dir/set" --embed-model "random:$preset" --k 10 \
     --measures recall@10,ndcg@10 --forms int8,binary --rescore "$rescore" \
     --json "$out/report.json" | tee "$out/report.txt"
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; commit $commit" | tee -a "$out/report.txt"
+echo "eval took $(python3 -c "print(f'{$(date +%s.%N) - $started:.1f}')") s" | tee -a "$out/report.txt"
