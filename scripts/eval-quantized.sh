@@ -43,10 +43,11 @@ EOF
 CREATE TABLE d AS SELECT doc_id, embed(trim(concat_ws(' ', title, text))) AS e FROM beir('$set_dir/set', 'corpus');
 CREATE TABLE q AS SELECT query_id, embed(text, 'query') AS e FROM beir('$set_dir/set', 'queries');
 SELECT query_id, doc_id FROM (
-  SELECT q.query_id, d.doc_id,
-         row_number() OVER (PARTITION BY q.query_id
-                            ORDER BY cosine_similarity(d.e, q.e) DESC, d.doc_id DESC) AS r
-  FROM q CROSS JOIN d) WHERE r <= 10"
+  SELECT query_id, doc_id,
+         row_number() OVER (PARTITION BY query_id ORDER BY s DESC, doc_id DESC) AS r
+  -- Scores first: the window then holds (query, document, score) rows, not their vectors.
+  FROM (SELECT q.query_id, d.doc_id, cosine_similarity(d.e, q.e) AS s FROM q CROSS JOIN d))
+WHERE r <= 10"
 python3 - "$set_dir/top10.csv" "$set_dir/set/qrels/test.tsv" <<'EOF'
 import csv, sys
 with open(sys.argv[1]) as f, open(sys.argv[2], "w") as g:
