@@ -140,6 +140,9 @@ pub struct Progress<'a> {
 pub enum Form {
     /// `int8_quantize`, searched by cosine over the int8 vectors.
     Int8,
+    /// `int8_quantize(v, calibration)` with each dimension's range over the corpus
+    /// (`int8_calibration`), searched by cosine over the int8 vectors.
+    Int8Calibrated,
     /// `binary_quantize`, searched by Hamming distance.
     Binary,
 }
@@ -150,22 +153,36 @@ impl std::str::FromStr for Form {
     fn from_str(s: &str) -> Result<Self> {
         match s.trim() {
             "int8" => Ok(Form::Int8),
+            "int8-calibrated" => Ok(Form::Int8Calibrated),
             "binary" => Ok(Form::Binary),
             other => Err(Error::InvalidArgument(format!(
-                "--forms: unknown form {other:?} (float32, int8, binary)"
+                "--forms: unknown form {other:?} (float32, int8, int8-calibrated, binary)"
             ))),
         }
     }
 }
 
 impl Form {
-    /// The SQL that ranks a row against the query vector `$1`, and the order that puts the
-    /// best first: the form a user writes, which the vector-search rewrite serves from Lance
-    /// where Lance can (Hamming over the packed bits).
+    /// How `--forms` and the report name it.
+    fn name(self) -> &'static str {
+        match self {
+            Form::Int8 => "int8",
+            Form::Int8Calibrated => "int8-calibrated",
+            Form::Binary => "binary",
+        }
+    }
+
+    /// The SQL that ranks a row against the query vector `$1` (and the table's calibration,
+    /// `$2`), and the order that puts the best first: the form a user writes, which the
+    /// vector-search rewrite serves from Lance where Lance can (Hamming over the packed bits).
     fn key(self) -> (&'static str, &'static str) {
         match self {
             Form::Int8 => (
                 "cosine_similarity(embedding_int8, int8_quantize($1))",
+                "DESC",
+            ),
+            Form::Int8Calibrated => (
+                "cosine_similarity(embedding_int8_calibrated, int8_quantize($1, $2))",
                 "DESC",
             ),
             Form::Binary => (
@@ -192,12 +209,7 @@ enum Pass {
 impl Pass {
     fn form(self) -> &'static str {
         match self {
-            Pass::Quantized {
-                form: Form::Int8, ..
-            } => "int8",
-            Pass::Quantized {
-                form: Form::Binary, ..
-            } => "binary",
+            Pass::Quantized { form, .. } => form.name(),
             _ => "float32",
         }
     }
@@ -225,10 +237,12 @@ impl Pass {
         }
     }
 
+    /// The stored form's bytes per vector (a calibration's `2·d` floats are per table).
     fn bytes_per_vector(self, dims: usize) -> usize {
         match self {
             Pass::Quantized {
-                form: Form::Int8, ..
+                form: Form::Int8 | Form::Int8Calibrated,
+                ..
             } => dims,
             Pass::Quantized {
                 form: Form::Binary, ..
@@ -243,6 +257,11 @@ struct Query {
     id: String,
     text: String,
 }
+
+/// The in-memory table of a configuration's embedded corpus, before it is written.
+const VECTORS: &str = "semflow_eval_vectors";
+/// Its per-dimension int8 calibration (one row).
+const CALIBRATION: &str = "semflow_eval_calibration";
 
 /// The fewest rows IVF_PQ trains on.
 const ANN_MIN_DOCS: usize = 256;
@@ -637,6 +656,8 @@ struct Table {
     indexed: bool,
     documents: usize,
     embed_docs_per_s: Option<f64>,
+    /// The corpus's `int8_calibration` (eval's own tables, once filled).
+    calibration: Option<ScalarValue>,
 }
 
 impl Table {
@@ -677,7 +698,8 @@ impl Table {
         engine
             .run_sql(&format!(
                 "CREATE EXTERNAL TABLE {name} (doc_id TEXT NOT NULL, body TEXT, embedding FLOAT[],
-                   embedding_int8 TINYINT[], embedding_binary TINYINT UNSIGNED[],
+                   embedding_int8 TINYINT[], embedding_int8_calibrated TINYINT[],
+                   embedding_binary TINYINT UNSIGNED[],
                    PRIMARY KEY (doc_id)) STORED AS LANCE LOCATION {}",
                 sql_string(&location.to_string_lossy())
             ))
@@ -695,6 +717,7 @@ impl Table {
             indexed: false,
             documents: 0,
             embed_docs_per_s: None,
+            calibration: None,
         })
     }
 
@@ -749,6 +772,7 @@ impl Table {
             existing: Some(index.location.clone()),
             documents,
             embed_docs_per_s: None,
+            calibration: None,
         })
     }
 
@@ -805,21 +829,44 @@ impl Table {
         self.model.as_deref().map_or("NULL".into(), sql_string)
     }
 
-    /// Embeds the corpus into the table, timing it.
+    /// Embeds the corpus (timed: the embedding throughput), calibrates int8 on it, and
+    /// writes every form into the table.
     async fn fill(&mut self, engine: &Engine, documents: usize) -> Result<()> {
         let started = Instant::now();
         engine
             .run_sql(&format!(
-                "INSERT INTO {} SELECT doc_id, body, e, int8_quantize(e), binary_quantize(e)
-                 FROM (SELECT doc_id, body, embed(body, NULL, {}, {}) AS e FROM semflow_eval_corpus
-                       WHERE doc_id IS NOT NULL AND body IS NOT NULL)",
-                self.name,
+                "CREATE OR REPLACE TABLE {VECTORS} AS
+                   SELECT doc_id, body, embed(body, NULL, {}, {}) AS e FROM semflow_eval_corpus
+                   WHERE doc_id IS NOT NULL AND body IS NOT NULL",
                 self.dims,
                 self.model_arg()
             ))
             .await?;
         self.documents = documents;
         self.embed_docs_per_s = Some(documents as f64 / started.elapsed().as_secs_f64().max(1e-9));
+        let calibration = engine
+            .run_sql(&format!(
+                "CREATE OR REPLACE TABLE {CALIBRATION} AS SELECT int8_calibration(e) AS c FROM {VECTORS};
+                 SELECT c FROM {CALIBRATION}"
+            ))
+            .await?
+            .into_iter()
+            .flat_map(|r| r.batches)
+            .find(|b| b.num_rows() == 1)
+            .ok_or_else(|| {
+                Error::InvalidArgument("eval: the int8 calibration returned nothing".into())
+            })?;
+        let calibration = ScalarValue::try_from_array(calibration.column(0), 0)?;
+        engine
+            .run_sql(&format!(
+                "INSERT INTO {} SELECT doc_id, body, e, int8_quantize(e), int8_quantize(e, c),
+                   binary_quantize(e)
+                 FROM {VECTORS} CROSS JOIN {CALIBRATION};
+                 DROP TABLE {VECTORS}; DROP TABLE {CALIBRATION}",
+                self.name
+            ))
+            .await?;
+        self.calibration = Some(calibration);
         Ok(())
     }
 
@@ -919,17 +966,17 @@ impl Table {
         Ok(ScalarAndMetadata::new(value, Some(metadata)))
     }
 
-    /// `sql`'s rows, with `$1` bound to `vector`.
+    /// `sql`'s rows, with `$1`, `$2`, … bound to `params`.
     async fn run_with(
         engine: &Engine,
         sql: &str,
-        vector: ScalarAndMetadata,
+        params: Vec<ScalarAndMetadata>,
     ) -> Result<Vec<RecordBatch>> {
         Ok(engine
             .context()
             .sql(sql)
             .await?
-            .with_param_values(ParamValues::List(vec![vector]))?
+            .with_param_values(ParamValues::List(params))?
             .collect()
             .await?)
     }
@@ -950,9 +997,15 @@ impl Table {
             let sql = self.search_sql(options, &query.text, pass);
             let started = Instant::now();
             let batches = match pass {
-                Pass::Quantized { .. } => {
-                    let vector = self.query_vector(engine, options, &query.text).await?;
-                    Self::run_with(engine, &sql, vector).await?
+                Pass::Quantized { form, .. } => {
+                    let mut params = vec![self.query_vector(engine, options, &query.text).await?];
+                    if form == Form::Int8Calibrated {
+                        let calibration = self.calibration.clone().ok_or_else(|| {
+                            Error::InvalidArgument("eval: the table has no int8 calibration".into())
+                        })?;
+                        params.push(calibration.into());
+                    }
+                    Self::run_with(engine, &sql, params).await?
                 }
                 _ => engine
                     .run_sql(&sql)

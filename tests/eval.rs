@@ -193,7 +193,7 @@ fn eval_refuses_what_it_cannot_do() {
         (vec!["--k", "0"], "--k must be at least 1"),
         (
             vec!["--forms", "int8,int4"],
-            "--forms: unknown form \"int4\" (float32, int8, binary)",
+            "--forms: unknown form \"int4\" (float32, int8, int8-calibrated, binary)",
         ),
     ] {
         let mut args = args;
@@ -292,10 +292,11 @@ fn merge_sweep_evaluates_every_point_and_names_the_best() {
     }
 }
 
-/// `--forms int8,binary` (issue 36, item 5): each quantized form searched on its own and
-/// rescored by the float vectors, with its bytes per vector. The set's answer is certain (as
-/// above): the relevant document's quantized vector equals the query's, so int8 and every
-/// rescored search find it first; plain Hamming search ties it with near-duplicates.
+/// `--forms int8,int8-calibrated,binary` (issue 36, item 5): each quantized form searched on
+/// its own and rescored by the float vectors, with its bytes per vector. The set's answer is
+/// certain (as above): the relevant document's quantized vector equals the query's (the
+/// calibrated one too: one calibration quantizes both sides), so int8 and every rescored search
+/// find it first; plain Hamming search ties it with near-duplicates.
 #[test]
 fn eval_measures_quantized_forms() {
     let dir = tempfile::tempdir().unwrap();
@@ -312,7 +313,7 @@ fn eval_measures_quantized_forms() {
                 "--instruction",
                 "",
                 "--forms",
-                "float32,int8,binary",
+                "float32,int8,int8-calibrated,binary",
             ])
             .args(["--rescore", "4", "--measures", "recall@10,mrr@10"])
             .arg("--work-dir")
@@ -346,6 +347,8 @@ fn eval_measures_quantized_forms() {
             ("float32", "exact", None, 256),
             ("int8", "exact", None, 64),
             ("int8", "exact", Some(4), 64),
+            ("int8-calibrated", "exact", None, 64),
+            ("int8-calibrated", "exact", Some(4), 64),
             ("binary", "hamming", None, 8),
             ("binary", "hamming", Some(4), 8),
         ]

@@ -215,8 +215,9 @@ pub struct EvalSettings {
     /// Also rerank the best N of the exact search with the reranker (--rerank-model).
     #[arg(long)]
     pub rerank_top: Option<usize>,
-    /// Quantized forms searched besides float32: int8 (cosine over int8_quantize) and/or
-    /// binary (Hamming distance over binary_quantize), e.g. int8,binary.
+    /// Quantized forms searched besides float32: int8 (cosine over int8_quantize),
+    /// int8-calibrated (the same with each dimension's range over the corpus, int8_calibration)
+    /// and/or binary (Hamming distance over binary_quantize), e.g. int8,binary.
     #[arg(long, value_delimiter = ',')]
     pub forms: Vec<String>,
     /// Each quantized search also rescored: its best k × N by the float32 vectors (0: not).
