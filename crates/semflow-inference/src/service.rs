@@ -832,7 +832,15 @@ mod model_tests {
         };
         let fresh = svc.embed_ids(vec![b], uncached).await.unwrap();
         assert_eq!(counter(&svc, "embed_inferred"), 3);
-        assert_eq!(fresh[0], first[1]);
+        // Recomputed alone rather than packed beside `a`: the matmuls' blocking (and so their
+        // summation order) depends on the pass's rows, which moves the last bits on CPUs
+        // whose kernels tile by rows (seen on AVX2-only Zen 3).
+        let drift = fresh[0]
+            .iter()
+            .zip(first[1].iter())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(drift < 1e-5, "recomputed embedding differs by {drift}");
         let e = svc
             .embed_ids(vec![vec![1], vec![]], CACHED)
             .await
