@@ -5,7 +5,9 @@
 # --rescore R`: recall@10 of each form is its recall against exact search (float32 exact must
 # score 1.0, which checks the set), with bytes per vector and query latency p50/p99 side by side.
 #
-# usage: scripts/eval-quantized.sh [DOCS] [QUERIES] [PRESET] [RESCORE]
+# usage: scripts/eval-quantized.sh [DOCS] [QUERIES] [MODEL] [RESCORE]
+#   MODEL: a random preset (tiny, small, 0.6b, …) or a model directory / hub id (a trained
+#   checkpoint, which judges binary codes as random weights cannot);
 #   defaults 100000 200 small 4; SEMFLOW=path/to/semflow (default target/release/semflow);
 #   OUT=dir (default benchmarks/eval-quantized-<commit>)
 set -euo pipefail
@@ -13,6 +15,11 @@ cd "$(dirname "$0")/.."
 docs=${1:-100000}
 queries=${2:-200}
 preset=${3:-small}
+# A preset name means its random-weight model; anything else is a model spec as given.
+case $preset in
+    tiny | small | 0.6b | 4b | 8b) model="random:$preset" ;;
+    *) model=$preset ;;
+esac
 rescore=${4:-4}
 semflow=${SEMFLOW:-target/release/semflow}
 commit=$(git rev-parse --short HEAD)
@@ -39,7 +46,7 @@ EOF
 
 # The qrels: each query's exact float32 top 10, as semflow eval's own exact search ranks it
 # (query prompt 'query', documents plain).
-"$semflow" sql --embed-model "random:$preset" --format csv -o "$set_dir/top10.csv" "
+"$semflow" sql --embed-model "$model" --format csv -o "$set_dir/top10.csv" "
 CREATE TABLE d AS SELECT doc_id, embed(trim(concat_ws(' ', title, text))) AS e FROM beir('$set_dir/set', 'corpus');
 CREATE TABLE q AS SELECT query_id, embed(text, 'query') AS e FROM beir('$set_dir/set', 'queries');
 SELECT query_id, doc_id FROM (
@@ -58,7 +65,7 @@ EOF
 
 # The evaluation alone is timed (the qrels step above is the set's preparation).
 started=$(date +%s.%N)
-"$semflow" eval --set "$set_dir/set" --embed-model "random:$preset" --k 10 \
+"$semflow" eval --set "$set_dir/set" --embed-model "$model" --k 10 \
     --measures recall@10,ndcg@10 --forms int8,binary --rescore "$rescore" \
     --json "$out/report.json" | tee "$out/report.txt"
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; commit $commit" | tee -a "$out/report.txt"
