@@ -530,10 +530,19 @@ pub fn best<'a>(
         })
 }
 
+/// A model name as the SQL functions' `model` argument: a string, or NULL for the default.
+fn model_arg(model: &Option<String>) -> String {
+    model.as_deref().map_or("NULL".into(), sql_string)
+}
+
 /// `embed_model(model)`: the model's id and weights digest.
 async fn fingerprint(engine: &Engine, model: &Option<String>) -> Result<String> {
-    let arg = model.as_deref().map_or("NULL".into(), sql_string);
-    let rows = text_rows(engine, &format!("SELECT embed_model({arg})"), 1).await?;
+    let rows = text_rows(
+        engine,
+        &format!("SELECT embed_model({})", model_arg(model)),
+        1,
+    )
+    .await?;
     rows.into_iter()
         .next()
         .and_then(|mut r| r.pop())
@@ -673,7 +682,7 @@ impl Table {
         if location.exists() {
             std::fs::remove_dir_all(&location).map_err(|e| Error::io(&location, e))?;
         }
-        let model_arg = model.as_deref().map_or("NULL".into(), sql_string);
+        let model_arg = model_arg(model);
         let dims_arg = dims.map_or("NULL".into(), |d| d.to_string());
         let probe = engine
             .run_sql(&format!(
@@ -784,9 +793,10 @@ impl Table {
         }
     }
 
-    /// The bytes of the vector index searches go through, for an existing index that has one.
+    /// The bytes of the vector index searches go through, for an existing index that has one
+    /// (`indexed` is only ever set for those).
     fn index_bytes(&self) -> Option<u64> {
-        (self.existing.is_some() && self.indexed)
+        self.indexed
             .then(|| directory_bytes(&self.location.join("_indices")))
     }
 
@@ -826,7 +836,7 @@ impl Table {
     }
 
     fn model_arg(&self) -> String {
-        self.model.as_deref().map_or("NULL".into(), sql_string)
+        model_arg(&self.model)
     }
 
     /// Embeds the corpus (timed: the embedding throughput), calibrates int8 on it, and

@@ -119,7 +119,7 @@ fn rewrite_sort(sort: &Sort, k: usize) -> Result<Option<Sort>> {
         }
         _ => return Ok(None),
     };
-    let Some(query) = query_vector(&query, search.metric) else {
+    let Some(query) = query_vector(&query, &search) else {
         return Ok(None);
     };
     let Ok(provider) = source_as_provider(&scan.source) else {
@@ -196,15 +196,17 @@ impl Search {
         })
     }
 
-    /// Whether Lance can search `column` this way: float vectors by the float metrics, packed
-    /// `UInt8` bits by Hamming (other forms stay with DataFusion, which computes them all).
+    /// Whether Lance can search `column` this way: a fixed-size vector of [`Self::compares`].
     fn fits(&self, column: &Field) -> bool {
-        let DataType::FixedSizeList(item, _) = column.data_type() else {
-            return false;
-        };
+        matches!(column.data_type(), DataType::FixedSizeList(item, _) if self.compares(item.data_type()))
+    }
+
+    /// The element type this metric compares in Lance: floats by the float metrics, packed
+    /// `UInt8` bits by Hamming (other forms stay with DataFusion, which computes them all).
+    fn compares(&self, element: &DataType) -> bool {
         match self.metric {
-            MetricType::Hamming => *item.data_type() == DataType::UInt8,
-            _ => item.data_type().is_floating(),
+            MetricType::Hamming => *element == DataType::UInt8,
+            _ => element.is_floating(),
         }
     }
 }
@@ -224,19 +226,14 @@ fn check_query_model(
     check_same_model(function, column, &query)
 }
 
-/// The values of a constant, non-null vector literal of the kind `metric` compares: floats,
-/// or packed bits (`UInt8`) for Hamming.
-fn query_vector(v: &ScalarValue, metric: MetricType) -> Option<ArrayRef> {
+/// The values of a constant, non-null vector literal of the elements `search` compares.
+fn query_vector(v: &ScalarValue, search: &Search) -> Option<ArrayRef> {
     let values = match v {
         ScalarValue::FixedSizeList(a) if !a.is_null(0) => a.value(0),
         ScalarValue::List(a) if !a.is_null(0) => a.value(0),
         _ => return None,
     };
-    let kind = match metric {
-        MetricType::Hamming => *values.data_type() == DataType::UInt8,
-        _ => values.data_type().is_floating(),
-    };
-    (values.null_count() == 0 && kind).then_some(values)
+    (values.null_count() == 0 && search.compares(values.data_type())).then_some(values)
 }
 
 /// A Lance table read through `nearest(column, query, k)`.

@@ -21,7 +21,7 @@ use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Signature, Volatility};
 
-use super::{is_float_vector, list_values, row_ranges};
+use super::{is_float_vector, FloatRows};
 use crate::error::arg_err;
 
 const MIN: &str = "min";
@@ -216,56 +216,53 @@ impl Range {
         Ok(())
     }
 
-    /// The rows of a list-like array of floats, each as f32 values (`None` for NULL rows).
-    fn each_row(array: &ArrayRef, mut f: impl FnMut(&[f32]) -> Result<()>) -> Result<()> {
-        let (Some(ranges), Some(values)) = (row_ranges(array), list_values(array)) else {
-            return Ok(()); // all NULL
-        };
-        if values.null_count() > 0 {
-            return arg_err!("int8_calibration(): a vector has NULL elements");
-        }
-        let values = cast(&values, &DataType::Float32)?;
-        let values = values.as_primitive::<Float32Type>().values();
-        for (start, end) in ranges.into_iter().flatten() {
-            f(&values[start..end])?;
-        }
-        Ok(())
-    }
-
-    fn list(values: &[f32]) -> Result<ScalarValue> {
+    /// `values` as a one-row `List<Float32>`, NULL when empty (no vector seen).
+    fn list(values: &[f32]) -> Result<ListArray> {
         if values.is_empty() {
-            return Ok(ScalarValue::List(Arc::new(ListArray::new_null(item(), 1))));
+            return Ok(ListArray::new_null(item(), 1));
         }
-        Ok(ScalarValue::List(Arc::new(ListArray::try_new(
+        Ok(ListArray::try_new(
             item(),
             OffsetBuffer::from_lengths([values.len()]),
             Arc::new(Float32Array::from(values.to_vec())),
             None,
-        )?)))
+        )?)
     }
 }
 
 impl Accumulator for Range {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        Self::each_row(&values[0], |v| self.add(v, v))
+        let Some(rows) = FloatRows::of(&values[0], "int8_calibration")? else {
+            return Ok(()); // all NULL
+        };
+        for (start, end) in rows.ranges.into_iter().flatten() {
+            let v = &rows.values.values()[start..end];
+            self.add(v, v)?;
+        }
+        Ok(())
     }
 
+    /// Other accumulators' states: rows of (min, max) lists, both NULL where one saw nothing.
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let mut lows = Vec::new();
-        Self::each_row(&states[0], |v| {
-            lows.push(v.to_vec());
-            Ok(())
-        })?;
-        let mut i = 0;
-        Self::each_row(&states[1], |hi| {
-            let lo = lows.get(i).map_or(&[][..], Vec::as_slice);
-            i += 1;
-            self.add(lo, hi)
-        })
+        let (Some(lows), Some(highs)) = (
+            FloatRows::of(&states[0], "int8_calibration")?,
+            FloatRows::of(&states[1], "int8_calibration")?,
+        ) else {
+            return Ok(());
+        };
+        for (lo, hi) in lows.ranges.into_iter().zip(highs.ranges) {
+            if let (Some((a, b)), Some((c, d))) = (lo, hi) {
+                self.add(&lows.values.values()[a..b], &highs.values.values()[c..d])?;
+            }
+        }
+        Ok(())
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(vec![Self::list(&self.min)?, Self::list(&self.max)?])
+        Ok(vec![
+            ScalarValue::List(Arc::new(Self::list(&self.min)?)),
+            ScalarValue::List(Arc::new(Self::list(&self.max)?)),
+        ])
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
@@ -273,16 +270,11 @@ impl Accumulator for Range {
         if self.min.is_empty() {
             return ScalarValue::try_from(DataType::Struct(fields));
         }
-        let column = |values: &[f32]| -> Result<ArrayRef> {
-            Ok(Arc::new(ListArray::try_new(
-                item(),
-                OffsetBuffer::from_lengths([values.len()]),
-                Arc::new(Float32Array::from(values.to_vec())),
-                None,
-            )?))
-        };
-        let array =
-            StructArray::try_new(fields, vec![column(&self.min)?, column(&self.max)?], None)?;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Self::list(&self.min)?),
+            Arc::new(Self::list(&self.max)?),
+        ];
+        let array = StructArray::try_new(fields, columns, None)?;
         Ok(ScalarValue::Struct(Arc::new(array)))
     }
 
@@ -315,5 +307,26 @@ mod tests {
         assert_eq!(r.min, [0.5, -2.0]);
         assert_eq!(r.max, [1.0, 3.0]);
         assert!(r.add(&[1.0], &[1.0]).is_err());
+    }
+
+    /// Partial aggregates (DataFusion's partitions) merge through their states; a partition
+    /// that saw no vector contributes NULL lists.
+    #[test]
+    fn states_merge_into_the_whole_range() {
+        let (mut a, mut b, mut empty) = (Range::default(), Range::default(), Range::default());
+        a.add(&[1.0, -2.0], &[1.0, -2.0]).unwrap();
+        b.add(&[0.5, 3.0], &[0.5, 3.0]).unwrap();
+        let mut whole = Range::default();
+        for part in [&mut a, &mut empty, &mut b] {
+            let states: Vec<ArrayRef> = part
+                .state()
+                .unwrap()
+                .iter()
+                .map(|s| s.to_array().unwrap())
+                .collect();
+            whole.merge_batch(&states).unwrap();
+        }
+        assert_eq!(whole.min, [0.5, -2.0]);
+        assert_eq!(whole.max, [1.0, 3.0]);
     }
 }

@@ -149,6 +149,29 @@ fn list_values(array: &dyn Array) -> Option<ArrayRef> {
     }
 }
 
+/// Float vectors read as f32: each row's range into `values` (`None` for NULL rows).
+struct FloatRows {
+    ranges: Vec<Option<(usize, usize)>>,
+    values: arrow::array::Float32Array,
+}
+
+impl FloatRows {
+    /// `array`'s vectors; `None` for a NULL literal (no list). A vector with NULL elements is
+    /// refused in `function`'s name.
+    fn of(array: &dyn Array, function: &str) -> Result<Option<Self>> {
+        let (Some(ranges), Some(values)) = (row_ranges(array), list_values(array)) else {
+            return Ok(None);
+        };
+        if values.null_count() > 0 {
+            return arg_err!("{function}(): a vector has NULL elements");
+        }
+        let values = cast(&values, &DataType::Float32)?
+            .as_primitive::<Float32Type>()
+            .clone();
+        Ok(Some(Self { ranges, values }))
+    }
+}
+
 impl ScalarUDFImpl for QuantizeUdf {
     fn name(&self) -> &str {
         self.form.name()
@@ -211,16 +234,12 @@ impl ScalarUDFImpl for QuantizeUdf {
         let rows = if scalar { 1 } else { args.number_rows };
         let array = args.args[0].to_array(rows)?;
         let out_type = self.return_type(&[array.data_type().clone()])?;
-        let (Some(ranges), Some(values)) = (row_ranges(&array), list_values(&array)) else {
+        let Some(FloatRows { ranges, values }) = FloatRows::of(&array, self.name())? else {
             // A NULL literal.
             let nulls = ScalarValue::try_from(&out_type)?;
             return Ok(ColumnarValue::Scalar(nulls));
         };
-        if values.null_count() > 0 {
-            return arg_err!("{}(): a vector has NULL elements", self.name());
-        }
-        let values = cast(&values, &DataType::Float32)?;
-        let values = values.as_primitive::<Float32Type>().values();
+        let values = values.values();
         let out = match (self.form, args.args.get(1)) {
             (Form::Int8, None) => {
                 build::<Int8Type>(&ranges, &out_type, self.form, values, |_, v| {
