@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks of the packed forward pass's CPU kernels at the Qwen3-0.6B shape:
-//! q/k-norm + RoPE, attention and add + RMSNorm over 8 sequences of 512 tokens, and the linear
+//! q/k-norm + RoPE, attention and add + RMSNorm over 8 sequences of 512 tokens, attention over
+//! 2 sequences of 2048 (where the score rows outgrow the caches), and the linear
 //! layers: f32 (candle's gemm, and the skinny kernel a short query takes) against bf16 weights
 //! at a query's 40 rows and at 512 rows.
 //!
@@ -51,6 +52,18 @@ fn cpu_kernels(c: &mut Criterion) {
     });
     g.bench_function("add_rms_norm", |b| {
         b.iter(|| k::add_rms_norm(&x, &delta, &w, 1e-6))
+    });
+    g.finish();
+
+    // Long sequences: one query block's scores against all keys would be 64 x 2048 floats.
+    let (seqs, len) = (2usize, 2048usize);
+    let qkv = noise(seqs * len * shape.qkv_width(), 5);
+    let packed: Vec<(usize, usize)> = (0..seqs).map(|s| (s * len, len)).collect();
+    let mut g = c.benchmark_group("cpu_kernels_0.6b_2x2048");
+    g.throughput(Throughput::Elements((seqs * len) as u64));
+    g.sample_size(10);
+    g.bench_function("attention_all_rows", |b| {
+        b.iter(|| k::attention(&qkv, shape, &packed, Rows::All))
     });
     g.finish();
 }

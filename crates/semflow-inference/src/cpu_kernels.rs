@@ -6,9 +6,12 @@
 //!   layout (`[tokens, (heads + 2 * kv_heads) * head_dim]`), so nothing is transposed.
 //! - [`attention`]: causal attention over the packed sequences, read straight from that layout
 //!   (grouped-query heads share their k/v rows, never copied), one task per (query block,
-//!   head) on all cores; scores and values go through `gemm` (AVX-512 where the CPU has it)
-//!   and the softmax through a vectorised exp. Writes `[rows, heads * head_dim]`, the o
-//!   projection's input; [`Rows::Last`] computes only each sequence's last query.
+//!   head) on all cores. A task walks the keys in tiles with an online softmax (running max
+//!   and sum per query, FlashAttention's forward), so its scores stay a cache-sized tile at
+//!   any length instead of a row per key; scores and values go through `gemm` (AVX-512 where
+//!   the CPU has it) and the softmax through a vectorised exp. Writes `[rows, heads *
+//!   head_dim]`, the o projection's input; [`Rows::Last`] computes only each sequence's last
+//!   query.
 //! - [`add_rms_norm`]: the residual add and the next RMSNorm in one pass; [`silu_mul`]: the
 //!   MLP's `silu(gate) * up`.
 //! - [`linear_skinny`]: `x · wᵀ` for a few rows of x (a batch of one short query), streaming
@@ -28,8 +31,13 @@ use rayon::prelude::*;
 
 pub mod bf16;
 
-/// Query rows per attention task: bounds a task's score block to 64 x sequence length.
+/// Query rows per attention task.
 const QUERY_BLOCK: usize = 64;
+
+/// Keys per attention tile: a task's scores are at most `QUERY_BLOCK x KEY_BLOCK` floats
+/// (64 KiB), which stay in a core's L2 cache while they are exponentiated and multiplied by
+/// the values, however long the sequence.
+const KEY_BLOCK: usize = 256;
 
 /// The instruction sets the kernels are compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,19 +68,19 @@ pub fn isa() -> Isa {
 /// runs the variant [`isa`] picks. The body's helpers must be `#[inline(always)]` to be
 /// compiled into each variant.
 macro_rules! by_isa {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$doc])*
-        fn $name($($arg: $ty),*) {
+        fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn generic($($arg: $ty),*) $body
+            fn generic($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                fn avx512($($arg: $ty),*) {
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
                     generic($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
-                fn avx2($($arg: $ty),*) {
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
                     generic($($arg),*)
                 }
                 match isa() {
@@ -274,14 +282,14 @@ pub enum Rows {
     Last,
 }
 
-/// One attention task: query rows `q0..q1` of the sequence at `offset` (length `len`), head
-/// `head`, written to output row `out_row` on.
+/// One attention task: query rows `q0..q1` of the sequence at `offset`, for every query head
+/// that reads key/value head `kv_head`, written to output row `out_row` on.
 #[derive(Debug, Clone, Copy)]
 struct Task {
     offset: usize,
     q0: usize,
     q1: usize,
-    head: usize,
+    kv_head: usize,
     out_row: usize,
 }
 
@@ -300,9 +308,33 @@ impl OutPtr {
     }
 }
 
+/// A query row's softmax so far, over the key tiles already seen: the largest score and the
+/// sum of `exp(score - max)`.
+#[derive(Debug, Clone, Copy)]
+struct Running {
+    max: f32,
+    sum: f32,
+}
+
+impl Running {
+    const EMPTY: Running = Running {
+        max: f32::NEG_INFINITY,
+        sum: 0.0,
+    };
+}
+
+/// A worker thread's buffers, reused across tasks and passes: a task's query rows (its heads
+/// stacked), their score tile, their running softmax and their output rows.
+#[derive(Default)]
+struct Scratch {
+    q: Vec<f32>,
+    scores: Vec<f32>,
+    running: Vec<Running>,
+    acc: Vec<f32>,
+}
+
 thread_local! {
-    /// A worker thread's score block, reused across tasks and passes.
-    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 /// Causal attention of each sequence `(offset, len)` of the packed `qkv` (rows laid out as
@@ -322,12 +354,12 @@ pub fn attention(qkv: &[f32], shape: Heads, seqs: &[(usize, usize)], rows: Rows)
             Rows::Last => len - 1,
         };
         for q0 in (first..len).step_by(QUERY_BLOCK) {
-            for head in 0..shape.heads {
+            for kv_head in 0..shape.kv_heads {
                 tasks.push(Task {
                     offset,
                     q0,
                     q1: (q0 + QUERY_BLOCK).min(len),
-                    head,
+                    kv_head,
                     out_row: out_rows + q0 - first,
                 });
             }
@@ -343,87 +375,144 @@ pub fn attention(qkv: &[f32], shape: Heads, seqs: &[(usize, usize)], rows: Rows)
     out
 }
 
-/// One task: scores of its query rows against the keys they see, softmax, times values.
+/// One task: its query rows against the keys they see, one tile of keys at a time. The query
+/// heads that share the task's key/value head are stacked into one block of rows (head-major),
+/// so each key and value tile is read and packed once for all of them. Each tile's scores
+/// are exponentiated against the rows' running maximum and added, times the tile's values,
+/// into the rows' accumulators (rescaled first when a row's maximum grew); the rows are
+/// divided by their sums into the output at the end.
 fn attend_block(qkv: &[f32], shape: Heads, task: Task, out: OutPtr, out_len: usize) {
     let hd = shape.head_dim;
-    let width = shape.qkv_width() as isize;
-    let kv_head = task.head / (shape.heads / shape.kv_heads);
+    let width = shape.qkv_width();
+    let groups = shape.heads / shape.kv_heads;
     let (m, n) = (task.q1 - task.q0, task.q1);
-    let q = (task.offset + task.q0) * width as usize + task.head * hd;
-    let k = task.offset * width as usize + (shape.heads + kv_head) * hd;
-    let v = task.offset * width as usize + (shape.heads + shape.kv_heads + kv_head) * hd;
+    let rows = m * groups;
+    let first_head = task.kv_head * groups;
+    let k = task.offset * width + (shape.heads + task.kv_head) * hd;
+    let v = task.offset * width + (shape.heads + shape.kv_heads + task.kv_head) * hd;
     let out_width = shape.out_width();
-    let dst = task.out_row * out_width + task.head * hd;
-    // Every block read or written lies inside its buffer: what makes the `gemm` calls sound.
+    // Every block read or written through a pointer lies inside its buffer: what makes the
+    // `gemm` calls and the output rows below sound.
     let last_row = |start: usize, rows: usize, stride: usize| start + (rows - 1) * stride + hd;
-    assert!(last_row(q, m, width as usize) <= qkv.len());
-    assert!(last_row(k.max(v), n, width as usize) <= qkv.len());
-    assert!(last_row(dst, m, out_width) <= out_len);
-    SCORES.with_borrow_mut(|scores| {
-        scores.resize(m * n, 0.0);
-        let scale = 1.0 / (hd as f32).sqrt();
-        // Safety: bounds checked above; `scores` is this thread's own buffer of m x n.
-        unsafe {
-            // scores[m, n] = scale * q[m, hd] · kᵀ[hd, n]
-            gemm::gemm(
-                m,
-                n,
-                hd,
-                scores.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                qkv.as_ptr().add(q),
-                1,
-                width,
-                qkv.as_ptr().add(k),
-                width,
-                1,
-                0.0,
-                scale,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-        for (i, row) in scores.chunks_exact_mut(n).enumerate() {
-            // Query i sits at position q0 + i and sees keys 0..=q0 + i.
-            softmax_causal(row, task.q0 + i + 1);
-        }
-        // Safety: as above; tasks write disjoint (rows, head) blocks of `out`.
-        unsafe {
-            // out[m, hd] = probs[m, n] · v[n, hd]
-            gemm::gemm(
-                m,
-                hd,
-                n,
-                out.0.add(dst),
-                1,
-                out_width as isize,
-                false,
-                scores.as_ptr(),
-                1,
-                n as isize,
-                qkv.as_ptr().add(v),
-                1,
-                width,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-    });
+    assert!(last_row(k.max(v), n, width) <= qkv.len());
+    let dst = task.out_row * out_width + first_head * hd;
+    assert!(last_row(dst + (groups - 1) * hd, m, out_width) <= out_len);
+    let scale = 1.0 / (hd as f32).sqrt();
+    SCRATCH.with_borrow_mut(
+        |Scratch {
+             q,
+             scores,
+             running,
+             acc,
+         }| {
+            // Row g * m + i: query head first_head + g at position q0 + i; stored column by
+            // column (hd x rows), the layout gemm multiplies from without packing it per tile.
+            q.resize(rows * hd, 0.0);
+            for g in 0..groups {
+                for i in 0..m {
+                    let at = (task.offset + task.q0 + i) * width + (first_head + g) * hd;
+                    let r = g * m + i;
+                    for (d, &x) in qkv[at..at + hd].iter().enumerate() {
+                        q[d * rows + r] = x;
+                    }
+                }
+            }
+            running.clear();
+            running.resize(rows, Running::EMPTY);
+            acc.resize(rows * hd, 0.0);
+            for k0 in (0..n).step_by(KEY_BLOCK) {
+                let bk = KEY_BLOCK.min(n - k0);
+                scores.resize(rows * bk, 0.0);
+                // Safety: bounds checked above; `q`, `scores` and `acc` are this thread's own
+                // buffers of rows x hd, rows x bk and rows x hd.
+                unsafe {
+                    // scores[rows, bk] = scale * q[rows, hd] · kᵀ[hd, k0..k0 + bk]
+                    gemm::gemm(
+                        rows,
+                        bk,
+                        hd,
+                        scores.as_mut_ptr(),
+                        1,
+                        bk as isize,
+                        false,
+                        q.as_ptr(),
+                        rows as isize,
+                        1,
+                        qkv.as_ptr().add(k + k0 * width),
+                        width as isize,
+                        1,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                let tiles = scores.chunks_exact_mut(bk).zip(running.iter_mut());
+                for (r, (row, run)) in tiles.enumerate() {
+                    // Query row r sits at position q0 + r % m and sees keys 0..=q0 + r % m.
+                    let seen = (task.q0 + r % m + 1).saturating_sub(k0).min(bk);
+                    let keep = softmax_tile(row, seen, run);
+                    // The first tile writes the accumulators; later ones add to them.
+                    if k0 > 0 && keep != 1.0 {
+                        scale_row(&mut acc[r * hd..(r + 1) * hd], keep);
+                    }
+                }
+                // Safety: as above.
+                unsafe {
+                    // acc[rows, hd] (+)= p[rows, bk] · v[k0..k0 + bk, hd]
+                    gemm::gemm(
+                        rows,
+                        hd,
+                        bk,
+                        acc.as_mut_ptr(),
+                        1,
+                        hd as isize,
+                        k0 > 0,
+                        scores.as_ptr(),
+                        1,
+                        bk as isize,
+                        qkv.as_ptr().add(v + k0 * width),
+                        1,
+                        width as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            }
+            for (r, (row, run)) in acc.chunks_exact(hd).zip(running.iter()).enumerate() {
+                let (g, i) = (r / m, r % m);
+                // Safety: row i, head first_head + g of this task's output block, inside `out`
+                // (checked above) and written by this task only.
+                let out_row = unsafe {
+                    std::slice::from_raw_parts_mut(out.get().add(dst + i * out_width + g * hd), hd)
+                };
+                let inv = 1.0 / run.sum;
+                for (o, &a) in out_row.iter_mut().zip(row) {
+                    *o = a * inv;
+                }
+            }
+        },
+    );
 }
 
 by_isa! {
-    /// Softmax over `row[..seen]`; the rest (keys after the query) is set to 0.
-    fn softmax_causal(row: &mut [f32], seen: usize) {
+    /// One key tile of a query row's online softmax: `row[..seen]` (the keys the query sees)
+    /// becomes `exp(score - max)` against the row's new running maximum, the rest 0, and
+    /// `run` takes in the tile. Returns the factor by which what the row added before must be
+    /// scaled (`exp(old max - new max)`; 1 when the maximum stayed).
+    fn softmax_tile(row: &mut [f32], seen: usize, run: &mut Running) -> f32 {
         let (visible, hidden) = row.split_at_mut(seen);
-        let max = visible.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        hidden.fill(0.0);
+        let max = visible.iter().fold(run.max, |a, &b| a.max(b));
+        if visible.is_empty() {
+            return 1.0;
+        }
         let mut acc = [0f32; 16];
         let mut chunks = visible.chunks_exact_mut(16);
         for c in &mut chunks {
@@ -437,11 +526,19 @@ by_isa! {
             *v = fast_exp(*v - max);
             total += *v;
         }
-        let inv = 1.0 / total;
-        for v in visible.iter_mut() {
-            *v *= inv;
+        let keep = if run.max == max { 1.0 } else { fast_exp(run.max - max) };
+        run.sum = run.sum * keep + total;
+        run.max = max;
+        keep
+    }
+}
+
+by_isa! {
+    /// `row *= factor`.
+    fn scale_row(row: &mut [f32], factor: f32) {
+        for v in row.iter_mut() {
+            *v *= factor;
         }
-        hidden.fill(0.0);
     }
 }
 
@@ -723,25 +820,34 @@ mod tests {
             kv_heads: 2,
             head_dim: 16,
         };
-        // Lengths around the query block, packed back to back.
-        let lens = [1usize, 63, 64, 65, 130];
+        // Lengths around the query block and the key tile, packed back to back.
+        let lens = [1usize, 63, 64, 65, 130, 256, 257, 700];
         let mut seqs = Vec::new();
         let mut off = 0;
         for &l in &lens {
             seqs.push((off, l));
             off += l;
         }
-        let qkv: Vec<f32> = noise(off * shape.qkv_width(), 7)
+        let mut qkv: Vec<f32> = noise(off * shape.qkv_width(), 7)
             .iter()
             .map(|v| v * 3.0)
             .collect();
+        // The last sequence's keys grow with position, so later key tiles hold larger scores
+        // and the rows' running maxima move (the earlier tiles' sums are rescaled).
+        let (width, (last_off, last_len)) = (shape.qkv_width(), seqs[seqs.len() - 1]);
+        for t in 0..last_len {
+            let keys = (last_off + t) * width + shape.heads * 16;
+            for x in &mut qkv[keys..keys + shape.kv_heads * 16] {
+                *x *= 1.0 + t as f32 / 200.0;
+            }
+        }
         let all = attention(&qkv, shape, &seqs, Rows::All);
         let last = attention(&qkv, shape, &seqs, Rows::Last);
         let ow = shape.out_width();
         assert_eq!(all.len(), off * ow);
         assert_eq!(last.len(), seqs.len() * ow);
         for (s, &(offset, len)) in seqs.iter().enumerate() {
-            for row in [0, len / 2, len - 1] {
+            for row in [0, len / 2, len.saturating_sub(2), len - 1] {
                 for head in 0..shape.heads {
                     let want = reference_head(&qkv, shape, offset, head, row);
                     let at = (offset + row) * ow + head * 16;
@@ -815,10 +921,11 @@ mod tests {
     }
 
     #[test]
-    fn softmax_on_the_dispatched_isa_matches_std_exp() {
-        let row = noise(100, 5);
-        let mut fast = row.clone();
-        softmax_causal(&mut fast, 70);
+    fn softmax_tiles_on_the_dispatched_isa_add_up_to_one_softmax() {
+        // Three tiles of one query row that sees 70 of 100 keys; the second tile's maximum is
+        // the row's (so the first tile's share is rescaled), the third is hidden.
+        let mut row = noise(100, 5);
+        row[50] = 4.0;
         let mut plain = row.clone();
         let max = plain[..70]
             .iter()
@@ -829,6 +936,17 @@ mod tests {
             *v = (*v - max).exp() / total;
         }
         plain[70..].fill(0.0);
-        assert!(max_diff(&fast, &plain) < 1e-6, "isa {:?}", isa());
+        let mut run = Running::EMPTY;
+        let (a, rest) = row.split_at_mut(40);
+        let (b, c) = rest.split_at_mut(40);
+        softmax_tile(a, 40, &mut run);
+        let keep = softmax_tile(b, 30, &mut run);
+        assert!(keep < 1.0, "the second tile's maximum is larger");
+        assert_eq!(softmax_tile(c, 0, &mut run), 1.0);
+        for v in a.iter_mut() {
+            *v *= keep;
+        }
+        let got: Vec<f32> = row.iter().map(|v| v / run.sum).collect();
+        assert!(max_diff(&got, &plain) < 1e-6, "isa {:?}", isa());
     }
 }
