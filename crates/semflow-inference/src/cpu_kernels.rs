@@ -308,29 +308,21 @@ impl OutPtr {
     }
 }
 
-/// A query row's softmax so far, over the key tiles already seen: the largest score and the
-/// sum of `exp(score - max)`.
-#[derive(Debug, Clone, Copy)]
-struct Running {
-    max: f32,
-    sum: f32,
-}
-
-impl Running {
-    const EMPTY: Running = Running {
-        max: f32::NEG_INFINITY,
-        sum: 0.0,
-    };
-}
-
-/// A worker thread's buffers, reused across tasks and passes: a task's query rows (its heads
-/// stacked), their score tile, their running softmax and their output rows.
+/// A worker thread's buffers, reused across tasks and passes. A task's query rows (its heads
+/// stacked) and everything computed for them are kept column by column (`[cols][rows]`), so
+/// gemm reads and writes them without packing and the softmax runs across rows in vector
+/// lanes: the queries (`hd x rows`), a tile of scores (`bk x rows`), the output accumulators
+/// (`hd x rows`), and per row the running maximum and sum of `exp(score - max)` over the
+/// tiles seen, the tile's maximum and the factor the accumulators are rescaled by.
 #[derive(Default)]
 struct Scratch {
     q: Vec<f32>,
     scores: Vec<f32>,
-    running: Vec<Running>,
     acc: Vec<f32>,
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    tile_max: Vec<f32>,
+    keep: Vec<f32>,
 }
 
 thread_local! {
@@ -375,12 +367,13 @@ pub fn attention(qkv: &[f32], shape: Heads, seqs: &[(usize, usize)], rows: Rows)
     out
 }
 
-/// One task: its query rows against the keys they see, one tile of keys at a time. The query
-/// heads that share the task's key/value head are stacked into one block of rows (head-major),
-/// so each key and value tile is read and packed once for all of them. Each tile's scores
-/// are exponentiated against the rows' running maximum and added, times the tile's values,
-/// into the rows' accumulators (rescaled first when a row's maximum grew); the rows are
-/// divided by their sums into the output at the end.
+/// One task: its query rows against the keys they see, one tile of keys at a time
+/// (FlashAttention's forward on the CPU). The query heads that share the task's key/value
+/// head are stacked into one block of rows (head-major), so each key and value tile is read
+/// and packed once for all of them. Each tile's scores are exponentiated against the rows'
+/// running maximum and added, times the tile's values, into the rows' accumulators (rescaled
+/// first by how much each row's maximum grew); the rows are divided by their sums into the
+/// output at the end.
 fn attend_block(qkv: &[f32], shape: Heads, task: Task, out: OutPtr, out_len: usize) {
     let hd = shape.head_dim;
     let width = shape.qkv_width();
@@ -398,146 +391,168 @@ fn attend_block(qkv: &[f32], shape: Heads, task: Task, out: OutPtr, out_len: usi
     let dst = task.out_row * out_width + first_head * hd;
     assert!(last_row(dst + (groups - 1) * hd, m, out_width) <= out_len);
     let scale = 1.0 / (hd as f32).sqrt();
-    SCRATCH.with_borrow_mut(
-        |Scratch {
-             q,
-             scores,
-             running,
-             acc,
-         }| {
-            // Row g * m + i: query head first_head + g at position q0 + i; stored column by
-            // column (hd x rows), the layout gemm multiplies from without packing it per tile.
-            q.resize(rows * hd, 0.0);
-            for g in 0..groups {
-                for i in 0..m {
-                    let at = (task.offset + task.q0 + i) * width + (first_head + g) * hd;
-                    let r = g * m + i;
-                    for (d, &x) in qkv[at..at + hd].iter().enumerate() {
-                        q[d * rows + r] = x;
-                    }
+    SCRATCH.with_borrow_mut(|s| {
+        // Row g * m + i: query head first_head + g at position q0 + i.
+        s.q.resize(hd * rows, 0.0);
+        for g in 0..groups {
+            for i in 0..m {
+                let at = (task.offset + task.q0 + i) * width + (first_head + g) * hd;
+                let r = g * m + i;
+                for (d, &x) in qkv[at..at + hd].iter().enumerate() {
+                    s.q[d * rows + r] = x;
                 }
             }
-            running.clear();
-            running.resize(rows, Running::EMPTY);
-            acc.resize(rows * hd, 0.0);
-            for k0 in (0..n).step_by(KEY_BLOCK) {
-                let bk = KEY_BLOCK.min(n - k0);
-                scores.resize(rows * bk, 0.0);
-                // Safety: bounds checked above; `q`, `scores` and `acc` are this thread's own
-                // buffers of rows x hd, rows x bk and rows x hd.
-                unsafe {
-                    // scores[rows, bk] = scale * q[rows, hd] · kᵀ[hd, k0..k0 + bk]
-                    gemm::gemm(
-                        rows,
-                        bk,
-                        hd,
-                        scores.as_mut_ptr(),
-                        1,
-                        bk as isize,
-                        false,
-                        q.as_ptr(),
-                        rows as isize,
-                        1,
-                        qkv.as_ptr().add(k + k0 * width),
-                        width as isize,
-                        1,
-                        0.0,
-                        scale,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
+        }
+        for (state, start) in [
+            (&mut s.max, f32::NEG_INFINITY),
+            (&mut s.sum, 0.0),
+            (&mut s.tile_max, 0.0),
+            (&mut s.keep, 0.0),
+        ] {
+            state.clear();
+            state.resize(rows, start);
+        }
+        s.acc.resize(hd * rows, 0.0);
+        for k0 in (0..n).step_by(KEY_BLOCK) {
+            let bk = KEY_BLOCK.min(n - k0);
+            s.scores.resize(bk * rows, 0.0);
+            // Safety: bounds checked above; `q`, `scores` and `acc` are this thread's own
+            // buffers of hd x rows, bk x rows and hd x rows.
+            unsafe {
+                // scores[rows, bk] = scale * q[rows, hd] · kᵀ[hd, k0..k0 + bk]
+                gemm::gemm(
+                    rows,
+                    bk,
+                    hd,
+                    s.scores.as_mut_ptr(),
+                    rows as isize,
+                    1,
+                    false,
+                    s.q.as_ptr(),
+                    rows as isize,
+                    1,
+                    qkv.as_ptr().add(k + k0 * width),
+                    width as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            // Keys after a query's position are hidden from it (only in tiles that reach
+            // past the block's first query).
+            for (j, col) in s.scores.chunks_exact_mut(rows).enumerate() {
+                let hidden_rows = (k0 + j).saturating_sub(task.q0).min(m);
+                if hidden_rows == 0 {
+                    continue;
                 }
-                let tiles = scores.chunks_exact_mut(bk).zip(running.iter_mut());
-                for (r, (row, run)) in tiles.enumerate() {
-                    // Query row r sits at position q0 + r % m and sees keys 0..=q0 + r % m.
-                    let seen = (task.q0 + r % m + 1).saturating_sub(k0).min(bk);
-                    let keep = softmax_tile(row, seen, run);
-                    // The first tile writes the accumulators; later ones add to them.
-                    if k0 > 0 && keep != 1.0 {
-                        scale_row(&mut acc[r * hd..(r + 1) * hd], keep);
-                    }
-                }
-                // Safety: as above.
-                unsafe {
-                    // acc[rows, hd] (+)= p[rows, bk] · v[k0..k0 + bk, hd]
-                    gemm::gemm(
-                        rows,
-                        hd,
-                        bk,
-                        acc.as_mut_ptr(),
-                        1,
-                        hd as isize,
-                        k0 > 0,
-                        scores.as_ptr(),
-                        1,
-                        bk as isize,
-                        qkv.as_ptr().add(v + k0 * width),
-                        1,
-                        width as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
+                for g in 0..groups {
+                    col[g * m..g * m + hidden_rows].fill(f32::NEG_INFINITY);
                 }
             }
-            for (r, (row, run)) in acc.chunks_exact(hd).zip(running.iter()).enumerate() {
-                let (g, i) = (r / m, r % m);
-                // Safety: row i, head first_head + g of this task's output block, inside `out`
-                // (checked above) and written by this task only.
-                let out_row = unsafe {
-                    std::slice::from_raw_parts_mut(out.get().add(dst + i * out_width + g * hd), hd)
-                };
-                let inv = 1.0 / run.sum;
-                for (o, &a) in out_row.iter_mut().zip(row) {
-                    *o = a * inv;
-                }
+            softmax_tile(
+                &mut s.scores,
+                &mut s.max,
+                &mut s.sum,
+                &mut s.tile_max,
+                &mut s.keep,
+            );
+            // The first tile writes the accumulators; later ones add to them.
+            if k0 > 0 {
+                scale_rows(&mut s.acc, &s.keep);
             }
-        },
-    );
+            // Safety: as above.
+            unsafe {
+                // acc[rows, hd] (+)= p[rows, bk] · v[k0..k0 + bk, hd]
+                gemm::gemm(
+                    rows,
+                    hd,
+                    bk,
+                    s.acc.as_mut_ptr(),
+                    rows as isize,
+                    1,
+                    k0 > 0,
+                    s.scores.as_ptr(),
+                    rows as isize,
+                    1,
+                    qkv.as_ptr().add(v + k0 * width),
+                    1,
+                    width as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+        for (r, &sum) in s.sum.iter().enumerate() {
+            let (g, i) = (r / m, r % m);
+            // Safety: row i, head first_head + g of this task's output block, inside `out`
+            // (checked above) and written by this task only.
+            let out_row = unsafe {
+                std::slice::from_raw_parts_mut(out.get().add(dst + i * out_width + g * hd), hd)
+            };
+            let inv = 1.0 / sum;
+            for (d, o) in out_row.iter_mut().enumerate() {
+                *o = s.acc[d * rows + r] * inv;
+            }
+        }
+    });
 }
 
 by_isa! {
-    /// One key tile of a query row's online softmax: `row[..seen]` (the keys the query sees)
-    /// becomes `exp(score - max)` against the row's new running maximum, the rest 0, and
-    /// `run` takes in the tile. Returns the factor by which what the row added before must be
-    /// scaled (`exp(old max - new max)`; 1 when the maximum stayed).
-    fn softmax_tile(row: &mut [f32], seen: usize, run: &mut Running) -> f32 {
-        let (visible, hidden) = row.split_at_mut(seen);
-        hidden.fill(0.0);
-        let max = visible.iter().fold(run.max, |a, &b| a.max(b));
-        if visible.is_empty() {
-            return 1.0;
-        }
-        let mut acc = [0f32; 16];
-        let mut chunks = visible.chunks_exact_mut(16);
-        for c in &mut chunks {
-            for i in 0..16 {
-                c[i] = fast_exp(c[i] - max);
-                acc[i] += c[i];
+    /// One key tile of the rows' online softmax, in place on `scores` (`[keys][rows]`, hidden
+    /// keys at -inf): each score becomes `exp(score - max)` against its row's new running
+    /// maximum, the running `max` and `sum` take in the tile, and `keep` is set to the factor
+    /// by which what each row added before must be scaled (`exp(old max - new max)`). The rows
+    /// sit in vector lanes. The first key of a sequence is seen by every query, so a row's
+    /// maximum is finite from the first tile on.
+    fn softmax_tile(
+        scores: &mut [f32],
+        max: &mut [f32],
+        sum: &mut [f32],
+        tile_max: &mut [f32],
+        keep: &mut [f32],
+    ) {
+        let rows = max.len();
+        tile_max.fill(f32::NEG_INFINITY);
+        for col in scores.chunks_exact(rows) {
+            for (t, &x) in tile_max.iter_mut().zip(col) {
+                *t = t.max(x);
             }
         }
-        let mut total: f32 = acc.iter().sum();
-        for v in chunks.into_remainder() {
-            *v = fast_exp(*v - max);
-            total += *v;
+        for ((t, m), k) in tile_max.iter_mut().zip(max.iter_mut()).zip(keep.iter_mut()) {
+            let new = t.max(*m);
+            // exp(-inf) on the first tile: the running sum is 0 then, so the factor is moot.
+            *k = fast_exp(*m - new);
+            *m = new;
+            *t = 0.0;
         }
-        let keep = if run.max == max { 1.0 } else { fast_exp(run.max - max) };
-        run.sum = run.sum * keep + total;
-        run.max = max;
-        keep
+        // tile_max now gathers the tile's sums.
+        for col in scores.chunks_exact_mut(rows) {
+            for ((x, &m), t) in col.iter_mut().zip(max.iter()).zip(tile_max.iter_mut()) {
+                *x = fast_exp(*x - m);
+                *t += *x;
+            }
+        }
+        for ((s, &k), &t) in sum.iter_mut().zip(keep.iter()).zip(tile_max.iter()) {
+            *s = *s * k + t;
+        }
     }
 }
 
 by_isa! {
-    /// `row *= factor`.
-    fn scale_row(row: &mut [f32], factor: f32) {
-        for v in row.iter_mut() {
-            *v *= factor;
+    /// Scales each row of `acc` (`[cols][rows]`) by its factor in `keep`.
+    fn scale_rows(acc: &mut [f32], keep: &[f32]) {
+        for col in acc.chunks_exact_mut(keep.len()) {
+            for (x, &k) in col.iter_mut().zip(keep) {
+                *x *= k;
+            }
         }
     }
 }
@@ -922,31 +937,55 @@ mod tests {
 
     #[test]
     fn softmax_tiles_on_the_dispatched_isa_add_up_to_one_softmax() {
-        // Three tiles of one query row that sees 70 of 100 keys; the second tile's maximum is
-        // the row's (so the first tile's share is rescaled), the third is hidden.
-        let mut row = noise(100, 5);
-        row[50] = 4.0;
-        let mut plain = row.clone();
-        let max = plain[..70]
-            .iter()
-            .cloned()
-            .fold(f32::NEG_INFINITY, f32::max);
-        let total: f32 = plain[..70].iter().map(|v| (v - max).exp()).sum();
-        for v in plain[..70].iter_mut() {
-            *v = (*v - max).exp() / total;
+        // Two rows over 100 keys in three tiles: row 0 sees 70 keys and its maximum is in the
+        // second tile (so the first tile's share is rescaled), row 1 sees all; the third tile
+        // is hidden from row 0.
+        let (rows, seen) = (2usize, [70usize, 100]);
+        let mut input = [noise(100, 5), noise(100, 6)];
+        input[0][50] = 4.0;
+        let want: Vec<Vec<f32>> = (0..rows)
+            .map(|r| {
+                let vis = &input[r][..seen[r]];
+                let max = vis.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let total: f32 = vis.iter().map(|v| (v - max).exp()).sum();
+                let mut p: Vec<f32> = vis.iter().map(|v| (v - max).exp() / total).collect();
+                p.resize(100, 0.0);
+                p
+            })
+            .collect();
+        let (mut max, mut sum) = (vec![f32::NEG_INFINITY; rows], vec![0f32; rows]);
+        let (mut tile_max, mut keep) = (vec![0f32; rows], vec![0f32; rows]);
+        let mut got: Vec<Vec<f32>> = vec![Vec::new(); rows];
+        for (t, keys) in [0..40usize, 40..80, 80..100].into_iter().enumerate() {
+            // [keys][rows], hidden keys at -inf.
+            let mut tile: Vec<f32> = keys
+                .clone()
+                .flat_map(|j| (0..rows).map(move |r| (j, r)))
+                .map(|(j, r)| {
+                    if j < seen[r] {
+                        input[r][j]
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+                .collect();
+            softmax_tile(&mut tile, &mut max, &mut sum, &mut tile_max, &mut keep);
+            if t == 1 {
+                assert!(keep[0] < 1.0, "row 0's maximum is in the second tile");
+            }
+            if t == 2 {
+                assert_eq!(keep[0], 1.0, "a hidden tile leaves row 0 as it was");
+            }
+            for r in 0..rows {
+                for p in got[r].iter_mut() {
+                    *p *= keep[r];
+                }
+                got[r].extend(tile.iter().skip(r).step_by(rows));
+            }
         }
-        plain[70..].fill(0.0);
-        let mut run = Running::EMPTY;
-        let (a, rest) = row.split_at_mut(40);
-        let (b, c) = rest.split_at_mut(40);
-        softmax_tile(a, 40, &mut run);
-        let keep = softmax_tile(b, 30, &mut run);
-        assert!(keep < 1.0, "the second tile's maximum is larger");
-        assert_eq!(softmax_tile(c, 0, &mut run), 1.0);
-        for v in a.iter_mut() {
-            *v *= keep;
+        for r in 0..rows {
+            let p: Vec<f32> = got[r].iter().map(|p| p / sum[r]).collect();
+            assert!(max_diff(&p, &want[r]) < 1e-6, "row {r}, isa {:?}", isa());
         }
-        let got: Vec<f32> = row.iter().map(|v| v / run.sum).collect();
-        assert!(max_diff(&got, &plain) < 1e-6, "isa {:?}", isa());
     }
 }
