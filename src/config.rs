@@ -65,7 +65,8 @@ settings! {
     /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
     #[arg(long, env = "SEMFLOW_DEVICE")]
     device: String,
-    /// auto, f32, bf16 or f16. On CPU auto means f32, the only exact choice there.
+    /// auto, f32, bf16 or f16. On CPU auto means f32, the only exact choice there; bf16 there
+    /// keeps weights bf16 (half the memory) and computes in f32 (packed backend only).
     #[arg(long, env = "SEMFLOW_DTYPE")]
     dtype: String,
     /// Memory for the inference content cache (embeddings and rerank scores of every model),
@@ -211,7 +212,7 @@ pub fn inference_config(s: &Settings) -> Result<InferenceConfig> {
     cfg.remote.api_key = key("SEMFLOW_ENDPOINT_API_KEY");
     cfg.remote.rerank_api_key = key("SEMFLOW_RERANK_API_KEY");
     // A dtype that cannot run on the device is a configuration error, found before any query.
-    cfg.load.dtype.resolve(cfg.load.device)?;
+    cfg.load.precision(cfg.backend)?;
     Ok(cfg)
 }
 
@@ -232,14 +233,20 @@ mod tests {
         assert_eq!(cfg.embed_model, "flag-model");
         assert_eq!(cfg.cache_size.bytes(), 5 << 20);
         assert_eq!(cfg.rerank_model, "Qwen/Qwen3-Reranker-0.6B");
-        let bad = Settings {
+        // bf16 on the CPU: the packed backend's (bf16 weights), not mistral.rs's.
+        let bf16 = Settings {
             dtype: Some("bf16".into()),
             ..Default::default()
         };
-        assert!(inference_config(&bad.over(file.clone()))
-            .unwrap_err()
-            .to_string()
-            .contains("bf16"));
+        let cfg = inference_config(&bf16.clone().over(file.clone())).unwrap();
+        assert_eq!(cfg.load.dtype, crate::inference::device::DTypeSpec::Bf16);
+        if cfg!(feature = "mistralrs") {
+            let on_mistralrs = Settings {
+                backend: Some("mistralrs".into()),
+                ..bf16
+            };
+            assert!(inference_config(&on_mistralrs.over(file.clone())).is_err());
+        }
         assert!(toml::from_str::<Settings>("nope = 1").is_err());
         // An empty list (an empty environment variable) leaves the file's in place.
         let file: Settings = toml::from_str("embed_endpoints = ['http://a/v1']").unwrap();

@@ -49,6 +49,24 @@ pub struct LoadOptions {
     pub max_batch: usize,
 }
 
+impl LoadOptions {
+    /// The precision `backend` loads models with. bf16 on the CPU is the packed backend's
+    /// alone (bf16 weights, f32 activations); mistral.rs would run candle's CPU BF16 matmul,
+    /// which is unavailable.
+    pub fn precision(&self, backend: BackendKind) -> Result<device::Precision> {
+        let precision = self.dtype.resolve(self.device)?;
+        if backend == BackendKind::MistralRs
+            && self.device == device::DeviceSpec::Cpu
+            && precision == device::Precision::Bf16
+        {
+            return Err(Error::InvalidArgument(
+                "--dtype bf16 on CPU runs on the packed backend only; mistral.rs (--backend mistralrs, and the chat model) runs f32 or f16 there".into(),
+            ));
+        }
+        Ok(precision)
+    }
+}
+
 /// Engine-wide inference settings.
 #[derive(Debug, Clone)]
 pub struct InferenceConfig {

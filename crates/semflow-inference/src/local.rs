@@ -14,7 +14,7 @@ use mistralrs::{
     RequestMessage, SamplingParams, Tensor, TextModelBuilder, TokenSource,
 };
 
-use super::config::LoadOptions;
+use super::config::{BackendKind, LoadOptions};
 use super::device::{DTypeSpec, DeviceSpec, Precision};
 use super::prompts::{p_yes, NO_TOKEN_ID, YES_TOKEN_ID};
 use super::single_token::single_token_embedding;
@@ -46,7 +46,7 @@ pub struct LocalEmbedder {
 impl LocalEmbedder {
     pub async fn load(dir: ModelDir, opts: LoadOptions) -> Result<Self> {
         require_top_level_rope_theta(&dir)?;
-        let dtype = model_dtype(opts.dtype.resolve(opts.device)?);
+        let dtype = model_dtype(opts.precision(BackendKind::MistralRs)?);
         // The loader is named, not read from config.json: sentence-transformers fine-tunes say
         // `Qwen3Model`, which mistral.rs's architecture lookup does not know.
         let mut builder = EmbeddingModelBuilder::new(dir.path.to_string_lossy())
@@ -161,7 +161,7 @@ pub async fn load_causal_lm(
     loader: Option<mistralrs::NormalLoaderType>,
 ) -> Result<Model> {
     require_top_level_rope_theta(dir)?;
-    let dtype = model_dtype(opts.dtype.resolve(opts.device)?);
+    let dtype = model_dtype(opts.precision(BackendKind::MistralRs)?);
     let mut builder = TextModelBuilder::new(dir.path.to_string_lossy())
         .with_token_source(TokenSource::None)
         .with_tokenizer_json(dir.path.join("tokenizer.json").to_string_lossy())

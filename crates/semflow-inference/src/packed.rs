@@ -10,6 +10,10 @@
 //!
 //! A dedicated thread owns the model and takes jobs from a queue, packing the jobs of
 //! concurrent queries into token-budgeted forward passes (the TEI design).
+//!
+//! On the CPU, `--dtype bf16` keeps the linear layers' weights and the embedding table in bf16
+//! (half the memory; Qwen3 checkpoints are stored so) and computes everything else in f32:
+//! the linear layers run [`cpu_kernels::bf16::linear`] (f32 sums of bf16 products).
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,6 +24,7 @@ use candle_nn::ops::{rms_norm, silu, softmax_last_dim};
 use candle_nn::rotary_emb::rope;
 
 use super::config::LoadOptions;
+use super::cpu_kernels::bf16::{self, PackedBf16};
 use super::cpu_kernels::{self, Heads, Isa, QkNorm, Rows};
 use super::device::DTypeSpec;
 use super::prompts::{NO_TOKEN_ID, YES_TOKEN_ID};
@@ -95,17 +100,25 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R
     }
 }
 
+/// A linear layer's weight, `[out, in]` as stored.
+enum Weight {
+    /// In the compute dtype, multiplied by candle (or [`cpu_kernels::linear_skinny`]).
+    Dense(Tensor),
+    /// bf16 on the CPU, multiplied in f32 by [`bf16::linear`].
+    Bf16(PackedBf16),
+}
+
 struct Layer {
     input_norm: Tensor,
     post_norm: Tensor,
     /// q, k and v projections stacked: one matmul.
-    qkv: Tensor,
-    o: Tensor,
+    qkv: Weight,
+    o: Weight,
     q_norm: Tensor,
     k_norm: Tensor,
     /// gate and up projections stacked: one matmul.
-    gate_up: Tensor,
-    down: Tensor,
+    gate_up: Weight,
+    down: Weight,
 }
 
 /// What the model computes for each sequence.
@@ -120,7 +133,9 @@ pub enum Head {
 pub struct PackedQwen3 {
     cfg: QwenConfig,
     device: Device,
+    /// The dtype activations are computed in.
     dtype: DType,
+    /// In the compute dtype, or bf16 where the linear weights are (rows cast when looked up).
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
@@ -133,8 +148,15 @@ pub struct PackedQwen3 {
 }
 
 impl PackedQwen3 {
-    /// Loads the weights of `dir` onto `device` in `dtype`.
+    /// Loads the weights of `dir` onto `device` in `dtype` (on the CPU, BF16 means bf16
+    /// weights and f32 activations: see the module's header).
     pub fn load(dir: &ModelDir, device: &Device, dtype: DType, reranker: bool) -> Result<Self> {
+        let bf16_weights = device.is_cpu() && dtype == DType::BF16;
+        let (dtype, weight_dtype) = if bf16_weights {
+            (DType::F32, DType::BF16)
+        } else {
+            (dtype, dtype)
+        };
         let files = dir.weight_files()?;
         // Safety: the files are only read; semflow does not modify model files while running.
         let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(candle_err)?;
@@ -143,10 +165,34 @@ impl PackedQwen3 {
         } else {
             "model."
         };
-        let load = |name: &str| -> Result<Tensor> {
-            st.load(&format!("{prefix}{name}"), device)
+        let load_as = |name: &str, dtype: DType| -> Result<Tensor> {
+            st.load(name, device)
                 .and_then(|t| t.to_dtype(dtype))
-                .map_err(|e| Error::model(&dir.id, format!("weight {prefix}{name}: {e}")))
+                .map_err(|e| Error::model(&dir.id, format!("weight {name}: {e}")))
+        };
+        let load = |name: &str| load_as(&format!("{prefix}{name}"), dtype);
+        // The named weights stacked by rows into one linear layer.
+        let linear = |names: &[String]| -> Result<Weight> {
+            let parts = names
+                .iter()
+                .map(|n| load_as(&format!("{prefix}{n}"), weight_dtype))
+                .collect::<Result<Vec<_>>>()?;
+            let w = Tensor::cat(&parts, 0).map_err(candle_err)?;
+            if !bf16_weights {
+                return Ok(Weight::Dense(w));
+            }
+            let packed = w.dims2().and_then(|(n, k)| {
+                let bits: Vec<u16> = w
+                    .flatten_all()?
+                    .to_vec1::<half::bf16>()?
+                    .into_iter()
+                    .map(half::bf16::to_bits)
+                    .collect();
+                Ok(PackedBf16::from_bits(&bits, n, k))
+            });
+            packed
+                .map(Weight::Bf16)
+                .map_err(|e| Error::model(&dir.id, format!("weights {}: {e}", names.join(", "))))
         };
         let cfg = dir.config.clone();
         if cfg.num_hidden_layers == 0 {
@@ -155,40 +201,35 @@ impl PackedQwen3 {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let w = |n: &str| load(&format!("layers.{l}.{n}"));
-            let qkv = Tensor::cat(
-                &[
-                    w("self_attn.q_proj.weight")?,
-                    w("self_attn.k_proj.weight")?,
-                    w("self_attn.v_proj.weight")?,
-                ],
-                0,
-            )
-            .map_err(candle_err)?;
-            let gate_up = Tensor::cat(&[w("mlp.gate_proj.weight")?, w("mlp.up_proj.weight")?], 0)
-                .map_err(candle_err)?;
+            let lin = |ns: &[&str]| {
+                linear(
+                    &ns.iter()
+                        .map(|n| format!("layers.{l}.{n}.weight"))
+                        .collect::<Vec<_>>(),
+                )
+            };
             layers.push(Layer {
                 input_norm: w("input_layernorm.weight")?,
                 post_norm: w("post_attention_layernorm.weight")?,
-                qkv,
-                o: w("self_attn.o_proj.weight")?,
+                qkv: lin(&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"])?,
+                o: lin(&["self_attn.o_proj"])?,
                 q_norm: w("self_attn.q_norm.weight")?,
                 k_norm: w("self_attn.k_norm.weight")?,
-                gate_up,
-                down: w("mlp.down_proj.weight")?,
+                gate_up: lin(&["mlp.gate_proj", "mlp.up_proj"])?,
+                down: lin(&["mlp.down_proj"])?,
             });
         }
-        let embed = load("embed_tokens.weight")?;
+        let embed = load_as(&format!("{prefix}embed_tokens.weight"), weight_dtype)?;
         let head = if reranker {
             // Tied checkpoints reuse the input embeddings as the LM head.
             let lm = if cfg.tie_word_embeddings {
                 embed.clone()
             } else {
-                st.load("lm_head.weight", device)
-                    .and_then(|t| t.to_dtype(dtype))
-                    .map_err(|e| Error::model(&dir.id, format!("weight lm_head.weight: {e}")))?
+                load_as("lm_head.weight", weight_dtype)?
             };
             let rows = Tensor::new(&[YES_TOKEN_ID, NO_TOKEN_ID], device).map_err(candle_err)?;
-            Head::YesNo(lm.index_select(&rows, 0).map_err(candle_err)?)
+            let yes_no = lm.index_select(&rows, 0).and_then(|t| t.to_dtype(dtype));
+            Head::YesNo(yes_no.map_err(candle_err)?)
         } else {
             Head::Embedding
         };
@@ -345,7 +386,15 @@ impl PackedQwen3 {
 
     /// `x · wᵀ` (a linear layer, `w` as stored `[out, in]`). A few rows on AVX-512 go
     /// through [`cpu_kernels::linear_skinny`], which reads the weight once instead of packing it.
-    fn linear(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    fn linear(&self, x: &Tensor, w: &Weight) -> candle_core::Result<Tensor> {
+        let w = match w {
+            Weight::Dense(w) => w,
+            Weight::Bf16(w) => {
+                let m = x.dim(0)?;
+                let out = with_f32(x, |x| bf16::linear(x, m, w))?;
+                return Tensor::from_vec(out, (m, w.n()), &self.device);
+            }
+        };
         let (m, n) = (x.dim(0)?, w.dim(0)?);
         if self.cpu_f32 && m <= cpu_kernels::SKINNY_ROWS && cpu_kernels::isa() == Isa::Avx512 {
             let out = with_f32(x, |x| {
@@ -437,7 +486,7 @@ impl PackedQwen3 {
         let eps = self.eps();
         let ids: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
         let ids = Tensor::new(ids, &self.device)?;
-        let mut x = self.embed.index_select(&ids, 0)?; // [T, H]
+        let mut x = self.embed.index_select(&ids, 0)?.to_dtype(self.dtype)?; // [T, H]
         let mut h = rms_norm(&x, &self.layers[0].input_norm, eps)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let qkv = self.linear(&h, &layer.qkv)?;
@@ -775,5 +824,65 @@ mod tests {
             }
         }
         assert!(unlimited.counts().largest() > 3);
+    }
+    /// Bytes the linear layers' weights hold.
+    fn linear_weight_bytes(model: &PackedQwen3) -> usize {
+        let bytes = |w: &Weight| match w {
+            Weight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Weight::Bf16(p) => p.bytes(),
+        };
+        let layer = |l: &Layer| bytes(&l.qkv) + bytes(&l.o) + bytes(&l.gate_up) + bytes(&l.down);
+        model.layers.iter().map(layer).sum()
+    }
+
+    /// `--dtype bf16` on the CPU: the linear weights and the embedding table stay bf16 (half
+    /// the memory), activations f32; every embedding is within cosine 0.999 of the f32 pass
+    /// and every P(yes) within 0.01 (the parity bounds against transformers f32),
+    /// over lengths that span several attention tiles.
+    #[test]
+    fn bf16_weights_on_the_cpu_stay_within_the_parity_bounds_of_f32() {
+        let seqs: Vec<Vec<u32>> = [3u32, 40, 300]
+            .iter()
+            .map(|&n| {
+                (0..n)
+                    .map(|t| 100 + (t * 37) % 5000)
+                    .chain([151643])
+                    .collect()
+            })
+            .collect();
+        let seqs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        for (kind, role, reranker) in [
+            (ModelKind::Embedding, Role::Embedding, false),
+            (ModelKind::Reranker, Role::Reranker, true),
+        ] {
+            let dir = tiny_model_dir(kind, 11);
+            let model = ModelDir::open("tiny", dir.path(), role).unwrap();
+            let load = |dtype| PackedQwen3::load(&model, &Device::Cpu, dtype, reranker).unwrap();
+            let (f32_model, bf16_model) = (load(DType::F32), load(DType::BF16));
+            assert_eq!(bf16_model.embed.dtype(), DType::BF16);
+            let (full, half) = (
+                linear_weight_bytes(&f32_model),
+                linear_weight_bytes(&bf16_model),
+            );
+            assert!(half * 100 <= full * 55, "bf16 {half} bytes vs f32 {full}");
+            let (want, got) = (
+                f32_model.run(&seqs).unwrap(),
+                bf16_model.run(&seqs).unwrap(),
+            );
+            // The bf16 pass is not the f32 pass under another name.
+            assert_ne!(want, got);
+            for (w, g) in want.iter().zip(&got) {
+                if reranker {
+                    let p_yes = |l: &[f32]| 1.0 / (1.0 + (l[1] - l[0]).exp());
+                    let dp = (p_yes(w) - p_yes(g)).abs();
+                    println!("bf16 weights: |dP(yes)| {dp:e}");
+                    assert!(dp <= 0.01, "|dP(yes)| {dp}");
+                } else {
+                    let cos: f32 = w.iter().zip(g).map(|(a, b)| a * b).sum();
+                    println!("bf16 weights: cosine {cos}");
+                    assert!(cos >= 0.999, "cosine {cos}");
+                }
+            }
+        }
     }
 }
