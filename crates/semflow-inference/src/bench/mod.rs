@@ -153,6 +153,9 @@ pub struct ModelResults {
     pub results: Vec<WorkloadResult>,
     /// The process's peak resident memory when they finished (model loading included).
     pub peak_rss_bytes: u64,
+    /// The process's resident memory when they finished: the models' weights (their files
+    /// are unmapped once loaded) and what the allocator kept.
+    pub rss_bytes: u64,
 }
 
 /// The model workloads' report: where they ran, on what, and the results (the JSON of
@@ -187,6 +190,16 @@ pub fn process_usage() -> (u64, u64) {
         }
     }
     (0, 0)
+}
+
+/// The process's resident memory now, in bytes (`/proc/self/statm`; 0 elsewhere).
+pub fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok());
+    // SAFETY: sysconf reads a constant of the system.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages.map_or(0, |p| p * page.max(0) as u64)
 }
 
 /// Loads the models the workloads need and describes them.
@@ -421,6 +434,7 @@ pub async fn run(
         peers: peers.iter().map(|p| p.info.clone()).collect(),
         results,
         peak_rss_bytes: process_usage().1,
+        rss_bytes: resident_bytes(),
     })
 }
 
@@ -491,8 +505,9 @@ pub fn render_results(results: &ModelResults) -> String {
         s.push_str(&row);
     }
     s.push_str(&format!(
-        "\npeak resident memory (semflow): {:.0} MiB\n",
-        results.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+        "\npeak resident memory (semflow): {:.0} MiB; at the end: {:.0} MiB\n",
+        results.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+        results.rss_bytes as f64 / (1024.0 * 1024.0)
     ));
     let find = |prefix: &str| results.results.iter().find(|r| r.name.starts_with(prefix));
     if let (Some(w3), Some(w2)) = (find("W3"), find("W2 fixed L=256")) {
@@ -548,6 +563,7 @@ mod tests {
             assert!(r.semflow.value > 0.0 && r.peers.is_empty());
         }
         assert!(results.peak_rss_bytes > 1 << 20);
+        assert!(results.rss_bytes > 1 << 20 && results.rss_bytes <= results.peak_rss_bytes);
         let table = render_results(&results);
         assert!(table.contains("| W5 rerank 1x100 |"), "{table}");
         assert!(table.contains("peak resident memory"), "{table}");
