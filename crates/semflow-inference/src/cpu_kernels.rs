@@ -29,8 +29,6 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-pub mod bf16;
-
 /// Query rows per attention task.
 const QUERY_BLOCK: usize = 64;
 
@@ -83,17 +81,20 @@ macro_rules! by_isa {
                 fn avx2($($arg: $ty),*) $(-> $ret)? {
                     generic($($arg),*)
                 }
-                match isa() {
+                match $crate::cpu_kernels::isa() {
                     // Safety: `isa` detected these features on this CPU.
-                    Isa::Avx512 => return unsafe { avx512($($arg),*) },
-                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
-                    Isa::Baseline => {}
+                    $crate::cpu_kernels::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::cpu_kernels::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::cpu_kernels::Isa::Baseline => {}
                 }
             }
             generic($($arg),*)
         }
     };
 }
+
+// After `by_isa!`, which it uses.
+pub mod bf16;
 
 /// Sum of squares with 16 independent lanes, so the loop vectorises without reordering
 /// a single serial sum.

@@ -152,6 +152,12 @@ impl PackedQwen3 {
     /// weights and f32 activations: see the module's header).
     pub fn load(dir: &ModelDir, device: &Device, dtype: DType, reranker: bool) -> Result<Self> {
         let bf16_weights = device.is_cpu() && dtype == DType::BF16;
+        if bf16_weights && !bf16::has_avx512_bf16() {
+            tracing::warn!(
+                model = %dir.id,
+                "--dtype bf16: this CPU has no AVX512-BF16, so the bf16 weights are multiplied in plain code, several times slower than --dtype f32 (half the memory, not faster)"
+            );
+        }
         let (dtype, weight_dtype) = if bf16_weights {
             (DType::F32, DType::BF16)
         } else {

@@ -6,7 +6,8 @@
 //! the weight is packed once at load into panels of 16 output columns whose lanes hold each
 //! column's pair of consecutive input positions ([`PackedBf16`]); each row of x is rounded to
 //! bf16 pairs once per call and broadcast against the panels. Other CPUs run the same math
-//! (the bf16-rounded operands, f32 sums) in plain code.
+//! (the bf16-rounded operands, f32 sums) in plain code the compiler vectorises, at a fifth to
+//! a half of the f32 gemm's speed (BENCHMARKS §11b): there bf16 buys memory, not time.
 
 use std::sync::OnceLock;
 
@@ -170,21 +171,27 @@ fn unpair(p: u32) -> (f32, f32) {
     (f32::from_bits(p << 16), f32::from_bits(p & 0xffff_0000))
 }
 
-/// One tile, `[ROWS, 2 * PANEL]` sums, in plain code: each lane adds its pair's two products,
-/// as `vdpbf16ps` does.
-fn tile_portable(tile: &mut [f32], rows: &[u32], panels: &[u32], pairs: usize) {
-    tile.fill(0.0);
-    for r in 0..ROWS {
-        let xr = &rows[r * pairs..(r + 1) * pairs];
-        for p in 0..PANELS_PER_TASK {
-            let panel = &panels[p * pairs * PANEL..(p + 1) * pairs * PANEL];
-            let sums = &mut tile[(r * PANELS_PER_TASK + p) * PANEL..][..PANEL];
-            for (q, &xp) in xr.iter().enumerate() {
-                let (x0, x1) = unpair(xp);
-                for (s, &wp) in sums.iter_mut().zip(&panel[q * PANEL..(q + 1) * PANEL]) {
-                    let (w0, w1) = unpair(wp);
-                    *s += x0 * w0 + x1 * w1;
+by_isa! {
+    /// One tile, `[ROWS, 2 * PANEL]` sums, in plain code the compiler vectorises (AVX-512,
+    /// AVX2 or baseline, as the f32 kernels): each lane adds its pair's two products, as
+    /// `vdpbf16ps` does. A panel's pair of weights is widened to f32 once for all the rows.
+    fn tile_portable(tile: &mut [f32], rows: &[u32], panels: &[u32], pairs: usize) {
+        for (p, panel) in panels.chunks_exact(pairs * PANEL).take(PANELS_PER_TASK).enumerate() {
+            let mut acc = [[0f32; PANEL]; ROWS];
+            for (q, wq) in panel.chunks_exact(PANEL).enumerate() {
+                let (mut w0, mut w1) = ([0f32; PANEL], [0f32; PANEL]);
+                for i in 0..PANEL {
+                    (w0[i], w1[i]) = unpair(wq[i]);
                 }
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let (x0, x1) = unpair(rows[r * pairs + q]);
+                    for i in 0..PANEL {
+                        a[i] += x0 * w0[i] + x1 * w1[i];
+                    }
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                tile[(r * PANELS_PER_TASK + p) * PANEL..][..PANEL].copy_from_slice(a);
             }
         }
     }
