@@ -618,9 +618,12 @@ pub fn linear_skinny(x: &[f32], m: usize, w: &[f32], n: usize) -> Vec<f32> {
 /// `dots[i, j] = x_i · w_j` for the `k`-wide rows of `x` and `w`.
 fn dot_rows(dots: &mut [f32], x: &[f32], w: &[f32], k: usize) {
     #[cfg(target_arch = "x86_64")]
-    if isa() == Isa::Avx512 {
+    match isa() {
         // Safety: the CPU has AVX-512F (detected).
-        return unsafe { dot_rows_avx512(dots, x, w, k) };
+        Isa::Avx512 => return unsafe { dot_rows_avx512(dots, x, w, k) },
+        // Safety: the CPU has AVX2 and FMA (detected).
+        Isa::Avx2 => return unsafe { dot_rows_avx2(dots, x, w, k) },
+        Isa::Baseline => {}
     }
     let width = w.len() / k;
     for (i, xi) in x.chunks_exact(k).enumerate() {
@@ -685,6 +688,71 @@ unsafe fn dot_rows_avx512(dots: &mut [f32], x: &[f32], w: &[f32], k: usize) {
                 for r in 0..group {
                     dots[(i + p) * width + j + r] =
                         _mm512_reduce_add_ps(acc[p][r]) + dot_tail(xs[p], rows[r]);
+                }
+            }
+            i += some;
+        }
+        j += group;
+    }
+}
+
+/// [`dot_rows`] blocks on AVX2: 3 x 4 accumulators, 3 x rows and a weight row in the 16
+/// vector registers.
+const DOT2_X_ROWS: usize = 3;
+const DOT2_W_ROWS: usize = 4;
+
+/// [`dot_rows`] with AVX2 FMAs over blocks of [`DOT2_X_ROWS`] x [`DOT2_W_ROWS`] rows (the
+/// AVX-512 kernel's loop on 8 lanes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_rows_avx2(dots: &mut [f32], x: &[f32], w: &[f32], k: usize) {
+    use std::arch::x86_64::*;
+    let (m, width) = (x.len() / k, w.len() / k);
+    let lanes = k / 8 * 8;
+    let dot_tail = |a: &[f32], b: &[f32]| -> f32 {
+        a[lanes..k]
+            .iter()
+            .zip(&b[lanes..k])
+            .map(|(p, q)| p * q)
+            .sum()
+    };
+    let sum = |v: __m256| -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+    };
+    let mut j = 0;
+    while j < width {
+        let group = (width - j).min(DOT2_W_ROWS);
+        // Rows past the group's end repeat its last row; their sums are not stored.
+        let rows: [&[f32]; DOT2_W_ROWS] = std::array::from_fn(|r| {
+            let row = j + r.min(group - 1);
+            &w[row * k..(row + 1) * k]
+        });
+        let mut i = 0;
+        while i < m {
+            let some = (m - i).min(DOT2_X_ROWS);
+            let xs: [&[f32]; DOT2_X_ROWS] = std::array::from_fn(|p| {
+                let row = i + p.min(some - 1);
+                &x[row * k..(row + 1) * k]
+            });
+            let mut acc = [[_mm256_setzero_ps(); DOT2_W_ROWS]; DOT2_X_ROWS];
+            let mut c = 0;
+            while c < lanes {
+                // Safety: c + 8 <= lanes <= k, the length of every row here.
+                let xv: [__m256; DOT2_X_ROWS] =
+                    std::array::from_fn(|p| _mm256_loadu_ps(xs[p].as_ptr().add(c)));
+                for r in 0..DOT2_W_ROWS {
+                    let wv = _mm256_loadu_ps(rows[r].as_ptr().add(c));
+                    for p in 0..DOT2_X_ROWS {
+                        acc[p][r] = _mm256_fmadd_ps(xv[p], wv, acc[p][r]);
+                    }
+                }
+                c += 8;
+            }
+            for p in 0..some {
+                for r in 0..group {
+                    dots[(i + p) * width + j + r] = sum(acc[p][r]) + dot_tail(xs[p], rows[r]);
                 }
             }
             i += some;

@@ -402,7 +402,7 @@ impl PackedQwen3 {
             }
         };
         let (m, n) = (x.dim(0)?, w.dim(0)?);
-        if self.cpu_f32 && m <= cpu_kernels::SKINNY_ROWS && cpu_kernels::isa() == Isa::Avx512 {
+        if self.cpu_f32 && m <= cpu_kernels::SKINNY_ROWS && cpu_kernels::isa() != Isa::Baseline {
             let out = with_f32(x, |x| {
                 with_f32(w, |w| cpu_kernels::linear_skinny(x, m, w, n))
             })??;
