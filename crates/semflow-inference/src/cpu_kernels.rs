@@ -577,7 +577,7 @@ by_isa! {
     }
 }
 
-/// Rows of x at or below which the packed forward pass uses [`linear_skinny`] (on AVX-512).
+/// Rows of x at or below which the packed forward pass uses [`linear_skinny`] (on AVX2 or AVX-512).
 pub const SKINNY_ROWS: usize = 64;
 
 /// Weight rows per [`linear_skinny`] task.

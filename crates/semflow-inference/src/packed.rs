@@ -390,7 +390,7 @@ impl PackedQwen3 {
         Ok((sum, normed))
     }
 
-    /// `x · wᵀ` (a linear layer, `w` as stored `[out, in]`). A few rows on AVX-512 go
+    /// `x · wᵀ` (a linear layer, `w` as stored `[out, in]`). A few rows on AVX2 or AVX-512 go
     /// through [`cpu_kernels::linear_skinny`], which reads the weight once instead of packing it.
     fn linear(&self, x: &Tensor, w: &Weight) -> candle_core::Result<Tensor> {
         let w = match w {
