@@ -641,125 +641,92 @@ fn dot_rows(dots: &mut [f32], x: &[f32], w: &[f32], k: usize) {
 const DOT_X_ROWS: usize = 4;
 const DOT_W_ROWS: usize = 6;
 
-/// [`dot_rows`] with AVX-512 FMAs over blocks of [`DOT_X_ROWS`] x [`DOT_W_ROWS`] rows.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn dot_rows_avx512(dots: &mut [f32], x: &[f32], w: &[f32], k: usize) {
-    use std::arch::x86_64::*;
-    let (m, width) = (x.len() / k, w.len() / k);
-    let lanes = k / 16 * 16;
-    let dot_tail = |a: &[f32], b: &[f32]| -> f32 {
-        a[lanes..k]
-            .iter()
-            .zip(&b[lanes..k])
-            .map(|(p, q)| p * q)
-            .sum()
-    };
-    let mut j = 0;
-    while j < width {
-        let group = (width - j).min(DOT_W_ROWS);
-        // Rows past the group's end repeat its last row; their sums are not stored.
-        let rows: [&[f32]; DOT_W_ROWS] = std::array::from_fn(|r| {
-            let row = j + r.min(group - 1);
-            &w[row * k..(row + 1) * k]
-        });
-        let mut i = 0;
-        while i < m {
-            let some = (m - i).min(DOT_X_ROWS);
-            let xs: [&[f32]; DOT_X_ROWS] = std::array::from_fn(|p| {
-                let row = i + p.min(some - 1);
-                &x[row * k..(row + 1) * k]
-            });
-            let mut acc = [[_mm512_setzero_ps(); DOT_W_ROWS]; DOT_X_ROWS];
-            let mut c = 0;
-            while c < lanes {
-                // Safety: c + 16 <= lanes <= k, the length of every row here.
-                let xv: [__m512; DOT_X_ROWS] =
-                    std::array::from_fn(|p| _mm512_loadu_ps(xs[p].as_ptr().add(c)));
-                for r in 0..DOT_W_ROWS {
-                    let wv = _mm512_loadu_ps(rows[r].as_ptr().add(c));
-                    for p in 0..DOT_X_ROWS {
-                        acc[p][r] = _mm512_fmadd_ps(xv[p], wv, acc[p][r]);
+/// Defines `$name`, [`dot_rows`] over blocks of `$xr` x `$wr` rows of x and the weight with
+/// `$lanes`-wide FMAs of one instruction set: the same loop for AVX-512 and AVX2, which differ
+/// in the vector type, its operations and the block that fits their registers.
+macro_rules! dot_rows_kernel {
+    ($(#[$doc:meta])* $name:ident, $feature:literal, $vec:ty, $lanes:literal, $xr:expr, $wr:expr,
+     zero: $zero:path, load: $load:path, fma: $fma:path, sum: |$v:ident| $sum:block) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        unsafe fn $name(dots: &mut [f32], x: &[f32], w: &[f32], k: usize) {
+            use std::arch::x86_64::*;
+            let (m, width) = (x.len() / k, w.len() / k);
+            let lanes = k / $lanes * $lanes;
+            let dot_tail = |a: &[f32], b: &[f32]| -> f32 {
+                a[lanes..k]
+                    .iter()
+                    .zip(&b[lanes..k])
+                    .map(|(p, q)| p * q)
+                    .sum()
+            };
+            let sum = |$v: $vec| -> f32 { $sum };
+            let mut j = 0;
+            while j < width {
+                let group = (width - j).min($wr);
+                // Rows past the group's end repeat its last row; their sums are not stored.
+                let rows: [&[f32]; $wr] = std::array::from_fn(|r| {
+                    let row = j + r.min(group - 1);
+                    &w[row * k..(row + 1) * k]
+                });
+                let mut i = 0;
+                while i < m {
+                    let some = (m - i).min($xr);
+                    let xs: [&[f32]; $xr] = std::array::from_fn(|p| {
+                        let row = i + p.min(some - 1);
+                        &x[row * k..(row + 1) * k]
+                    });
+                    let mut acc = [[$zero(); $wr]; $xr];
+                    let mut c = 0;
+                    while c < lanes {
+                        // Safety: c + $lanes <= lanes <= k, the length of every row here.
+                        let xv: [$vec; $xr] =
+                            std::array::from_fn(|p| $load(xs[p].as_ptr().add(c)));
+                        for r in 0..$wr {
+                            let wv = $load(rows[r].as_ptr().add(c));
+                            for p in 0..$xr {
+                                acc[p][r] = $fma(xv[p], wv, acc[p][r]);
+                            }
+                        }
+                        c += $lanes;
                     }
+                    for p in 0..some {
+                        for r in 0..group {
+                            dots[(i + p) * width + j + r] =
+                                sum(acc[p][r]) + dot_tail(xs[p], rows[r]);
+                        }
+                    }
+                    i += some;
                 }
-                c += 16;
+                j += group;
             }
-            for p in 0..some {
-                for r in 0..group {
-                    dots[(i + p) * width + j + r] =
-                        _mm512_reduce_add_ps(acc[p][r]) + dot_tail(xs[p], rows[r]);
-                }
-            }
-            i += some;
         }
-        j += group;
-    }
+    };
 }
+
+dot_rows_kernel!(
+    /// [`dot_rows`] with AVX-512 FMAs over blocks of [`DOT_X_ROWS`] x [`DOT_W_ROWS`] rows.
+    dot_rows_avx512, "avx512f", __m512, 16, DOT_X_ROWS, DOT_W_ROWS,
+    zero: _mm512_setzero_ps, load: _mm512_loadu_ps, fma: _mm512_fmadd_ps,
+    sum: |v| { _mm512_reduce_add_ps(v) }
+);
 
 /// [`dot_rows`] blocks on AVX2: 3 x 4 accumulators, 3 x rows and a weight row in the 16
 /// vector registers.
 const DOT2_X_ROWS: usize = 3;
 const DOT2_W_ROWS: usize = 4;
 
-/// [`dot_rows`] with AVX2 FMAs over blocks of [`DOT2_X_ROWS`] x [`DOT2_W_ROWS`] rows (the
-/// AVX-512 kernel's loop on 8 lanes).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_rows_avx2(dots: &mut [f32], x: &[f32], w: &[f32], k: usize) {
-    use std::arch::x86_64::*;
-    let (m, width) = (x.len() / k, w.len() / k);
-    let lanes = k / 8 * 8;
-    let dot_tail = |a: &[f32], b: &[f32]| -> f32 {
-        a[lanes..k]
-            .iter()
-            .zip(&b[lanes..k])
-            .map(|(p, q)| p * q)
-            .sum()
-    };
-    let sum = |v: __m256| -> f32 {
+dot_rows_kernel!(
+    /// [`dot_rows`] with AVX2 FMAs over blocks of [`DOT2_X_ROWS`] x [`DOT2_W_ROWS`] rows.
+    dot_rows_avx2, "avx2,fma", __m256, 8, DOT2_X_ROWS, DOT2_W_ROWS,
+    zero: _mm256_setzero_ps, load: _mm256_loadu_ps, fma: _mm256_fmadd_ps,
+    sum: |v| {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
-    };
-    let mut j = 0;
-    while j < width {
-        let group = (width - j).min(DOT2_W_ROWS);
-        // Rows past the group's end repeat its last row; their sums are not stored.
-        let rows: [&[f32]; DOT2_W_ROWS] = std::array::from_fn(|r| {
-            let row = j + r.min(group - 1);
-            &w[row * k..(row + 1) * k]
-        });
-        let mut i = 0;
-        while i < m {
-            let some = (m - i).min(DOT2_X_ROWS);
-            let xs: [&[f32]; DOT2_X_ROWS] = std::array::from_fn(|p| {
-                let row = i + p.min(some - 1);
-                &x[row * k..(row + 1) * k]
-            });
-            let mut acc = [[_mm256_setzero_ps(); DOT2_W_ROWS]; DOT2_X_ROWS];
-            let mut c = 0;
-            while c < lanes {
-                // Safety: c + 8 <= lanes <= k, the length of every row here.
-                let xv: [__m256; DOT2_X_ROWS] =
-                    std::array::from_fn(|p| _mm256_loadu_ps(xs[p].as_ptr().add(c)));
-                for r in 0..DOT2_W_ROWS {
-                    let wv = _mm256_loadu_ps(rows[r].as_ptr().add(c));
-                    for p in 0..DOT2_X_ROWS {
-                        acc[p][r] = _mm256_fmadd_ps(xv[p], wv, acc[p][r]);
-                    }
-                }
-                c += 8;
-            }
-            for p in 0..some {
-                for r in 0..group {
-                    dots[(i + p) * width + j + r] = sum(acc[p][r]) + dot_tail(xs[p], rows[r]);
-                }
-            }
-            i += some;
-        }
-        j += group;
     }
-}
+);
 
 #[cfg(test)]
 mod tests {
