@@ -441,6 +441,12 @@ impl Stack {
 
     /// A host command line (psql, curl) in the shell, against our ports; its stdout.
     fn shell(&self, line: &str) -> String {
+        self.try_shell(line)
+            .unwrap_or_else(|why| panic!("{line}: {why}"))
+    }
+
+    /// `shell`, its failure (stderr and stdout) as the error.
+    fn try_shell(&self, line: &str) -> Result<String, String> {
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(self.host.command_line(line))
@@ -449,12 +455,23 @@ impl Stack {
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{line}: {}{stdout}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
+        if out.status.success() {
+            Ok(stdout)
+        } else {
+            Err(format!("{}{stdout}", String::from_utf8_lossy(&out.stderr)))
+        }
+    }
+
+    /// The metrics step: the indexer publishes its lag once its first commit is reported to
+    /// the group, which follows the rows becoming visible by up to a poll, so it is waited for.
+    async fn metrics(&self, line: &str) -> String {
+        wait_until(
+            "the indexer's lag published",
+            Duration::from_secs(60),
+            || self.try_shell(line).is_ok(),
+        )
+        .await;
+        self.shell(line)
     }
 }
 
@@ -495,6 +512,7 @@ async fn readme_steps_run_without_docker() {
             ["docker", "compose", _, _, "run", rest @ ..] => stack.run(rest).await,
             ["docker", "compose", _, _, "down", ..] => stack.down(),
             ["docker", ..] => panic!("a docker/README.md step this test does not run: {line}"),
+            _ if line.contains("/metrics") => check_output(&line, &stack.metrics(&line).await),
             _ => check_output(&line, &stack.shell(&line)),
         }
         ran.push(line);

@@ -321,6 +321,7 @@ impl Consumer {
             tx,
             end,
             report_progress: matches!(mode, Mode::Pipeline(_)),
+            lag_reported: std::cell::Cell::new(None),
         };
         let thread = std::thread::Builder::new()
             .name(format!("kafka-{}", options.topic))
@@ -460,6 +461,8 @@ struct Loop {
     /// Snapshot reads: the offset each partition ends at.
     end: Option<BTreeMap<i32, i64>>,
     report_progress: bool,
+    /// When consumer lag was last measured at a progress commit.
+    lag_reported: std::cell::Cell<Option<Instant>>,
 }
 
 /// The polling loop's state between two polls: records gathered for the next micro-batch,
@@ -601,6 +604,9 @@ impl Drop for Joining {
 }
 
 impl Loop {
+    const LAG_EVERY: Duration = Duration::from_secs(1);
+    const LAG_TIMEOUT: Duration = Duration::from_millis(500);
+
     fn run(self) {
         let mut cursor = Cursor::default();
         let mut transient = Throttled::default();
@@ -779,6 +785,36 @@ impl Loop {
         if tpl.count() > 0 {
             if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
                 tracing::debug!("kafka progress commit: {e}");
+            }
+        }
+        self.report_lag(&offsets);
+    }
+
+    /// Consumer lag of the committed positions, measured against the partitions' high
+    /// watermarks: published from the first commit on, where librdkafka's statistics come
+    /// only every `statistics.interval.ms` (and also keep it current while nothing commits).
+    /// At most once a second, since each partition costs a broker round trip.
+    fn report_lag(&self, committed: &SourceOffsets) {
+        if self
+            .lag_reported
+            .get()
+            .is_some_and(|t| t.elapsed() < Self::LAG_EVERY)
+        {
+            return;
+        }
+        self.lag_reported.set(Some(Instant::now()));
+        for (topic, partition, next) in committed.iter() {
+            match self
+                .consumer
+                .fetch_watermarks(topic, partition, Self::LAG_TIMEOUT)
+            {
+                Ok((_, high)) => metrics::gauge!(
+                    "semflow_kafka_consumer_lag",
+                    "topic" => topic.to_string(),
+                    "partition" => partition.to_string()
+                )
+                .set((high - next).max(0) as f64),
+                Err(e) => tracing::debug!("kafka watermarks of {topic}/{partition}: {e}"),
             }
         }
     }
