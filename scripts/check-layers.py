@@ -10,7 +10,9 @@ would make `cargo test` rebuild what `cargo build` built.
    import from a crate above it.
 2. `cargo tree` of the inference crate (default features, and with mistral.rs): none of the engine's,
    sources' or servers' crates (DataFusion, Arrow, Lance, rdkafka, axum, tonic, pgwire), so
-   inference work builds and tests without them.
+   inference work builds and tests without them; and of the engine crate: none of the front
+   ends' crates (axum, tonic, pgwire, Arrow Flight, the Prometheus exporter, the shell's line
+   editor), so the engine builds and tests without them.
 3. `cargo tree` of the workspace with and without dev-dependencies: no crate may get other
    features when the tests' dependencies join (cargo would build it, and everything above it,
    a second time: once the Lance stack did). The fix is to ask for the same features in
@@ -26,11 +28,19 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CRATE_SRCS = [ROOT / "src"] + sorted(ROOT.glob("crates/*/src"))
 INFERENCE_CRATE = "semflow-inference"
+ENGINE_CRATE = "semflow-engine"
 # Crates of the layers above inference; their names as `cargo tree` prints them.
 HEAVY = re.compile(
     r"^(datafusion\S*|arrow\S*|lance\S*|rdkafka\S*|axum\S*|tonic\S*|pgwire|"
     r"datafusion-postgres|metrics-exporter-prometheus)$"
 )
+# Crates of the front ends above the engine.
+SERVERS = re.compile(
+    r"^(axum\S*|tonic\S*|pgwire|datafusion-postgres|arrow-flight|"
+    r"metrics-exporter-prometheus|rustyline)$"
+)
+# Each lower crate and what must not be in its normal dependency tree.
+LOWER = [(INFERENCE_CRATE, HEAVY, "engine, source or server"), (ENGINE_CRATE, SERVERS, "front-end")]
 PATH = re.compile(r"\bcrate::([A-Za-z_][A-Za-z0-9_]*)")
 # `use crate::{a::x, b::y}` names several modules in one path.
 GROUP = re.compile(r"\bcrate::\{([^}]*)\}", re.S)
@@ -100,15 +110,15 @@ def self_test() -> None:
     assert cycles({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
 
 
-def leaks(features: list[str]) -> list[str]:
-    """Heavy crates in the inference crate's normal dependency tree."""
+def leaks(crate: str, banned: re.Pattern, features: list[str]) -> list[str]:
+    """`banned` crates in `crate`'s normal dependency tree."""
     tree = subprocess.run(
-        ["cargo", "tree", "--locked", "-p", INFERENCE_CRATE, "-e", "normal", "--prefix", "none"]
+        ["cargo", "tree", "--locked", "-p", crate, "-e", "normal", "--prefix", "none"]
         + features,
         cwd=ROOT, check=True, capture_output=True, text=True,
     ).stdout
     names = {line.split()[0] for line in tree.splitlines() if line.strip()}
-    return sorted(n for n in names if HEAVY.match(n))
+    return sorted(n for n in names if banned.match(n))
 
 
 def features(edges: str) -> dict[str, set[str]]:
@@ -138,6 +148,7 @@ def rebuilt_for_tests() -> list[str]:
 def main() -> int:
     self_test()
     assert HEAVY.match("datafusion-common") and not HEAVY.match("candle-core")
+    assert SERVERS.match("axum-core") and not SERVERS.match("datafusion")
     failed = False
     for src_dir in CRATE_SRCS:
         name = src_dir.parent.relative_to(ROOT).as_posix() or "."
@@ -148,14 +159,15 @@ def main() -> int:
         failed |= bool(found)
         if not found:
             print(f"layers: {name}: {len(edges)} top-level modules, no import cycle")
-    for features in ([], ["--features", "mistralrs"]):
-        leaked = leaks(features)
-        label = " ".join(features) or "default features"
-        if leaked:
-            print(f"{INFERENCE_CRATE} ({label}) depends on the layers above it: {', '.join(leaked)}")
-            failed = True
-        else:
-            print(f"layers: {INFERENCE_CRATE} ({label}) depends on no engine, source or server crate")
+    for crate, banned, kind in LOWER:
+        for features in ([], ["--features", "mistralrs"]):
+            leaked = leaks(crate, banned, features)
+            label = " ".join(features) or "default features"
+            if leaked:
+                print(f"{crate} ({label}) depends on the layers above it: {', '.join(leaked)}")
+                failed = True
+            else:
+                print(f"layers: {crate} ({label}) depends on no {kind} crate")
     rebuilt = rebuilt_for_tests()
     for line in rebuilt:
         print(f"the tests' dependencies change a feature set, so `cargo test` rebuilds {line}")

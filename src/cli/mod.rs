@@ -14,7 +14,6 @@ use crate::error::{Error, Result};
 use crate::index::maintain::Policy;
 use crate::model::random::{write_random_model, RandomModelSpec};
 use crate::output::{write_results, Progress};
-use crate::udf::options::SemflowOptions;
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
@@ -251,11 +250,7 @@ fn run_alias(args: AliasArgs) -> Result<()> {
 
 async fn run_optimize(args: OptimizeArgs) -> Result<()> {
     let table = crate::index::LanceTable::open(&args.location, None, None).await?;
-    let policy = Policy::from_options(&SemflowOptions {
-        maintenance_deleted_fraction: args.deleted_fraction,
-        maintenance_index_segments: args.index_segments,
-        ..Default::default()
-    })?;
+    let policy = Policy::new(args.deleted_fraction, args.index_segments)?;
     let report = crate::index::maintain::maintain(&table, policy).await?;
     println!(
         "{}: version {} -> {}: {} fragments compacted into {}, {} indexes updated, {} stream positions carried forward",
@@ -435,11 +430,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
             maintenance_every: args.r1_maintenance_every,
             commit_ms: args.r1_commit_ms,
             seed: args.seed,
-            policy: Policy::from_options(&SemflowOptions {
-                maintenance_deleted_fraction: args.r1_deleted_fraction,
-                maintenance_index_segments: args.r1_index_segments,
-                ..Default::default()
-            })?,
+            policy: Policy::new(args.r1_deleted_fraction, args.r1_index_segments)?,
         },
         chunk_docs: args.c1_docs,
         chunk_tokens: args.c1_tokens,

@@ -68,21 +68,28 @@ pub struct Policy {
 impl Policy {
     /// The settings in `options`, checked (naming the setting at fault).
     pub fn from_options(options: &SemflowOptions) -> Result<Self> {
-        let fraction = options.maintenance_deleted_fraction;
+        Self::new(
+            options.maintenance_deleted_fraction,
+            options.maintenance_index_segments,
+        )
+    }
+
+    /// `semflow.maintenance_deleted_fraction` and `semflow.maintenance_index_segments`,
+    /// checked (naming the setting at fault).
+    pub fn new(fraction: f64, index_segments: u64) -> Result<Self> {
         if !(fraction.is_finite() && fraction >= 0.0) {
             return Err(Error::InvalidArgument(format!(
                 "semflow.maintenance_deleted_fraction must be 0 or more, not {fraction}"
             )));
         }
-        if options.maintenance_index_segments == 0 {
+        if index_segments == 0 {
             return Err(Error::InvalidArgument(
                 "semflow.maintenance_index_segments must be at least 1".into(),
             ));
         }
         Ok(Self {
             deleted_fraction: fraction as f32,
-            index_segments: usize::try_from(options.maintenance_index_segments)
-                .unwrap_or(usize::MAX),
+            index_segments: usize::try_from(index_segments).unwrap_or(usize::MAX),
         })
     }
 }

@@ -96,7 +96,7 @@ enum Outcome {
 
 impl ChatClient {
     pub fn new(cfg: &GeneratorConfig) -> Result<Self> {
-        let http = crate::tls::http_client()
+        let http = crate::inference::outbound::http_client()
             .timeout(Duration::from_secs_f64(cfg.timeout_s))
             .build()
             .map_err(|e| Error::InvalidArgument(format!("generator HTTP client: {e}")))?;

@@ -294,7 +294,7 @@ mod tests {
 
     #[test]
     fn shipped_config_parses() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/synth.toml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/synth.toml");
         let cfg = SynthConfig::from_path(&path).unwrap();
         assert_eq!(cfg.filter.threshold, 0.7);
         assert!(cfg.recipe.templates.unwrap().join("query.txt").exists());

@@ -86,7 +86,7 @@ pub async fn cache_sizes() -> (usize, usize) {
 }
 
 /// Opens the newest version of the dataset at `uri` in the shared session.
-pub(crate) async fn open_dataset(uri: &str) -> lance::Result<Dataset> {
+pub async fn open_dataset(uri: &str) -> lance::Result<Dataset> {
     lance::dataset::builder::DatasetBuilder::from_uri(uri)
         .with_session(session())
         .load()

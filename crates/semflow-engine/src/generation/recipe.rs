@@ -15,8 +15,8 @@ use super::config::RecipeConfig;
 use super::parse::{extract_object, string_field, Malformed};
 use crate::error::{Error, Result};
 
-const BUILTIN_CONFIGURE: &str = include_str!("../../pipelines/synth/configure.txt");
-const BUILTIN_QUERY: &str = include_str!("../../pipelines/synth/query.txt");
+const BUILTIN_CONFIGURE: &str = include_str!("../../../../pipelines/synth/configure.txt");
+const BUILTIN_QUERY: &str = include_str!("../../../../pipelines/synth/query.txt");
 
 /// What the query should look like.
 #[derive(Debug, Clone, PartialEq, Eq)]

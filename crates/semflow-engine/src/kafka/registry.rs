@@ -73,7 +73,7 @@ impl Registry {
                 "STORED AS KAFKA: option 'schema.registry.url' = '{url}' must be an http:// or https:// URL"
             )));
         }
-        let client = crate::tls::http_client()
+        let client = crate::inference::outbound::http_client()
             .timeout(std::time::Duration::from_secs(30))
             .build()
             .map_err(|e| Error::InvalidArgument(format!("schema registry client: {e}")))?;

@@ -3,7 +3,7 @@
 //! (`int8_quantize`, `int8_calibration`, `binary_quantize`, `hamming_distance`) and `ir_measures`
 //! (retrieval evaluation).
 
-pub(crate) mod args;
+pub mod args;
 pub mod chunk;
 pub mod embed;
 pub mod generate;

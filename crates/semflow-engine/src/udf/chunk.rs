@@ -331,7 +331,7 @@ mod tests {
     fn tokenizer() -> Tokenizer {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/crates/semflow-inference/tokenizer/qwen3-embedding-tokenizer.json"
+            "/../semflow-inference/tokenizer/qwen3-embedding-tokenizer.json"
         );
         Tokenizer::from_file(path).unwrap()
     }
