@@ -49,12 +49,12 @@ pub mod synth;
 pub mod telemetry;
 pub mod tls;
 
-/// The engine layer (crate `semflow-engine`), its modules under the names they had here.
-pub use semflow_engine::{config, engine, error, generation, index, kafka, text, udf};
 /// The inference layer (crate `semflow-inference`), under the name the layers above use.
 pub use semflow_engine::inference;
 /// Model directories, from the inference crate.
 pub use semflow_engine::model;
+/// The engine layer (crate `semflow-engine`), its modules under the names they had here.
+pub use semflow_engine::{config, engine, error, generation, index, kafka, text, udf};
 
 pub use engine::Engine;
 pub use error::{Error, Result};

@@ -321,7 +321,6 @@ impl Consumer {
             tx,
             end,
             report_progress: matches!(mode, Mode::Pipeline(_)),
-            lag_reported: std::cell::Cell::new(None),
         };
         let thread = std::thread::Builder::new()
             .name(format!("kafka-{}", options.topic))
@@ -461,8 +460,6 @@ struct Loop {
     /// Snapshot reads: the offset each partition ends at.
     end: Option<BTreeMap<i32, i64>>,
     report_progress: bool,
-    /// When consumer lag was last measured at a progress commit.
-    lag_reported: std::cell::Cell<Option<Instant>>,
 }
 
 /// The polling loop's state between two polls: records gathered for the next micro-batch,
@@ -604,9 +601,6 @@ impl Drop for Joining {
 }
 
 impl Loop {
-    const LAG_EVERY: Duration = Duration::from_secs(1);
-    const LAG_TIMEOUT: Duration = Duration::from_millis(500);
-
     fn run(self) {
         let mut cursor = Cursor::default();
         let mut transient = Throttled::default();
@@ -790,33 +784,40 @@ impl Loop {
         self.report_lag(&offsets);
     }
 
-    /// Consumer lag of the committed positions, measured against the partitions' high
-    /// watermarks: published from the first commit on, where librdkafka's statistics come
-    /// only every `statistics.interval.ms` (and also keep it current while nothing commits).
-    /// At most once a second, since each partition costs a broker round trip.
+    /// Consumer lag of the committed positions, against each partition's high watermark as of
+    /// the last fetch response: published from the first commit on, where librdkafka's
+    /// statistics come only every `statistics.interval.ms` (they keep it current while nothing
+    /// commits). No broker round trip: the poll loop is not held up.
     fn report_lag(&self, committed: &SourceOffsets) {
-        if self
-            .lag_reported
-            .get()
-            .is_some_and(|t| t.elapsed() < Self::LAG_EVERY)
-        {
-            return;
-        }
-        self.lag_reported.set(Some(Instant::now()));
         for (topic, partition, next) in committed.iter() {
-            match self
-                .consumer
-                .fetch_watermarks(topic, partition, Self::LAG_TIMEOUT)
-            {
-                Ok((_, high)) => metrics::gauge!(
+            if let Some(high) = self.cached_high_watermark(topic, partition) {
+                metrics::gauge!(
                     "semflow_kafka_consumer_lag",
                     "topic" => topic.to_string(),
                     "partition" => partition.to_string()
                 )
-                .set((high - next).max(0) as f64),
-                Err(e) => tracing::debug!("kafka watermarks of {topic}/{partition}: {e}"),
+                .set((high - next).max(0) as f64);
             }
         }
+    }
+
+    /// The partition's high watermark as librdkafka last saw it (none before a fetch).
+    fn cached_high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
+        let topic = std::ffi::CString::new(topic).ok()?;
+        let (mut low, mut high) = (-1_i64, -1_i64);
+        // SAFETY: the client pointer is valid while `self.consumer` lives; librdkafka reads
+        // the NUL-terminated topic name and writes the two out-parameters, nothing else
+        // (rd_kafka_get_watermark_offsets queries no broker).
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
     }
 }
 
