@@ -465,13 +465,17 @@ impl Stack {
     /// The metrics step: the indexer publishes its lag once its first commit is reported to
     /// the group, which follows the rows becoming visible by up to a poll, so it is waited for.
     async fn metrics(&self, line: &str) -> String {
+        let mut stdout = None;
         wait_until(
             "the indexer's lag published",
             Duration::from_secs(60),
-            || self.try_shell(line).is_ok(),
+            || {
+                stdout = self.try_shell(line).ok();
+                stdout.is_some()
+            },
         )
         .await;
-        self.shell(line)
+        stdout.unwrap_or_default()
     }
 }
 

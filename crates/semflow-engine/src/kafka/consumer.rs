@@ -141,12 +141,7 @@ impl ClientContext for Context {
                 if *partition < 0 || p.consumer_lag < 0 {
                     continue;
                 }
-                metrics::gauge!(
-                    "semflow_kafka_consumer_lag",
-                    "topic" => topic.clone(),
-                    "partition" => partition.to_string()
-                )
-                .set(p.consumer_lag as f64);
+                set_lag(topic, *partition, p.consumer_lag);
             }
         }
     }
@@ -791,12 +786,7 @@ impl Loop {
     fn report_lag(&self, committed: &SourceOffsets) {
         for (topic, partition, next) in committed.iter() {
             if let Some(high) = self.cached_high_watermark(topic, partition) {
-                metrics::gauge!(
-                    "semflow_kafka_consumer_lag",
-                    "topic" => topic.to_string(),
-                    "partition" => partition.to_string()
-                )
-                .set((high - next).max(0) as f64);
+                set_lag(topic, partition, (high - next).max(0));
             }
         }
     }
@@ -819,6 +809,17 @@ impl Loop {
         };
         (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
     }
+}
+
+/// The `semflow_kafka_consumer_lag` gauge of one partition, from librdkafka's statistics or
+/// a progress commit.
+fn set_lag(topic: &str, partition: i32, lag: i64) {
+    metrics::gauge!(
+        "semflow_kafka_consumer_lag",
+        "topic" => topic.to_string(),
+        "partition" => partition.to_string()
+    )
+    .set(lag as f64);
 }
 
 /// Transient client errors (a broker away: librdkafka reports it on every poll), logged at
